@@ -1,0 +1,48 @@
+"""The stable, documented error codes a result line can carry, and the exception behind them."""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+
+class ErrorCode(StrEnum):
+    """Error codes of FAILED result lines. Values are a public contract: never rename one."""
+
+    INVALID_MANIFEST_LINE = "invalid_manifest_line"
+    UNSUPPORTED_SCHEME = "unsupported_scheme"
+    BLOCKED_ADDRESS = "blocked_address"
+    FETCH_TIMEOUT = "fetch_timeout"
+    CONNECTION_ERROR = "connection_error"
+    HTTP_ERROR = "http_error"
+    TOO_MANY_REDIRECTS = "too_many_redirects"
+    TOO_LARGE = "too_large"
+    NOT_AN_IMAGE = "not_an_image"
+    IMAGE_TOO_LARGE = "image_too_large"
+    S3_NOT_FOUND = "s3_not_found"
+    S3_ACCESS_DENIED = "s3_access_denied"
+    FILE_NOT_FOUND = "file_not_found"
+    DEAD_LETTERED = "dead_lettered"
+
+
+# Worth another attempt: the same request may succeed later.
+TRANSIENT_CODES = frozenset({ErrorCode.FETCH_TIMEOUT, ErrorCode.CONNECTION_ERROR})
+
+
+class PredictionError(Exception):
+    """One image could not be predicted; ``code`` goes into the result line.
+
+    ``transient`` marks failures worth retrying (timeouts, 5xx, 408/429, resets).
+    """
+
+    def __init__(self, code: ErrorCode, message: str, *, transient: bool | None = None) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.transient = code in TRANSIENT_CODES if transient is None else transient
+
+    def as_dict(self) -> dict[str, str]:
+        return {"code": self.code.value, "message": self.message}
+
+
+class BundleError(Exception):
+    """A model bundle is missing a file, has a wrong hash, or does not fit its description."""
