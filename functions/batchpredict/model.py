@@ -1,0 +1,198 @@
+"""The MXNet inference engine: the only module that imports mxnet.
+
+Loaded once per process (``load_model``), then ``run_inference`` on batches of any size.
+Executors are bound lazily per bucket size (powers of two up to ``max_batch``) and
+kept, so a call never re-binds; a batch is zero-padded up to its bucket. Binding goes
+through MXNet's oneDNN (MKLDNN) subgraph backend, which fuses conv + batch-norm +
+ReLU6 (+ residual add) into single primitives.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import threading
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from batchpredict.bundle import BundleSpec
+from batchpredict.errors import BundleError
+
+DEFAULT_MAX_BATCH = 32
+DEFAULT_TOP_K = 5
+
+
+@dataclass(frozen=True)
+class Prediction:
+    rank: int
+    class_index: int
+    wnid: str
+    label: str
+    probability: float
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def available_cpus() -> int:
+    """CPUs this process may use: the affinity mask, capped by a cgroup v2 CPU quota."""
+    cpus = len(os.sched_getaffinity(0))
+    try:
+        quota, period = Path("/sys/fs/cgroup/cpu.max").read_text().split()
+        if quota != "max":
+            cpus = min(cpus, max(1, math.ceil(int(quota) / int(period))))
+    except (OSError, ValueError):
+        pass
+    return cpus
+
+
+_MX: Any = None
+
+
+def _mxnet(threads: int) -> Any:
+    """Import mxnet once; OpenMP reads its thread count at import time, so set it first."""
+    global _MX  # noqa: PLW0603 - one import per process, by design
+    if _MX is None:
+        os.environ.setdefault("OMP_NUM_THREADS", str(threads))
+        os.environ.setdefault("MXNET_SUBGRAPH_BACKEND", "MKLDNN")
+        os.environ.setdefault("MXNET_SUBGRAPH_VERBOSE", "0")
+        import mxnet
+
+        _MX = mxnet
+    return _MX
+
+
+def bucket_sizes(max_batch: int) -> tuple[int, ...]:
+    sizes = {1 << i for i in range(max_batch.bit_length()) if 1 << i <= max_batch}
+    return tuple(sorted(sizes | {max_batch}))
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    shifted = logits - logits.max(axis=1, keepdims=True)
+    exp = np.exp(shifted)
+    return exp / exp.sum(axis=1, keepdims=True)  # type: ignore[no-any-return]
+
+
+class Engine:
+    """A bound MXNet model. Not re-entrant: calls are serialised by a lock."""
+
+    def __init__(self, spec: BundleSpec, max_batch: int = DEFAULT_MAX_BATCH,
+                 threads: int | None = None) -> None:
+        if max_batch < 1:
+            raise ValueError(f"max_batch must be >= 1, got {max_batch}")
+        self.spec = spec
+        self.max_batch = max_batch
+        self.buckets = bucket_sizes(max_batch)
+        self._mx = _mxnet(threads or available_cpus())
+        self._ctx = self._mx.cpu()
+        self._symbol = self._load_symbol()
+        self._args, self._aux = self._load_params()
+        self._executors: dict[int, Any] = {}
+        self._lock = threading.Lock()
+
+    @property
+    def model_id(self) -> str:
+        return self.spec.model_id
+
+    def _load_symbol(self) -> Any:
+        mx = self._mx
+        try:
+            symbol = mx.sym.load(str(self.spec.symbol_file))
+        except mx.base.MXNetError as exc:
+            raise BundleError(f"{self.spec.symbol_file.name}: not a valid MXNet symbol ({exc})") from exc
+        name = self.spec.output_name
+        if name and symbol.list_outputs() != [name]:
+            internals = symbol.get_internals()
+            if name not in internals.list_outputs():
+                raise BundleError(f"{self.spec.symbol_file.name}: no output named {name!r}")
+            symbol = internals[name]
+        if self.spec.input_name not in symbol.list_arguments():
+            raise BundleError(f"{self.spec.symbol_file.name}: no input named {self.spec.input_name!r}")
+        return symbol
+
+    def _input_shape(self, batch: int) -> tuple[int, ...]:
+        return (batch, *self.spec.input_shape)
+
+    def _load_params(self) -> tuple[dict[str, Any], dict[str, Any]]:
+        mx = self._mx
+        fname = self.spec.params_file.name
+        try:
+            saved = mx.nd.load(str(self.spec.params_file))
+        except mx.base.MXNetError as exc:
+            raise BundleError(f"{fname}: not a valid MXNet params file ({exc})") from exc
+        args = {k[4:]: v for k, v in saved.items() if k.startswith("arg:")}
+        aux = {k[4:]: v for k, v in saved.items() if k.startswith("aux:")}
+        arg_shapes, _, aux_shapes = self._symbol.infer_shape(**{self.spec.input_name: self._input_shape(1)})
+        wanted = dict(zip(self._symbol.list_arguments(), arg_shapes, strict=True))
+        for pool, names_shapes in ((args, wanted), (aux, dict(zip(self._symbol.list_auxiliary_states(),
+                                                                  aux_shapes, strict=True)))):
+            for name, shape in names_shapes.items():
+                if name == self.spec.input_name or name.endswith("_label"):
+                    continue
+                if name not in pool:
+                    raise BundleError(f"{fname}: missing parameter {name!r}")
+                if tuple(pool[name].shape) != tuple(shape):
+                    raise BundleError(f"{fname}: parameter {name!r} has shape {tuple(pool[name].shape)}, "
+                                      f"the symbol needs {tuple(shape)}")
+        return args, aux
+
+    def _executor(self, bucket: int) -> Any:
+        exe = self._executors.get(bucket)
+        if exe is None:
+            mx = self._mx
+            shape = self._input_shape(bucket)
+            arg_shapes, _, _ = self._symbol.infer_shape(**{self.spec.input_name: shape})
+            bound = {}
+            for name, arg_shape in zip(self._symbol.list_arguments(), arg_shapes, strict=True):
+                # Parameters are shared by every bucket; inputs and labels are per bucket.
+                bound[name] = self._args[name] if name in self._args else mx.nd.zeros(arg_shape, self._ctx)
+            exe = self._symbol.bind(self._ctx, args=bound, aux_states=self._aux, grad_req="null")
+            self._executors[bucket] = exe
+        return exe
+
+    def probabilities(self, batch: np.ndarray) -> np.ndarray:
+        """Class probabilities, shape (n, classes), for a float32 NCHW batch of any size."""
+        expected = self.spec.input_shape
+        if batch.ndim != 4 or tuple(batch.shape[1:]) != expected:
+            raise ValueError(f"batch must have shape (n, {', '.join(map(str, expected))}), got {batch.shape}")
+        parts = [self._forward(batch[i:i + self.max_batch]) for i in range(0, len(batch), self.max_batch)]
+        out = np.concatenate(parts) if parts else np.zeros((0, len(self.spec.labels)), np.float32)
+        return softmax(out) if self.spec.output_kind == "logits" else out
+
+    def _forward(self, batch: np.ndarray) -> np.ndarray:
+        n = len(batch)
+        bucket = next(b for b in self.buckets if b >= n)
+        with self._lock:
+            exe = self._executor(bucket)
+            data = exe.arg_dict[self.spec.input_name]
+            if n < bucket:
+                batch = np.concatenate([batch, np.zeros((bucket - n, *batch.shape[1:]), batch.dtype)])
+            data[:] = batch
+            return exe.forward(is_train=False)[0].asnumpy()[:n]  # type: ignore[no-any-return]
+
+    def top_k(self, probabilities: np.ndarray, k: int = DEFAULT_TOP_K) -> list[list[Prediction]]:
+        k = min(k, probabilities.shape[1])
+        results = []
+        for row in probabilities:
+            best = np.argpartition(-row, k - 1)[:k]
+            best = best[np.argsort(-row[best], kind="stable")]
+            results.append([
+                Prediction(rank=rank, class_index=int(i), wnid=self.spec.labels[i].wnid,
+                           label=self.spec.labels[i].text, probability=float(row[i]))
+                for rank, i in enumerate(best, start=1)
+            ])
+        return results
+
+    def run_inference(self, batch: np.ndarray, k: int = DEFAULT_TOP_K) -> list[list[Prediction]]:
+        """Top-k predictions for every image of a preprocessed batch: one forward per max_batch."""
+        return self.top_k(self.probabilities(batch), k)
+
+
+def load_model(spec: BundleSpec, max_batch: int = DEFAULT_MAX_BATCH, threads: int | None = None) -> Engine:
+    """Bind an engine for a verified bundle (see ``bundle.resolve_bundle``)."""
+    if len(spec.labels) == 0:
+        raise BundleError(f"{spec.root}: no labels")
+    return Engine(spec, max_batch=max_batch, threads=threads)

@@ -1,0 +1,3 @@
+from bundlebuild.build import main
+
+main()
