@@ -1,0 +1,173 @@
+"""The engine on the real converted model and on the classic model-zoo checkpoint format."""
+
+import json
+import shutil
+from pathlib import Path
+
+import mxnet as mx
+import numpy as np
+import pytest
+
+from batchpredict.bundle import resolve_bundle, sha256_file, verify_bundle
+from batchpredict.errors import BundleError
+from batchpredict.images import decode_image
+from batchpredict.model import Engine, bucket_sizes, load_model
+
+
+@pytest.fixture(scope="module")
+def engine(bundle_dir: Path) -> Engine:
+    return load_model(resolve_bundle(str(bundle_dir)), max_batch=8)
+
+
+def _top(engine: Engine, photo: Path, k: int = 5) -> list[str]:
+    tensor = decode_image(photo.read_bytes(), engine.spec.preprocess).tensor
+    return [p.label.split(",")[0] for p in engine.run_inference(tensor[None], k)[0]]
+
+
+def test_coffee_is_espresso_with_high_confidence(engine: Engine, samples_dir: Path) -> None:
+    tensor = decode_image((samples_dir / "coffee.png").read_bytes(), engine.spec.preprocess).tensor
+    best = engine.run_inference(tensor[None])[0][0]
+    assert (best.label, best.wnid, best.rank) == ("espresso", "n07920052", 1)
+    assert best.probability >= 0.9
+
+
+def test_chelsea_is_a_cat(engine: Engine, samples_dir: Path) -> None:
+    assert set(_top(engine, samples_dir / "chelsea.png", 3)) == {"tiger cat", "Egyptian cat", "tabby"}
+
+
+def test_flower_is_a_daisy(engine: Engine, samples_dir: Path) -> None:
+    assert _top(engine, samples_dir / "flower.jpg")[0] == "daisy"
+
+
+def test_batches_of_any_size_match_single_images(engine: Engine, samples_dir: Path) -> None:
+    photos = sorted(samples_dir.glob("*.png")) + sorted(samples_dir.glob("*.jpg"))
+    tensors = np.stack([decode_image(p.read_bytes(), engine.spec.preprocess).tensor for p in photos])
+    batch = np.concatenate([tensors, tensors[:5]])  # 11 images: over max_batch 8, and a padded bucket of 4
+    together = engine.probabilities(batch)
+    alone = np.concatenate([engine.probabilities(t[None]) for t in tensors])
+    np.testing.assert_allclose(together[: len(tensors)], alone, atol=1e-5)
+    np.testing.assert_allclose(together.sum(axis=1), 1.0, rtol=1e-5)
+    assert engine.buckets == (1, 2, 4, 8)
+    # Each bucket is bound once and reused.
+    executors = dict(engine._executors)
+    engine.probabilities(batch[:3])
+    assert engine._executors == executors
+
+
+def test_top_k_is_ranked_and_sized(engine: Engine, samples_dir: Path) -> None:
+    tensor = decode_image((samples_dir / "astronaut.png").read_bytes(), engine.spec.preprocess).tensor
+    preds = engine.run_inference(tensor[None], k=7)[0]
+    assert [p.rank for p in preds] == list(range(1, 8))
+    probs = [p.probability for p in preds]
+    assert probs == sorted(probs, reverse=True) and 0 < probs[-1] <= probs[0] <= 1
+    assert set(preds[0].as_dict()) == {"rank", "class_index", "wnid", "label", "probability"}
+
+
+def test_wrong_input_shape_is_refused(engine: Engine) -> None:
+    with pytest.raises(ValueError, match="batch must have shape"):
+        engine.probabilities(np.zeros((1, 3, 100, 100), np.float32))
+
+
+def test_bucket_sizes() -> None:
+    assert bucket_sizes(1) == (1,)
+    assert bucket_sizes(12) == (1, 2, 4, 8, 12)
+    assert bucket_sizes(32) == (1, 2, 4, 8, 16, 32)
+
+
+# --- bad bundles: a clear error naming the file ---------------------------------------------
+
+@pytest.fixture
+def bundle_copy(bundle_dir: Path, tmp_path: Path) -> Path:
+    target = tmp_path / "bundle"
+    shutil.copytree(bundle_dir, target)
+    return target
+
+
+def _rewrite_manifest(root: Path, change: dict[str, object]) -> None:
+    doc = json.loads((root / "model.json").read_text())
+    doc.update(change)
+    (root / "model.json").write_text(json.dumps(doc))
+
+
+def test_hash_mismatch_names_the_file(bundle_copy: Path) -> None:
+    with (bundle_copy / "synset.txt").open("a") as fh:
+        fh.write("n00000000 extra\n")
+    with pytest.raises(BundleError, match=r"synset\.txt: sha256 mismatch"):
+        verify_bundle(bundle_copy)
+
+
+def test_missing_synset_names_the_file(bundle_copy: Path) -> None:
+    (bundle_copy / "synset.txt").unlink()
+    with pytest.raises(BundleError, match=r"synset\.txt: listed as files\.labels in model\.json but missing"):
+        verify_bundle(bundle_copy)
+
+
+def test_missing_model_json_and_folder(bundle_copy: Path, tmp_path: Path) -> None:
+    (bundle_copy / "model.json").unlink()
+    with pytest.raises(BundleError, match="model.json not found"):
+        verify_bundle(bundle_copy)
+    with pytest.raises(BundleError, match="bundle folder not found"):
+        resolve_bundle(str(tmp_path / "nowhere"))
+
+
+def test_wrong_parameter_shape_names_the_file_and_parameter(bundle_copy: Path) -> None:
+    params = bundle_copy / "efficientnet-lite0-0000.params"
+    saved = mx.nd.load(str(params))
+    saved["arg:fc_weight"] = mx.nd.zeros((10, 1280))
+    mx.nd.save(str(params), saved)
+    doc = json.loads((bundle_copy / "model.json").read_text())
+    doc["files"]["params"]["sha256"] = sha256_file(params)
+    (bundle_copy / "model.json").write_text(json.dumps(doc))
+    with pytest.raises(BundleError, match=r"efficientnet-lite0-0000\.params: parameter 'fc_weight' has shape"):
+        load_model(verify_bundle(bundle_copy))
+
+
+def test_label_count_must_match_the_model(bundle_copy: Path) -> None:
+    doc = json.loads((bundle_copy / "model.json").read_text())
+    doc["output"]["classes"] = 999
+    (bundle_copy / "model.json").write_text(json.dumps(doc))
+    with pytest.raises(BundleError, match=r"synset\.txt: 1000 labels, model\.json says 999"):
+        verify_bundle(bundle_copy)
+
+
+# --- the classic model-zoo format of the original post --------------------------------------
+
+def _export_model_zoo_resnet18(folder: Path) -> None:
+    """A randomly initialised Gluon ResNet-18, saved as resnet-18-symbol.json + resnet-18-0000.params
+    with arg:/aux: keys and a SoftmaxOutput named softmax, exactly like the model zoo's files."""
+    from mxnet.gluon.model_zoo import vision
+
+    net = vision.resnet18_v1(pretrained=False, classes=1000)
+    net.initialize(mx.init.Xavier(), ctx=mx.cpu())
+    net.hybridize()
+    net(mx.nd.zeros((1, 3, 224, 224)))
+    net.export(str(folder / "gluon"), epoch=0)
+    sym, args, aux = mx.model.load_checkpoint(str(folder / "gluon"), 0)
+    sym = mx.sym.SoftmaxOutput(sym, name="softmax")
+    mx.model.save_checkpoint(str(folder / "resnet-18"), 0, sym, args, aux)
+    (folder / "synset.txt").write_text("".join(f"n{i:08d} class {i}\n" for i in range(1000)))
+    files = {role: {"path": name, "sha256": sha256_file(folder / name)} for role, name in
+             (("symbol", "resnet-18-symbol.json"), ("params", "resnet-18-0000.params"), ("labels", "synset.txt"))}
+    (folder / "model.json").write_text(json.dumps({
+        "name": "resnet-18", "version": "0", "files": files,
+        "input": {"name": "data", "shape": [3, 224, 224], "color": "RGB"},
+        "preprocess": {"resize_shorter": 224, "mean": [0, 0, 0], "std": [1, 1, 1]},
+        "output": {"name": "softmax_output", "kind": "probabilities", "classes": 1000},
+    }))
+
+
+def test_classic_model_zoo_checkpoint_runs_through_the_engine(tmp_path: Path, samples_dir: Path) -> None:
+    _export_model_zoo_resnet18(tmp_path)
+    saved = mx.nd.load(str(tmp_path / "resnet-18-0000.params"))
+    assert saved and all(k.startswith(("arg:", "aux:")) for k in saved)
+    engine = load_model(verify_bundle(tmp_path), max_batch=4)
+    assert engine.model_id == "resnet-18:0"
+    photos = [samples_dir / "coffee.png", samples_dir / "chelsea.png", samples_dir / "rocket.jpg"]
+    tensors = np.stack([decode_image(p.read_bytes(), engine.spec.preprocess).tensor for p in photos])
+    assert tensors.max() > 200  # raw 0-255 input, as the original post fed it
+    probs = engine.probabilities(tensors)
+    assert probs.shape == (3, 1000)
+    np.testing.assert_allclose(probs.sum(axis=1), 1.0, rtol=1e-4)  # softmax_output, used as is
+    preds = engine.run_inference(tensors)
+    assert [len(p) for p in preds] == [5, 5, 5]
+    assert preds[0][0].label == f"class {preds[0][0].class_index}"
