@@ -187,8 +187,9 @@ def _download(client: Any, bucket: str, key: str, dest: Path, uri: str) -> None:
     partial.replace(dest)
 
 
-def resolve_bundle(uri: str, s3_client_factory: Callable[[], Any] | None = None,
-                   cache_root: Path | None = None) -> BundleSpec:
+def resolve_bundle(
+    uri: str, s3_client_factory: Callable[[], Any] | None = None, cache_root: Path | None = None
+) -> BundleSpec:
     """Verified bundle from a local folder or an ``s3://`` prefix."""
     if uri.startswith("s3://"):
         if s3_client_factory is None:

@@ -53,7 +53,9 @@ def _print_text(source: str, outcome: Outcome) -> None:
         click.echo(f"  error {outcome.error.code.value}: {outcome.error.message}")
         return
     for p in outcome.predictions:
-        click.echo(f"  {p.rank}. {p.label.split(',')[0]:<32} {p.probability:7.2%}  ({p.wnid}, class {p.class_index})")
+        click.echo(
+            f"  {p.rank}. {p.label.split(',')[0]:<32} {p.probability:7.2%}  ({p.wnid}, class {p.class_index})"
+        )
 
 
 def _as_json(source: str, outcome: Outcome) -> str:
@@ -70,24 +72,51 @@ def main() -> None:
 
 @main.command()
 @click.argument("sources", nargs=-1, required=True)
-@click.option("--top-k", "top_k", type=click.IntRange(1, 1000), default=5, show_default=True,
-              help="How many classes to print per image.")
+@click.option(
+    "--top-k",
+    "top_k",
+    type=click.IntRange(1, 1000),
+    default=5,
+    show_default=True,
+    help="How many classes to print per image.",
+)
 @click.option("--json", "as_json", is_flag=True, help="One JSON object a line instead of text.")
-@click.option("--model", help="Model bundle folder or s3:// prefix (default: $MODEL_URI or the built bundle).")
-@click.option("--max-batch", type=click.IntRange(1, 256), default=32, show_default=True,
-              help="Largest batch of one forward pass.")
-@click.option("--allow-network", "allowed", multiple=True, metavar="CIDR",
-              help="Let URLs reach this private/loopback network (e.g. 127.0.0.0/8). Repeatable.")
-def predict(sources: tuple[str, ...], top_k: int, as_json: bool, model: str | None, max_batch: int,
-            allowed: tuple[str, ...]) -> None:
+@click.option(
+    "--model", help="Model bundle folder or s3:// prefix (default: $MODEL_URI or the built bundle)."
+)
+@click.option(
+    "--max-batch",
+    type=click.IntRange(1, 256),
+    default=32,
+    show_default=True,
+    help="Largest batch of one forward pass.",
+)
+@click.option(
+    "--allow-network",
+    "allowed",
+    multiple=True,
+    metavar="CIDR",
+    help="Let URLs reach this private/loopback network (e.g. 127.0.0.0/8). Repeatable.",
+)
+def predict(
+    sources: tuple[str, ...],
+    top_k: int,
+    as_json: bool,
+    model: str | None,
+    max_batch: int,
+    allowed: tuple[str, ...],
+) -> None:
     """Predict the top-k ImageNet classes of image files or URLs (http, https, s3)."""
     try:
         config = _engine_config(model, max_batch)
         engine = load_model(resolve_bundle(config.model_uri, _s3_client), config.max_batch, config.threads)
         limits = FetchLimits(allowed_networks=parse_networks(",".join(allowed)))
     except (ConfigError, BundleError, ValueError) as exc:
-        raise click.ClickException(f"{exc} (build the default bundle with `make model`)"
-                                   if isinstance(exc, BundleError) and not model else str(exc)) from exc
+        raise click.ClickException(
+            f"{exc} (build the default bundle with `make model`)"
+            if isinstance(exc, BundleError) and not model
+            else str(exc)
+        ) from exc
     fetcher = Fetcher(limits, s3_client_factory=_s3_client)
     try:
         payloads = [_read_source(source, fetcher) for source in sources]

@@ -22,8 +22,13 @@ class ConfigError(ValueError):
 _REQUIRED: object = object()
 
 
-def setting(env: Mapping[str, str], name: str, parse: Callable[[str], T], default: T | object = _REQUIRED,
-            help_text: str = "") -> T:
+def setting(
+    env: Mapping[str, str],
+    name: str,
+    parse: Callable[[str], T],
+    default: T | object = _REQUIRED,
+    help_text: str = "",
+) -> T:
     """One environment setting, parsed; a clear ConfigError when missing or malformed."""
     raw = env.get(name, "").strip()
     if not raw:
@@ -47,13 +52,15 @@ def positive_int(raw: str) -> int:
 class EngineConfig:
     model_uri: str
     max_batch: int = DEFAULT_MAX_BATCH
-    threads: int | None = None      # None: every CPU the process may use
+    threads: int | None = None  # None: every CPU the process may use
     top_k: int = DEFAULT_TOP_K
 
 
 def engine_config(env: Mapping[str, str]) -> EngineConfig:
     return EngineConfig(
-        model_uri=setting(env, "MODEL_URI", str, help_text="model bundle location (s3://bucket/prefix or a folder)"),
+        model_uri=setting(
+            env, "MODEL_URI", str, help_text="model bundle location (s3://bucket/prefix or a folder)"
+        ),
         max_batch=setting(env, "MAX_BATCH", positive_int, DEFAULT_MAX_BATCH),
         threads=setting(env, "INFERENCE_THREADS", positive_int, None),
         top_k=setting(env, "TOP_K", positive_int, DEFAULT_TOP_K),

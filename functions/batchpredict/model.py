@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 
 from batchpredict.bundle import BundleSpec
 from batchpredict.errors import BundleError
@@ -70,7 +71,7 @@ def bucket_sizes(max_batch: int) -> tuple[int, ...]:
     return tuple(sorted(sizes | {max_batch}))
 
 
-def softmax(logits: np.ndarray) -> np.ndarray:
+def softmax(logits: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
     shifted = logits - logits.max(axis=1, keepdims=True)
     exp = np.exp(shifted)
     return exp / exp.sum(axis=1, keepdims=True)  # type: ignore[no-any-return]
@@ -79,8 +80,9 @@ def softmax(logits: np.ndarray) -> np.ndarray:
 class Engine:
     """A bound MXNet model. Not re-entrant: calls are serialised by a lock."""
 
-    def __init__(self, spec: BundleSpec, max_batch: int = DEFAULT_MAX_BATCH,
-                 threads: int | None = None) -> None:
+    def __init__(
+        self, spec: BundleSpec, max_batch: int = DEFAULT_MAX_BATCH, threads: int | None = None
+    ) -> None:
         if max_batch < 1:
             raise ValueError(f"max_batch must be >= 1, got {max_batch}")
         self.spec = spec
@@ -127,16 +129,20 @@ class Engine:
         aux = {k[4:]: v for k, v in saved.items() if k.startswith("aux:")}
         arg_shapes, _, aux_shapes = self._symbol.infer_shape(**{self.spec.input_name: self._input_shape(1)})
         wanted = dict(zip(self._symbol.list_arguments(), arg_shapes, strict=True))
-        for pool, names_shapes in ((args, wanted), (aux, dict(zip(self._symbol.list_auxiliary_states(),
-                                                                  aux_shapes, strict=True)))):
+        for pool, names_shapes in (
+            (args, wanted),
+            (aux, dict(zip(self._symbol.list_auxiliary_states(), aux_shapes, strict=True))),
+        ):
             for name, shape in names_shapes.items():
                 if name == self.spec.input_name or name.endswith("_label"):
                     continue
                 if name not in pool:
                     raise BundleError(f"{fname}: missing parameter {name!r}")
                 if tuple(pool[name].shape) != tuple(shape):
-                    raise BundleError(f"{fname}: parameter {name!r} has shape {tuple(pool[name].shape)}, "
-                                      f"the symbol needs {tuple(shape)}")
+                    raise BundleError(
+                        f"{fname}: parameter {name!r} has shape {tuple(pool[name].shape)}, "
+                        f"the symbol needs {tuple(shape)}"
+                    )
         return args, aux
 
     def _executor(self, bucket: int) -> Any:
@@ -153,16 +159,16 @@ class Engine:
             self._executors[bucket] = exe
         return exe
 
-    def probabilities(self, batch: np.ndarray) -> np.ndarray:
+    def probabilities(self, batch: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
         """Class probabilities, shape (n, classes), for a float32 NCHW batch of any size."""
         expected = self.spec.input_shape
         if batch.ndim != 4 or tuple(batch.shape[1:]) != expected:
             raise ValueError(f"batch must have shape (n, {', '.join(map(str, expected))}), got {batch.shape}")
-        parts = [self._forward(batch[i:i + self.max_batch]) for i in range(0, len(batch), self.max_batch)]
+        parts = [self._forward(batch[i : i + self.max_batch]) for i in range(0, len(batch), self.max_batch)]
         out = np.concatenate(parts) if parts else np.zeros((0, len(self.spec.labels)), np.float32)
         return softmax(out) if self.spec.output_kind == "logits" else out
 
-    def _forward(self, batch: np.ndarray) -> np.ndarray:
+    def _forward(self, batch: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
         n = len(batch)
         bucket = next(b for b in self.buckets if b >= n)
         with self._lock:
@@ -173,20 +179,27 @@ class Engine:
             data[:] = batch
             return exe.forward(is_train=False)[0].asnumpy()[:n]  # type: ignore[no-any-return]
 
-    def top_k(self, probabilities: np.ndarray, k: int = DEFAULT_TOP_K) -> list[list[Prediction]]:
+    def top_k(self, probabilities: npt.NDArray[np.float32], k: int = DEFAULT_TOP_K) -> list[list[Prediction]]:
         k = min(k, probabilities.shape[1])
         results = []
         for row in probabilities:
             best = np.argpartition(-row, k - 1)[:k]
             best = best[np.argsort(-row[best], kind="stable")]
-            results.append([
-                Prediction(rank=rank, class_index=int(i), wnid=self.spec.labels[i].wnid,
-                           label=self.spec.labels[i].text, probability=float(row[i]))
-                for rank, i in enumerate(best, start=1)
-            ])
+            results.append(
+                [
+                    Prediction(
+                        rank=rank,
+                        class_index=int(i),
+                        wnid=self.spec.labels[i].wnid,
+                        label=self.spec.labels[i].text,
+                        probability=float(row[i]),
+                    )
+                    for rank, i in enumerate(best, start=1)
+                ]
+            )
         return results
 
-    def run_inference(self, batch: np.ndarray, k: int = DEFAULT_TOP_K) -> list[list[Prediction]]:
+    def run_inference(self, batch: npt.NDArray[np.float32], k: int = DEFAULT_TOP_K) -> list[list[Prediction]]:
         """Top-k predictions for every image of a preprocessed batch: one forward per max_batch."""
         return self.top_k(self.probabilities(batch), k)
 

@@ -28,8 +28,9 @@ class Outcome:
     inference_ms: float = 0.0
 
 
-def predict_payloads(engine: Engine, payloads: Sequence[bytes | PredictionError],
-                     top_k: int, max_pixels: int | None = None) -> list[Outcome]:
+def predict_payloads(
+    engine: Engine, payloads: Sequence[bytes | PredictionError], top_k: int, max_pixels: int | None = None
+) -> list[Outcome]:
     """Decode each payload (bytes, or the fetch error already met) and predict all in one batch."""
     outcomes = [Outcome() for _ in payloads]
     ready: list[int] = []

@@ -1,16 +1,20 @@
 import json
 from pathlib import Path
 
-from bundlebuild.build import build_bundle
-
 from batchpredict.bundle import sha256_file, verify_bundle
+from bundlebuild.build import build_bundle
 
 
 def test_build_is_deterministic_and_self_describing(tmp_path: Path, wheels_dir: Path) -> None:
     first = build_bundle(tmp_path / "a", wheels_dir)
     second = build_bundle(tmp_path / "b", wheels_dir)
     assert first == second
-    for name in ("model.json", "efficientnet-lite0-symbol.json", "efficientnet-lite0-0000.params", "synset.txt"):
+    for name in (
+        "model.json",
+        "efficientnet-lite0-symbol.json",
+        "efficientnet-lite0-0000.params",
+        "synset.txt",
+    ):
         assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes(), name
 
     spec = verify_bundle(tmp_path / "a")

@@ -76,6 +76,7 @@ def test_bucket_sizes() -> None:
 
 # --- bad bundles: a clear error naming the file ---------------------------------------------
 
+
 @pytest.fixture
 def bundle_copy(bundle_dir: Path, tmp_path: Path) -> Path:
     target = tmp_path / "bundle"
@@ -104,7 +105,7 @@ def test_missing_synset_names_the_file(bundle_copy: Path) -> None:
 
 def test_missing_model_json_and_folder(bundle_copy: Path, tmp_path: Path) -> None:
     (bundle_copy / "model.json").unlink()
-    with pytest.raises(BundleError, match="model.json not found"):
+    with pytest.raises(BundleError, match=r"model\.json not found"):
         verify_bundle(bundle_copy)
     with pytest.raises(BundleError, match="bundle folder not found"):
         resolve_bundle(str(tmp_path / "nowhere"))
@@ -118,7 +119,9 @@ def test_wrong_parameter_shape_names_the_file_and_parameter(bundle_copy: Path) -
     doc = json.loads((bundle_copy / "model.json").read_text())
     doc["files"]["params"]["sha256"] = sha256_file(params)
     (bundle_copy / "model.json").write_text(json.dumps(doc))
-    with pytest.raises(BundleError, match=r"efficientnet-lite0-0000\.params: parameter 'fc_weight' has shape"):
+    with pytest.raises(
+        BundleError, match=r"efficientnet-lite0-0000\.params: parameter 'fc_weight' has shape"
+    ):
         load_model(verify_bundle(bundle_copy))
 
 
@@ -131,6 +134,7 @@ def test_label_count_must_match_the_model(bundle_copy: Path) -> None:
 
 
 # --- the classic model-zoo format of the original post --------------------------------------
+
 
 def _export_model_zoo_resnet18(folder: Path) -> None:
     """A randomly initialised Gluon ResNet-18, saved as resnet-18-symbol.json + resnet-18-0000.params
@@ -146,14 +150,26 @@ def _export_model_zoo_resnet18(folder: Path) -> None:
     sym = mx.sym.SoftmaxOutput(sym, name="softmax")
     mx.model.save_checkpoint(str(folder / "resnet-18"), 0, sym, args, aux)
     (folder / "synset.txt").write_text("".join(f"n{i:08d} class {i}\n" for i in range(1000)))
-    files = {role: {"path": name, "sha256": sha256_file(folder / name)} for role, name in
-             (("symbol", "resnet-18-symbol.json"), ("params", "resnet-18-0000.params"), ("labels", "synset.txt"))}
-    (folder / "model.json").write_text(json.dumps({
-        "name": "resnet-18", "version": "0", "files": files,
-        "input": {"name": "data", "shape": [3, 224, 224], "color": "RGB"},
-        "preprocess": {"resize_shorter": 224, "mean": [0, 0, 0], "std": [1, 1, 1]},
-        "output": {"name": "softmax_output", "kind": "probabilities", "classes": 1000},
-    }))
+    files = {
+        role: {"path": name, "sha256": sha256_file(folder / name)}
+        for role, name in (
+            ("symbol", "resnet-18-symbol.json"),
+            ("params", "resnet-18-0000.params"),
+            ("labels", "synset.txt"),
+        )
+    }
+    (folder / "model.json").write_text(
+        json.dumps(
+            {
+                "name": "resnet-18",
+                "version": "0",
+                "files": files,
+                "input": {"name": "data", "shape": [3, 224, 224], "color": "RGB"},
+                "preprocess": {"resize_shorter": 224, "mean": [0, 0, 0], "std": [1, 1, 1]},
+                "output": {"name": "softmax_output", "kind": "probabilities", "classes": 1000},
+            }
+        )
+    )
 
 
 def test_classic_model_zoo_checkpoint_runs_through_the_engine(tmp_path: Path, samples_dir: Path) -> None:

@@ -5,6 +5,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
 from bundlebuild.build import WEIGHTS
 from bundlebuild.registry import read_pinned
 from bundlebuild.torch_legacy import LEGACY_MAGIC, UnsupportedCheckpointError, load_legacy_state_dict
@@ -53,7 +54,7 @@ def test_refuses_wrong_magic_and_zip_format() -> None:
 
 def test_truncated_storage_is_reported(wheels_dir: Path) -> None:
     data = read_pinned(WEIGHTS, wheels_dir)
-    with pytest.raises(UnsupportedCheckpointError, match="truncated|corrupt|unpack"):
+    with pytest.raises(UnsupportedCheckpointError, match=r"truncated|corrupt|unpack"):
         load_legacy_state_dict(data[: len(data) - 1000])
 
 
@@ -72,8 +73,10 @@ def test_strided_views_and_offsets_are_honoured() -> None:
     def rebuild(*args: object) -> None: ...
 
     rebuild.__module__, rebuild.__qualname__ = "torch._utils", "_rebuild_tensor_v2"
-    state = OrderedDict(a=(rebuild, ("STORAGE", 1, (2, 2), (2, 1), False, OrderedDict())),
-                        t=(rebuild, ("STORAGE", 0, (3, 2), (1, 3), False, OrderedDict())))
+    state = OrderedDict(
+        a=(rebuild, ("STORAGE", 1, (2, 2), (2, 1), False, OrderedDict())),
+        t=(rebuild, ("STORAGE", 0, (3, 2), (1, 3), False, OrderedDict())),
+    )
 
     class _Reduce:
         def __init__(self, fn: object, args: object) -> None:

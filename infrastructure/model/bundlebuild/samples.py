@@ -14,18 +14,32 @@ SKIMAGE = "scikit-image==0.26.0"
 SKLEARN = "scikit-learn==1.9.1"
 
 SAMPLE_PHOTOS = {
-    "coffee.png": WheelFile(SKIMAGE, "skimage/data/coffee.png",
-                            "cc02f8ca188b167c775a7101b5d767d1e71792cf762c33d6fa15a4599b5a8de7"),
-    "chelsea.png": WheelFile(SKIMAGE, "skimage/data/chelsea.png",
-                             "596aa1e7cb875eb79f437e310381d26b338a81c2da23439704a73c4651e8c4bb"),
-    "astronaut.png": WheelFile(SKIMAGE, "skimage/data/astronaut.png",
-                               "88431cd9653ccd539741b555fb0a46b61558b301d4110412b5bc28b5e3ea6cb5"),
-    "rocket.jpg": WheelFile(SKIMAGE, "skimage/data/rocket.jpg",
-                            "c2dd0de7c538df8d111e479619b129464d0269d0ae5fd18ca91d33a7fdfea95c"),
-    "china.jpg": WheelFile(SKLEARN, "sklearn/datasets/images/china.jpg",
-                           "8378025ad2519d649d02e32bd98990db4ab572357d9f09841c2fbfbb4fefad29"),
-    "flower.jpg": WheelFile(SKLEARN, "sklearn/datasets/images/flower.jpg",
-                            "a77f6ec41e353afdf8bdff2ea981b2955535d8d83294f8cfa49cf4e423dd5638"),
+    "coffee.png": WheelFile(
+        SKIMAGE, "skimage/data/coffee.png", "cc02f8ca188b167c775a7101b5d767d1e71792cf762c33d6fa15a4599b5a8de7"
+    ),
+    "chelsea.png": WheelFile(
+        SKIMAGE,
+        "skimage/data/chelsea.png",
+        "596aa1e7cb875eb79f437e310381d26b338a81c2da23439704a73c4651e8c4bb",
+    ),
+    "astronaut.png": WheelFile(
+        SKIMAGE,
+        "skimage/data/astronaut.png",
+        "88431cd9653ccd539741b555fb0a46b61558b301d4110412b5bc28b5e3ea6cb5",
+    ),
+    "rocket.jpg": WheelFile(
+        SKIMAGE, "skimage/data/rocket.jpg", "c2dd0de7c538df8d111e479619b129464d0269d0ae5fd18ca91d33a7fdfea95c"
+    ),
+    "china.jpg": WheelFile(
+        SKLEARN,
+        "sklearn/datasets/images/china.jpg",
+        "8378025ad2519d649d02e32bd98990db4ab572357d9f09841c2fbfbb4fefad29",
+    ),
+    "flower.jpg": WheelFile(
+        SKLEARN,
+        "sklearn/datasets/images/flower.jpg",
+        "a77f6ec41e353afdf8bdff2ea981b2955535d8d83294f8cfa49cf4e423dd5638",
+    ),
 }
 
 

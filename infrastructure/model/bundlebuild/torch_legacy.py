@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import IO, Any
 
 import numpy as np
+import numpy.typing as npt
 
 LEGACY_MAGIC = 0x1950A86A20F9469CFC6C
 LEGACY_PROTOCOL = 1001
@@ -51,8 +52,9 @@ class _TensorRef:
     stride: tuple[int, ...]
 
 
-def _rebuild_tensor(storage_key: str, offset: int, shape: tuple[int, ...],
-                    stride: tuple[int, ...], *_unused: Any) -> _TensorRef:
+def _rebuild_tensor(
+    storage_key: str, offset: int, shape: tuple[int, ...], stride: tuple[int, ...], *_unused: Any
+) -> _TensorRef:
     return _TensorRef(storage_key, offset, tuple(shape), tuple(stride))
 
 
@@ -85,7 +87,7 @@ def _load_plain(stream: IO[bytes]) -> Any:
     return _RestrictedUnpickler(stream).load()
 
 
-def load_legacy_state_dict(data: bytes) -> OrderedDict[str, np.ndarray]:
+def load_legacy_state_dict(data: bytes) -> OrderedDict[str, npt.NDArray[Any]]:
     """Decode a legacy ``.pth`` state dict into name -> float/int numpy arrays (copies)."""
     stream = io.BytesIO(data)
     try:
@@ -106,7 +108,7 @@ def load_legacy_state_dict(data: bytes) -> OrderedDict[str, np.ndarray]:
     if not isinstance(state, dict):
         raise UnsupportedCheckpointError("checkpoint does not hold a state dict")
 
-    buffers: dict[str, np.ndarray] = {}
+    buffers: dict[str, npt.NDArray[Any]] = {}
     for key in storage_keys:
         dtype, numel = unpickler.storages[str(key)]
         (count,) = struct.unpack("<q", stream.read(8))
@@ -117,12 +119,12 @@ def load_legacy_state_dict(data: bytes) -> OrderedDict[str, np.ndarray]:
             raise UnsupportedCheckpointError(f"storage {key} is truncated")
         buffers[str(key)] = np.frombuffer(raw, dtype=dtype)
 
-    tensors: OrderedDict[str, np.ndarray] = OrderedDict()
+    tensors: OrderedDict[str, npt.NDArray[Any]] = OrderedDict()
     for name, ref in state.items():
         if not isinstance(ref, _TensorRef):
             raise UnsupportedCheckpointError(f"entry {name!r} is not a tensor")
         base = buffers[ref.key]
         strides = tuple(s * base.itemsize for s in ref.stride)
-        view = np.lib.stride_tricks.as_strided(base[ref.offset:], shape=ref.shape, strides=strides)
+        view = np.lib.stride_tricks.as_strided(base[ref.offset :], shape=ref.shape, strides=strides)
         tensors[name] = np.array(view, dtype=base.dtype.newbyteorder("="))
     return tensors
