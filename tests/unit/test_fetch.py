@@ -1,0 +1,748 @@
+"""Tests for fetch.py against real HTTP(S) servers on 127.0.0.1.
+
+No traffic may leave the machine: an autouse spy fails any connect() to a
+non-loopback address and any DNS lookup of a name, and the guard tests assert
+that not even a loopback connection was attempted.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime
+import gzip
+import io
+import ipaddress
+import socket
+import ssl
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, replace
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+import boto3
+import pytest
+from botocore.exceptions import ClientError, EndpointConnectionError
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+from moto import mock_aws
+
+from batchpredict.errors import ErrorCode, PredictionError
+from batchpredict.fetch import Fetched, Fetcher, FetchLimits, parse_networks
+
+IMAGE = b"\x89PNG\r\n\x1a\n" + bytes(range(256)) * 8
+LOOPBACK = parse_networks("127.0.0.0/8")
+FAST = FetchLimits(max_bytes=64 * 1024, connect_timeout=1.0, read_timeout=2.0, allowed_networks=LOOPBACK)
+Address = tuple[Any, ...]
+
+
+# -- network spies ----------------------------------------------------------------
+
+
+@pytest.fixture(autouse=True)
+def connections(monkeypatch: pytest.MonkeyPatch) -> list[Address]:
+    """Every address a socket connects to during the test; anything off loopback fails the test."""
+    seen: list[Address] = []
+    real_connect = socket.socket.connect
+
+    def spy_connect(sock: socket.socket, address: Address) -> None:
+        seen.append(address)
+        if not ipaddress.ip_address(address[0]).is_loopback:
+            raise AssertionError(f"test tried to connect to {address}")
+        real_connect(sock, address)
+
+    monkeypatch.setattr(socket.socket, "connect", spy_connect)
+    return seen
+
+
+@pytest.fixture(autouse=True)
+def no_dns(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Names must come from an injected resolver; only IP literals may reach getaddrinfo."""
+    real_getaddrinfo = socket.getaddrinfo
+
+    def literal_only(host: Any, *args: Any, **kwargs: Any) -> Any:
+        ipaddress.ip_address(host)  # raises ValueError for a name
+        return real_getaddrinfo(host, *args, **kwargs)
+
+    monkeypatch.setattr(socket, "getaddrinfo", literal_only)
+
+
+class StaticResolver:
+    """Injected resolver: fixed answers per name, records every call."""
+
+    def __init__(self, answers: dict[str, list[str]] | None = None) -> None:
+        self.answers = answers or {}
+        self.calls: list[tuple[str, int]] = []
+
+    def __call__(self, host: str, port: int) -> list[str]:
+        self.calls.append((host, port))
+        if host not in self.answers:
+            raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
+        return self.answers[host]
+
+
+def refusing_resolver(host: str, port: int) -> list[str]:
+    raise AssertionError(f"resolver must not be called (asked for {host}:{port})")
+
+
+def refusing_s3() -> Any:
+    raise AssertionError("no S3 client may be created")
+
+
+# -- test servers -----------------------------------------------------------------
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+    block_on_close = False  # handlers parked on keep-alive or /hang must not block teardown
+
+    def __init__(self) -> None:
+        super().__init__(("127.0.0.1", 0), _Handler)
+        self.stop = threading.Event()
+        self.sni_names: list[str | None] = []
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        # Clients hanging up mid-response (too large, timeouts) is what several tests do.
+        if not isinstance(sys.exc_info()[1], OSError):
+            super().handle_error(request, client_address)
+
+
+class _Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    server: _Server
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+    def do_GET(self) -> None:
+        parts = urlsplit(self.path)
+        query = {key: values[0] for key, values in parse_qs(parts.query).items()}
+        route, _, arg = parts.path.strip("/").partition("/")
+        getattr(self, f"route_{route.replace('-', '_')}")(arg, query)
+
+    def reply(self, status: int, body: bytes = b"", headers: dict[str, str] | None = None) -> None:
+        self.send_response(status)
+        for name, value in {"Content-Length": str(len(body)), **(headers or {})}.items():
+            self.send_header(name, value)
+        self.end_headers()
+        self.wfile.write(body)
+
+    def route_image(self, arg: str, query: dict[str, str]) -> None:
+        self.reply(200, IMAGE, {"Content-Type": "image/png"})
+
+    def route_bytes(self, arg: str, query: dict[str, str]) -> None:
+        self.reply(200, b"x" * int(arg), {"Content-Type": "application/octet-stream"})
+
+    def route_status(self, arg: str, query: dict[str, str]) -> None:
+        self.reply(int(arg), b"nope")
+
+    def route_echo_host(self, arg: str, query: dict[str, str]) -> None:
+        self.reply(200, self.headers["Host"].encode())
+
+    def route_redirect(self, arg: str, query: dict[str, str]) -> None:
+        """/redirect/N answers with N relative redirects before the image."""
+        hops = int(arg)
+        if hops == 0:
+            self.route_image(arg, query)
+            return
+        status = int(query.get("code", "302"))
+        self.reply(status, b"moved", {"Location": f"/redirect/{hops - 1}?code={status}"})
+
+    def route_redirect_to(self, arg: str, query: dict[str, str]) -> None:
+        self.reply(302, b"", {"Location": query["url"]})
+
+    def route_no_location(self, arg: str, query: dict[str, str]) -> None:
+        self.reply(302, b"")
+
+    def route_huge_length(self, arg: str, query: dict[str, str]) -> None:
+        self.send_response(200)
+        self.send_header("Content-Length", str(10**12))
+        self.end_headers()
+        self.wfile.write(b"x" * 1024)
+        self.close_connection = True
+
+    def route_chunked(self, arg: str, query: dict[str, str]) -> None:
+        """Chunked body of N KiB, no Content-Length."""
+        self.send_response(200)
+        self.send_header("Transfer-Encoding", "chunked")
+        self.end_headers()
+        for _ in range(int(arg)):
+            self.wfile.write(b"400\r\n" + b"x" * 1024 + b"\r\n")
+        self.wfile.write(b"0\r\n\r\n")
+
+    def route_gzip(self, arg: str, query: dict[str, str]) -> None:
+        self.reply(200, gzip.compress(IMAGE), {"Content-Encoding": "gzip"})
+
+    def route_drip(self, arg: str, query: dict[str, str]) -> None:
+        """Headers at once, then one byte every 50 ms: each read is quick, the body never ends."""
+        self.send_response(200)
+        self.send_header("Content-Length", "1000")
+        self.end_headers()
+        self.wfile.flush()
+        while not self.server.stop.wait(0.05):
+            self.wfile.write(b"x")
+            self.wfile.flush()
+
+    def route_hang(self, arg: str, query: dict[str, str]) -> None:
+        self.server.stop.wait(10)
+        self.close_connection = True
+
+    def route_reset(self, arg: str, query: dict[str, str]) -> None:
+        self.close_connection = True  # hang up without a status line
+
+
+@dataclass(frozen=True)
+class Server:
+    scheme: str
+    port: int
+    httpd: _Server
+
+    def url(self, path: str, host: str = "127.0.0.1") -> str:
+        return f"{self.scheme}://{host}:{self.port}{path}"
+
+
+@contextlib.contextmanager
+def _serving(tls: ssl.SSLContext | None = None) -> Iterator[Server]:
+    httpd = _Server()
+    if tls is not None:
+        tls.sni_callback = lambda sock, name, ctx: httpd.sni_names.append(name)
+        httpd.socket = tls.wrap_socket(httpd.socket, server_side=True)
+    thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+    thread.start()
+    try:
+        yield Server("https" if tls else "http", httpd.server_address[1], httpd)
+    finally:
+        httpd.stop.set()
+        httpd.shutdown()
+        httpd.server_close()
+        thread.join(5)
+
+
+@pytest.fixture
+def server() -> Iterator[Server]:
+    with _serving() as running:
+        yield running
+
+
+@pytest.fixture
+def make_fetcher() -> Iterator[Callable[..., Fetcher]]:
+    """Build fetchers (FAST limits, loopback allowed, no DNS unless given); close them after the test."""
+    made: list[Fetcher] = []
+
+    def make(resolver: Any = refusing_resolver, s3: Any = None, **limits: Any) -> Fetcher:
+        fetcher = Fetcher(replace(FAST, **limits), resolver=resolver, s3_client_factory=s3)
+        made.append(fetcher)
+        return fetcher
+
+    yield make
+    for fetcher in made:
+        fetcher.close()
+
+
+def fetch_error(fetcher: Fetcher, url: str) -> PredictionError:
+    with pytest.raises(PredictionError) as raised:
+        fetcher.fetch(url)
+    return raised.value
+
+
+def assert_error(error: PredictionError, code: ErrorCode, *, transient: bool) -> None:
+    assert (error.code, error.transient) == (code, transient), error.message
+
+
+# -- parse_networks ---------------------------------------------------------------
+
+
+def test_parse_networks_reads_a_mixed_list() -> None:
+    networks = parse_networks("127.0.0.0/8, ::1/128 10.0.0.7")
+    assert [str(n) for n in networks] == ["127.0.0.0/8", "::1/128", "10.0.0.7/32"]
+    assert parse_networks(" ") == ()
+
+
+@pytest.mark.parametrize("spec", ["banana", "127.0.0.1/8", "10.0.0.0/33"])
+def test_parse_networks_rejects_bad_input(spec: str) -> None:
+    with pytest.raises(ValueError, match="Invalid network"):
+        parse_networks(spec)
+
+
+# -- happy path -------------------------------------------------------------------
+
+
+def test_fetches_image_bytes(server: Server, make_fetcher: Callable[..., Fetcher]) -> None:
+    url = server.url("/image")
+    assert make_fetcher().fetch(url) == Fetched(IMAGE, url, "image/png")
+
+
+def test_body_of_exactly_max_bytes_is_accepted(server: Server, make_fetcher: Callable[..., Fetcher]) -> None:
+    assert make_fetcher(max_bytes=5000).fetch(server.url("/bytes/5000")).data == b"x" * 5000
+
+
+def test_chunked_body_under_the_limit_is_read_whole(
+    server: Server, make_fetcher: Callable[..., Fetcher]
+) -> None:
+    assert make_fetcher().fetch(server.url("/chunked/10")).data == b"x" * 10 * 1024
+
+
+def test_connects_to_the_checked_ip_and_sends_the_original_host(
+    server: Server, make_fetcher: Callable[..., Fetcher], connections: list[Address]
+) -> None:
+    # A rebinding DNS server answers loopback first, then an internal address.
+    answers = iter([["127.0.0.1"], ["10.0.0.1"], ["10.0.0.1"]])
+    calls: list[str] = []
+
+    def rebinding(host: str, port: int) -> list[str]:
+        calls.append(host)
+        return next(answers)
+
+    fetched = make_fetcher(resolver=rebinding).fetch(server.url("/echo-host", host="images.test"))
+    assert fetched.data == f"images.test:{server.port}".encode()
+    assert calls == ["images.test"]  # resolved once; the connection used that answer
+    assert connections == [("127.0.0.1", server.port)]
+
+
+# -- address guard ----------------------------------------------------------------
+
+NUMERIC_LOOPBACK_HOSTS = [
+    "127.0.0.1",
+    "2130706433",
+    "0x7f000001",
+    "017700000001",
+    "127.1",
+    "[::ffff:127.0.0.1]",
+]
+
+BLOCKED_LITERAL_URLS = [
+    *(f"http://{host}/" for host in NUMERIC_LOOPBACK_HOSTS),
+    "http://[::1]/",
+    "http://0.0.0.0/",
+    "http://[::]/",
+    "http://169.254.169.254/latest/meta-data/",
+    "http://0251.0376.0251.0376/latest/meta-data/",  # 169.254.169.254 in octal
+    "https://0xa9fea9fe/",  # 169.254.169.254 in hex
+    "http://[fd00:ec2::254]/",  # IMDS over IPv6
+    "http://10.0.0.1/",
+    "http://172.16.0.1/",
+    "http://192.168.1.1/",
+    "http://100.64.0.1/",  # carrier-grade NAT
+    "http://224.0.0.1/",
+    "http://[ff02::1]/",
+    "http://[fe80::1]/",
+    "http://[fc00::1]/",
+    "http://[fec0::1]/",  # deprecated site-local
+    "http://[::ffff:10.0.0.1]/",
+    "http://[::ffff:a9fe:a9fe]/",
+    "http://[2002:7f00:1::]/",  # 6to4 wrapping 127.0.0.1
+    "http://[64:ff9b::a00:1]/",  # NAT64 wrapping 10.0.0.1
+]
+
+
+@pytest.mark.parametrize("url", BLOCKED_LITERAL_URLS)
+def test_internal_ip_literals_are_blocked_before_connecting(
+    url: str, make_fetcher: Callable[..., Fetcher], connections: list[Address]
+) -> None:
+    error = fetch_error(make_fetcher(allowed_networks=()), url)
+    assert_error(error, ErrorCode.BLOCKED_ADDRESS, transient=False)
+    assert connections == []
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [
+        ["10.1.2.3"],
+        ["127.0.0.1"],
+        ["169.254.169.254"],
+        ["::1"],
+        ["fe80::1%1"],
+        ["::ffff:10.0.0.1"],
+        ["93.184.215.14", "10.0.0.1"],  # one bad answer is enough
+    ],
+)
+def test_names_resolving_to_internal_addresses_are_blocked(
+    answer: list[str], make_fetcher: Callable[..., Fetcher], connections: list[Address]
+) -> None:
+    resolver = StaticResolver({"images.test": answer})
+    error = fetch_error(make_fetcher(resolver=resolver, allowed_networks=()), "http://images.test/cat.png")
+    assert_error(error, ErrorCode.BLOCKED_ADDRESS, transient=False)
+    assert "images.test" in error.message
+    assert resolver.calls == [("images.test", 80)]
+    assert connections == []
+
+
+@pytest.mark.parametrize("answer", [["::1"], ["127.0.0.1", "10.0.0.1"]])
+def test_allow_list_opens_only_what_it_names(
+    answer: list[str], make_fetcher: Callable[..., Fetcher], connections: list[Address]
+) -> None:
+    resolver = StaticResolver({"images.test": answer})
+    error = fetch_error(make_fetcher(resolver=resolver), "http://images.test/cat.png")  # 127.0.0.0/8 allowed
+    assert_error(error, ErrorCode.BLOCKED_ADDRESS, transient=False)
+    assert connections == []
+
+
+@pytest.mark.parametrize("host", NUMERIC_LOOPBACK_HOSTS)
+def test_allowed_loopback_works_in_every_numeric_form(
+    host: str, server: Server, make_fetcher: Callable[..., Fetcher], connections: list[Address]
+) -> None:
+    assert make_fetcher().fetch(server.url("/image", host=host)).data == IMAGE
+    assert connections == [("127.0.0.1", server.port)]
+
+
+def test_allowed_loopback_works_by_name(server: Server, make_fetcher: Callable[..., Fetcher]) -> None:
+    resolver = StaticResolver({"images.test": ["127.0.0.1"]})
+    assert make_fetcher(resolver=resolver).fetch(server.url("/image", host="images.test")).data == IMAGE
+    assert resolver.calls == [("images.test", server.port)]
+
+
+def test_unknown_name_is_a_permanent_connection_error(make_fetcher: Callable[..., Fetcher]) -> None:
+    error = fetch_error(make_fetcher(resolver=StaticResolver()), "http://nowhere.test/cat.png")
+    assert_error(error, ErrorCode.CONNECTION_ERROR, transient=False)
+
+
+# -- schemes ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "ftp://example.com/cat.png",
+        "file:///etc/passwd",
+        "data:image/png;base64,iVBORw0KGgo=",
+        "gopher://example.com/",
+        "",
+        "cat.png",
+        "//example.com/cat.png",
+        "http:///cat.png",
+        "https://",
+        "http://[::1/",
+        "http://example.com:99999/",
+        "s3://bucket-only",
+        "s3:///key-only",
+    ],
+)
+def test_unsupported_urls_are_refused(
+    url: str, make_fetcher: Callable[..., Fetcher], connections: list[Address]
+) -> None:
+    error = fetch_error(make_fetcher(s3=refusing_s3), url)
+    assert_error(error, ErrorCode.UNSUPPORTED_SCHEME, transient=False)
+    assert connections == []
+
+
+# -- redirects --------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("code", [301, 302, 303, 307, 308])
+def test_follows_one_redirect(code: int, server: Server, make_fetcher: Callable[..., Fetcher]) -> None:
+    fetched = make_fetcher().fetch(server.url(f"/redirect/1?code={code}"))
+    assert (fetched.data, fetched.final_url) == (IMAGE, server.url(f"/redirect/0?code={code}"))
+
+
+def test_follows_up_to_max_redirects(server: Server, make_fetcher: Callable[..., Fetcher]) -> None:
+    assert make_fetcher(max_redirects=3).fetch(server.url("/redirect/3")).data == IMAGE
+
+
+def test_too_many_redirects(server: Server, make_fetcher: Callable[..., Fetcher]) -> None:
+    error = fetch_error(make_fetcher(max_redirects=3), server.url("/redirect/4"))
+    assert_error(error, ErrorCode.TOO_MANY_REDIRECTS, transient=False)
+    assert "3 redirects" in error.message
+
+
+def test_redirect_to_metadata_address_is_blocked(
+    server: Server, make_fetcher: Callable[..., Fetcher], connections: list[Address]
+) -> None:
+    url = server.url("/redirect-to?url=http://169.254.169.254/latest/meta-data/")
+    error = fetch_error(make_fetcher(), url)
+    assert_error(error, ErrorCode.BLOCKED_ADDRESS, transient=False)
+    assert "169.254.169.254" in error.message
+    assert {address[0] for address in connections} == {"127.0.0.1"}
+
+
+def test_redirect_to_name_resolving_internal_is_blocked(
+    server: Server, make_fetcher: Callable[..., Fetcher], connections: list[Address]
+) -> None:
+    resolver = StaticResolver({"internal.test": ["10.0.0.1"]})
+    error = fetch_error(make_fetcher(resolver=resolver), server.url("/redirect-to?url=http://internal.test/"))
+    assert_error(error, ErrorCode.BLOCKED_ADDRESS, transient=False)
+    assert resolver.calls == [("internal.test", 80)]
+    assert {address[0] for address in connections} == {"127.0.0.1"}
+
+
+@pytest.mark.parametrize("target", ["file:///etc/passwd", "s3://bucket/key", "gopher://127.0.0.1/"])
+def test_redirect_to_other_schemes_is_refused(
+    target: str, server: Server, make_fetcher: Callable[..., Fetcher]
+) -> None:
+    error = fetch_error(make_fetcher(), server.url(f"/redirect-to?url={target}"))
+    assert_error(error, ErrorCode.UNSUPPORTED_SCHEME, transient=False)
+
+
+def test_redirect_without_location(server: Server, make_fetcher: Callable[..., Fetcher]) -> None:
+    error = fetch_error(make_fetcher(), server.url("/no-location"))
+    assert_error(error, ErrorCode.HTTP_ERROR, transient=False)
+
+
+# -- HTTP status ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("status", "transient"),
+    [
+        *((status, False) for status in (300, 400, 403, 404, 410)),
+        *((status, True) for status in (408, 429, 500, 502, 503)),
+    ],
+)
+def test_http_status_errors(
+    status: int, transient: bool, server: Server, make_fetcher: Callable[..., Fetcher]
+) -> None:
+    error = fetch_error(make_fetcher(), server.url(f"/status/{status}"))
+    assert_error(error, ErrorCode.HTTP_ERROR, transient=transient)
+    assert error.message == f"HTTP {status} from 127.0.0.1"
+
+
+def test_compressed_body_is_refused(server: Server, make_fetcher: Callable[..., Fetcher]) -> None:
+    error = fetch_error(make_fetcher(), server.url("/gzip"))
+    assert_error(error, ErrorCode.HTTP_ERROR, transient=False)
+    assert "gzip" in error.message
+
+
+# -- size -------------------------------------------------------------------------
+
+
+def test_huge_content_length_is_refused_before_reading(
+    server: Server, make_fetcher: Callable[..., Fetcher]
+) -> None:
+    error = fetch_error(make_fetcher(), server.url("/huge-length"))
+    assert_error(error, ErrorCode.TOO_LARGE, transient=False)
+    assert str(10**12) in error.message
+    assert str(FAST.max_bytes) in error.message
+
+
+def test_chunked_body_over_the_limit_is_cut_off(server: Server, make_fetcher: Callable[..., Fetcher]) -> None:
+    error = fetch_error(make_fetcher(max_bytes=16 * 1024), server.url("/chunked/200"))
+    assert_error(error, ErrorCode.TOO_LARGE, transient=False)
+    assert "16384-byte limit" in error.message
+
+
+def test_pool_recovers_after_an_aborted_body(server: Server, make_fetcher: Callable[..., Fetcher]) -> None:
+    fetcher = make_fetcher(max_bytes=16 * 1024)
+    assert_error(fetch_error(fetcher, server.url("/chunked/200")), ErrorCode.TOO_LARGE, transient=False)
+    assert fetcher.fetch(server.url("/bytes/100")).data == b"x" * 100
+
+
+# -- time -------------------------------------------------------------------------
+
+
+def test_slow_drip_body_hits_the_deadline(server: Server, make_fetcher: Callable[..., Fetcher]) -> None:
+    started = time.monotonic()
+    error = fetch_error(make_fetcher(read_timeout=0.3), server.url("/drip"))
+    assert_error(error, ErrorCode.FETCH_TIMEOUT, transient=True)
+    assert time.monotonic() - started < 1.5
+
+
+def test_server_that_never_answers_times_out(server: Server, make_fetcher: Callable[..., Fetcher]) -> None:
+    started = time.monotonic()
+    error = fetch_error(make_fetcher(read_timeout=0.3), server.url("/hang"))
+    assert_error(error, ErrorCode.FETCH_TIMEOUT, transient=True)
+    assert time.monotonic() - started < 1.5
+
+
+def test_connect_timeout(make_fetcher: Callable[..., Fetcher]) -> None:
+    # A listener that never accepts: once its accept queue is full, further SYNs are dropped.
+    with socket.socket() as listener, contextlib.ExitStack() as fillers:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(0)
+        address = listener.getsockname()
+        with contextlib.suppress(TimeoutError):
+            for _ in range(8):
+                fillers.enter_context(socket.create_connection(address, timeout=0.2))
+        error = fetch_error(make_fetcher(connect_timeout=0.3), f"http://127.0.0.1:{address[1]}/")
+    assert_error(error, ErrorCode.FETCH_TIMEOUT, transient=True)
+    assert "connecting" in error.message
+
+
+# -- connection failures ----------------------------------------------------------
+
+
+def test_connection_refused(make_fetcher: Callable[..., Fetcher]) -> None:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]  # closed again before the fetch: nothing listens there
+    error = fetch_error(make_fetcher(), f"http://127.0.0.1:{port}/")
+    assert_error(error, ErrorCode.CONNECTION_ERROR, transient=True)
+
+
+def test_connection_closed_without_response(server: Server, make_fetcher: Callable[..., Fetcher]) -> None:
+    error = fetch_error(make_fetcher(), server.url("/reset"))
+    assert_error(error, ErrorCode.CONNECTION_ERROR, transient=True)
+
+
+# -- TLS: pinned to the checked IP, verified against the hostname --------------------
+
+
+@dataclass(frozen=True)
+class _Pki:
+    ca_file: Path
+    server_context: ssl.SSLContext
+
+
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory: pytest.TempPathFactory) -> _Pki:
+    """A throwaway CA and a server certificate for images.test."""
+    now = datetime.datetime.now(datetime.UTC)
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "batchpredict test CA")])
+    ca_cert = (
+        x509.CertificateBuilder()
+        .subject_name(ca_name)
+        .issuer_name(ca_name)
+        .public_key(ca_key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(hours=1))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key()), critical=False)
+        .sign(ca_key, hashes.SHA256())
+    )
+    leaf_key = ec.generate_private_key(ec.SECP256R1())
+    leaf_cert = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "images.test")]))
+        .issuer_name(ca_name)
+        .public_key(leaf_key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(hours=1))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(x509.SubjectAlternativeName([x509.DNSName("images.test")]), critical=False)
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(
+            x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), critical=False
+        )
+        .sign(ca_key, hashes.SHA256())
+    )
+    folder = tmp_path_factory.mktemp("pki")
+    ca_file = folder / "ca.pem"
+    ca_file.write_bytes(ca_cert.public_bytes(serialization.Encoding.PEM))
+    chain_file = folder / "server.pem"
+    key_pem = leaf_key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
+    chain_file.write_bytes(leaf_cert.public_bytes(serialization.Encoding.PEM) + key_pem)
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(chain_file)
+    return _Pki(ca_file, context)
+
+
+@pytest.fixture
+def tls_server(pki: _Pki, monkeypatch: pytest.MonkeyPatch) -> Iterator[Server]:
+    # The fetcher loads the default trust store; point it at the test CA only.
+    monkeypatch.setenv("SSL_CERT_FILE", str(pki.ca_file))
+    monkeypatch.delenv("SSL_CERT_DIR", raising=False)
+    with _serving(pki.server_context) as running:
+        yield running
+
+
+def test_https_verifies_the_hostname_while_connecting_to_the_ip(
+    tls_server: Server, make_fetcher: Callable[..., Fetcher], connections: list[Address]
+) -> None:
+    resolver = StaticResolver({"images.test": ["127.0.0.1"]})
+    fetched = make_fetcher(resolver=resolver).fetch(tls_server.url("/echo-host", host="images.test"))
+    assert fetched.data == f"images.test:{tls_server.port}".encode()
+    assert tls_server.httpd.sni_names == ["images.test"]
+    assert connections == [("127.0.0.1", tls_server.port)]
+
+
+def test_https_certificate_for_another_name_is_refused(
+    tls_server: Server, make_fetcher: Callable[..., Fetcher]
+) -> None:
+    resolver = StaticResolver({"other.test": ["127.0.0.1"]})
+    error = fetch_error(make_fetcher(resolver=resolver), tls_server.url("/image", host="other.test"))
+    assert_error(error, ErrorCode.CONNECTION_ERROR, transient=False)
+    assert "TLS" in error.message
+
+
+# -- s3:// ------------------------------------------------------------------------
+
+
+@pytest.fixture
+def s3(monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
+    for name, value in {
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_DEFAULT_REGION": "us-east-1",
+    }.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.delenv("AWS_PROFILE", raising=False)
+    with mock_aws():
+        client = boto3.client("s3", region_name="us-east-1")
+        client.create_bucket(Bucket="images")
+        client.put_object(Bucket="images", Key="cat.png", Body=IMAGE, ContentType="image/png")
+        client.put_object(Bucket="images", Key="odd name?#1.png", Body=IMAGE)
+        yield client
+
+
+def test_s3_object_is_fetched(s3: Any, make_fetcher: Callable[..., Fetcher]) -> None:
+    factory_calls: list[int] = []
+
+    def factory() -> Any:
+        factory_calls.append(1)
+        return s3
+
+    fetcher = make_fetcher(s3=factory)
+    assert fetcher.fetch("s3://images/cat.png") == Fetched(IMAGE, "s3://images/cat.png", "image/png")
+    assert fetcher.fetch("s3://images/odd name?#1.png").data == IMAGE  # '?' and '#' belong to the key
+    assert factory_calls == [1]  # one client, reused
+
+
+@pytest.mark.parametrize("url", ["s3://images/missing.png", "s3://no-such-bucket/cat.png"])
+def test_s3_missing_object(url: str, s3: Any, make_fetcher: Callable[..., Fetcher]) -> None:
+    error = fetch_error(make_fetcher(s3=lambda: s3), url)
+    assert_error(error, ErrorCode.S3_NOT_FOUND, transient=False)
+
+
+def test_s3_object_over_the_limit(s3: Any, make_fetcher: Callable[..., Fetcher]) -> None:
+    error = fetch_error(make_fetcher(s3=lambda: s3, max_bytes=100), "s3://images/cat.png")
+    assert_error(error, ErrorCode.TOO_LARGE, transient=False)
+    assert "100-byte limit" in error.message
+
+
+class _FakeS3:
+    def __init__(
+        self, *, error: Exception | None = None, body: bytes = b"", length: int | None = None
+    ) -> None:
+        self.error, self.body, self.length = error, body, length
+
+    def get_object(self, Bucket: str, Key: str) -> dict[str, Any]:  # noqa: N803 (boto3's names)
+        if self.error:
+            raise self.error
+        return {"Body": io.BytesIO(self.body), "ContentLength": self.length}
+
+
+def test_s3_body_longer_than_declared_is_cut_off(make_fetcher: Callable[..., Fetcher]) -> None:
+    fake = _FakeS3(body=b"x" * 500, length=10)
+    error = fetch_error(make_fetcher(s3=lambda: fake, max_bytes=100), "s3://images/cat.png")
+    assert_error(error, ErrorCode.TOO_LARGE, transient=False)
+
+
+def _client_error(code: str, status: int) -> ClientError:
+    response: Any = {"Error": {"Code": code}, "ResponseMetadata": {"HTTPStatusCode": status}}
+    return ClientError(response, "GetObject")
+
+
+@pytest.mark.parametrize(
+    ("error", "code", "transient"),
+    [
+        (_client_error("AccessDenied", 403), ErrorCode.S3_ACCESS_DENIED, False),
+        (_client_error("404", 404), ErrorCode.S3_NOT_FOUND, False),
+        (_client_error("SlowDown", 503), ErrorCode.HTTP_ERROR, True),
+        (_client_error("InternalError", 500), ErrorCode.HTTP_ERROR, True),
+        (_client_error("InvalidRequest", 400), ErrorCode.HTTP_ERROR, False),
+        (EndpointConnectionError(endpoint_url="https://s3.test"), ErrorCode.CONNECTION_ERROR, True),
+    ],
+)
+def test_s3_errors(
+    error: Exception, code: ErrorCode, transient: bool, make_fetcher: Callable[..., Fetcher]
+) -> None:
+    fake = _FakeS3(error=error)
+    assert_error(fetch_error(make_fetcher(s3=lambda: fake), "s3://images/cat.png"), code, transient=transient)
