@@ -1,0 +1,115 @@
+"""The bodies of the pipeline's SQS messages, and the job id.
+
+* manifest queue: S3 event notifications (``ObjectCreated``), S3's ``s3:TestEvent``,
+  and our own continuation messages for manifests too long for one invocation;
+* work queue: chunk messages ``{"job_id", "chunk", "items": [...]}``;
+* finalize queue: ``{"job_id"}``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import unquote_plus
+
+from aws_lambda_powertools.utilities.data_classes import S3Event
+
+from batchpredict.records import WorkItem
+
+
+@dataclass(frozen=True)
+class ManifestObject:
+    bucket: str
+    key: str
+    version_id: str | None
+    etag: str | None
+
+    @property
+    def uri(self) -> str:
+        return f"s3://{self.bucket}/{self.key}"
+
+    @property
+    def job_id(self) -> str:
+        """Deterministic: the same object version always maps to the same job."""
+        identity = f"{self.bucket}\n{self.key}\n{self.version_id or ''}\n{self.etag or ''}"
+        return "job-" + hashlib.sha256(identity.encode()).hexdigest()[:20]
+
+
+@dataclass(frozen=True)
+class Continuation:
+    """Resume splitting ``manifest`` at ``position`` (see manifest.Position)."""
+
+    job_id: str
+    manifest: ManifestObject
+    position: dict[str, Any]
+
+    def body(self) -> str:
+        m = self.manifest
+        return json.dumps(
+            {
+                "continuation": {
+                    "job_id": self.job_id,
+                    "bucket": m.bucket,
+                    "key": m.key,
+                    "version_id": m.version_id,
+                    "etag": m.etag,
+                    "position": self.position,
+                }
+            }
+        )
+
+
+@dataclass(frozen=True)
+class ManifestMessage:
+    """What one manifest-queue message asks for: new objects, a continuation, or nothing."""
+
+    objects: list[ManifestObject] = field(default_factory=list)
+    continuation: Continuation | None = None
+
+
+def parse_manifest_message(body: str) -> ManifestMessage:
+    doc = json.loads(body)
+    if doc.get("Event") == "s3:TestEvent":  # sent by S3 when the notification is configured
+        return ManifestMessage()
+    if "continuation" in doc:
+        c = doc["continuation"]
+        manifest = ManifestObject(c["bucket"], c["key"], c.get("version_id"), c.get("etag"))
+        return ManifestMessage(continuation=Continuation(c["job_id"], manifest, c["position"]))
+    objects = []
+    for record in S3Event(doc).records:
+        if not record.event_name.startswith("ObjectCreated:"):
+            continue
+        obj = record.s3.get_object
+        # Keys arrive URL-encoded, with '+' for spaces.
+        objects.append(
+            ManifestObject(record.s3.bucket.name, unquote_plus(obj.key), obj.version_id, obj.etag or None)
+        )
+    return ManifestMessage(objects=objects)
+
+
+@dataclass(frozen=True)
+class Chunk:
+    job_id: str
+    chunk: int
+    items: list[WorkItem]
+
+    def body(self) -> str:
+        return json.dumps(
+            {"job_id": self.job_id, "chunk": self.chunk, "items": [item.as_message() for item in self.items]},
+            separators=(",", ":"),
+        )
+
+    @classmethod
+    def parse(cls, body: str) -> Chunk:
+        doc = json.loads(body)
+        return cls(str(doc["job_id"]), int(doc["chunk"]), [WorkItem.from_message(i) for i in doc["items"]])
+
+
+def finalize_body(job_id: str) -> str:
+    return json.dumps({"job_id": job_id})
+
+
+def parse_finalize(body: str) -> str:
+    return str(json.loads(body)["job_id"])

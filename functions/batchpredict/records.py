@@ -1,0 +1,93 @@
+"""The result record: one per manifest line, the same in the JSONL files and in DynamoDB."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from batchpredict.errors import ErrorCode
+from batchpredict.predictor import Outcome
+
+SUCCEEDED = "SUCCEEDED"
+FAILED = "FAILED"
+
+
+@dataclass(frozen=True)
+class WorkItem:
+    """One manifest line as it travels in a chunk message: an image to predict, or a line
+    that already failed while the manifest was split (``error`` set)."""
+
+    index: int
+    url: str | None = None
+    id: str | None = None
+    metadata: dict[str, Any] | None = None
+    error: dict[str, str] | None = None
+
+    def as_message(self) -> dict[str, Any]:
+        fields = {
+            "index": self.index,
+            "url": self.url,
+            "id": self.id,
+            "metadata": self.metadata,
+            "error": self.error,
+        }
+        return {k: v for k, v in fields.items() if v is not None}
+
+    @classmethod
+    def from_message(cls, body: dict[str, Any]) -> WorkItem:
+        return cls(
+            index=int(body["index"]),
+            url=body.get("url"),
+            id=body.get("id"),
+            metadata=body.get("metadata"),
+            error=body.get("error"),
+        )
+
+
+def _record(job_id: str, item: WorkItem, model: str | None) -> dict[str, Any]:
+    record: dict[str, Any] = {
+        "job_id": job_id,
+        "index": item.index,
+        "id": item.id,
+        "url": item.url,
+        "status": FAILED,
+        "predictions": [],
+        "error": None,
+        "model": model,
+        "image": None,
+        "timing_ms": {"fetch": 0.0, "preprocess": 0.0, "inference": 0.0},
+    }
+    if item.metadata is not None:
+        record["metadata"] = item.metadata
+    return record
+
+
+def failed_record(
+    job_id: str, item: WorkItem, code: ErrorCode | str, message: str, model: str | None = None
+) -> dict[str, Any]:
+    return _record(job_id, item, model) | {"error": {"code": str(code), "message": message}}
+
+
+def outcome_record(
+    job_id: str, item: WorkItem, outcome: Outcome, model: str, fetch_ms: float
+) -> dict[str, Any]:
+    """The record of an image that went through fetch + predict (successfully or not)."""
+    if outcome.error is not None:
+        record = failed_record(job_id, item, outcome.error.code, outcome.error.message, model)
+    else:
+        record = _record(job_id, item, model) | {
+            "status": SUCCEEDED,
+            "predictions": [p.as_dict() for p in outcome.predictions],
+        }
+    if outcome.image is not None:
+        record["image"] = {
+            "width": outcome.image.width,
+            "height": outcome.image.height,
+            "bytes": outcome.image.bytes,
+        }
+    record["timing_ms"] = {
+        "fetch": round(fetch_ms, 2),
+        "preprocess": round(outcome.preprocess_ms, 2),
+        "inference": round(outcome.inference_ms, 2),
+    }
+    return record
