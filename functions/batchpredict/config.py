@@ -10,7 +10,11 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import TypeVar
 
+from batchpredict.batch import FetchPolicy
+from batchpredict.fetch import FetchLimits, parse_networks
+from batchpredict.images import DEFAULT_MAX_PIXELS
 from batchpredict.model import DEFAULT_MAX_BATCH, DEFAULT_TOP_K
+from batchpredict.split import SplitSettings
 
 T = TypeVar("T")
 
@@ -64,4 +68,120 @@ def engine_config(env: Mapping[str, str]) -> EngineConfig:
         max_batch=setting(env, "MAX_BATCH", positive_int, DEFAULT_MAX_BATCH),
         threads=setting(env, "INFERENCE_THREADS", positive_int, None),
         top_k=setting(env, "TOP_K", positive_int, DEFAULT_TOP_K),
+    )
+
+
+@dataclass(frozen=True)
+class Tables:
+    table: str
+    ttl_seconds: int | None  # RESULT_TTL_DAYS: rows expire (DynamoDB TTL) this long after writing
+
+
+def _tables(env: Mapping[str, str]) -> Tables:
+    days = setting(env, "RESULT_TTL_DAYS", positive_int, None)
+    return Tables(
+        table=setting(env, "TABLE_NAME", str, help_text="the DynamoDB table of jobs and results"),
+        ttl_seconds=days * 86_400 if days else None,
+    )
+
+
+def fetch_limits(env: Mapping[str, str]) -> FetchLimits:
+    defaults = FetchLimits()
+    return FetchLimits(
+        max_bytes=setting(env, "MAX_IMAGE_BYTES", positive_int, defaults.max_bytes),
+        connect_timeout=setting(env, "FETCH_CONNECT_TIMEOUT", positive_float, defaults.connect_timeout),
+        read_timeout=setting(env, "FETCH_READ_TIMEOUT", positive_float, defaults.read_timeout),
+        max_redirects=setting(env, "MAX_REDIRECTS", int, defaults.max_redirects),
+        allowed_networks=setting(env, "ALLOWED_NETWORKS", parse_networks, ()),
+    )
+
+
+def positive_float(raw: str) -> float:
+    value = float(raw)
+    if not value > 0:
+        raise ValueError("must be a positive number")
+    return value
+
+
+@dataclass(frozen=True)
+class SplitConfig:
+    tables: Tables
+    work_queue_url: str
+    manifest_queue_url: str
+    finalize_queue_url: str
+    settings: SplitSettings
+
+
+def split_config(env: Mapping[str, str]) -> SplitConfig:
+    defaults = SplitSettings()
+    return SplitConfig(
+        tables=_tables(env),
+        work_queue_url=setting(env, "WORK_QUEUE_URL", str),
+        manifest_queue_url=setting(env, "MANIFEST_QUEUE_URL", str),
+        finalize_queue_url=setting(env, "FINALIZE_QUEUE_URL", str),
+        settings=SplitSettings(
+            chunk_size=setting(env, "CHUNK_SIZE", positive_int, defaults.chunk_size),
+            max_manifest_lines=setting(env, "MAX_MANIFEST_LINES", positive_int, defaults.max_manifest_lines),
+            time_reserve_ms=setting(env, "SPLIT_TIME_RESERVE_MS", positive_int, defaults.time_reserve_ms),
+        ),
+    )
+
+
+@dataclass(frozen=True)
+class PredictConfig:
+    tables: Tables
+    output_bucket: str
+    finalize_queue_url: str
+    engine: EngineConfig
+    fetch: FetchLimits
+    policy: FetchPolicy
+    max_image_pixels: int
+
+
+def predict_config(env: Mapping[str, str]) -> PredictConfig:
+    defaults = FetchPolicy()
+    return PredictConfig(
+        tables=_tables(env),
+        output_bucket=setting(env, "OUTPUT_BUCKET", str, help_text="the bucket results are written to"),
+        finalize_queue_url=setting(env, "FINALIZE_QUEUE_URL", str),
+        engine=engine_config(env),
+        fetch=fetch_limits(env),
+        policy=FetchPolicy(
+            concurrency=setting(env, "FETCH_CONCURRENCY", positive_int, defaults.concurrency),
+            attempts=setting(env, "FETCH_ATTEMPTS", positive_int, defaults.attempts),
+            backoff_seconds=setting(env, "FETCH_BACKOFF_SECONDS", positive_float, defaults.backoff_seconds),
+        ),
+        max_image_pixels=setting(env, "MAX_IMAGE_PIXELS", positive_int, DEFAULT_MAX_PIXELS),
+    )
+
+
+@dataclass(frozen=True)
+class FinalizeConfig:
+    tables: Tables
+    output_bucket: str
+    finalize_queue_url: str
+
+
+def finalize_config(env: Mapping[str, str]) -> FinalizeConfig:
+    return FinalizeConfig(
+        tables=_tables(env),
+        output_bucket=setting(env, "OUTPUT_BUCKET", str),
+        finalize_queue_url=setting(env, "FINALIZE_QUEUE_URL", str),
+    )
+
+
+@dataclass(frozen=True)
+class ApiConfig:
+    engine: EngineConfig
+    fetch: FetchLimits
+    max_urls: int
+    max_image_pixels: int
+
+
+def api_config(env: Mapping[str, str]) -> ApiConfig:
+    return ApiConfig(
+        engine=engine_config(env),
+        fetch=fetch_limits(env),
+        max_urls=setting(env, "API_MAX_URLS", positive_int, 8),
+        max_image_pixels=setting(env, "MAX_IMAGE_PIXELS", positive_int, DEFAULT_MAX_PIXELS),
     )

@@ -1,0 +1,18 @@
+"""boto3 clients, created on demand (never at import), with standard retries.
+
+Endpoints come from boto3's own settings (``AWS_ENDPOINT_URL``, ``AWS_ENDPOINT_URL_S3``, ...),
+which is how the local stack points the same code at servers on loopback.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import boto3
+from botocore.config import Config
+
+RETRIES = Config(retries={"mode": "standard", "max_attempts": 5}, connect_timeout=5, read_timeout=30)
+
+
+def client(service: str) -> Any:
+    return boto3.session.Session().client(service, config=RETRIES)  # type: ignore[call-overload]

@@ -1,0 +1,83 @@
+"""predict: work queue (a batch of chunk messages) -> one forward pass -> parts, rows, counters."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from functools import cache
+from typing import Any
+
+from aws_lambda_powertools.utilities.batch import BatchProcessor, EventType, process_partial_response
+from aws_lambda_powertools.utilities.batch.types import PartialItemFailureResponse
+from aws_lambda_powertools.utilities.data_classes.sqs_event import SQSRecord
+from aws_lambda_powertools.utilities.typing import LambdaContext
+
+from batchpredict import aws
+from batchpredict.batch import ChunkPredictor, ChunkWriter, ImageFetcher
+from batchpredict.bundle import resolve_bundle
+from batchpredict.config import predict_config
+from batchpredict.fetch import Fetcher
+from batchpredict.jobs import JobStore
+from batchpredict.messages import Chunk
+from batchpredict.model import load_model
+from batchpredict.observability import MetricUnit, logger, metrics, tracer
+from batchpredict.queues import Queue
+from batchpredict.records import SUCCEEDED
+from batchpredict.results import ResultStore
+
+processor = BatchProcessor(event_type=EventType.SQS)
+
+
+@dataclass(frozen=True)
+class Service:
+    predictor: ChunkPredictor
+    writer: ChunkWriter
+
+
+@cache
+def service() -> Service:
+    """Cold start: settings, the model (loaded and bound once per process), clients."""
+    config = predict_config(os.environ)
+    engine = load_model(
+        resolve_bundle(config.engine.model_uri, lambda: aws.client("s3")),
+        config.engine.max_batch,
+        config.engine.threads,
+    )
+    fetcher = Fetcher(config.fetch, s3_client_factory=lambda: aws.client("s3"))
+    predictor = ChunkPredictor(
+        engine, ImageFetcher(fetcher, config.policy), config.engine.top_k, config.max_image_pixels
+    )
+    writer = ChunkWriter(
+        JobStore(aws.client("dynamodb"), config.tables.table, ttl_seconds=config.tables.ttl_seconds),
+        ResultStore(aws.client("s3"), config.output_bucket),
+        Queue(aws.client("sqs"), config.finalize_queue_url),
+    )
+    return Service(predictor, writer)
+
+
+@logger.inject_lambda_context
+@tracer.capture_lambda_handler
+@metrics.log_metrics(capture_cold_start_metric=True)
+def lambda_handler(event: dict[str, Any], context: LambdaContext) -> PartialItemFailureResponse:
+    svc = service()
+    chunks: dict[str, Chunk] = {}
+    for raw in event.get("Records", []):
+        try:
+            chunks[raw["messageId"]] = Chunk.parse(raw["body"])
+        except (KeyError, ValueError, TypeError):
+            logger.exception("malformed chunk message", extra={"message_id": raw.get("messageId")})
+    # One batched inference for every image of every chunk in this invocation.
+    ordered = list(chunks.values())
+    records = dict(zip(chunks, svc.predictor.records(ordered), strict=True)) if ordered else {}
+
+    def write(record: SQSRecord) -> None:
+        if record.message_id not in chunks:
+            raise ValueError(f"message {record.message_id} is not a chunk message")  # -> DLQ -> reconcile
+        chunk, rows = chunks[record.message_id], records[record.message_id]
+        logger.append_keys(job_id=chunk.job_id)
+        succeeded = sum(1 for r in rows if r["status"] == SUCCEEDED)
+        svc.writer.write(chunk, rows, svc.predictor.engine.model_id)
+        metrics.add_metric(name="ImagesSucceeded", unit=MetricUnit.Count, value=succeeded)
+        metrics.add_metric(name="ImagesFailed", unit=MetricUnit.Count, value=len(rows) - succeeded)
+
+    return process_partial_response(event=event, record_handler=write, processor=processor, context=context)

@@ -1,0 +1,116 @@
+"""predict_api: the original post's synchronous endpoint behind an HTTP API.
+
+``GET /predict?url=…`` or ``POST /predict {"url": …}`` returns that image's record;
+``POST {"urls": [...]}`` (up to API_MAX_URLS) returns ``{"results": [...]}``. 400 for bad
+input, 422 for a single image that cannot be predicted. Same engine and fetch guard as
+the batch path; the model is loaded once per process, not on every request.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from functools import cache
+from typing import Any
+
+from aws_lambda_powertools.event_handler import APIGatewayHttpResolver, CORSConfig, Response, content_types
+from aws_lambda_powertools.utilities.typing import LambdaContext
+
+from batchpredict import aws
+from batchpredict.batch import FetchPolicy, ImageFetcher
+from batchpredict.bundle import resolve_bundle
+from batchpredict.config import api_config
+from batchpredict.fetch import Fetcher
+from batchpredict.manifest import check_url
+from batchpredict.model import Engine, load_model
+from batchpredict.observability import logger, metrics, tracer
+from batchpredict.predictor import predict_payloads
+from batchpredict.records import SUCCEEDED, WorkItem, outcome_record
+
+app = APIGatewayHttpResolver(cors=CORSConfig(allow_origin="*"))
+
+
+@dataclass(frozen=True)
+class Service:
+    engine: Engine
+    images: ImageFetcher
+    max_urls: int
+    max_pixels: int
+    top_k: int
+
+
+@cache
+def service() -> Service:
+    config = api_config(os.environ)
+    engine = load_model(
+        resolve_bundle(config.engine.model_uri, lambda: aws.client("s3")),
+        config.engine.max_batch,
+        config.engine.threads,
+    )
+    fetcher = Fetcher(config.fetch, s3_client_factory=lambda: aws.client("s3"))
+    # One attempt: a caller waiting on HTTP would rather retry itself than wait for our backoff.
+    images = ImageFetcher(fetcher, FetchPolicy(concurrency=config.max_urls, attempts=1))
+    return Service(engine, images, config.max_urls, config.max_image_pixels, config.engine.top_k)
+
+
+def _json(status: int, body: dict[str, Any]) -> Response[str]:
+    return Response(status_code=status, content_type=content_types.APPLICATION_JSON, body=json.dumps(body))
+
+
+def _bad_request(code: str, message: str) -> Response[str]:
+    return _json(400, {"error": {"code": code, "message": message}})
+
+
+def _predict(urls: list[str], single: bool) -> Response[str]:
+    svc = service()
+    if not urls:
+        return _bad_request("invalid_request", 'give an image URL: ?url=… or a JSON body {"url": …}')
+    if len(urls) > svc.max_urls:
+        return _bad_request("invalid_request", f"at most {svc.max_urls} URLs per request, got {len(urls)}")
+    for url in urls:
+        if not isinstance(url, str):
+            return _bad_request("invalid_request", "every url must be a string")
+        problem = check_url(url)
+        if problem is not None:
+            return _bad_request(problem[0].value, problem[1])
+    items = [WorkItem(index=i, url=url) for i, url in enumerate(urls)]
+    fetched = svc.images.fetch_all(urls)
+    outcomes = predict_payloads(svc.engine, [f.payload for f in fetched], svc.top_k, svc.max_pixels)
+    records = []
+    for item, fetch, outcome in zip(items, fetched, outcomes, strict=True):
+        record = outcome_record("", item, outcome, svc.engine.model_id, fetch.fetch_ms)
+        record.pop("job_id")
+        records.append(record)
+    if single:
+        return _json(200 if records[0]["status"] == SUCCEEDED else 422, records[0])
+    return _json(200, {"results": records})
+
+
+@app.get("/predict")
+def predict_get() -> Response[str]:
+    url = app.current_event.get_query_string_value(name="url", default_value="") or ""
+    return _predict([url] if url else [], single=True)
+
+
+@app.post("/predict")
+def predict_post() -> Response[str]:
+    try:
+        body = json.loads(app.current_event.body or "")
+    except ValueError:
+        return _bad_request("invalid_request", 'the body must be JSON: {"url": …} or {"urls": [...]}')
+    if not isinstance(body, dict):
+        return _bad_request("invalid_request", "the body must be a JSON object")
+    if "urls" in body:
+        urls = body["urls"]
+        if not isinstance(urls, list):
+            return _bad_request("invalid_request", '"urls" must be a list')
+        return _predict(urls, single=False)
+    return _predict([body["url"]] if body.get("url") else [], single=True)
+
+
+@logger.inject_lambda_context
+@tracer.capture_lambda_handler
+@metrics.log_metrics(capture_cold_start_metric=True)
+def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
+    return app.resolve(event, context)

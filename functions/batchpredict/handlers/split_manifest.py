@@ -1,0 +1,53 @@
+"""split_manifest: manifest queue (S3 ObjectCreated events) -> JOB record + chunk messages."""
+
+from __future__ import annotations
+
+import os
+from functools import cache
+from typing import Any
+
+from aws_lambda_powertools.utilities.batch import BatchProcessor, EventType, process_partial_response
+from aws_lambda_powertools.utilities.batch.types import PartialItemFailureResponse
+from aws_lambda_powertools.utilities.data_classes.sqs_event import SQSRecord
+from aws_lambda_powertools.utilities.typing import LambdaContext
+
+from batchpredict import aws
+from batchpredict.config import split_config
+from batchpredict.jobs import JobStore
+from batchpredict.observability import MetricUnit, logger, metrics, tracer
+from batchpredict.queues import Queue
+from batchpredict.split import Splitter
+
+processor = BatchProcessor(event_type=EventType.SQS)
+
+
+@cache
+def splitter() -> Splitter:
+    """Built once per process (cold start); a missing setting fails here, naming it."""
+    config = split_config(os.environ)
+    sqs = aws.client("sqs")
+    return Splitter(
+        jobs=JobStore(aws.client("dynamodb"), config.tables.table, ttl_seconds=config.tables.ttl_seconds),
+        s3=aws.client("s3"),
+        work=Queue(sqs, config.work_queue_url),
+        manifests=Queue(sqs, config.manifest_queue_url),
+        finalize=Queue(sqs, config.finalize_queue_url),
+        settings=config.settings,
+    )
+
+
+def record_handler(record: SQSRecord, lambda_context: LambdaContext) -> None:
+    for outcome in splitter().handle(
+        record.message_id, record.body, lambda_context.get_remaining_time_in_millis
+    ):
+        metrics.add_metric(name=f"Manifest_{outcome.action}", unit=MetricUnit.Count, value=1)
+        metrics.add_metric(name="ManifestLinesSplit", unit=MetricUnit.Count, value=outcome.items)
+
+
+@logger.inject_lambda_context
+@tracer.capture_lambda_handler
+@metrics.log_metrics(capture_cold_start_metric=True)
+def lambda_handler(event: dict[str, Any], context: LambdaContext) -> PartialItemFailureResponse:
+    return process_partial_response(
+        event=event, record_handler=record_handler, processor=processor, context=context
+    )
