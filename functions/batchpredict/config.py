@@ -106,6 +106,7 @@ def positive_float(raw: str) -> float:
 @dataclass(frozen=True)
 class SplitConfig:
     tables: Tables
+    output_bucket: str
     work_queue_url: str
     manifest_queue_url: str
     finalize_queue_url: str
@@ -116,6 +117,7 @@ def split_config(env: Mapping[str, str]) -> SplitConfig:
     defaults = SplitSettings()
     return SplitConfig(
         tables=_tables(env),
+        output_bucket=setting(env, "OUTPUT_BUCKET", str, help_text="the bucket results are written to"),
         work_queue_url=setting(env, "WORK_QUEUE_URL", str),
         manifest_queue_url=setting(env, "MANIFEST_QUEUE_URL", str),
         finalize_queue_url=setting(env, "FINALIZE_QUEUE_URL", str),

@@ -28,6 +28,7 @@ from batchpredict.messages import Chunk, Continuation, ManifestObject, finalize_
 from batchpredict.observability import logger
 from batchpredict.queues import SEND_BATCH_LIMIT, Queue
 from batchpredict.records import WorkItem
+from batchpredict.results import ResultStore
 
 
 @dataclass(frozen=True)
@@ -56,9 +57,17 @@ def work_item(item: ManifestItem) -> WorkItem:
 
 class Splitter:
     def __init__(
-        self, jobs: JobStore, s3: Any, work: Queue, manifests: Queue, finalize: Queue, settings: SplitSettings
+        self,
+        jobs: JobStore,
+        s3: Any,
+        work: Queue,
+        manifests: Queue,
+        finalize: Queue,
+        settings: SplitSettings,
+        results: ResultStore,
     ) -> None:
         self.jobs = jobs
+        self.results = results
         self.s3 = s3
         self.work = work
         self.manifests = manifests
@@ -171,5 +180,21 @@ class Splitter:
 
     def _fail(self, job_id: str, reason: str) -> SplitOutcome:
         logger.warning("job failed", extra={"reason": reason})
-        self.jobs.fail(job_id, reason)
+        job = self.jobs.fail(job_id, reason)
+        if job is not None:
+            # The summary tells the user what happened even if they only look at the bucket.
+            self.results.write_summary(
+                job_id,
+                {
+                    "job_id": job_id,
+                    "manifest_uri": job.manifest_uri,
+                    "status": job.status.value,
+                    "error": reason,
+                    "total": job.total,
+                    "succeeded": job.succeeded,
+                    "failed": job.failed,
+                    "started_at": job.created_at,
+                    "ended_at": job.completed_at,
+                },
+            )
         return SplitOutcome(job_id, "failed")

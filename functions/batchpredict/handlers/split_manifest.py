@@ -16,6 +16,7 @@ from batchpredict.config import split_config
 from batchpredict.jobs import JobStore
 from batchpredict.observability import MetricUnit, logger, metrics, tracer
 from batchpredict.queues import Queue
+from batchpredict.results import ResultStore
 from batchpredict.split import Splitter
 
 processor = BatchProcessor(event_type=EventType.SQS)
@@ -33,6 +34,7 @@ def splitter() -> Splitter:
         manifests=Queue(sqs, config.manifest_queue_url),
         finalize=Queue(sqs, config.finalize_queue_url),
         settings=config.settings,
+        results=ResultStore(aws.client("s3"), config.output_bucket),
     )
 
 
