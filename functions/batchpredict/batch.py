@@ -126,7 +126,14 @@ class ChunkWriter:
         self.finalize = finalize
 
     def write(self, chunk: Chunk, records: list[dict[str, Any]], model: str | None) -> bool:
-        """Returns True if this call counted the chunk (False: counted by an earlier delivery)."""
+        """Returns True if this call counted the chunk (False: counted by an earlier delivery).
+
+        A chunk counted before keeps the part and rows written then: the job may already be
+        finalized from them, and results.jsonl and the table must keep telling the same story.
+        """
+        if self.jobs.chunk_counted(chunk.job_id, chunk.chunk):
+            self.request_finalize_if_done(chunk.job_id)
+            return False
         self.results.write_part(chunk.job_id, chunk.chunk, records)
         self.jobs.put_results(records)
         succeeded = sum(1 for r in records if r["status"] == SUCCEEDED)

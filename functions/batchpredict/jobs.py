@@ -241,7 +241,7 @@ class JobStore:
             job_id,
             "SET #st = :st, results_uri = :u, completed_at = :now, updated_at = :now",
             {":st": status.value, ":u": results_uri, ":r": JobStatus.RUNNING.value},
-            condition="#st = :r AND split_done = :y AND chunks_done >= chunks_total",
+            condition="#st = :r",
             names={"#st": "status"},
         )
 

@@ -6,6 +6,7 @@ they see on AWS (``Records[].messageId/receiptHandle/body/attributes/eventSource
 
 from __future__ import annotations
 
+import logging
 import time
 import uuid
 from collections.abc import Callable
@@ -96,7 +97,14 @@ def deliver_once(
     if not messages:
         return 0
     context = LocalContext(function_name, timeout_seconds=timeout_seconds)
-    response = handler(sqs_event(messages, queue_arn), context)
+    try:
+        response = handler(sqs_event(messages, queue_arn), context)
+    except Exception:
+        # A function error fails the whole batch: every message comes back, as on AWS.
+        logging.getLogger(__name__).exception(
+            "%s failed; %d messages will be redelivered", function_name, len(messages)
+        )
+        return len(messages)
     failed = {f["itemIdentifier"] for f in (response or {}).get("batchItemFailures", [])}
     done = [m for m in messages if m["MessageId"] not in failed]
     for start in range(0, len(done), 10):
