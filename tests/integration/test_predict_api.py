@@ -1,0 +1,98 @@
+"""predict_api: API Gateway HTTP API (payload 2.0) events in, the same records out."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from batchpredict.handlers import predict_api
+from batchpredict.local.lambda_shim import LocalContext
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+def api(bundle_dir: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    monkeypatch.setenv("MODEL_URI", str(bundle_dir))
+    monkeypatch.setenv("ALLOWED_NETWORKS", "127.0.0.0/8")
+    monkeypatch.setenv("API_MAX_URLS", "3")
+    monkeypatch.setenv("POWERTOOLS_TRACE_DISABLED", "true")
+    predict_api.service.cache_clear()
+    yield
+    predict_api.service.cache_clear()
+
+
+def _call(
+    method: str, query: dict[str, str] | None = None, body: Any = None
+) -> tuple[int, dict[str, Any], dict]:
+    event = {
+        "version": "2.0",
+        "routeKey": f"{method} /predict",
+        "rawPath": "/predict",
+        "rawQueryString": "&".join(f"{k}={v}" for k, v in (query or {}).items()),
+        "queryStringParameters": query,
+        "headers": {"origin": "https://example.com"},
+        "requestContext": {
+            "http": {"method": method, "path": "/predict", "sourceIp": "127.0.0.1"},
+            "requestId": "r1",
+            "stage": "$default",
+        },
+        "body": body if isinstance(body, str) or body is None else json.dumps(body),
+        "isBase64Encoded": False,
+    }
+    response = predict_api.lambda_handler(event, LocalContext("predict_api"))
+    return response["statusCode"], json.loads(response["body"]), response.get("headers", {})
+
+
+def test_get_predicts_one_image(api: None, image_server: str) -> None:
+    status, body, headers = _call("GET", {"url": f"{image_server}/coffee.png"})
+    assert status == 200
+    assert body["status"] == "SUCCEEDED" and body["predictions"][0]["label"] == "espresso"
+    assert set(body["predictions"][0]) == {"rank", "class_index", "wnid", "label", "probability"}
+    assert body["model"] == "efficientnet-lite0:1" and body["image"]["width"] == 600
+    assert headers.get("Access-Control-Allow-Origin") == "*"
+
+
+def test_post_several_urls(api: None, image_server: str) -> None:
+    status, body, _ = _call(
+        "POST", body={"urls": [f"{image_server}/flower.jpg", f"{image_server}/missing.png"]}
+    )
+    assert status == 200
+    first, second = body["results"]
+    assert first["predictions"][0]["label"] == "daisy"
+    assert second["status"] == "FAILED" and second["error"]["code"] == "http_error"
+
+
+@pytest.mark.parametrize(
+    ("method", "query", "body", "code"),
+    [
+        ("GET", None, None, "invalid_request"),
+        ("GET", {"url": "ftp://example.com/a.jpg"}, None, "unsupported_scheme"),
+        ("POST", None, "not json", "invalid_request"),
+        ("POST", None, {"urls": "http://x/y.jpg"}, "invalid_request"),
+        ("POST", None, {"urls": ["http://a/1.jpg"] * 4}, "invalid_request"),
+    ],
+)
+def test_bad_input_is_400(api: None, method: str, query: Any, body: Any, code: str) -> None:
+    status, response, _ = _call(method, query, body)
+    assert status == 400 and response["error"]["code"] == code
+
+
+def test_image_that_cannot_be_predicted_is_422(api: None, image_server: str) -> None:
+    for url, code in [
+        (f"{image_server}/notes.txt", "not_an_image"),
+        ("http://169.254.169.254/", "blocked_address"),
+    ]:
+        status, body, _ = _call("POST", body={"url": url})
+        assert status == 422 and body["error"]["code"] == code
+
+
+def test_model_is_loaded_once_per_process(api: None, image_server: str) -> None:
+    _call("GET", {"url": f"{image_server}/coffee.png"})
+    engine = predict_api.service().engine
+    _call("GET", {"url": f"{image_server}/flower.jpg"})
+    assert predict_api.service().engine is engine
