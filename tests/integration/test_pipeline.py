@@ -13,7 +13,7 @@ from batchpredict.handlers import split_manifest
 from batchpredict.jobs import JobStore
 from batchpredict.messages import ManifestObject
 
-from .conftest import Stack
+from .conftest import PipelineStack as Stack
 
 pytestmark = pytest.mark.integration
 
@@ -31,7 +31,7 @@ def _assert_consistent(stack: Stack, job_id: str, total: int) -> list[dict[str, 
     rows = list(JobStore(stack.dynamodb, stack.table).query_results(job_id))
     assert [row["index"] for row in rows] == list(range(total))
     assert rows == lines
-    job, summary = stack.job(job_id), stack.summary(job_id)
+    job, summary = stack.job_dict(job_id), stack.summary(job_id)
     succeeded = sum(1 for line in lines if line["status"] == "SUCCEEDED")
     errors = Counter(line["error"]["code"] for line in lines if line["status"] == "FAILED")
     assert (job["total"], job["succeeded"], job["failed"]) == (total, succeeded, total - succeeded)
@@ -88,7 +88,7 @@ def test_mixed_manifest_gives_one_result_per_line(stack: Stack, image_server: st
         "s3_not_found",
         "invalid_manifest_line",
     ]
-    assert stack.job(job_id)["manifest_uri"] == f"s3://{stack.input_bucket}/manifests/mixed batch.jsonl"
+    assert stack.job_dict(job_id)["manifest_uri"] == f"s3://{stack.input_bucket}/manifests/mixed batch.jsonl"
 
 
 def test_duplicate_s3_event_makes_one_job(stack: Stack, image_server: str) -> None:
@@ -104,7 +104,7 @@ def test_duplicate_s3_event_makes_one_job(stack: Stack, image_server: str) -> No
     stack.run()
     job_id = stack.only_job_id()
     _assert_consistent(stack, job_id, len(PHOTOS))
-    assert stack.job(job_id)["status"] == "COMPLETED"
+    assert stack.job_dict(job_id)["status"] == "COMPLETED"
 
 
 def test_redelivered_chunks_are_counted_once(stack: Stack, image_server: str) -> None:
@@ -122,7 +122,7 @@ def test_redelivered_chunks_are_counted_once(stack: Stack, image_server: str) ->
     job_id = stack.only_job_id()
     results = _assert_consistent(stack, job_id, 12)
     assert results[0]["metadata"] == {"colour": "red"}
-    assert stack.job(job_id)["chunks_done"] == 3
+    assert stack.job_dict(job_id)["chunks_done"] == 3
 
 
 def test_dead_lettered_chunk_is_reconciled(
@@ -158,7 +158,7 @@ def test_long_manifest_is_split_over_several_invocations(
     stack.run()
     job_id = stack.only_job_id()
     _assert_consistent(stack, job_id, 45)
-    job = stack.job(job_id)
+    job = stack.job_dict(job_id)
     assert job["chunks_total"] == 23
     assert job["position"]["index"] == 40  # the last checkpoint: after 2 hand-overs of 10 chunks
 
@@ -167,7 +167,7 @@ def test_unreadable_manifest_fails_the_job_with_a_reason(stack: Stack) -> None:
     stack.submit("photo.txt", b"\x89PNG\r\n\x1a\n\x00\x00\x00binary")
     stack.run()
     job_id = stack.only_job_id()
-    job, summary = stack.job(job_id), stack.summary(job_id)
+    job, summary = stack.job_dict(job_id), stack.summary(job_id)
     assert job["status"] == summary["status"] == "FAILED"
     assert "binary" in job["error"] and summary["error"] == job["error"]
 
@@ -177,7 +177,7 @@ def test_empty_manifest_completes_with_no_lines(stack: Stack) -> None:
     stack.run()
     job_id = stack.only_job_id()
     assert stack.results_lines(job_id) == []
-    assert stack.job(job_id)["status"] == "COMPLETED"
+    assert stack.job_dict(job_id)["status"] == "COMPLETED"
 
 
 def test_job_id_is_deterministic() -> None:

@@ -1,0 +1,52 @@
+"""Servers on loopback for the local stack, the tests and the benchmarks."""
+
+from __future__ import annotations
+
+import http.server
+import threading
+from pathlib import Path
+from typing import Any
+
+from moto.server import ThreadedMotoServer
+
+
+class MotoServer:
+    """A moto server on 127.0.0.1 (a free port), speaking the real AWS HTTP APIs."""
+
+    def __init__(self) -> None:
+        self._server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+
+    def start(self) -> str:
+        self._server.start()
+        host, port = self._server.get_host_and_port()
+        return f"http://{host}:{port}"
+
+    def stop(self) -> None:
+        self._server.stop()
+
+
+class FileServer:
+    """A folder over HTTP on 127.0.0.1 (a free port); anything missing is a 404."""
+
+    def __init__(self, root: Path) -> None:
+        class Handler(http.server.SimpleHTTPRequestHandler):
+            def __init__(self, *args: Any, **kwargs: Any) -> None:
+                super().__init__(*args, directory=str(root), **kwargs)
+
+            def log_message(self, format: str, *args: Any) -> None:
+                pass
+
+        self._server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self._server.server_address[1]}"
+
+    def start(self) -> str:
+        self._thread.start()
+        return self.url
+
+    def stop(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
