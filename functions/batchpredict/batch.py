@@ -17,7 +17,7 @@ from batchpredict.errors import PredictionError
 from batchpredict.fetch import Fetcher
 from batchpredict.jobs import FINAL_STATUSES, JobStore
 from batchpredict.messages import Chunk, finalize_body
-from batchpredict.model import Engine
+from batchpredict.model import Engine, available_cpus
 from batchpredict.predictor import predict_payloads
 from batchpredict.queues import Queue
 from batchpredict.records import SUCCEEDED, WorkItem, failed_record, outcome_record
@@ -46,7 +46,7 @@ class ImageFetcher:
         self.fetcher = fetcher
         self.policy = policy
         self._sleep = sleep
-        self._pool = ThreadPoolExecutor(max_workers=policy.concurrency, thread_name_prefix="fetch")
+        self.pool = ThreadPoolExecutor(max_workers=policy.concurrency, thread_name_prefix="fetch")
 
     def _one(self, url: str) -> Fetched:
         started = time.perf_counter()
@@ -62,7 +62,7 @@ class ImageFetcher:
         for attempt in range(self.policy.attempts):
             if attempt:
                 self._sleep(self.policy.backoff_seconds * 2 ** (attempt - 1))
-            for i, fetched in zip(todo, self._pool.map(self._one, [urls[i] for i in todo]), strict=True):
+            for i, fetched in zip(todo, self.pool.map(self._one, [urls[i] for i in todo]), strict=True):
                 previous = results[i]
                 spent = previous.fetch_ms if previous else 0.0
                 results[i] = Fetched(fetched.payload, spent + fetched.fetch_ms)
@@ -72,7 +72,7 @@ class ImageFetcher:
         return [r for r in results if r is not None]
 
     def close(self) -> None:
-        self._pool.shutdown(wait=False, cancel_futures=True)
+        self.pool.shutdown(wait=False, cancel_futures=True)
         self.fetcher.close()
 
 
@@ -90,6 +90,8 @@ class ChunkPredictor:
         self.images = images
         self.top_k = top_k
         self.max_pixels = max_pixels
+        # One decoder per CPU: more would only hold more decoded images in memory at once.
+        self._decoders = ThreadPoolExecutor(max_workers=available_cpus(), thread_name_prefix="decode")
 
     def records(self, chunks: Sequence[Chunk]) -> list[list[dict[str, Any]]]:
         model = self.engine.model_id
@@ -100,7 +102,9 @@ class ChunkPredictor:
             if item.error is None and item.url
         ]
         fetched = self.images.fetch_all([item.url or "" for _, item in todo])
-        outcomes = predict_payloads(self.engine, [f.payload for f in fetched], self.top_k, self.max_pixels)
+        outcomes = predict_payloads(
+            self.engine, [f.payload for f in fetched], self.top_k, self.max_pixels, pool=self._decoders
+        )
         done: dict[tuple[int, int], dict[str, Any]] = {}
         for (c, item), fetch, outcome in zip(todo, fetched, outcomes, strict=True):
             done[(c, item.index)] = outcome_record(chunks[c].job_id, item, outcome, model, fetch.fetch_ms)

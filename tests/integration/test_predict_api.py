@@ -93,6 +93,6 @@ def test_image_that_cannot_be_predicted_is_422(api: None, image_server: str) -> 
 
 def test_model_is_loaded_once_per_process(api: None, image_server: str) -> None:
     _call("GET", {"url": f"{image_server}/coffee.png"})
-    engine = predict_api.service().engine
+    engine = predict_api.service().predictor.engine
     _call("GET", {"url": f"{image_server}/flower.jpg"})
-    assert predict_api.service().engine is engine
+    assert predict_api.service().predictor.engine is engine

@@ -18,26 +18,23 @@ from aws_lambda_powertools.event_handler import APIGatewayHttpResolver, CORSConf
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from batchpredict import aws
-from batchpredict.batch import FetchPolicy, ImageFetcher
+from batchpredict.batch import ChunkPredictor, FetchPolicy, ImageFetcher
 from batchpredict.bundle import resolve_bundle
 from batchpredict.config import api_config
 from batchpredict.fetch import Fetcher
 from batchpredict.manifest import check_url
-from batchpredict.model import Engine, load_model
+from batchpredict.messages import Chunk
+from batchpredict.model import load_model
 from batchpredict.observability import logger, metrics, tracer
-from batchpredict.predictor import predict_payloads
-from batchpredict.records import SUCCEEDED, WorkItem, outcome_record
+from batchpredict.records import SUCCEEDED, WorkItem
 
 app = APIGatewayHttpResolver(cors=CORSConfig(allow_origin="*"))
 
 
 @dataclass(frozen=True)
 class Service:
-    engine: Engine
-    images: ImageFetcher
+    predictor: ChunkPredictor
     max_urls: int
-    max_pixels: int
-    top_k: int
 
 
 @cache
@@ -51,7 +48,8 @@ def service() -> Service:
     fetcher = Fetcher(config.fetch, s3_client_factory=lambda: aws.client("s3"))
     # One attempt: a caller waiting on HTTP would rather retry itself than wait for our backoff.
     images = ImageFetcher(fetcher, FetchPolicy(concurrency=config.max_urls, attempts=1))
-    return Service(engine, images, config.max_urls, config.max_image_pixels, config.engine.top_k)
+    predictor = ChunkPredictor(engine, images, config.engine.top_k, config.max_image_pixels)
+    return Service(predictor, config.max_urls)
 
 
 def _json(status: int, body: dict[str, Any]) -> Response[str]:
@@ -74,14 +72,12 @@ def _predict(urls: list[str], single: bool) -> Response[str]:
         problem = check_url(url)
         if problem is not None:
             return _bad_request(problem[0].value, problem[1])
-    items = [WorkItem(index=i, url=url) for i, url in enumerate(urls)]
-    fetched = svc.images.fetch_all(urls)
-    outcomes = predict_payloads(svc.engine, [f.payload for f in fetched], svc.top_k, svc.max_pixels)
-    records = []
-    for item, fetch, outcome in zip(items, fetched, outcomes, strict=True):
-        record = outcome_record("", item, outcome, svc.engine.model_id, fetch.fetch_ms)
+    # The batch path's predictor, on one pseudo-chunk: same fetch guard, engine and records.
+    records = svc.predictor.records(
+        [Chunk("", 0, [WorkItem(index=i, url=url) for i, url in enumerate(urls)])]
+    )[0]
+    for record in records:
         record.pop("job_id")
-        records.append(record)
     if single:
         return _json(200 if records[0]["status"] == SUCCEEDED else 422, records[0])
     return _json(200, {"results": records})
