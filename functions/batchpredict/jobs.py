@@ -317,7 +317,8 @@ class JobStore:
             pending = response.get("UnprocessedItems", {}).get(self.table, [])
             if not pending:
                 return
-            self._sleep(min(0.05 * 2**attempt, 2.0))
+            if attempt + 1 < BATCH_WRITE_ATTEMPTS:
+                self._sleep(min(0.05 * 2**attempt, 2.0))
         raise RuntimeError(
             f"DynamoDB left {len(pending)} items unprocessed after {BATCH_WRITE_ATTEMPTS} attempts"
         )

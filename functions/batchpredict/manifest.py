@@ -368,7 +368,9 @@ def _parse_txt(raw: _RawLine, index: int, text: str) -> ManifestItem | None:
 
 def _parse_jsonl(raw: _RawLine, index: int, text: str) -> ManifestItem:
     try:
-        obj = json.loads(text, parse_constant=_reject_constant, parse_float=_finite_float)
+        obj = json.loads(
+            text, parse_constant=_reject_constant, parse_float=_finite_float, parse_int=_storable_int
+        )
     except ValueError as exc:  # JSONDecodeError, or a non-finite number
         reason = exc.msg if isinstance(exc, json.JSONDecodeError) else str(exc)
         return _invalid(raw, index, text, f"not valid JSON: {reason}")
@@ -393,11 +395,26 @@ def _reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not allowed")
 
 
+# DynamoDB numbers: up to 38 significant digits, magnitude 1e-130 .. 1e126. A record that
+# carries any other number cannot be written, so such a line is refused here, up front.
+_DYNAMODB_MAX_DIGITS = 38
+_DYNAMODB_MIN_MAGNITUDE = 1e-130
+_DYNAMODB_MAX_MAGNITUDE = 1e126
+
+
 def _finite_float(text: str) -> float:
     value = float(text)
     if not math.isfinite(value):  # 1e999 parses to inf
         raise ValueError(f"number {text} is out of range")
+    if value and not _DYNAMODB_MIN_MAGNITUDE <= abs(value) < _DYNAMODB_MAX_MAGNITUDE:
+        raise ValueError(f"number {text} is outside the range DynamoDB can store")
     return value
+
+
+def _storable_int(text: str) -> int:
+    if len(text.lstrip("-")) > _DYNAMODB_MAX_DIGITS:
+        raise ValueError(f"number {text[:20]}... has more than {_DYNAMODB_MAX_DIGITS} digits")
+    return int(text)
 
 
 def _json_type(value: object) -> str:

@@ -1,4 +1,4 @@
-"""SQS adapter: SendMessageBatch in tens, with the ``Failed`` entries re-sent, then raised."""
+"""SQS adapter: SendMessageBatch in tens and under the payload cap; ``Failed`` entries re-sent."""
 
 from __future__ import annotations
 
@@ -7,6 +7,9 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 SEND_BATCH_LIMIT = 10  # entries per SendMessageBatch call (AWS limit)
+# Total body bytes per call: SQS caps a batch's payload (256 KiB before 2025-08, 1 MiB since);
+# the lower figure holds everywhere, moto and older regions included.
+SEND_BATCH_MAX_BYTES = 256 * 1024
 SEND_ATTEMPTS = 5
 
 
@@ -24,14 +27,17 @@ class Queue:
         self.client.send_message(QueueUrl=self.url, MessageBody=body, DelaySeconds=delay_seconds)
 
     def send_batch(self, bodies: Iterable[str]) -> int:
-        """Send every body (in calls of 10); returns how many were sent."""
+        """Send every body, in calls of at most 10 entries and SEND_BATCH_MAX_BYTES; returns the count."""
         sent = 0
         batch: list[str] = []
+        size = 0
         for body in bodies:
-            batch.append(body)
-            if len(batch) == SEND_BATCH_LIMIT:
+            length = len(body.encode())
+            if batch and (len(batch) == SEND_BATCH_LIMIT or size + length > SEND_BATCH_MAX_BYTES):
                 sent += self._send_ten(batch)
-                batch = []
+                batch, size = [], 0
+            batch.append(body)
+            size += length
         if batch:
             sent += self._send_ten(batch)
         return sent
@@ -49,5 +55,6 @@ class Queue:
             pending = {f["Id"]: pending[f["Id"]] for f in failed}
             if not pending:
                 return len(bodies)
-            self._sleep(min(0.1 * 2**attempt, 2.0))
+            if attempt + 1 < SEND_ATTEMPTS:
+                self._sleep(min(0.1 * 2**attempt, 2.0))
         raise QueueSendError(f"{len(pending)} messages still failing after {SEND_ATTEMPTS} attempts")

@@ -155,7 +155,7 @@ class Splitter:
                     self.work.send_batch(bodies)
                     bodies = []
                     if remaining_ms() < self.settings.time_reserve_ms:
-                        return self._hand_over(job_id, obj, position)
+                        return self._hand_over(job_id, obj, position, position.index - start.index)
         except ManifestError as exc:
             return self._fail(job_id, f"manifest {obj.uri} cannot be read: {exc}")
         finally:
@@ -171,12 +171,12 @@ class Splitter:
             self.finalize.send(finalize_body(job_id))
         return SplitOutcome(job_id, "split", total - start.index)
 
-    def _hand_over(self, job_id: str, obj: ManifestObject, position: Position) -> SplitOutcome:
+    def _hand_over(self, job_id: str, obj: ManifestObject, position: Position, items: int) -> SplitOutcome:
         checkpoint = position.to_dict()
         self.jobs.checkpoint(job_id, checkpoint)
         self.manifests.send(Continuation(job_id, obj, checkpoint).body())
         logger.info("split continues in a new invocation", extra={"position": checkpoint})
-        return SplitOutcome(job_id, "continued", position.index)
+        return SplitOutcome(job_id, "continued", items)
 
     def _fail(self, job_id: str, reason: str) -> SplitOutcome:
         logger.warning("job failed", extra={"reason": reason})

@@ -713,7 +713,7 @@ class _FakeS3:
     ) -> None:
         self.error, self.body, self.length = error, body, length
 
-    def get_object(self, Bucket: str, Key: str) -> dict[str, Any]:  # noqa: N803 (boto3's names)
+    def get_object(self, Bucket: str, Key: str) -> dict[str, Any]:
         if self.error:
             raise self.error
         return {"Body": io.BytesIO(self.body), "ContentLength": self.length}

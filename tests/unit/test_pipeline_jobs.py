@@ -1,0 +1,384 @@
+"""Unit tests for jobs.py, the DynamoDB adapter, over small fake clients (no network, no moto)."""
+
+from __future__ import annotations
+
+import io
+import itertools
+from typing import Any
+
+import pytest
+from botocore.exceptions import ClientError
+
+from batchpredict.errors import ErrorCode
+from batchpredict.jobs import (
+    BATCH_WRITE_ATTEMPTS,
+    BATCH_WRITE_LIMIT,
+    Job,
+    JobStatus,
+    JobStore,
+    chunk_sk,
+    from_dynamo,
+    img_sk,
+    to_dynamo,
+)
+from batchpredict.manifest import InvalidLine, ManifestFormat, iter_manifest
+from batchpredict.records import WorkItem, failed_record
+from batchpredict.split import work_item
+
+TABLE = "jobs"
+NOW = "2025-01-01T00:00:00.000Z"
+
+
+def _client_error(code: str, operation: str, **extra: Any) -> ClientError:
+    return ClientError({"Error": {"Code": code, "Message": code}, **extra}, operation)
+
+
+class SleepLog(list[float]):
+    def __call__(self, seconds: float) -> None:
+        self.append(seconds)
+
+
+class FakeDynamo:
+    """Records calls. ``unprocessed`` = how many leading batch_write_item calls leave their last
+    item unprocessed (-1: every call); ``put_error`` / ``transact_error`` are raised when set."""
+
+    def __init__(
+        self,
+        unprocessed: int = 0,
+        put_error: ClientError | None = None,
+        transact_error: ClientError | None = None,
+    ) -> None:
+        self.batch_calls: list[list[dict[str, Any]]] = []
+        self.puts: list[dict[str, Any]] = []
+        self.transactions: list[list[dict[str, Any]]] = []
+        self.updates: list[dict[str, Any]] = []
+        self.items: dict[tuple[str, str], dict[str, Any]] = {}
+        self._unprocessed = unprocessed
+        self._put_error = put_error
+        self._transact_error = transact_error
+
+    def batch_write_item(self, *, RequestItems: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
+        (table, requests), *rest = RequestItems.items()
+        assert table == TABLE and not rest
+        assert 1 <= len(requests) <= BATCH_WRITE_LIMIT
+        self.batch_calls.append(requests)
+        leave = self._unprocessed < 0 or len(self.batch_calls) <= self._unprocessed
+        done, left = (requests[:-1], requests[-1:]) if leave else (requests, [])
+        for request in done:
+            item = request["PutRequest"]["Item"]
+            self.items[(item["pk"]["S"], item["sk"]["S"])] = item
+        return {"UnprocessedItems": {TABLE: left} if left else {}}
+
+    def put_item(self, **kwargs: Any) -> dict[str, Any]:
+        self.puts.append(kwargs)
+        if self._put_error:
+            raise self._put_error
+        item = kwargs["Item"]
+        self.items[(item["pk"]["S"], item["sk"]["S"])] = item
+        return {}
+
+    def get_item(self, *, TableName: str, Key: dict[str, Any], **kwargs: Any) -> dict[str, Any]:
+        item = self.items.get((Key["pk"]["S"], Key["sk"]["S"]))
+        return {"Item": item} if item else {}
+
+    def transact_write_items(self, *, TransactItems: list[dict[str, Any]]) -> dict[str, Any]:
+        self.transactions.append(TransactItems)
+        if self._transact_error:
+            raise self._transact_error
+        return {}
+
+    def update_item(self, **kwargs: Any) -> dict[str, Any]:
+        self.updates.append(kwargs)
+        key = (kwargs["Key"]["pk"]["S"], kwargs["Key"]["sk"]["S"])
+        return {"Attributes": self.items[key]}
+
+
+def _store(client: FakeDynamo) -> tuple[JobStore, SleepLog]:
+    sleeps = SleepLog()
+    return JobStore(client, TABLE, sleep=sleeps, clock=lambda: NOW), sleeps
+
+
+def _record(index: int, job_id: str = "job-1") -> dict[str, Any]:
+    item = WorkItem(index=index, url=f"https://img.example/{index}.jpg")
+    return failed_record(job_id, item, ErrorCode.HTTP_ERROR, "HTTP 404")
+
+
+def _written(request: dict[str, Any]) -> dict[str, Any]:
+    return from_dynamo(request["PutRequest"]["Item"])
+
+
+# --- put_results ------------------------------------------------------------------------------
+
+
+def test_put_results_of_60_records_makes_calls_of_25_25_10() -> None:
+    client = FakeDynamo()
+    store, sleeps = _store(client)
+
+    store.put_results(_record(i) for i in range(60))
+
+    assert [len(c) for c in client.batch_calls] == [25, 25, 10]
+    assert [_written(r)["index"] for c in client.batch_calls for r in c] == list(range(60))
+    assert sleeps == []
+
+
+def test_put_results_row_keys_and_content() -> None:
+    client = FakeDynamo()
+    store, _ = _store(client)
+    record = _record(42)
+
+    store.put_results([record])
+
+    (request,) = client.batch_calls[0]
+    row = _written(request)
+    assert row["pk"] == "job-1"
+    assert row["sk"] == "IMG#000000042"
+    assert {k: v for k, v in row.items() if k not in ("pk", "sk")} == record
+    assert "expires_at" not in row
+
+
+def test_img_and_chunk_sort_keys_are_zero_padded() -> None:
+    assert img_sk(42) == "IMG#000000042"
+    assert img_sk(0) == "IMG#000000000"
+    assert chunk_sk(17) == "CHUNK#000017"
+    # zero padding keeps manifest order under DynamoDB's lexicographic sort
+    assert sorted([img_sk(10), img_sk(9), img_sk(100)]) == [img_sk(9), img_sk(10), img_sk(100)]
+
+
+def test_put_results_with_ttl_sets_expiry() -> None:
+    client = FakeDynamo()
+    store = JobStore(client, TABLE, ttl_seconds=3600, sleep=SleepLog(), clock=lambda: NOW)
+
+    store.put_results([_record(0)])
+
+    row = _written(client.batch_calls[0][0])
+    assert isinstance(row["expires_at"], int) and row["expires_at"] > 1_700_000_000
+
+
+def test_unprocessed_items_are_resent_with_growing_backoff() -> None:
+    client = FakeDynamo(unprocessed=3)
+    store, sleeps = _store(client)
+
+    store.put_results(_record(i) for i in range(5))
+
+    assert [len(c) for c in client.batch_calls] == [5, 1, 1, 1]
+    # only the unprocessed item is sent again
+    assert all(_written(c[0])["index"] == 4 for c in client.batch_calls[1:])
+    assert sorted(k[1] for k in client.items) == [img_sk(i) for i in range(5)]
+    assert sleeps == [pytest.approx(0.05), pytest.approx(0.1), pytest.approx(0.2)]
+
+
+def test_unprocessed_items_raise_after_all_attempts() -> None:
+    client = FakeDynamo(unprocessed=-1)
+    store, sleeps = _store(client)
+
+    with pytest.raises(RuntimeError, match=f"1 items unprocessed after {BATCH_WRITE_ATTEMPTS} attempts"):
+        store.put_results(_record(i) for i in range(3))
+
+    assert len(client.batch_calls) == BATCH_WRITE_ATTEMPTS
+    assert all(later >= earlier for earlier, later in itertools.pairwise(sleeps))
+    assert sleeps[1] == pytest.approx(2 * sleeps[0])
+    assert max(sleeps) <= 2.0
+
+
+# --- create -----------------------------------------------------------------------------------
+
+
+def test_create_puts_a_splitting_job_with_condition() -> None:
+    client = FakeDynamo()
+    store, _ = _store(client)
+
+    assert store.create("job-1", "s3://in/manifests/a.txt", "msg-1") is True
+
+    (put,) = client.puts
+    assert put["TableName"] == TABLE
+    assert put["ConditionExpression"] == "attribute_not_exists(pk)"
+    job = store.get("job-1")
+    assert job == Job(
+        job_id="job-1",
+        status=JobStatus.SPLITTING,
+        manifest_uri="s3://in/manifests/a.txt",
+        created_at=NOW,
+        updated_at=NOW,
+        split_message_id="msg-1",
+    )
+    assert not job.all_chunks_done
+
+
+def test_create_returns_false_when_the_job_exists() -> None:
+    client = FakeDynamo(put_error=_client_error("ConditionalCheckFailedException", "PutItem"))
+    store, _ = _store(client)
+
+    assert store.create("job-1", "s3://in/manifests/a.txt", "msg-2") is False
+
+
+def test_create_reraises_other_errors() -> None:
+    client = FakeDynamo(put_error=_client_error("ProvisionedThroughputExceededException", "PutItem"))
+    store, _ = _store(client)
+
+    with pytest.raises(ClientError, match="ProvisionedThroughputExceeded"):
+        store.create("job-1", "s3://in/manifests/a.txt", "msg-1")
+
+
+def test_get_missing_job_is_none() -> None:
+    store, _ = _store(FakeDynamo())
+    assert store.get("job-nope") is None
+
+
+# --- count_chunk ------------------------------------------------------------------------------
+
+
+def _cancelled(*codes: str) -> ClientError:
+    return _client_error(
+        "TransactionCanceledException",
+        "TransactWriteItems",
+        CancellationReasons=[{"Code": code} for code in codes],
+    )
+
+
+def test_count_chunk_writes_marker_and_counters_in_one_transaction() -> None:
+    client = FakeDynamo()
+    store, _ = _store(client)
+
+    assert store.count_chunk("job-1", 17, succeeded=3, failed=1, model="resnet-18") is True
+
+    (transaction,) = client.transactions
+    put, update = transaction[0]["Put"], transaction[1]["Update"]
+    assert from_dynamo(put["Item"]) == {
+        "pk": "job-1",
+        "sk": "CHUNK#000017",
+        "succeeded": 3,
+        "failed": 1,
+        "counted_at": NOW,
+    }
+    assert put["ConditionExpression"] == "attribute_not_exists(pk)"
+    assert update["Key"] == {"pk": {"S": "job-1"}, "sk": {"S": "JOB"}}
+    assert update["UpdateExpression"].startswith("ADD succeeded :s, failed :f, chunks_done :one")
+    assert "model = if_not_exists(model, :m)" in update["UpdateExpression"]
+    values = from_dynamo(update["ExpressionAttributeValues"])
+    assert values == {":s": 3, ":f": 1, ":one": 1, ":now": NOW, ":m": "resnet-18"}
+
+
+def test_count_chunk_without_model_leaves_model_alone() -> None:
+    client = FakeDynamo()
+    store, _ = _store(client)
+
+    store.count_chunk("job-1", 0, succeeded=0, failed=2, model=None)
+
+    update = client.transactions[0][1]["Update"]
+    assert "model" not in update["UpdateExpression"]
+    assert ":m" not in update["ExpressionAttributeValues"]
+
+
+def test_count_chunk_returns_false_when_the_marker_exists() -> None:
+    client = FakeDynamo(transact_error=_cancelled("ConditionalCheckFailed", "None"))
+    store, _ = _store(client)
+
+    assert store.count_chunk("job-1", 3, succeeded=1, failed=0, model=None) is False
+
+
+def test_count_chunk_reraises_when_the_job_is_missing() -> None:
+    # Marker fine, the JOB update's attribute_exists(pk) failed: not a "counted before".
+    client = FakeDynamo(transact_error=_cancelled("None", "ConditionalCheckFailed"))
+    store, _ = _store(client)
+
+    with pytest.raises(ClientError):
+        store.count_chunk("job-1", 3, succeeded=1, failed=0, model=None)
+
+
+def test_count_chunk_reraises_a_transaction_conflict() -> None:
+    client = FakeDynamo(transact_error=_cancelled("TransactionConflict", "None"))
+    store, _ = _store(client)
+
+    with pytest.raises(ClientError):
+        store.count_chunk("job-1", 3, succeeded=1, failed=0, model=None)
+
+
+def test_count_chunk_reraises_other_errors() -> None:
+    client = FakeDynamo(transact_error=_client_error("InternalServerError", "TransactWriteItems"))
+    store, _ = _store(client)
+
+    with pytest.raises(ClientError, match="InternalServerError"):
+        store.count_chunk("job-1", 3, succeeded=1, failed=0, model=None)
+
+
+def test_chunk_counted_reads_the_marker() -> None:
+    client = FakeDynamo()
+    store, _ = _store(client)
+    client.items[("job-1", chunk_sk(4))] = to_dynamo({"pk": "job-1", "sk": chunk_sk(4)})
+
+    assert store.chunk_counted("job-1", 4) is True
+    assert store.chunk_counted("job-1", 5) is False
+    assert store.chunk_counted("job-2", 4) is False
+
+
+# --- checkpoint -------------------------------------------------------------------------------
+
+
+def test_checkpoint_stores_the_position_only_while_splitting() -> None:
+    client = FakeDynamo()
+    store, _ = _store(client)
+    store.create("job-1", "s3://in/manifests/a.csv", "msg-1")
+    position = {"index": 160, "line": 171, "byte_offset": 9001, "csv_header": ["url", "id"]}
+
+    store.checkpoint("job-1", position)
+
+    (update,) = client.updates
+    assert update["ConditionExpression"] == "#st = :s"
+    values = from_dynamo(update["ExpressionAttributeValues"])
+    assert values[":p"] == position
+    assert values[":s"] == "SPLITTING"
+
+
+# --- to_dynamo / from_dynamo ------------------------------------------------------------------
+
+
+def test_floats_and_nested_values_survive_to_and_from_dynamo() -> None:
+    value = {
+        "probability": 0.123456789,
+        "tiny": 1.5e-12,
+        "timing_ms": {"fetch": 12.34, "preprocess": 0.5, "inference": 7.0},
+        "predictions": [{"rank": 1, "probability": 0.9}, {"rank": 2, "probability": 0.05}],
+        "error": None,
+        "ok": True,
+        "count": 7,
+        "name": "héllo",
+    }
+
+    item = to_dynamo(value)
+
+    assert item["probability"] == {"N": "0.123456789"}
+    back = from_dynamo(item)
+    assert back == value
+    assert isinstance(back["count"], int)
+    assert isinstance(back["probability"], float)
+    assert isinstance(back["ok"], bool)
+
+
+def test_to_dynamo_of_a_full_record_round_trips() -> None:
+    record = _record(3) | {
+        "status": "SUCCEEDED",
+        "error": None,
+        "predictions": [
+            {"rank": 1, "class_index": 281, "wnid": "n02123045", "label": "tabby", "probability": 0.8123}
+        ],
+        "image": {"width": 640, "height": 480, "bytes": 12345},
+        "timing_ms": {"fetch": 10.25, "preprocess": 3.5, "inference": 20.0},
+        "metadata": {"camera": "x", "score": 0.25},
+    }
+
+    assert from_dynamo(to_dynamo(record)) == record
+
+
+@pytest.mark.parametrize("number", ["1e200", "1e-300", "1" * 40])
+def test_a_manifest_line_is_either_rejected_or_storable(number: str) -> None:
+    line = f'{{"url": "https://img.example/a.jpg", "metadata": {{"x": {number}}}}}\n'.encode()
+    ((item, _),) = list(iter_manifest(io.BytesIO(line), ManifestFormat.JSONL, False))
+    if isinstance(item, InvalidLine):
+        return  # rejected up front as a FAILED line: also fine
+    client = FakeDynamo()
+    store, _ = _store(client)
+    record = failed_record("job-1", work_item(item), ErrorCode.HTTP_ERROR, "HTTP 404")
+
+    store.put_results([record])
+
+    assert len(client.batch_calls) == 1
