@@ -139,7 +139,7 @@ def _bare_engine(args: argparse.Namespace, photos: list[str]) -> float:
     started = time.perf_counter()
     for _ in range(rounds):
         engine.probabilities(batch)
-    return rounds * args.max_batch / (time.perf_counter() - started)
+    return float(rounds * args.max_batch / (time.perf_counter() - started))
 
 
 if __name__ == "__main__":

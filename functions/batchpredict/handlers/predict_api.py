@@ -105,7 +105,7 @@ def predict_post() -> Response[str]:
     return _predict([body["url"]] if body.get("url") else [], single=True)
 
 
-@logger.inject_lambda_context
+@logger.inject_lambda_context(clear_state=True)
 @tracer.capture_lambda_handler
 @metrics.log_metrics(capture_cold_start_metric=True)
 def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
