@@ -73,7 +73,8 @@ def run(args: argparse.Namespace, base_url: str) -> None:
     spent: dict[str, float] = defaultdict(float)
     timed = [(name, _timed(handler, spent, name)) for name, handler in handler_mappings()]
     # Inside predict: fetch + decode + inference (ChunkPredictor) against writes (ChunkWriter).
-    from batchpredict.batch import ChunkPredictor, ChunkWriter
+    from batchpredict.batch import ChunkPredictor
+    from batchpredict.writer import ChunkWriter
 
     records, write = ChunkPredictor.records, ChunkWriter.write
     ChunkPredictor.records = _timed_method(records, spent, "predict: fetch+decode+infer")  # type: ignore[method-assign]

@@ -14,21 +14,11 @@ from dataclasses import dataclass
 from typing import Any
 
 from batchpredict.errors import PredictionError
-from batchpredict.fetch import Fetcher
-from batchpredict.jobs import FINAL_STATUSES, JobStore
-from batchpredict.messages import Chunk, finalize_body
+from batchpredict.fetch import Fetcher, FetchPolicy
+from batchpredict.messages import Chunk
 from batchpredict.model import Engine, available_cpus
-from batchpredict.predictor import predict_payloads
-from batchpredict.queues import Queue
-from batchpredict.records import SUCCEEDED, WorkItem, failed_record, outcome_record
-from batchpredict.results import ResultStore
-
-
-@dataclass(frozen=True)
-class FetchPolicy:
-    concurrency: int = 16
-    attempts: int = 3  # transient failures are tried this many times in all
-    backoff_seconds: float = 0.5  # doubled after each round
+from batchpredict.predictor import Outcome, predict_payloads
+from batchpredict.records import SUCCEEDED, WorkItem, base_record, failed_record
 
 
 @dataclass(frozen=True)
@@ -80,6 +70,31 @@ def _transient(fetched: Fetched | None) -> bool:
     return fetched is not None and isinstance(fetched.payload, PredictionError) and fetched.payload.transient
 
 
+def outcome_record(
+    job_id: str, item: WorkItem, outcome: Outcome, model: str, fetch_ms: float
+) -> dict[str, Any]:
+    """The record of an image that went through fetch + predict (successfully or not)."""
+    if outcome.error is not None:
+        record = failed_record(job_id, item, outcome.error.code, outcome.error.message, model)
+    else:
+        record = base_record(job_id, item, model) | {
+            "status": SUCCEEDED,
+            "predictions": [p.as_dict() for p in outcome.predictions],
+        }
+    if outcome.image is not None:
+        record["image"] = {
+            "width": outcome.image.width,
+            "height": outcome.image.height,
+            "bytes": outcome.image.bytes,
+        }
+    record["timing_ms"] = {
+        "fetch": round(fetch_ms, 2),
+        "preprocess": round(outcome.preprocess_ms, 2),
+        "inference": round(outcome.inference_ms, 2),
+    }
+    return record
+
+
 class ChunkPredictor:
     """Records for every item of every chunk, from one batched inference."""
 
@@ -119,35 +134,3 @@ class ChunkPredictor:
                 rows.append(record)
             out.append(rows)
         return out
-
-
-class ChunkWriter:
-    """Part file + IMG# rows + counted marker; asks for finalize when the job is done."""
-
-    def __init__(self, jobs: JobStore, results: ResultStore, finalize: Queue) -> None:
-        self.jobs = jobs
-        self.results = results
-        self.finalize = finalize
-
-    def write(self, chunk: Chunk, records: list[dict[str, Any]], model: str | None) -> bool:
-        """Returns True if this call counted the chunk (False: counted by an earlier delivery).
-
-        A chunk counted before keeps the part and rows written then: the job may already be
-        finalized from them, and results.jsonl and the table must keep telling the same story.
-        """
-        if self.jobs.chunk_counted(chunk.job_id, chunk.chunk):
-            self.request_finalize_if_done(chunk.job_id)
-            return False
-        self.results.write_part(chunk.job_id, chunk.chunk, records)
-        self.jobs.put_results(records)
-        succeeded = sum(1 for r in records if r["status"] == SUCCEEDED)
-        counted = self.jobs.count_chunk(chunk.job_id, chunk.chunk, succeeded, len(records) - succeeded, model)
-        self.request_finalize_if_done(chunk.job_id)
-        return counted
-
-    def request_finalize_if_done(self, job_id: str) -> None:
-        # Checked on every delivery, counted or not: a redelivery after a lost finalize
-        # message still completes the job (finalize itself is idempotent).
-        job = self.jobs.get(job_id)
-        if job is not None and job.all_chunks_done and job.status not in FINAL_STATUSES:
-            self.finalize.send(finalize_body(job_id))

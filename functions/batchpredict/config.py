@@ -10,10 +10,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import TypeVar
 
-from batchpredict.batch import FetchPolicy
-from batchpredict.fetch import FetchLimits, parse_networks
-from batchpredict.images import DEFAULT_MAX_PIXELS
-from batchpredict.model import DEFAULT_MAX_BATCH, DEFAULT_TOP_K
+from batchpredict.defaults import DEFAULT_MAX_BATCH, DEFAULT_MAX_PIXELS, DEFAULT_TOP_K
+from batchpredict.fetch import FetchLimits, FetchPolicy, parse_networks
 from batchpredict.split import SplitSettings
 
 T = TypeVar("T")

@@ -80,6 +80,13 @@ class FetchLimits:
 
 
 @dataclass(frozen=True)
+class FetchPolicy:
+    concurrency: int = 16
+    attempts: int = 3  # transient failures are tried this many times in all
+    backoff_seconds: float = 0.5  # doubled after each round
+
+
+@dataclass(frozen=True)
 class Fetched:
     data: bytes
     final_url: str

@@ -17,13 +17,13 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from batchpredict.batch import ChunkWriter
 from batchpredict.errors import ErrorCode
 from batchpredict.jobs import FINAL_STATUSES, Job, JobStatus, JobStore, utc_now
 from batchpredict.messages import Chunk
 from batchpredict.observability import logger
 from batchpredict.records import SUCCEEDED, failed_record
 from batchpredict.results import ResultStore
+from batchpredict.writer import ChunkWriter
 
 
 class MergeMismatchError(RuntimeError):

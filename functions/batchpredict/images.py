@@ -9,13 +9,8 @@ import numpy as np
 import numpy.typing as npt
 from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError
 
+from batchpredict.defaults import DEFAULT_MAX_PIXELS as DEFAULT_MAX_PIXELS
 from batchpredict.errors import ErrorCode, PredictionError
-
-# 50 MP is ~150 MB as 8-bit RGB, plus a copy or two while converting: about the most one image in
-# flight may cost a Lambda worker, yet it still admits full-size photos from 48 MP phone and
-# camera sensors. It also sits below Pillow's own bomb limit (~89 MP), so with the default our
-# header check rejects an image before Pillow would warn about it.
-DEFAULT_MAX_PIXELS = 50_000_000
 
 # The formats an image URL plausibly serves. Pillow reads ~40 more (EPS even runs Ghostscript);
 # each is attack surface for untrusted bytes and of no use here.

@@ -20,10 +20,9 @@ import numpy as np
 import numpy.typing as npt
 
 from batchpredict.bundle import BundleSpec
+from batchpredict.defaults import DEFAULT_MAX_BATCH as DEFAULT_MAX_BATCH
+from batchpredict.defaults import DEFAULT_TOP_K as DEFAULT_TOP_K
 from batchpredict.errors import BundleError
-
-DEFAULT_MAX_BATCH = 32
-DEFAULT_TOP_K = 5
 
 
 @dataclass(frozen=True)

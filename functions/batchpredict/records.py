@@ -6,7 +6,6 @@ from dataclasses import dataclass
 from typing import Any
 
 from batchpredict.errors import ErrorCode
-from batchpredict.predictor import Outcome
 
 SUCCEEDED = "SUCCEEDED"
 FAILED = "FAILED"
@@ -44,7 +43,7 @@ class WorkItem:
         )
 
 
-def _record(job_id: str, item: WorkItem, model: str | None) -> dict[str, Any]:
+def base_record(job_id: str, item: WorkItem, model: str | None) -> dict[str, Any]:
     record: dict[str, Any] = {
         "job_id": job_id,
         "index": item.index,
@@ -65,29 +64,4 @@ def _record(job_id: str, item: WorkItem, model: str | None) -> dict[str, Any]:
 def failed_record(
     job_id: str, item: WorkItem, code: ErrorCode | str, message: str, model: str | None = None
 ) -> dict[str, Any]:
-    return _record(job_id, item, model) | {"error": {"code": str(code), "message": message}}
-
-
-def outcome_record(
-    job_id: str, item: WorkItem, outcome: Outcome, model: str, fetch_ms: float
-) -> dict[str, Any]:
-    """The record of an image that went through fetch + predict (successfully or not)."""
-    if outcome.error is not None:
-        record = failed_record(job_id, item, outcome.error.code, outcome.error.message, model)
-    else:
-        record = _record(job_id, item, model) | {
-            "status": SUCCEEDED,
-            "predictions": [p.as_dict() for p in outcome.predictions],
-        }
-    if outcome.image is not None:
-        record["image"] = {
-            "width": outcome.image.width,
-            "height": outcome.image.height,
-            "bytes": outcome.image.bytes,
-        }
-    record["timing_ms"] = {
-        "fetch": round(fetch_ms, 2),
-        "preprocess": round(outcome.preprocess_ms, 2),
-        "inference": round(outcome.inference_ms, 2),
-    }
-    return record
+    return base_record(job_id, item, model) | {"error": {"code": str(code), "message": message}}

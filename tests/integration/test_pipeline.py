@@ -128,7 +128,7 @@ def test_redelivered_chunks_are_counted_once(stack: Stack, image_server: str) ->
 def test_dead_lettered_chunk_is_reconciled(
     stack: Stack, image_server: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from batchpredict.batch import ChunkWriter
+    from batchpredict.writer import ChunkWriter
 
     real_write = ChunkWriter.write
 

@@ -18,9 +18,9 @@ import numpy as np
 import pytest
 
 import batchpredict.batch as batch_module
-from batchpredict.batch import ChunkPredictor, ChunkWriter, FetchPolicy, ImageFetcher
+from batchpredict.batch import ChunkPredictor, ImageFetcher
 from batchpredict.errors import ErrorCode, PredictionError
-from batchpredict.fetch import Fetched
+from batchpredict.fetch import Fetched, FetchPolicy
 from batchpredict.images import DecodedImage
 from batchpredict.jobs import Job, JobStatus
 from batchpredict.messages import Chunk, parse_finalize
@@ -29,6 +29,7 @@ from batchpredict.predictor import Outcome, predict_payloads
 from batchpredict.queues import Queue
 from batchpredict.records import FAILED, SUCCEEDED, WorkItem, failed_record
 from batchpredict.results import ResultStore, part_key
+from batchpredict.writer import ChunkWriter
 
 MODEL = "efficientnet-lite0@1"
 Script = bytes | PredictionError

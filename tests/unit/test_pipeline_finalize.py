@@ -14,7 +14,6 @@ import pytest
 from botocore.exceptions import ClientError
 from botocore.response import StreamingBody
 
-from batchpredict.batch import ChunkWriter
 from batchpredict.errors import ErrorCode
 from batchpredict.finalize import Finalizer, MergeMismatchError, reconcile_dead_letter
 from batchpredict.jobs import FINAL_STATUSES, Job, JobStatus
@@ -22,6 +21,7 @@ from batchpredict.messages import Chunk, parse_finalize
 from batchpredict.queues import Queue
 from batchpredict.records import FAILED, SUCCEEDED, WorkItem, failed_record
 from batchpredict.results import ResultStore, jsonl, part_key, results_key, summary_key
+from batchpredict.writer import ChunkWriter
 
 OUT = "output-bucket"
 JOB = "job-1"

@@ -13,7 +13,7 @@ from aws_lambda_powertools.utilities.data_classes.sqs_event import SQSRecord
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from batchpredict import aws
-from batchpredict.batch import ChunkPredictor, ChunkWriter, ImageFetcher
+from batchpredict.batch import ChunkPredictor, ImageFetcher
 from batchpredict.bundle import resolve_bundle
 from batchpredict.config import predict_config
 from batchpredict.fetch import Fetcher
@@ -24,6 +24,7 @@ from batchpredict.observability import MetricUnit, logger, metrics, tracer
 from batchpredict.queues import Queue
 from batchpredict.records import SUCCEEDED
 from batchpredict.results import ResultStore
+from batchpredict.writer import ChunkWriter
 
 processor = BatchProcessor(event_type=EventType.SQS)
 

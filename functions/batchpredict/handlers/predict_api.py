@@ -18,10 +18,10 @@ from aws_lambda_powertools.event_handler import APIGatewayHttpResolver, CORSConf
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from batchpredict import aws
-from batchpredict.batch import ChunkPredictor, FetchPolicy, ImageFetcher
+from batchpredict.batch import ChunkPredictor, ImageFetcher
 from batchpredict.bundle import resolve_bundle
 from batchpredict.config import api_config
-from batchpredict.fetch import Fetcher
+from batchpredict.fetch import Fetcher, FetchPolicy
 from batchpredict.manifest import check_url
 from batchpredict.messages import Chunk
 from batchpredict.model import load_model

@@ -12,7 +12,6 @@ from aws_lambda_powertools.utilities.data_classes.sqs_event import SQSRecord
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from batchpredict import aws
-from batchpredict.batch import ChunkWriter
 from batchpredict.config import finalize_config
 from batchpredict.finalize import reconcile_dead_letter
 from batchpredict.jobs import JobStore
@@ -20,6 +19,7 @@ from batchpredict.messages import Chunk
 from batchpredict.observability import MetricUnit, logger, metrics, tracer
 from batchpredict.queues import Queue
 from batchpredict.results import ResultStore
+from batchpredict.writer import ChunkWriter
 
 processor = BatchProcessor(event_type=EventType.SQS)
 
