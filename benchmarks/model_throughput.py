@@ -1,0 +1,437 @@
+"""Images/s of the MXNet engine against ONNX Runtime on the same model, on this machine.
+
+Usage::
+
+    python benchmarks/model_throughput.py --model build/model/efficientnet-lite0 \\
+        --samples build/samples [--batches 1,8,16,32] [--threads 1,2] [--seconds 3]
+
+Each (runtime, threads) pair gets its own fresh worker process of this script: OpenMP
+fixes its thread count when mxnet is imported. The ONNX model is exported from the
+bundle's own symbol and params with ``mx.onnx.export_model``; both runtimes are fed the
+sample photos (tiled up to the batch size) and must agree on the top-5, so the
+comparison is like for like. The parent process never imports mxnet.
+
+On a shared machine the speed of the CPUs drifts by 2x within seconds, so the parent
+never runs two measurements at once (except the deliberate concurrency rows) and splits
+each measurement into ``--rounds`` windows, alternating the runtimes window by window, so
+both see the same noise. It reports images/s from the median call over all windows and
+from the median call of the best window (an estimate of the idle machine).
+
+Environment knobs (``MXNET_SUBGRAPH_BACKEND``, ``OMP_PROC_BIND``, ...) pass through to
+the workers, except ``OMP_NUM_THREADS``, which each worker sets to its thread count.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from batchpredict.bundle import BundleSpec, resolve_bundle
+from batchpredict.images import decode_image
+from batchpredict.model import DEFAULT_TOP_K, load_model, softmax
+
+MXNET = "mxnet"
+ORT = "onnxruntime"
+RUNTIMES = (MXNET, ORT)
+SCRIPT = str(Path(__file__).resolve())
+SAMPLE_SUFFIXES = (".jpg", ".jpeg", ".png")
+WARMUP_CALLS = 2
+MIN_TIMED_CALLS = 2
+
+Array = npt.NDArray[np.float32]
+Forward = Callable[[Array], Array]
+
+
+@dataclass(frozen=True)
+class Window:
+    """One timed loop of forward calls on a single batch size."""
+
+    batch: int
+    calls: list[float]  # seconds per forward call
+    elapsed: float
+
+    @property
+    def rate(self) -> float:
+        """Images/s over the whole window."""
+        return self.batch * len(self.calls) / self.elapsed
+
+
+@dataclass
+class Samples:
+    """Call times gathered over several windows of the same batch size."""
+
+    batch: int
+    calls: list[float] = field(default_factory=list)
+    window_rates: list[float] = field(default_factory=list)  # images/s of each window's median call
+
+    def add(self, window: Window) -> None:
+        self.calls.extend(window.calls)
+        self.window_rates.append(window.batch / statistics.median(window.calls))
+
+    @property
+    def rate(self) -> float:
+        """Images/s from the median call: robust to a noisy neighbour."""
+        return self.batch / statistics.median(self.calls)
+
+
+# ---------------------------------------------------------------------------- worker side
+
+
+def mxnet_forward(spec: BundleSpec, threads: int, max_batch: int) -> Forward:
+    engine = load_model(spec, max_batch=max_batch, threads=threads)
+    return engine.probabilities
+
+
+def ort_forward(onnx_file: Path, threads: int) -> Forward:
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    session = ort.InferenceSession(str(onnx_file), options, providers=["CPUExecutionProvider"])
+    input_name = session.get_inputs()[0].name
+
+    def forward(batch: Array) -> Array:
+        return softmax(session.run(None, {input_name: batch})[0])
+
+    return forward
+
+
+def export_onnx(spec: BundleSpec, out: Path) -> None:
+    """Export the bundle to ONNX with a dynamic batch axis; weights become true constants."""
+    import mxnet as mx
+    import onnx
+
+    mx.onnx.export_model(
+        str(spec.symbol_file),
+        str(spec.params_file),
+        [(1, *spec.input_shape)],
+        np.float32,
+        str(out),
+        dynamic=True,
+        dynamic_input_shapes=[(None, *spec.input_shape)],
+    )
+    # The exporter also lists every weight as a graph input, which stops ORT from constant
+    # folding (e.g. batch norm into the convolution). Drop them so ORT optimises fully.
+    model = onnx.load(str(out))
+    weights = {init.name for init in model.graph.initializer}
+    inputs = [value for value in model.graph.input if value.name not in weights]
+    del model.graph.input[:]
+    model.graph.input.extend(inputs)
+    onnx.checker.check_model(model)
+    onnx.save(model, str(out))
+
+
+def tile(samples: Array, batch: int) -> Array:
+    reps = -(-batch // len(samples))
+    return np.ascontiguousarray(np.concatenate([samples] * reps)[:batch])
+
+
+def measure(forward: Forward, batch: Array, seconds: float) -> Window:
+    forward(batch)  # back in cache after the other runtime's window
+    calls: list[float] = []
+    start = time.perf_counter()
+    while len(calls) < MIN_TIMED_CALLS or time.perf_counter() - start < seconds:
+        t0 = time.perf_counter()
+        forward(batch)
+        calls.append(time.perf_counter() - t0)
+    return Window(len(batch), calls, time.perf_counter() - start)
+
+
+def run_worker(args: argparse.Namespace) -> None:
+    """Load and warm up, say ``ready``, then serve ``BATCH SECONDS`` lines on stdin until EOF."""
+    spec = resolve_bundle(str(args.model))
+    if args.worker == "export":
+        export_onnx(spec, args.onnx)
+        return
+    samples: Array = np.load(args.input)
+    batches: list[int] = args.batches
+    if args.worker == MXNET:
+        forward = mxnet_forward(spec, args.worker_threads, max(batches))
+    else:
+        forward = ort_forward(args.onnx, args.worker_threads)
+    inputs = {b: tile(samples, b) for b in batches}
+    for batch in inputs.values():
+        for _ in range(WARMUP_CALLS):
+            forward(batch)
+    if args.probs_out:
+        np.save(args.probs_out, forward(samples))
+    print("ready", flush=True)
+    for line in sys.stdin:
+        batch_size, seconds = line.split()
+        window = measure(forward, inputs[int(batch_size)], float(seconds))
+        print(json.dumps(vars(window)), flush=True)
+
+
+# ---------------------------------------------------------------------------- parent side
+
+
+@dataclass
+class Worker:
+    name: str
+    process: subprocess.Popen[str]
+    log: Path
+
+    def _fail(self, what: str) -> RuntimeError:
+        self.process.kill()
+        self.process.wait()
+        return RuntimeError(f"worker {self.name} {what}:\n{self.log.read_text()}")
+
+    def _line(self) -> str:
+        assert self.process.stdout is not None
+        line = self.process.stdout.readline()
+        if not line:
+            raise self._fail("died")
+        return line
+
+    def wait_ready(self) -> None:
+        if self._line().strip() != "ready":
+            raise self._fail("did not get ready")
+
+    def request(self, batch: int, seconds: float) -> None:
+        assert self.process.stdin is not None
+        self.process.stdin.write(f"{batch} {seconds}\n")
+        self.process.stdin.flush()
+
+    def result(self) -> Window:
+        return Window(**json.loads(self._line()))
+
+    def close(self) -> None:
+        assert self.process.stdin is not None
+        self.process.stdin.close()
+        if self.process.wait() != 0:
+            raise self._fail(f"exited with {self.process.returncode}")
+
+
+@dataclass
+class Launcher:
+    """Starts worker processes of this script that share the exported model and the samples."""
+
+    work: Path
+    common: tuple[str, ...]
+    started: list[Worker] = field(default_factory=list)
+
+    def start(self, kind: str, threads: int, batches: Sequence[int], probs_out: Path | None = None) -> Worker:
+        name = f"{kind}-{threads}t-{len(self.started)}"
+        cmd = [sys.executable, SCRIPT, "--worker", kind, "--worker-threads", str(threads)]
+        cmd += ["--batches", ",".join(map(str, batches)), *self.common]
+        if probs_out is not None:
+            cmd += ["--probs-out", str(probs_out)]
+        log = self.work / f"{name}.log"
+        env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
+        with log.open("w") as stderr:  # the child keeps its own handle
+            process = subprocess.Popen(
+                cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=stderr, text=True, env=env
+            )
+        worker = Worker(name, process, log)
+        self.started.append(worker)
+        return worker
+
+    def close(self) -> None:
+        """Let the running workers exit and check that they did so cleanly."""
+        for worker in self.started:
+            if worker.process.poll() is None:
+                worker.close()
+
+    def kill(self) -> None:
+        for worker in self.started:
+            if worker.process.poll() is None:
+                worker.process.kill()
+                worker.process.wait()
+
+
+def run_alone(worker: Worker, batch: int, seconds: float) -> Window:
+    worker.request(batch, seconds)
+    return worker.result()
+
+
+def run_together(workers: Sequence[Worker], batch: int, seconds: float) -> list[Window]:
+    for worker in workers:
+        worker.request(batch, seconds)
+    return [worker.result() for worker in workers]
+
+
+def load_samples(spec: BundleSpec, folder: Path) -> tuple[list[str], Array]:
+    files = sorted(p for p in folder.iterdir() if p.suffix.lower() in SAMPLE_SUFFIXES)
+    if not files:
+        raise SystemExit(f"{folder}: no sample photos")
+    tensors = [decode_image(p.read_bytes(), spec.preprocess).tensor for p in files]
+    return [p.name for p in files], np.stack(tensors)
+
+
+def top_k(probs: Array, k: int = DEFAULT_TOP_K) -> npt.NDArray[np.intp]:
+    return np.argsort(-probs, axis=1, kind="stable")[:, :k]
+
+
+def report_agreement(spec: BundleSpec, names: list[str], mx_probs: Array, ort_probs: Array) -> None:
+    mx_top, ort_top = top_k(mx_probs), top_k(ort_probs)
+    same = [bool((a == b).all()) for a, b in zip(mx_top, ort_top, strict=True)]
+    diff = float(np.abs(mx_probs - ort_probs).max())
+    print(
+        f"top-{DEFAULT_TOP_K} agreement, MXNet vs ONNX Runtime: {sum(same)}/{len(same)} photos identical, "
+        f"max |p_mxnet - p_ort| = {diff:.2e}"
+    )
+    for name, ok, best, probs in zip(names, same, mx_top[:, 0], mx_probs, strict=True):
+        label = spec.labels[best].text
+        print(f"  {name:<16} {'same' if ok else 'DIFFERENT'}  top-1 {label} ({probs[best]:.3f})")
+
+
+def measure_grid(
+    launcher: Launcher, batches: Sequence[int], threads: Sequence[int], rounds: int, seconds: float
+) -> dict[tuple[str, int, int], Samples]:
+    """Every (runtime, threads, batch), alternating the runtimes window by window."""
+    workers = {(kind, t): launcher.start(kind, t, batches) for t in threads for kind in RUNTIMES}
+    for worker in workers.values():
+        worker.wait_ready()
+    grid = {(k, t, b): Samples(b) for k, t in workers for b in batches}
+    for r in range(rounds):
+        order = RUNTIMES if r % 2 == 0 else RUNTIMES[::-1]
+        for t in threads:
+            for b in batches:
+                for kind in order:
+                    grid[kind, t, b].add(run_alone(workers[kind, t], b, seconds / rounds))
+    return grid
+
+
+def print_grid(
+    grid: dict[tuple[str, int, int], Samples], threads: Sequence[int], batches: Sequence[int]
+) -> None:
+    print("\nimages/s, one process per runtime and thread count: median call over all windows, and the")
+    print("median call of the best window (the closest this shared machine gets to an idle one)")
+    print(f"{'':>13}{'median call':^31}  {'best window':^31}")
+    head = f"{'mxnet':>9} {'onnxrt':>9} {'mxnet/ort':>10}"
+    print(f"{'batch':>5} {'threads':>7} {head}   {head}")
+    for t in threads:
+        for b in batches:
+            mx, ort = grid[MXNET, t, b], grid[ORT, t, b]
+            mx_best, ort_best = max(mx.window_rates), max(ort.window_rates)
+            print(
+                f"{b:>5} {t:>7} {mx.rate:>9.1f} {ort.rate:>9.1f} {mx.rate / ort.rate:>9.2f}x   "
+                f"{mx_best:>9.1f} {ort_best:>9.1f} {mx_best / ort_best:>9.2f}x"
+            )
+
+
+def measure_concurrency(launcher: Launcher, batch: int, procs: int, rounds: int, seconds: float) -> None:
+    """One ``procs``-thread process alone vs ``procs`` 1-thread processes at the same time."""
+    print(
+        f"\nbatch {batch}: one {procs}-thread process vs {procs} concurrent 1-thread processes "
+        "(aggregate images/s over the same windows, median of the windows)"
+    )
+    one_head, many_head = f"1 x {procs} threads", f"{procs} x 1 thread"
+    print(f"{'runtime':<12} {one_head:>16} {many_head:>15} {'gain':>7}   (best window)")
+    for kind in RUNTIMES:
+        single = launcher.start(kind, procs, [batch])
+        group = [launcher.start(kind, 1, [batch]) for _ in range(procs)]
+        for worker in (single, *group):
+            worker.wait_ready()
+        alone, together = [], []
+        for _ in range(rounds):
+            alone.append(run_alone(single, batch, seconds / rounds).rate)
+            together.append(sum(w.rate for w in run_together(group, batch, seconds / rounds)))
+        one, many = statistics.median(alone), statistics.median(together)
+        best = f"{max(alone):.1f} vs {max(together):.1f}"
+        print(f"{kind:<12} {one:>16.1f} {many:>15.1f} {many / one:>6.2f}x   ({best})")
+
+
+def export_in_worker(model: Path, onnx_file: Path) -> None:
+    cmd = [sys.executable, SCRIPT, "--worker", "export", "--model", str(model), "--onnx", str(onnx_file)]
+    export = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    if export.returncode != 0:
+        raise SystemExit(f"ONNX export failed:\n{export.stderr}")
+
+
+def check_agreement(launcher: Launcher, spec: BundleSpec, names: list[str], threads: int) -> None:
+    probs = {kind: launcher.work / f"{kind}-probs.npy" for kind in RUNTIMES}
+    for kind in RUNTIMES:
+        launcher.start(kind, threads, [len(names)], probs[kind]).wait_ready()
+    report_agreement(spec, names, np.load(probs[MXNET]), np.load(probs[ORT]))
+    launcher.close()
+
+
+def run_parent(args: argparse.Namespace) -> None:
+    spec = resolve_bundle(str(args.model))
+    names, samples = load_samples(spec, args.samples)
+    print(
+        f"model {spec.model_id}, {len(names)} sample photos, {args.seconds:g} s per measurement "
+        f"in {args.rounds} alternating windows, {len(os.sched_getaffinity(0))} CPUs visible"
+    )
+    with tempfile.TemporaryDirectory(prefix="bench-") as tmp:
+        work = Path(tmp)
+        np.save(work / "samples.npy", samples)
+        export_in_worker(args.model, work / "model.onnx")
+        data = ("--input", str(work / "samples.npy"), "--onnx", str(work / "model.onnx"))
+        launcher = Launcher(work, ("--model", str(args.model), *data))
+        try:
+            check_agreement(launcher, spec, names, min(args.threads))
+            grid = measure_grid(launcher, args.batches, args.threads, args.rounds, args.seconds)
+            launcher.close()
+            print_grid(grid, args.threads, args.batches)
+            procs = max(args.threads)
+            if procs > 1:
+                measure_concurrency(launcher, args.concurrent_batch, procs, args.rounds, args.seconds)
+                launcher.close()
+        finally:
+            launcher.kill()
+
+
+# ---------------------------------------------------------------------------- command line
+
+
+def int_list(text: str) -> list[int]:
+    values = [int(part) for part in text.split(",") if part.strip()]
+    if not values or min(values) < 1:
+        raise argparse.ArgumentTypeError(f"expected positive integers like 1,8,16, got {text!r}")
+    return values
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    add: Callable[..., Any] = parser.add_argument
+    add("--model", type=Path, required=True, help="model bundle folder")
+    add("--samples", type=Path, help="folder of sample photos")
+    add("--batches", type=int_list, default=[1, 8, 16, 32], help="default: 1,8,16,32")
+    add("--threads", type=int_list, default=[1, 2], help="default: 1,2")
+    add("--seconds", type=float, default=3.0, help="timed seconds per measurement (default 3)")
+    add("--rounds", type=int, default=5, help="windows each measurement is split into (default 5)")
+    add("--concurrent-batch", type=int, default=16, help="batch of the 1 vs N processes rows (default 16)")
+    hidden = argparse.SUPPRESS
+    add("--worker", choices=[*RUNTIMES, "export"], help=hidden)
+    add("--worker-threads", type=int, default=1, help=hidden)
+    add("--input", type=Path, help=hidden)
+    add("--onnx", type=Path, help=hidden)
+    add("--probs-out", type=Path, help=hidden)
+    args = parser.parse_args(argv)
+    if args.worker is None and args.samples is None:
+        parser.error("--samples is required")
+    if args.rounds < 1:
+        parser.error("--rounds must be >= 1")
+    return args
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    args = parse_args(argv)
+    if args.worker:
+        run_worker(args)
+    else:
+        run_parent(args)
+
+
+if __name__ == "__main__":
+    main()
