@@ -1,0 +1,227 @@
+"""What a user does with a stack (local or deployed): submit, follow, fetch results, retry.
+
+A ``StackRef`` names the stack's buckets and table; it comes from the local stack's state
+file or from a deployed stack's CloudFormation outputs. Clients use the standard boto3
+credential chain and endpoint settings.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from botocore.exceptions import ClientError
+
+from batchpredict import aws
+from batchpredict.jobs import FINAL_STATUSES, Job, JobStore
+from batchpredict.manifest import detect_format
+from batchpredict.messages import ManifestObject
+from batchpredict.records import FAILED
+from batchpredict.results import results_key, summary_key
+
+# CloudFormation output keys of infrastructure/template.yaml.
+OUTPUT_KEYS = {
+    "input_bucket": "InputBucketName",
+    "output_bucket": "OutputBucketName",
+    "table": "ResultsTableName",
+}
+
+
+class UserError(Exception):
+    """Something the user can fix; the CLI prints it as one line."""
+
+
+@dataclass(frozen=True)
+class StackRef:
+    input_bucket: str
+    output_bucket: str
+    table: str
+    endpoints: dict[str, str] | None = None  # local stack only: AWS_ENDPOINT_URL_* settings
+    api_url: str | None = None
+
+    def save(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(asdict(self), indent=2))
+
+    @classmethod
+    def load(cls, path: Path) -> StackRef:
+        return cls(**json.loads(path.read_text()))
+
+    @classmethod
+    def from_cloudformation(cls, stack_name: str) -> StackRef:
+        try:
+            stacks = aws.client("cloudformation").describe_stacks(StackName=stack_name)["Stacks"]
+        except ClientError as exc:
+            raise UserError(f"stack {stack_name!r} not found ({exc.response['Error']['Message']})") from exc
+        outputs = {o["OutputKey"]: o["OutputValue"] for o in stacks[0].get("Outputs", [])}
+        missing = [key for key in OUTPUT_KEYS.values() if key not in outputs]
+        if missing:
+            raise UserError(
+                f"stack {stack_name!r} has no output {', '.join(missing)}: is it a batchpredict stack?"
+            )
+        return cls(
+            **{field: outputs[key] for field, key in OUTPUT_KEYS.items()},
+            api_url=outputs.get("PredictApiUrl"),
+        )
+
+
+@dataclass(frozen=True)
+class Progress:
+    job: Job
+    elapsed: float
+
+    @property
+    def done(self) -> int:
+        return self.job.succeeded + self.job.failed
+
+    @property
+    def rate(self) -> float:
+        return self.done / self.elapsed if self.elapsed > 0 else 0.0
+
+    @property
+    def eta_seconds(self) -> float | None:
+        if not self.job.split_done or not self.rate:
+            return None
+        return max(self.job.total - self.done, 0) / self.rate
+
+
+class Client:
+    def __init__(self, stack: StackRef, s3: Any = None, dynamodb: Any = None) -> None:
+        self.stack = stack
+        self.s3 = s3 or aws.client("s3")
+        self.jobs = JobStore(dynamodb or aws.client("dynamodb"), stack.table)
+
+    def submit(self, manifest: Path, name: str | None = None) -> str:
+        """Upload under manifests/ and return the job id the pipeline will give it."""
+        if not manifest.is_file():
+            raise UserError(f"manifest not found: {manifest}")
+        key = f"manifests/{name or manifest.name}"
+        detect_format(key)  # refuse an extension the splitter would refuse, before uploading
+        response = self.s3.put_object(Bucket=self.stack.input_bucket, Key=key, Body=manifest.read_bytes())
+        return ManifestObject(
+            self.stack.input_bucket,
+            key,
+            response.get("VersionId"),
+            response.get("ETag", "").strip('"') or None,
+        ).job_id
+
+    def job(self, job_id: str) -> Job:
+        job = self.jobs.get(job_id)
+        if job is None:
+            raise UserError(f"job {job_id} not found in table {self.stack.table}")
+        return job
+
+    def wait_for_job(self, job_id: str, timeout: float = 60.0) -> Job:
+        """The job record appears once the splitter has seen the upload."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            job = self.jobs.get(job_id)
+            if job is not None:
+                return job
+            time.sleep(0.3)
+        raise UserError(f"job {job_id} did not start within {timeout:.0f}s: is the pipeline running?")
+
+    def watch(
+        self,
+        job_id: str,
+        on_progress: Callable[[Progress], None],
+        interval: float = 0.5,
+        timeout: float | None = None,
+    ) -> Job:
+        started = time.monotonic()
+        job = self.wait_for_job(job_id)
+        while True:
+            job = self.job(job_id)
+            on_progress(Progress(job, time.monotonic() - started))
+            if job.status in FINAL_STATUSES:
+                return job
+            if timeout is not None and time.monotonic() - started > timeout:
+                raise UserError(f"job {job_id} still {job.status.value} after {timeout:.0f}s")
+            time.sleep(interval)
+
+    def recent_jobs(self, limit: int = 20) -> list[Job]:
+        """The newest jobs first (a filtered Scan: fine for a user's table, not for analytics)."""
+        jobs: list[Job] = []
+        paginator = self.jobs.client.get_paginator("scan")
+        for page in paginator.paginate(
+            TableName=self.stack.table,
+            FilterExpression="sk = :j",
+            ExpressionAttributeValues={":j": {"S": "JOB"}},
+        ):
+            jobs.extend(Job.from_item(item) for item in page["Items"])
+        return sorted(jobs, key=lambda j: j.created_at, reverse=True)[:limit]
+
+    def result_lines(self, job_id: str, from_table: bool = False) -> Iterator[dict[str, Any]]:
+        if from_table:
+            self.job(job_id)
+            yield from self.jobs.query_results(job_id)
+            return
+        try:
+            body = self.s3.get_object(Bucket=self.stack.output_bucket, Key=results_key(job_id))["Body"]
+        except ClientError as exc:
+            status = self.job(job_id).status.value
+            raise UserError(f"job {job_id} has no results.jsonl yet (status {status})") from exc
+        for line in body.iter_lines():
+            if line:
+                yield json.loads(line)
+
+    def summary(self, job_id: str) -> dict[str, Any]:
+        try:
+            body = self.s3.get_object(Bucket=self.stack.output_bucket, Key=summary_key(job_id))["Body"]
+        except ClientError as exc:
+            raise UserError(f"job {job_id} has no _summary.json yet") from exc
+        return json.loads(body.read())  # type: ignore[no-any-return]
+
+    def retry_failed(self, job_id: str) -> tuple[str, int]:
+        """Submit the job's failed lines as a new JSONL manifest; returns (new job id, lines)."""
+        lines = [r for r in self.result_lines(job_id) if r["status"] == FAILED and r.get("url")]
+        if not lines:
+            raise UserError(f"job {job_id} has no failed lines to retry")
+        body = "".join(
+            json.dumps(
+                {
+                    k: v
+                    for k, v in (("url", r["url"]), ("id", r.get("id")), ("metadata", r.get("metadata")))
+                    if v is not None
+                }
+            )
+            + "\n"
+            for r in lines
+        )
+        key = f"manifests/retry-{job_id}-{int(time.time())}.jsonl"
+        response = self.s3.put_object(Bucket=self.stack.input_bucket, Key=key, Body=body.encode())
+        new_id = ManifestObject(
+            self.stack.input_bucket,
+            key,
+            response.get("VersionId"),
+            response.get("ETag", "").strip('"') or None,
+        ).job_id
+        return new_id, len(lines)
+
+
+def to_csv(records: list[dict[str, Any]]) -> str:
+    out = io.StringIO()
+    writer = csv.writer(out)
+    writer.writerow(["index", "id", "url", "status", "label", "probability", "error_code", "error_message"])
+    for r in records:
+        top = r["predictions"][0] if r.get("predictions") else {}
+        error = r.get("error") or {}
+        writer.writerow(
+            [
+                r["index"],
+                r.get("id") or "",
+                r.get("url") or "",
+                r["status"],
+                top.get("label", ""),
+                f"{top['probability']:.4f}" if top else "",
+                error.get("code", ""),
+                error.get("message", ""),
+            ]
+        )
+    return out.getvalue()
