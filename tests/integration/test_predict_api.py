@@ -96,3 +96,32 @@ def test_model_is_loaded_once_per_process(api: None, image_server: str) -> None:
     engine = predict_api.service().predictor.engine
     _call("GET", {"url": f"{image_server}/flower.jpg"})
     assert predict_api.service().predictor.engine is engine
+
+
+def test_local_http_endpoint_speaks_like_api_gateway(api: None, image_server: str) -> None:
+    import urllib.error
+    import urllib.parse
+    import urllib.request
+
+    from batchpredict.local.api_server import ApiServer
+
+    server = ApiServer(predict_api.lambda_handler)
+    base = server.start()
+    try:
+        query = urllib.parse.urlencode({"url": f"{image_server}/coffee.png"})
+        with urllib.request.urlopen(f"{base}/predict?{query}", timeout=30) as response:
+            body = json.loads(response.read())
+            assert response.status == 200 and response.headers["Access-Control-Allow-Origin"] == "*"
+        assert body["predictions"][0]["label"] == "espresso"
+        request = urllib.request.Request(
+            f"{base}/predict",
+            data=b'{"url": "gopher://x/y"}',
+            method="POST",
+            headers={"Content-Type": "application/json"},
+        )
+        with pytest.raises(urllib.error.HTTPError) as caught:
+            urllib.request.urlopen(request, timeout=30)
+        assert caught.value.code == 400
+        assert json.loads(caught.value.read())["error"]["code"] == "unsupported_scheme"
+    finally:
+        server.stop()
