@@ -109,7 +109,9 @@ def test_local_http_endpoint_speaks_like_api_gateway(api: None, image_server: st
     base = server.start()
     try:
         query = urllib.parse.urlencode({"url": f"{image_server}/coffee.png"})
-        with urllib.request.urlopen(f"{base}/predict?{query}", timeout=30) as response:
+        # A browser sends Origin; Powertools answers it with the CORS header.
+        get = urllib.request.Request(f"{base}/predict?{query}", headers={"Origin": "https://example.com"})
+        with urllib.request.urlopen(get, timeout=30) as response:
             body = json.loads(response.read())
             assert response.status == 200 and response.headers["Access-Control-Allow-Origin"] == "*"
         assert body["predictions"][0]["label"] == "espresso"
