@@ -1,10 +1,14 @@
-"""The user's commands: ``batchpredict --help``."""
+"""The user's commands: ``batchpredict --help``. Handlers and logic live elsewhere; this shapes output."""
 
 from __future__ import annotations
 
+import functools
 import json
 import os
+import sys
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any, TypeVar
 
 import click
 
@@ -130,3 +134,289 @@ def predict(
             _print_text(source, outcome)
     if any(outcome.error is not None for outcome in outcomes):
         raise SystemExit(1)
+
+
+# --- the pipeline commands -----------------------------------------------------------------
+
+F = TypeVar("F", bound=Callable[..., Any])
+STATE_FILE = DEFAULT_BUNDLE.parents[1] / "local" / "stack.json"
+
+
+def _fail(message: str) -> click.ClickException:
+    return click.ClickException(message)
+
+
+def friendly_errors(command: F) -> F:
+    """One clear line, no traceback, for what the user can fix."""
+
+    @functools.wraps(command)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        from botocore.exceptions import ClientError, EndpointConnectionError, NoCredentialsError
+
+        from batchpredict.client import UserError
+
+        try:
+            return command(*args, **kwargs)
+        except UserError as exc:
+            raise _fail(str(exc)) from exc
+        except NoCredentialsError as exc:
+            raise _fail(
+                "no AWS credentials: configure them (aws configure, AWS_PROFILE) or use --local"
+            ) from exc
+        except EndpointConnectionError as exc:
+            raise _fail(
+                f"cannot reach {exc.kwargs.get('endpoint_url')}: is the stack running? "
+                "(batchpredict local up)"
+            ) from exc
+        except ClientError as exc:
+            raise _fail(f"AWS said: {exc}") from exc
+
+    return wrapper  # type: ignore[return-value]
+
+
+def stack_options(command: F) -> F:
+    command = click.option(
+        "--stack",
+        "stack_name",
+        metavar="NAME",
+        help="A deployed stack (names from its CloudFormation outputs).",
+    )(command)
+    command = click.option(
+        "--local", "use_local", is_flag=True, help="The local stack (the default when one is running)."
+    )(command)
+    return friendly_errors(command)
+
+
+def _local_ref() -> Any:
+    from batchpredict.client import StackRef, UserError
+
+    if not STATE_FILE.is_file():
+        raise UserError(
+            "no local stack is running: start one with `batchpredict local up`, or pass --stack NAME"
+        )
+    state = json.loads(STATE_FILE.read_text())
+    try:
+        os.kill(int(state["pid"]), 0)
+    except (OSError, KeyError, ValueError) as exc:
+        raise UserError(
+            "the local stack is not running any more: start it with `batchpredict local up`"
+        ) from exc
+    ref = StackRef(**state["stack"])
+    os.environ.update(ref.endpoints or {})
+    return ref
+
+
+def _client(use_local: bool, stack_name: str | None) -> Any:
+    from batchpredict.client import Client, StackRef
+
+    if stack_name and use_local:
+        raise _fail("give either --local or --stack NAME, not both")
+    ref = StackRef.from_cloudformation(stack_name) if stack_name else _local_ref()
+    return Client(ref)
+
+
+def _progress_line(progress: Any) -> str:
+    job = progress.job
+    total = job.total if job.split_done else None
+    done = progress.done
+    width = 30
+    filled = int(width * done / total) if total else 0
+    bar = "#" * filled + "." * (width - filled)
+    eta = f"{progress.eta_seconds:4.0f}s" if progress.eta_seconds is not None else "   ?"
+    count = f"{done}/{total if total is not None else '?'}"
+    return f"\r[{bar}] {count}  failed {job.failed}  {progress.rate:5.1f} images/s  ETA {eta}  {job.status.value:<22}"
+
+
+def _watch(client: Any, job_id: str, timeout: float | None = None) -> Any:
+    """Follow a job: a live bar on a terminal, the final line otherwise."""
+    interactive = sys.stdout.isatty()
+    last: list[Any] = []
+
+    def show(progress: Any) -> None:
+        last[:] = [progress]
+        if interactive:
+            click.echo(_progress_line(progress), nl=False)
+
+    job = client.watch(job_id, show, timeout=timeout)
+    click.echo("" if interactive else _progress_line(last[-1]).lstrip("\r"))
+    return job
+
+
+def _print_job(job: Any) -> None:
+    fields = [
+        ("job", job.job_id),
+        ("status", job.status.value),
+        ("manifest", job.manifest_uri),
+        ("lines", job.total if job.split_done else f"{job.position.get('index', 0)}+ (splitting)"),
+        ("succeeded", job.succeeded),
+        ("failed", job.failed),
+        ("chunks", f"{job.chunks_done}/{job.chunks_total}"),
+        ("model", job.model),
+        ("created", job.created_at),
+        ("completed", job.completed_at),
+        ("results", job.results_uri),
+        ("error", job.error),
+    ]
+    for name, value in fields:
+        if value not in (None, ""):
+            click.echo(f"{name:>10}  {value}")
+
+
+def _table(records: list[dict[str, Any]]) -> str:
+    lines = [f"{'#':>5}  {'status':<9} {'top-1':<28} {'p':>6}  source"]
+    for r in records:
+        source = str(r.get("id") or r.get("url") or "")[-60:]
+        if r["status"] == "SUCCEEDED":
+            top = r["predictions"][0]
+            lines.append(
+                f"{r['index']:>5}  {'ok':<9} {top['label'].split(',')[0][:28]:<28} "
+                f"{top['probability']:6.1%}  {source}"
+            )
+        else:
+            code = (r.get("error") or {}).get("code", "")
+            lines.append(f"{r['index']:>5}  {'FAILED':<9} {code:<28} {'':>6}  {source}")
+    return "\n".join(lines)
+
+
+@main.command()
+@click.argument("manifest", type=click.Path(path_type=Path))
+@click.option("--wait", is_flag=True, help="Show a live progress bar until the job ends.")
+@click.option("--name", help="Object name under manifests/ (default: the file name).")
+@stack_options
+def submit(manifest: Path, wait: bool, name: str | None, use_local: bool, stack_name: str | None) -> None:
+    """Upload MANIFEST under manifests/ and print the job id."""
+    client = _client(use_local, stack_name)
+    job_id = client.submit(manifest, name)
+    click.echo(job_id)
+    if wait:
+        job = _watch(client, job_id)
+        if job.status.value == "FAILED":
+            raise _fail(f"job {job_id} failed: {job.error}")
+
+
+@main.command()
+@click.argument("job_id")
+@stack_options
+def status(job_id: str, use_local: bool, stack_name: str | None) -> None:
+    """Show a job's record."""
+    _print_job(_client(use_local, stack_name).job(job_id))
+
+
+@main.command()
+@click.argument("job_id")
+@stack_options
+def watch(job_id: str, use_local: bool, stack_name: str | None) -> None:
+    """Follow a job with a progress bar until it ends."""
+    _print_job(_watch(_client(use_local, stack_name), job_id))
+
+
+@main.command()
+@click.option("--limit", type=click.IntRange(1, 1000), default=20, show_default=True)
+@stack_options
+def jobs(limit: int, use_local: bool, stack_name: str | None) -> None:
+    """List recent jobs, newest first."""
+    for job in _client(use_local, stack_name).recent_jobs(limit):
+        click.echo(
+            f"{job.job_id}  {job.status.value:<22} {job.succeeded + job.failed:>7}/{job.total:<7} "
+            f"{job.created_at}  {job.manifest_uri}"
+        )
+
+
+@main.command()
+@click.argument("job_id")
+@click.option("-o", "--output", type=click.Path(path_type=Path), help="Write here instead of stdout.")
+@click.option("--failed-only", is_flag=True, help="Only the lines that failed.")
+@click.option(
+    "--format", "fmt", type=click.Choice(["jsonl", "csv", "table"]), default="jsonl", show_default=True
+)
+@click.option("--from-table", is_flag=True, help="Query DynamoDB (manifest order) instead of results.jsonl.")
+@stack_options
+def results(
+    job_id: str,
+    output: Path | None,
+    failed_only: bool,
+    fmt: str,
+    from_table: bool,
+    use_local: bool,
+    stack_name: str | None,
+) -> None:
+    """A job's results, from results.jsonl in S3 or from the table."""
+    from batchpredict.client import to_csv
+
+    records = [
+        r
+        for r in _client(use_local, stack_name).result_lines(job_id, from_table)
+        if not failed_only or r["status"] == "FAILED"
+    ]
+    if fmt == "jsonl":
+        text = "".join(json.dumps(r) + "\n" for r in records)
+    elif fmt == "csv":
+        text = to_csv(records)
+    else:
+        text = _table(records) + "\n"
+    if output:
+        output.write_text(text)
+        click.echo(f"{len(records)} lines -> {output}", err=True)
+    else:
+        click.echo(text, nl=False)
+
+
+@main.command(name="retry-failed")
+@click.argument("job_id")
+@click.option("--wait", is_flag=True, help="Follow the new job until it ends.")
+@stack_options
+def retry_failed(job_id: str, wait: bool, use_local: bool, stack_name: str | None) -> None:
+    """Submit a job's failed lines as a new job."""
+    client = _client(use_local, stack_name)
+    new_id, count = client.retry_failed(job_id)
+    click.echo(new_id)
+    click.echo(f"{count} failed lines resubmitted", err=True)
+    if wait:
+        _watch(client, new_id)
+
+
+def _thumbnails(allowed: tuple[str, ...]) -> Callable[[str], bytes | None]:
+    fetcher = Fetcher(
+        FetchLimits(allowed_networks=parse_networks(",".join(allowed))), s3_client_factory=_s3_client
+    )
+
+    def fetch(url: str) -> bytes | None:
+        try:
+            return fetcher.fetch(url).data
+        except PredictionError:
+            return None
+
+    return fetch
+
+
+def write_report(client: Any, job_id: str, output: Path, allowed: tuple[str, ...]) -> None:
+    from batchpredict.report import render_report
+
+    output.write_text(
+        render_report(client.summary(job_id), client.result_lines(job_id), _thumbnails(allowed)),
+        encoding="utf-8",
+    )
+
+
+@main.command()
+@click.argument("job_id")
+@click.option(
+    "-o", "--output", type=click.Path(path_type=Path), default=Path("report.html"), show_default=True
+)
+@click.option(
+    "--allow-network",
+    "allowed",
+    multiple=True,
+    metavar="CIDR",
+    help="Networks thumbnails may be fetched from (the local stack adds 127.0.0.0/8).",
+)
+@stack_options
+def report(
+    job_id: str, output: Path, allowed: tuple[str, ...], use_local: bool, stack_name: str | None
+) -> None:
+    """Write a self-contained HTML page: thumbnails, top-5 bars, failures, summary."""
+    client = _client(use_local, stack_name)
+    if not stack_name:
+        allowed = (*allowed, "127.0.0.0/8")
+    write_report(client, job_id, output, allowed)
+    click.echo(str(output))
