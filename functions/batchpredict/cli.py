@@ -224,7 +224,8 @@ def _progress_line(progress: Any) -> str:
     bar = "#" * filled + "." * (width - filled)
     eta = f"{progress.eta_seconds:4.0f}s" if progress.eta_seconds is not None else "   ?"
     count = f"{done}/{total if total is not None else '?'}"
-    return f"\r[{bar}] {count}  failed {job.failed}  {progress.rate:5.1f} images/s  ETA {eta}  {job.status.value:<22}"
+    rate = f"{progress.rate:5.1f} images/s"
+    return f"\r[{bar}] {count}  failed {job.failed}  {rate}  ETA {eta}  {job.status.value:<22}"
 
 
 def _watch(client: Any, job_id: str, timeout: float | None = None) -> Any:
