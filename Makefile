@@ -31,6 +31,13 @@ bench: $(BUNDLE)/model.json $(SAMPLES)/.done
 model: $(BUNDLE)/model.json
 samples: $(SAMPLES)/.done
 
+# Deployment artefacts in build/package (see infrastructure/package.py and README "Deploying to
+# AWS"): the zip functions' code + pinned dependencies for Lambda on arm64, and the predictor
+# image's build context (Dockerfile, pinned requirements, package, model bundle).
+.PHONY: package
+package: $(BUNDLE)/model.json
+	$(BIN)/python infrastructure/package.py --out build/package --bundle $(BUNDLE)
+
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip

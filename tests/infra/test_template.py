@@ -1,0 +1,369 @@
+"""The SAM template: cfn-lint, offline translation, and the pipeline's rules, each shown to
+bite on a deliberately broken copy of the template."""
+
+from __future__ import annotations
+
+import copy
+import importlib.util
+import json
+import re
+import socket
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+from cfnlint.api import lint
+
+from tests.infra.cfn import (
+    HANDLERS,
+    IMAGE_FUNCTIONS,
+    INFRA,
+    REGION,
+    ROOT,
+    TEMPLATE,
+    ZIP_FUNCTIONS,
+    iam_problems,
+    mapping_problems,
+    queue_problems,
+    resources,
+    translate,
+)
+
+# The logical ids the local stack (and people reading the template) rely on.
+LOGICAL_IDS = {
+    "InputBucket": "AWS::S3::Bucket",
+    "OutputBucket": "AWS::S3::Bucket",
+    "ManifestQueue": "AWS::SQS::Queue",
+    "ManifestDeadLetterQueue": "AWS::SQS::Queue",
+    "WorkQueue": "AWS::SQS::Queue",
+    "WorkDeadLetterQueue": "AWS::SQS::Queue",
+    "ReconcileDeadLetterQueue": "AWS::SQS::Queue",
+    "FinalizeQueue": "AWS::SQS::Queue",
+    "FinalizeDeadLetterQueue": "AWS::SQS::Queue",
+    "ResultsTable": "AWS::DynamoDB::Table",
+    "SplitManifestFunction": "AWS::Serverless::Function",
+    "PredictFunction": "AWS::Serverless::Function",
+    "FinalizeFunction": "AWS::Serverless::Function",
+    "ReconcileFunction": "AWS::Serverless::Function",
+    "PredictApiFunction": "AWS::Serverless::Function",
+    "PredictHttpApi": "AWS::Serverless::HttpApi",
+}
+
+
+def _lint(text: str) -> list[str]:
+    return [f"{m.rule.id} {m.message} (line {m.linenumber})" for m in lint(text, regions=[REGION])]
+
+
+def test_cfn_lint_finds_nothing_in_the_template() -> None:
+    assert _lint(TEMPLATE.read_text(encoding="utf-8")) == []
+
+
+def test_cfn_lint_finds_nothing_in_the_translation(cfn: dict[str, Any]) -> None:
+    assert _lint(json.dumps(cfn, indent=1)) == []
+
+
+def test_translation_needs_no_network_and_no_credentials(
+    sam: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def refuse(*args: Any, **kwargs: Any) -> None:
+        raise AssertionError(f"network access during translation: {args}")
+
+    monkeypatch.setattr(socket.socket, "connect", refuse)
+    monkeypatch.setattr(socket, "create_connection", refuse)
+    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_PROFILE", "AWS_ENDPOINT_URL"):
+        monkeypatch.delenv(name, raising=False)
+    cfn = translate(sam)
+    assert "AWS::Serverless::Function" not in {r["Type"] for r in cfn["Resources"].values()}
+    assert len(resources(cfn, "AWS::Lambda::EventSourceMapping")) == 4
+
+
+def test_the_logical_ids_are_the_documented_ones(sam: dict[str, Any]) -> None:
+    assert {k: sam["Resources"][k]["Type"] for k in LOGICAL_IDS if k in sam["Resources"]} == LOGICAL_IDS
+
+
+def test_the_template_keeps_every_rule(cfn: dict[str, Any]) -> None:
+    assert queue_problems(cfn) == []
+    assert mapping_problems(cfn) == []
+    assert iam_problems(cfn) == []
+
+
+# --- each rule fails on a broken template ------------------------------------------------------
+
+Mutation = Callable[[dict[str, Any]], None]
+
+
+def _props(sam: dict[str, Any], name: str) -> dict[str, Any]:
+    return sam["Resources"][name]["Properties"]  # type: ignore[no-any-return]
+
+
+def _event(sam: dict[str, Any], function: str) -> dict[str, Any]:
+    (event,) = _props(sam, function)["Events"].values()
+    return event["Properties"]  # type: ignore[no-any-return]
+
+
+def _statements(sam: dict[str, Any], role: str) -> list[Any]:
+    return _props(sam, role)["Policies"][0]["PolicyDocument"]["Statement"]  # type: ignore[no-any-return]
+
+
+def _grant(role: str, action: Any, resource: Any) -> Mutation:
+    return lambda sam: _statements(sam, role).append(
+        {"Effect": "Allow", "Action": action, "Resource": resource}
+    )
+
+
+QUEUE_BREAKAGES: dict[str, tuple[Mutation, str]] = {
+    "manifest queue loses its DLQ": (
+        lambda sam: _props(sam, "ManifestQueue").pop("RedrivePolicy"),
+        "ManifestQueue: consumed by a function but has no dead-letter queue",
+    ),
+    "work queue loses its DLQ": (
+        lambda sam: _props(sam, "WorkQueue").pop("RedrivePolicy"),
+        "WorkQueue: consumed by a function but has no dead-letter queue",
+    ),
+    "finalize queue loses its DLQ": (
+        lambda sam: _props(sam, "FinalizeQueue").pop("RedrivePolicy"),
+        "FinalizeQueue: consumed by a function but has no dead-letter queue",
+    ),
+    "work DLQ loses its own DLQ": (
+        lambda sam: _props(sam, "WorkDeadLetterQueue").pop("RedrivePolicy"),
+        "WorkDeadLetterQueue: consumed by a function but has no dead-letter queue",
+    ),
+    "too few receives": (
+        lambda sam: _props(sam, "WorkQueue")["RedrivePolicy"].update(maxReceiveCount=3),
+        "WorkQueue: maxReceiveCount 3 < 5",
+    ),
+    "visibility below 6x timeout": (
+        lambda sam: _props(sam, "WorkQueue").update(VisibilityTimeout=900),
+        "WorkQueue: VisibilityTimeout 900 < 6 x PredictFunction's 180 s + 60 s window",
+    ),
+    "timeout raised, visibility not": (
+        lambda sam: _props(sam, "SplitManifestFunction").update(Timeout=600),
+        "ManifestQueue: VisibilityTimeout 1800 < 6 x SplitManifestFunction's 600 s + 0 s window",
+    ),
+    "DLQ alarm removed": (
+        lambda sam: sam["Resources"].pop("WorkDeadLetterAlarm"),
+        "WorkDeadLetterQueue: dead-letter queue without a depth alarm",
+    ),
+    "queue not encrypted": (
+        lambda sam: _props(sam, "FinalizeDeadLetterQueue").pop("SqsManagedSseEnabled"),
+        "FinalizeDeadLetterQueue: not encrypted (SqsManagedSseEnabled)",
+    ),
+    "split no longer consumes the manifest queue": (
+        lambda sam: _props(sam, "SplitManifestFunction").pop("Events"),
+        "ManifestQueue: no function consumes it",
+    ),
+}
+
+MAPPING_BREAKAGES: dict[str, tuple[Mutation, str]] = {
+    **{
+        f"{function} mapping loses ReportBatchItemFailures": (
+            lambda sam, f=function: _event(sam, f).pop("FunctionResponseTypes"),
+            f"({queue}): FunctionResponseTypes is not [ReportBatchItemFailures]",
+        )
+        for function, queue in [
+            ("SplitManifestFunction", "ManifestQueue"),
+            ("PredictFunction", "WorkQueue"),
+            ("FinalizeFunction", "FinalizeQueue"),
+            ("ReconcileFunction", "WorkDeadLetterQueue"),
+        ]
+    },
+    "work mapping loses MaximumConcurrency": (
+        lambda sam: _event(sam, "PredictFunction").pop("ScalingConfig"),
+        "(WorkQueue): no ScalingConfig.MaximumConcurrency",
+    ),
+}
+
+IAM_BREAKAGES: dict[str, tuple[Mutation, str]] = {
+    "service wildcard action": (
+        _grant("PredictRole", "s3:*", {"Fn::Sub": "${OutputBucket.Arn}/*"}),
+        "wildcard action 's3:*'",
+    ),
+    "prefix wildcard action": (
+        _grant("FinalizeRole", ["dynamodb:Get*"], {"Fn::GetAtt": ["ResultsTable", "Arn"]}),
+        "wildcard action 'dynamodb:Get*'",
+    ),
+    "every action": (_grant("SplitManifestRole", "*", "*"), "wildcard action '*'"),
+    "table action on every resource": (
+        _grant("ReconcileRole", "dynamodb:PutItem", "*"),
+        "Resource '*' for ['dynamodb:PutItem']",
+    ),
+    "literal resource outside the stack": (
+        _grant("PredictApiRole", "s3:GetObject", "arn:aws:s3:::*/*"),
+        "resource 'arn:aws:s3:::*/*' not scoped",
+    ),
+    "managed policy": (
+        lambda sam: _props(sam, "FinalizeRole").update(
+            ManagedPolicyArns=["arn:aws:iam::aws:policy/AmazonS3FullAccess"]
+        ),
+        "FinalizeRole: managed policies",
+    ),
+    "function without its own role (SAM adds managed policies)": (
+        lambda sam: _props(sam, "SplitManifestFunction").pop("Role"),
+        "SplitManifestFunctionRole: managed policies",
+    ),
+    "wildcard hidden in a condition branch": (
+        lambda sam: _statements(sam, "PredictRole").append(
+            {
+                "Fn::If": [
+                    "ModelFromS3",
+                    {"Effect": "Allow", "Action": "s3:*", "Resource": "*"},
+                    {"Ref": "AWS::NoValue"},
+                ]
+            }
+        ),
+        "wildcard action 's3:*'",
+    ),
+}
+
+
+def _broken(sam: dict[str, Any], mutation: Mutation) -> dict[str, Any]:
+    broken = copy.deepcopy(sam)
+    mutation(broken)
+    return translate(broken)
+
+
+@pytest.mark.parametrize("case", list(QUEUE_BREAKAGES))
+def test_queue_rules_catch(case: str, sam: dict[str, Any], cfn: dict[str, Any]) -> None:
+    mutation, expected = QUEUE_BREAKAGES[case]
+    problems = queue_problems(_broken(sam, mutation))
+    assert any(expected in p for p in problems), problems
+
+
+@pytest.mark.parametrize("case", list(MAPPING_BREAKAGES))
+def test_mapping_rules_catch(case: str, sam: dict[str, Any], cfn: dict[str, Any]) -> None:
+    mutation, expected = MAPPING_BREAKAGES[case]
+    problems = mapping_problems(_broken(sam, mutation))
+    assert any(expected in p for p in problems), problems
+
+
+@pytest.mark.parametrize("case", list(IAM_BREAKAGES))
+def test_iam_rules_catch(case: str, sam: dict[str, Any], cfn: dict[str, Any]) -> None:
+    mutation, expected = IAM_BREAKAGES[case]
+    problems = iam_problems(_broken(sam, mutation))
+    assert any(expected in p for p in problems), problems
+
+
+# --- what moto cannot hold, checked on the translation -----------------------------------------
+
+
+def test_functions_run_the_real_handlers_on_the_chosen_platforms(cfn: dict[str, Any]) -> None:
+    functions = resources(cfn, "AWS::Lambda::Function")
+    for name in ZIP_FUNCTIONS:
+        props = functions[name]["Properties"]
+        assert props["Runtime"] == "python3.11"
+        assert props["Architectures"] == ["arm64"]
+        assert props["Handler"] == HANDLERS[name]
+        assert props["Code"]["S3Key"].endswith("arm64.zip")
+    for name in IMAGE_FUNCTIONS:
+        props = functions[name]["Properties"]
+        assert props["PackageType"] == "Image"
+        assert props["Architectures"] == ["x86_64"]  # MXNet 1.9.1 ships x86_64 Linux wheels only
+        assert "Runtime" not in props and "Handler" not in props
+        assert cfn["Resources"][name]["Metadata"] == {
+            "DockerContext": "../build/package/image",
+            "Dockerfile": "Dockerfile",
+            "DockerTag": "python3.11",
+        }
+    # predict runs the image's CMD; predict_api overrides it.
+    assert "ImageConfig" not in functions["PredictFunction"]["Properties"]
+    assert functions["PredictApiFunction"]["Properties"]["ImageConfig"] == {
+        "Command": [HANDLERS["PredictApiFunction"]]
+    }
+    for name, handler in HANDLERS.items():
+        module, _, attr = handler.rpartition(".")
+        spec = importlib.util.find_spec(module)
+        assert spec is not None and spec.origin is not None, handler
+        with open(spec.origin, encoding="utf-8") as source:
+            assert re.search(rf"^def {attr}\(", source.read(), re.MULTILINE), handler
+        props = functions[name]["Properties"]
+        assert props["TracingConfig"] == {"Mode": "Active"}
+        assert props["LoggingConfig"] == {"LogGroup": {"Ref": name.replace("Function", "LogGroup")}}
+        assert props["Role"] == {"Fn::GetAtt": [name.replace("Function", "Role"), "Arn"]}
+
+
+def test_code_locations_are_where_make_package_writes(sam: dict[str, Any]) -> None:
+    for name in ZIP_FUNCTIONS:
+        assert (INFRA / _props(sam, name)["CodeUri"]).resolve() == ROOT / "build" / "package" / "lambda"
+    for name in IMAGE_FUNCTIONS:
+        context = sam["Resources"][name]["Metadata"]["DockerContext"]
+        assert (INFRA / context).resolve() == ROOT / "build" / "package" / "image"
+
+
+def test_http_api_routes_get_and_post_predict_to_predict_api(cfn: dict[str, Any]) -> None:
+    (api,) = resources(cfn, "AWS::ApiGatewayV2::Api").values()
+    paths = api["Properties"]["Body"]["paths"]
+    assert set(paths) == {"/predict"}
+    assert set(paths["/predict"]) == {"get", "post"}
+    for route in paths["/predict"].values():
+        integration = route["x-amazon-apigateway-integration"]
+        assert integration["type"] == "aws_proxy"
+        assert integration["payloadFormatVersion"] == "2.0"  # APIGatewayHttpResolver's event
+        assert "${PredictApiFunction.Arn}" in integration["uri"]["Fn::Sub"]
+    permissions = resources(cfn, "AWS::Lambda::Permission")
+    assert {p["Properties"]["FunctionName"]["Ref"] for p in permissions.values()} == {"PredictApiFunction"}
+    assert cfn["Outputs"]["PredictApiUrl"]["Value"]["Fn::Sub"].endswith("/predict")
+
+
+def test_alarms_watch_every_dead_letter_queue_and_predict_errors(cfn: dict[str, Any]) -> None:
+    alarms = resources(cfn, "AWS::CloudWatch::Alarm")
+    watched = {
+        (
+            a["Properties"]["MetricName"],
+            a["Properties"]["Dimensions"][0]["Value"].get("Fn::GetAtt", [None])[0],
+        )
+        for a in alarms.values()
+        if a["Properties"]["Namespace"] == "AWS/SQS"
+    }
+    dead_letter_queues = {
+        q["Properties"]["RedrivePolicy"]["deadLetterTargetArn"]["Fn::GetAtt"][0]
+        for q in resources(cfn, "AWS::SQS::Queue").values()
+        if "RedrivePolicy" in q["Properties"]
+    }
+    assert watched == {("ApproximateNumberOfMessagesVisible", q) for q in dead_letter_queues}
+    assert len(dead_letter_queues) == 4
+    errors = alarms["PredictErrorsAlarm"]["Properties"]
+    assert (errors["Namespace"], errors["MetricName"]) == ("AWS/Lambda", "Errors")
+    assert errors["Dimensions"] == [{"Name": "FunctionName", "Value": {"Ref": "PredictFunction"}}]
+    for alarm in alarms.values():
+        assert alarm["Properties"]["AlarmActions"] == [{"Ref": "AlarmTopic"}]
+
+
+def test_table_is_on_demand_encrypted_recoverable_and_kept(cfn: dict[str, Any]) -> None:
+    table = cfn["Resources"]["ResultsTable"]
+    props = table["Properties"]
+    assert props["BillingMode"] == "PAY_PER_REQUEST"
+    assert props["SSESpecification"] == {"SSEEnabled": True}  # moto's CloudFormation drops it
+    assert props["PointInTimeRecoverySpecification"] == {"PointInTimeRecoveryEnabled": True}
+    assert (table["DeletionPolicy"], table["UpdateReplacePolicy"]) == ("Retain", "Retain")
+
+
+def test_table_ttl_attribute_is_the_one_the_code_writes(cfn: dict[str, Any]) -> None:
+    ttl = cfn["Resources"]["ResultsTable"]["Properties"]["TimeToLiveSpecification"]
+    jobs_source = (ROOT / "functions" / "batchpredict" / "jobs.py").read_text(encoding="utf-8")
+    assert ttl == {"AttributeName": "expires_at", "Enabled": True}
+    assert '{"expires_at":' in jobs_source
+
+
+def test_parameters_have_the_documented_defaults(cfn: dict[str, Any]) -> None:
+    defaults = {k: p.get("Default") for k, p in cfn["Parameters"].items()}
+    assert defaults == {
+        "ModelUri": "",
+        "ImageSourceArns": "",
+        "ChunkSize": 16,
+        "WorkBatchSize": 2,
+        "WorkBatchingWindowSeconds": 1,
+        "PredictMaxConcurrency": 20,
+        "SplitMemorySize": 512,
+        "PredictMemorySize": 3538,
+        "FinalizeMemorySize": 512,
+        "PredictApiMemorySize": 1769,
+        "ResultRetentionDays": 0,
+        "LogRetentionDays": 30,
+        "LogLevel": "INFO",
+        "AlarmEmail": "",
+    }
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    section = readme[readme.index("## Deploying to AWS") :]
+    for name, default in defaults.items():
+        shown = f"`{default}`" if default != "" else "empty"
+        assert re.search(rf"\| `{name}` \| {re.escape(shown)} \|", section), f"README: {name} {shown}"
