@@ -10,24 +10,24 @@ on the real template and on deliberately broken copies, so a check that stopped 
 
 from __future__ import annotations
 
-import copy
 import re
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from samtranslator.translator.transform import transform
-from samtranslator.yaml_helper import yaml_parse
+from batchpredict.local.template import ARTIFACT_BUCKET as ARTIFACT_BUCKET
+from batchpredict.local.template import ARTIFACT_KEY as ARTIFACT_KEY
+from batchpredict.local.template import IMAGE_URI as IMAGE_URI
+from batchpredict.local.template import TEMPLATE as TEMPLATE
+from batchpredict.local.template import load_sam as load_sam
+from batchpredict.local.template import resources as resources
+from batchpredict.local.template import translate as translate
+from batchpredict.local.template import with_artifacts as with_artifacts
 
 ROOT = Path(__file__).resolve().parents[2]
 INFRA = ROOT / "infrastructure"
-TEMPLATE = INFRA / "template.yaml"
 REGION = "us-east-1"
 
-# What `sam deploy` puts in place of the local CodeUri / the image it builds and pushes.
-ARTIFACT_BUCKET = "batchpredict-test-artifacts"
-ARTIFACT_KEY = "lambda/batchpredict-lambda-arm64.zip"
-IMAGE_URI = "123456789012.dkr.ecr.us-east-1.amazonaws.com/batchpredict:python3.11"
 
 MIN_MAX_RECEIVE_COUNT = 5
 VISIBILITY_FACTOR = 6  # AWS: a queue's visibility timeout >= 6 x its consumer's timeout
@@ -49,40 +49,6 @@ HANDLERS = {
 ZIP_FUNCTIONS = ("SplitManifestFunction", "FinalizeFunction", "ReconcileFunction")
 IMAGE_FUNCTIONS = ("PredictFunction", "PredictApiFunction")
 PIPELINE_QUEUES = ("ManifestQueue", "WorkQueue", "FinalizeQueue")
-
-
-class NoManagedPolicies:
-    """Stands in for the loader that would list AWS managed policies through IAM."""
-
-    def load(self) -> dict[str, str]:
-        return {}
-
-
-def load_sam(path: Path = TEMPLATE) -> dict[str, Any]:
-    return yaml_parse(path.read_text(encoding="utf-8"))  # type: ignore[no-any-return]
-
-
-def with_artifacts(sam: dict[str, Any]) -> dict[str, Any]:
-    """What `sam package` does to the template: local code -> S3 object, image -> ECR URI."""
-    sam = copy.deepcopy(sam)
-    for resource in sam["Resources"].values():
-        if resource["Type"] != "AWS::Serverless::Function":
-            continue
-        props = resource["Properties"]
-        if props.get("PackageType") == "Image":
-            props["ImageUri"] = IMAGE_URI
-        else:
-            props["CodeUri"] = f"s3://{ARTIFACT_BUCKET}/{ARTIFACT_KEY}"
-    return sam
-
-
-def translate(sam: dict[str, Any]) -> dict[str, Any]:
-    """Plain CloudFormation from the SAM template, offline."""
-    return transform(with_artifacts(sam), {}, NoManagedPolicies())  # type: ignore[no-any-return]
-
-
-def resources(cfn: dict[str, Any], kind: str) -> dict[str, dict[str, Any]]:
-    return {name: r for name, r in cfn["Resources"].items() if r["Type"] == kind}
 
 
 def getatt_target(value: Any) -> str | None:
