@@ -48,11 +48,18 @@ def with_artifacts(sam: dict[str, Any]) -> dict[str, Any]:
     return sam
 
 
-def translate(sam: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Plain CloudFormation from the SAM template, offline."""
-    from samtranslator.translator.transform import transform
+def translate(sam: dict[str, Any] | None = None, region: str = "us-east-1") -> dict[str, Any]:
+    """Plain CloudFormation from the SAM template, offline: no credentials, no network."""
+    import boto3
+    from samtranslator.parser.parser import Parser
+    from samtranslator.translator.translator import Translator
 
-    return transform(with_artifacts(sam or load_sam()), {}, NoManagedPolicies())  # type: ignore[no-any-return]
+    # A session with only a region: the translator needs one for pseudo parameters, nothing else.
+    translator = Translator(None, Parser(), boto_session=boto3.session.Session(region_name=region))
+    managed = NoManagedPolicies()
+    return translator.translate(  # type: ignore[no-any-return]
+        with_artifacts(sam or load_sam()), parameter_values={}, get_managed_policy_map=managed.load
+    )
 
 
 def resources(cfn: dict[str, Any], kind: str) -> dict[str, dict[str, Any]]:

@@ -1,0 +1,248 @@
+"""Provision the local stack from infrastructure/template.yaml (translated offline).
+
+Queues (with their redrive policies), buckets (and the S3 -> manifest-queue notification),
+the table, each function's environment, timeout and memory, and each event-source
+mapping's batch size, window and concurrency are read from the template, so the local
+stack and AWS cannot drift. Two local adjustments, both explicit: function timeouts are
+capped (``max_function_timeout``) and queue visibility timeouts follow from the capped
+timeouts by the template's own rule (6 x timeout + batching window), so a crashed local
+worker's messages come back in seconds rather than the half hour AWS settings imply.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+from batchpredict.local.runner import Mapping
+from batchpredict.local.template import TEMPLATE, Resolver, parameter_defaults, resources, translate
+
+DOCKERFILE = TEMPLATE.parent / "Dockerfile"
+VISIBILITY_FACTOR = 6
+REGION = "us-east-1"
+ACCOUNT = "000000000000"
+
+
+@dataclass(frozen=True)
+class LocalOptions:
+    model_uri: str
+    prefix: str = "batchpredict"
+    allowed_networks: str = "127.0.0.0/8"
+    predict_workers: int = 1
+    max_function_timeout: float | None = 60.0
+    environment: dict[str, str] = field(default_factory=dict)  # added to every function's
+    parameters: dict[str, str] = field(default_factory=dict)  # template parameter overrides
+
+
+@dataclass(frozen=True)
+class FunctionSpec:
+    logical_id: str
+    handler: str
+    timeout: float
+    memory_mb: int
+    environment: dict[str, str]
+
+
+@dataclass
+class LocalPlan:
+    input_bucket: str
+    output_bucket: str
+    table: str
+    queues: dict[str, tuple[str, str]]  # logical id -> (url, arn)
+    functions: dict[str, FunctionSpec]
+    mappings: list[Mapping]
+
+
+def image_command() -> str:
+    """The predictor image's default handler: the Dockerfile's CMD."""
+    for line in DOCKERFILE.read_text().splitlines():
+        if line.startswith("CMD "):
+            return str(json.loads(line[4:])[0])
+    raise ValueError(f"{DOCKERFILE} has no CMD")
+
+
+class _Provisioner:
+    def __init__(self, s3: Any, sqs: Any, dynamodb: Any, options: LocalOptions, cfn: dict[str, Any]) -> None:
+        self.s3, self.sqs, self.dynamodb = s3, sqs, dynamodb
+        self.options = options
+        self.cfn = cfn
+        self.physical: dict[str, str] = {}
+        self.arns: dict[str, str] = {}
+        parameters = parameter_defaults(cfn) | options.parameters
+        pseudo = {
+            "AWS::Region": REGION,
+            "AWS::AccountId": ACCOUNT,
+            "AWS::Partition": "aws",
+            "AWS::StackName": options.prefix,
+            "AWS::URLSuffix": "amazonaws.com",
+        }
+        self.resolve = Resolver(cfn, parameters, pseudo, self.physical, self._attribute)
+
+    def _attribute(self, name: str, attr: str) -> str:
+        if attr == "Arn":
+            return self.arns[name]
+        if attr == "QueueName":
+            return self.physical[name].rsplit("/", 1)[-1]
+        raise KeyError(f"{name}.{attr} is not available locally")
+
+    def _name(self, logical_id: str) -> str:
+        return f"{self.options.prefix}-{logical_id.lower()}"
+
+    def function_specs(self) -> dict[str, FunctionSpec]:
+        specs = {}
+        for logical_id in resources(self.cfn, "AWS::Lambda::Function"):
+            self.physical[logical_id] = self._name(logical_id)
+        for logical_id, resource in resources(self.cfn, "AWS::Lambda::Function").items():
+            props = resource["Properties"]
+            command = (props.get("ImageConfig") or {}).get("Command")
+            handler = props.get("Handler") or (command[0] if command else image_command())
+            timeout = float(self.resolve(props.get("Timeout", 3)))
+            if self.options.max_function_timeout is not None:
+                timeout = min(timeout, self.options.max_function_timeout)
+            specs[logical_id] = FunctionSpec(
+                logical_id, handler, timeout, int(self.resolve(props.get("MemorySize", 128))), {}
+            )
+        return specs
+
+    def queues(self, consumers: dict[str, float]) -> None:
+        """Create every queue, dead-letter targets first; ``consumers`` gives the visibility timeouts."""
+        pending = dict(resources(self.cfn, "AWS::SQS::Queue"))
+        while pending:
+            for logical_id, resource in list(pending.items()):
+                props = resource["Properties"]
+                redrive = props.get("RedrivePolicy")
+                target = redrive["deadLetterTargetArn"]["Fn::GetAtt"][0] if redrive else None
+                if target and target not in self.arns:
+                    continue
+                attributes: dict[str, str] = {}
+                if "MessageRetentionPeriod" in props:
+                    attributes["MessageRetentionPeriod"] = str(self.resolve(props["MessageRetentionPeriod"]))
+                visibility = consumers.get(logical_id, self.resolve(props.get("VisibilityTimeout", 30)))
+                attributes["VisibilityTimeout"] = str(math.ceil(float(visibility)))
+                if redrive:
+                    attributes["RedrivePolicy"] = json.dumps(self.resolve(redrive))
+                url = self.sqs.create_queue(QueueName=self._name(logical_id), Attributes=attributes)[
+                    "QueueUrl"
+                ]
+                self.physical[logical_id] = url
+                self.arns[logical_id] = self.sqs.get_queue_attributes(
+                    QueueUrl=url, AttributeNames=["QueueArn"]
+                )["Attributes"]["QueueArn"]
+                del pending[logical_id]
+
+    def buckets(self) -> None:
+        for logical_id in resources(self.cfn, "AWS::S3::Bucket"):
+            name = self._name(logical_id)
+            self.s3.create_bucket(Bucket=name)
+            self.physical[logical_id] = name
+            self.arns[logical_id] = f"arn:aws:s3:::{name}"
+
+    def notifications(self) -> None:
+        for logical_id, resource in resources(self.cfn, "AWS::S3::Bucket").items():
+            config = resource["Properties"].get("NotificationConfiguration")
+            if not config:
+                continue
+            queue_configs = []
+            for entry in self.resolve(config).get("QueueConfigurations", []):
+                rules = entry.get("Filter", {}).get("S3Key", {}).get("Rules", [])
+                queue_configs.append(
+                    {
+                        "QueueArn": entry["Queue"],
+                        "Events": [entry["Event"]],
+                        "Filter": {"Key": {"FilterRules": rules}},
+                    }
+                )
+            self.s3.put_bucket_notification_configuration(
+                Bucket=self.physical[logical_id],
+                NotificationConfiguration={"QueueConfigurations": queue_configs},
+            )
+
+    def tables(self) -> None:
+        for logical_id, resource in resources(self.cfn, "AWS::DynamoDB::Table").items():
+            props = self.resolve(resource["Properties"])
+            name = self._name(logical_id)
+            self.dynamodb.create_table(
+                TableName=name,
+                KeySchema=props["KeySchema"],
+                AttributeDefinitions=props["AttributeDefinitions"],
+                BillingMode=props.get("BillingMode", "PAY_PER_REQUEST"),
+            )
+            ttl = props.get("TimeToLiveSpecification")
+            if ttl and ttl.get("Enabled"):
+                self.dynamodb.update_time_to_live(TableName=name, TimeToLiveSpecification=ttl)
+            self.physical[logical_id] = name
+            self.arns[logical_id] = f"arn:aws:dynamodb:{REGION}:{ACCOUNT}:table/{name}"
+
+    def environment(self, resource: dict[str, Any]) -> dict[str, str]:
+        variables = self.resolve(resource["Properties"].get("Environment", {}).get("Variables", {}))
+        local = {
+            "MODEL_URI": self.options.model_uri,
+            "ALLOWED_NETWORKS": self.options.allowed_networks,
+            "POWERTOOLS_TRACE_DISABLED": "true",
+        }
+        return (
+            {k: str(v) for k, v in variables.items()}
+            | {k: v for k, v in local.items() if k in variables or k == "ALLOWED_NETWORKS"}
+            | self.options.environment
+        )
+
+
+def provision_from_template(
+    s3: Any, sqs: Any, dynamodb: Any, options: LocalOptions, cfn: dict[str, Any] | None = None
+) -> LocalPlan:
+    cfn = cfn or translate(region=REGION)
+    p = _Provisioner(s3, sqs, dynamodb, options, cfn)
+    specs = p.function_specs()
+    event_mappings = {
+        name: p.resolve({k: v for k, v in r["Properties"].items() if k != "EventSourceArn"})
+        | {"queue": r["Properties"]["EventSourceArn"]["Fn::GetAtt"][0]}
+        for name, r in resources(cfn, "AWS::Lambda::EventSourceMapping").items()
+    }
+    by_function = {p.physical[f]: f for f in specs}
+    consumers = {
+        m["queue"]: VISIBILITY_FACTOR * specs[by_function[m["FunctionName"]]].timeout
+        + float(m.get("MaximumBatchingWindowInSeconds", 0))
+        for m in event_mappings.values()
+    }
+    p.queues(consumers)
+    p.buckets()
+    p.notifications()
+    p.tables()
+    functions = {}
+    for logical_id, spec in specs.items():
+        env = p.environment(cfn["Resources"][logical_id])
+        functions[logical_id] = FunctionSpec(logical_id, spec.handler, spec.timeout, spec.memory_mb, env)
+    mappings = []
+    for m in event_mappings.values():
+        fn = functions[by_function[m["FunctionName"]]]
+        scaling = m.get("ScalingConfig")
+        # The mapping the template lets scale out gets the local worker count; the others run one.
+        workers = min(options.predict_workers, int(scaling["MaximumConcurrency"])) if scaling else 1
+        mappings.append(
+            Mapping(
+                function=fn.logical_id,
+                handler=fn.handler,
+                queue_url=p.physical[m["queue"]],
+                queue_arn=p.arns[m["queue"]],
+                batch_size=int(m.get("BatchSize", 10)),
+                window_seconds=float(m.get("MaximumBatchingWindowInSeconds", 0)),
+                concurrency=workers,
+                timeout_seconds=fn.timeout,
+                memory_mb=fn.memory_mb,
+                environment=fn.environment,
+            )
+        )
+    queues = {name: (p.physical[name], p.arns[name]) for name in resources(cfn, "AWS::SQS::Queue")}
+    (input_bucket, output_bucket), (table,) = _named(p, cfn)
+    return LocalPlan(input_bucket, output_bucket, table, queues, functions, mappings)
+
+
+def _named(p: _Provisioner, cfn: dict[str, Any]) -> tuple[tuple[str, str], tuple[str]]:
+    outputs = {
+        k: p.resolve(v["Value"])
+        for k, v in cfn.get("Outputs", {}).items()
+        if k in {"InputBucketName", "OutputBucketName", "ResultsTableName"}
+    }
+    return (outputs["InputBucketName"], outputs["OutputBucketName"]), (outputs["ResultsTableName"],)
