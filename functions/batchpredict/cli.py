@@ -421,3 +421,227 @@ def report(
         allowed = (*allowed, "127.0.0.0/8")
     write_report(client, job_id, output, allowed)
     click.echo(str(output))
+
+
+# --- the local stack -------------------------------------------------------------------------
+
+PLACEHOLDERS = ("${SAMPLES_URL}", "${SAMPLES_S3}")
+LOG_DIR = STATE_FILE.parent / "logs"
+
+
+@main.group()
+def local() -> None:
+    """The embedded local stack: the whole pipeline on loopback, no AWS account."""
+
+
+def _local_options(model: str | None, workers: int | None, allowed: tuple[str, ...]) -> Any:
+    from batchpredict.local.provision import LocalOptions
+    from batchpredict.model import available_cpus
+
+    bundle = Path(model) if model else DEFAULT_BUNDLE
+    if not (bundle / "model.json").is_file():
+        raise _fail(f"no model bundle at {bundle} (build it with `make model`, or pass --model DIR)")
+    cpus = available_cpus()
+    count = workers or cpus  # one predict worker per core, one inference thread each
+    return LocalOptions(
+        model_uri=str(bundle.resolve()),
+        predict_workers=count,
+        allowed_networks=",".join(("127.0.0.0/8", *allowed)),
+        environment={"INFERENCE_THREADS": str(max(1, cpus // count))},
+    )
+
+
+def local_options(command: F) -> F:
+    command = click.option("--model", help="Model bundle folder (default: the one `make model` built).")(
+        command
+    )
+    command = click.option(
+        "--workers", type=click.IntRange(1, 64), help="predict worker processes (default: one per core)."
+    )(command)
+    command = click.option(
+        "--allow-network",
+        "allowed",
+        multiple=True,
+        metavar="CIDR",
+        help="More networks image URLs may reach (127.0.0.0/8 is always allowed).",
+    )(command)
+    return friendly_errors(command)
+
+
+def _serve(stack_ref: Any, folder: Path, stoppers: list[Callable[[], None]]) -> dict[str, str]:
+    """Serve FOLDER over HTTP on loopback and copy it to a samples bucket; the placeholder values."""
+    from batchpredict.local.servers import FileServer
+
+    server = FileServer(folder)
+    url = server.start()
+    stoppers.append(server.stop)
+    s3 = _s3_client()
+    bucket = f"{stack_ref.input_bucket}-samples"
+    s3.create_bucket(Bucket=bucket)  # type: ignore[attr-defined]
+    for path in sorted(folder.iterdir()):
+        if path.is_file():
+            s3.upload_file(str(path), bucket, path.name)  # type: ignore[attr-defined]
+    return {"${SAMPLES_URL}": url, "${SAMPLES_S3}": f"s3://{bucket}"}
+
+
+def _expand(manifest: Path, values: dict[str, str], workdir: Path) -> Path:
+    text = manifest.read_text(encoding="utf-8")
+    if not values:
+        if any(p in text for p in PLACEHOLDERS):
+            raise _fail(f"{manifest} uses ${{SAMPLES_URL}}/${{SAMPLES_S3}}: pass --serve DIR to fill them in")
+        return manifest
+    for placeholder, value in values.items():
+        text = text.replace(placeholder, value)
+    expanded = workdir / manifest.name
+    expanded.write_text(text, encoding="utf-8")
+    return expanded
+
+
+@local.command("run")
+@click.argument("manifest", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option(
+    "-o",
+    "--output",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=Path("results"),
+    show_default=True,
+    help="Where results.jsonl, _summary.json and report.html go.",
+)
+@click.option(
+    "--serve",
+    type=click.Path(exists=True, file_okay=False, path_type=Path),
+    help="Serve this folder on loopback and in a samples bucket (fills ${SAMPLES_URL}, ${SAMPLES_S3}).",
+)
+@click.option(
+    "--timeout", type=float, default=1800.0, show_default=True, help="Give up after this many seconds."
+)
+@click.option(
+    "--show",
+    type=click.IntRange(0, 10_000),
+    default=20,
+    show_default=True,
+    help="Result lines to print as a table.",
+)
+@local_options
+def local_run(
+    manifest: Path,
+    output: Path,
+    serve: Path | None,
+    timeout: float,
+    show: int,
+    model: str | None,
+    workers: int | None,
+    allowed: tuple[str, ...],
+) -> None:
+    """Start the local stack, run MANIFEST as a job, download its results, stop the stack."""
+    import tempfile
+
+    from batchpredict.client import Client
+    from batchpredict.local.stack import LocalStack
+
+    stack = LocalStack(
+        _local_options(model, workers, allowed), log_dir=LOG_DIR, warn=lambda m: click.echo(m, err=True)
+    )
+    stoppers: list[Callable[[], None]] = []
+    click.echo("starting the local stack (moto server, DynamoDB Local, worker processes)...", err=True)
+    ref = stack.start()
+    try:
+        with tempfile.TemporaryDirectory() as workdir:
+            values = _serve(ref, serve, stoppers) if serve else {}
+            client = Client(ref)
+            job_id = client.submit(_expand(manifest, values, Path(workdir)), manifest.name)
+            click.echo(f"job {job_id}", err=True)
+            job = _watch(client, job_id, timeout=timeout)
+            output.mkdir(parents=True, exist_ok=True)
+            if job.status.value == "FAILED":
+                raise _fail(f"job {job_id} failed: {job.error}")
+            records = list(client.result_lines(job_id))
+            (output / "results.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+            (output / "_summary.json").write_text(json.dumps(client.summary(job_id), indent=2))
+            write_report(client, job_id, output / "report.html", ("127.0.0.0/8", *allowed))
+            if show:
+                click.echo(_table(records[:show]))
+                if len(records) > show:
+                    click.echo(f"... {len(records) - show} more lines in {output / 'results.jsonl'}")
+            summary = client.summary(job_id)
+            click.echo(
+                f"\n{summary['status']}: {summary['succeeded']} succeeded, {summary['failed']} failed"
+                f" {summary['errors_by_code'] or ''} in {summary['duration_seconds']}s"
+            )
+            click.echo(
+                f"wrote {output / 'results.jsonl'}, {output / '_summary.json'}, {output / 'report.html'}"
+            )
+    finally:
+        for stop in reversed(stoppers):
+            stop()
+        stack.stop()
+
+
+@local.command("up")
+@local_options
+def local_up(model: str | None, workers: int | None, allowed: tuple[str, ...]) -> None:
+    """Start the local stack in the foreground (Ctrl-C or `batchpredict local down` stops it)."""
+    import signal
+    import threading
+
+    from batchpredict.local.stack import LocalStack
+
+    if STATE_FILE.is_file():
+        try:
+            _local_ref()
+            raise _fail("a local stack is already running (batchpredict local down)")
+        except click.ClickException as exc:
+            if "already running" in exc.message:
+                raise
+    stack = LocalStack(
+        _local_options(model, workers, allowed), log_dir=LOG_DIR, warn=lambda m: click.echo(m, err=True)
+    )
+    ref = stack.start()
+    click.echo(f"function logs  {LOG_DIR}/")
+    stopped = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stopped.set())
+    try:
+        STATE_FILE.parent.mkdir(parents=True, exist_ok=True)
+        STATE_FILE.write_text(json.dumps({"pid": os.getpid(), "stack": ref.__dict__}, indent=2))
+        for name, value in (
+            ("input bucket", ref.input_bucket),
+            ("output bucket", ref.output_bucket),
+            ("table", ref.table),
+        ):
+            click.echo(f"{name:<15}{value}")
+        click.echo(f"predict API    {ref.api_url}?url=…")
+        click.echo("\nfor the AWS CLI:")
+        for name, value in (ref.endpoints or {}).items():
+            click.echo(f"  export {name}={value}")
+        click.echo("\nrunning; Ctrl-C to stop")
+        while not stopped.wait(0.5):
+            pass
+    except KeyboardInterrupt:
+        pass
+    finally:
+        STATE_FILE.unlink(missing_ok=True)
+        stack.stop()
+        click.echo("stopped", err=True)
+
+
+@local.command("down")
+@friendly_errors
+def local_down() -> None:
+    """Stop the local stack that `batchpredict local up` started."""
+    import signal
+    import time
+
+    if not STATE_FILE.is_file():
+        raise _fail("no local stack is running")
+    pid = int(json.loads(STATE_FILE.read_text())["pid"])
+    try:
+        os.kill(pid, signal.SIGTERM)
+    except ProcessLookupError:
+        STATE_FILE.unlink(missing_ok=True)
+        raise _fail("the local stack was not running (stale state removed)") from None
+    for _ in range(100):
+        if not STATE_FILE.is_file():
+            click.echo("stopped")
+            return
+        time.sleep(0.2)
+    raise _fail(f"the local stack (pid {pid}) did not stop within 20s")

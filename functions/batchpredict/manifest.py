@@ -30,7 +30,7 @@ import math
 import re
 import zlib
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from enum import StrEnum
 from typing import Any, BinaryIO, Protocol, cast
 from urllib.parse import urlsplit
@@ -80,6 +80,7 @@ class InvalidLine:
     raw: str
     code: ErrorCode
     message: str
+    id: str | None = None  # the caller's key, when the line got far enough to have one
 
 
 ManifestItem = ImageLine | InvalidLine
@@ -505,7 +506,7 @@ def _image(
     problem = check_url(url)
     if problem is not None:
         code, message = problem
-        return _invalid(raw, index, text, message, code)
+        return replace(_invalid(raw, index, url or text, message, code), id=item_id)
     return ImageLine(index=index, line=raw.number, url=url, id=item_id, metadata=metadata)
 
 

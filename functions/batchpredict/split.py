@@ -49,7 +49,10 @@ class SplitOutcome:
 def work_item(item: ManifestItem) -> WorkItem:
     if isinstance(item, InvalidLine):
         return WorkItem(
-            index=item.index, url=item.raw, error={"code": item.code.value, "message": item.message}
+            index=item.index,
+            url=item.raw,
+            id=item.id,
+            error={"code": item.code.value, "message": item.message},
         )
     assert isinstance(item, ImageLine)
     return WorkItem(index=item.index, url=item.url, id=item.id, metadata=item.metadata)

@@ -11,13 +11,16 @@ held come back by visibility timeout, as on AWS.
 from __future__ import annotations
 
 import importlib
+import json
 import logging
-import multiprocessing
 import os
+import signal
+import subprocess
+import sys
 import threading
 import time
-from dataclasses import dataclass, field
-from multiprocessing.synchronize import Event
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
 log = logging.getLogger(__name__)
@@ -44,8 +47,8 @@ def _load(handler: str) -> Any:
     return getattr(importlib.import_module(module), name)
 
 
-def _worker(mapping: Mapping, stop: Event) -> None:
-    os.environ.update(mapping.environment)
+def serve(mapping: Mapping, stop: threading.Event) -> None:
+    """A worker's loop: import the handler once, then poll and invoke until told to stop."""
     import boto3
 
     from batchpredict.local.lambda_shim import deliver_once
@@ -70,23 +73,38 @@ def _worker(mapping: Mapping, stop: Event) -> None:
             time.sleep(1)
 
 
+def main() -> None:
+    """``python -m batchpredict.local.runner MAPPING_JSON``: one worker process."""
+    mapping = Mapping(**json.loads(sys.argv[1]))
+    stop = threading.Event()
+    # SIGTERM ends the loop after the current invocation, as Lambda lets an invocation finish.
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    serve(mapping, stop)
+
+
 class Runner:
     """Starts, watches (replacing dead workers) and stops the worker pools."""
 
-    def __init__(self, mappings: list[Mapping]) -> None:
+    def __init__(self, mappings: list[Mapping], log_dir: Path | None = None) -> None:
         self.mappings = mappings
-        self._ctx = multiprocessing.get_context("spawn")  # no threads of the parent inherited mid-state
-        self._stop = self._ctx.Event()
-        self.workers: dict[str, list[Any]] = {m.function: [] for m in mappings}
+        self.log_dir = log_dir
+        self._stop = threading.Event()
+        self.workers: dict[str, list[subprocess.Popen[bytes]]] = {m.function: [] for m in mappings}
         self.replaced = 0
         self._watcher = threading.Thread(target=self._watch, name="runner-watch", daemon=True)
 
-    def _spawn(self, mapping: Mapping) -> Any:
-        process = self._ctx.Process(
-            target=_worker, args=(mapping, self._stop), name=f"{mapping.function}-worker", daemon=True
-        )
-        process.start()
-        return process
+    def _spawn(self, mapping: Mapping) -> subprocess.Popen[bytes]:
+        # A fresh interpreter with the function's environment set before anything is imported,
+        # as Lambda starts a container: module-level settings (Powertools) see it.
+        command = [sys.executable, "-m", "batchpredict.local.runner", json.dumps(asdict(mapping))]
+        if self.log_dir is None:
+            return subprocess.Popen(command, env=os.environ | mapping.environment)
+        # Each function's log lines (Powertools JSON, EMF metrics) go to its own file.
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        with (self.log_dir / f"{mapping.function}.log").open("ab") as log_file:
+            return subprocess.Popen(
+                command, env=os.environ | mapping.environment, stdout=log_file, stderr=subprocess.STDOUT
+            )
 
     def start(self) -> None:
         for mapping in self.mappings:
@@ -98,22 +116,30 @@ class Runner:
             for mapping in self.mappings:
                 pool = self.workers[mapping.function]
                 for i, process in enumerate(pool):
-                    if not process.is_alive() and not self._stop.is_set():
+                    if process.poll() is not None and not self._stop.is_set():
                         log.warning(
                             "%s worker %d exited with %s; starting a new one",
                             mapping.function,
                             process.pid,
-                            process.exitcode,
+                            process.returncode,
                         )
                         pool[i] = self._spawn(mapping)
                         self.replaced += 1
 
     def stop(self, grace_seconds: float = 10.0) -> None:
         self._stop.set()
+        processes = [p for pool in self.workers.values() for p in pool]
+        for process in processes:
+            if process.poll() is None:
+                process.terminate()
         deadline = time.monotonic() + grace_seconds
-        for pool in self.workers.values():
-            for process in pool:
-                process.join(max(0.0, deadline - time.monotonic()))
-                if process.is_alive():
-                    process.terminate()
-                    process.join(2)
+        for process in processes:
+            try:
+                process.wait(max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+
+
+if __name__ == "__main__":
+    main()

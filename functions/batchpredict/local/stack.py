@@ -12,6 +12,7 @@ import json
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from batchpredict.jobs import Job, JobStore
@@ -158,3 +159,110 @@ def clear_handler_caches() -> None:
         predict_api.service,
     ):
         cached.cache_clear()
+
+
+# --- the embedded local stack: servers, provisioning from the template, workers, API ---------
+
+LOCAL_CREDENTIALS = {
+    "AWS_ACCESS_KEY_ID": "local",
+    "AWS_SECRET_ACCESS_KEY": "local",
+    "AWS_DEFAULT_REGION": "us-east-1",
+}
+# Locally the workers' logs would drown the progress bar; metrics have nowhere to go.
+LOCAL_QUIET = {
+    "POWERTOOLS_LOG_LEVEL": "WARNING",
+    "POWERTOOLS_METRICS_DISABLED": "true",
+    "POWERTOOLS_TRACE_DISABLED": "true",
+}
+
+
+class LocalStack:
+    """moto server (S3, SQS) + DynamoDB Local (or moto's DynamoDB) on loopback, provisioned from
+    the template, with worker processes for the mappings and predict_api on a loopback port."""
+
+    def __init__(
+        self,
+        options: Any,
+        *,
+        dynamodb_local: bool = True,
+        serve_api: bool = True,
+        log_dir: Path | None = None,
+        warn: Callable[[str], None] = print,
+    ) -> None:
+        self.options = options
+        self.log_dir = log_dir
+        self.dynamodb_local = dynamodb_local
+        self.serve_api = serve_api
+        self.warn = warn
+        self._stoppers: list[Callable[[], None]] = []
+        self.runner: Any = None
+        self.plan: Any = None
+
+    def start(self) -> Any:
+        import os
+
+        import boto3
+
+        from batchpredict.client import StackRef
+        from batchpredict.local.dynamodb_local import DynamoDBLocal, DynamoDBLocalUnavailableError
+        from batchpredict.local.provision import provision_from_template
+        from batchpredict.local.runner import Runner
+        from batchpredict.local.servers import MotoServer
+
+        try:
+            moto = MotoServer()
+            endpoint = moto.start()
+            self._stoppers.append(moto.stop)
+            dynamodb_endpoint = endpoint
+            if self.dynamodb_local:
+                try:
+                    ddb = DynamoDBLocal()
+                    dynamodb_endpoint = ddb.start()
+                    self._stoppers.append(ddb.stop)
+                except DynamoDBLocalUnavailableError as exc:
+                    self.warn(f"warning: {exc}; using moto's DynamoDB instead (slower, looser API limits)")
+            env = {
+                "AWS_ENDPOINT_URL_S3": endpoint,
+                "AWS_ENDPOINT_URL_SQS": endpoint,
+                "AWS_ENDPOINT_URL_DYNAMODB": dynamodb_endpoint,
+            } | LOCAL_CREDENTIALS
+            os.environ.update(env)
+            os.environ.pop("AWS_PROFILE", None)
+            self.plan = provision_from_template(
+                boto3.client("s3"), boto3.client("sqs"), boto3.client("dynamodb"), self.options
+            )
+            for mapping in self.plan.mappings:
+                mapping.environment.update(env | LOCAL_QUIET)
+            self.runner = Runner(self.plan.mappings, log_dir=self.log_dir)
+            self.runner.start()
+            self._stoppers.append(self.runner.stop)
+            api_url = self._start_api(env) if self.serve_api else None
+        except BaseException:
+            self.stop()
+            raise
+        return StackRef(
+            self.plan.input_bucket, self.plan.output_bucket, self.plan.table, endpoints=env, api_url=api_url
+        )
+
+    def _start_api(self, env: dict[str, str]) -> str:
+        import os
+
+        from batchpredict.handlers import predict_api
+        from batchpredict.local.api_server import ApiServer
+
+        # The handler runs in this process (its model loads on the first request).
+        os.environ.update(self.plan.functions["PredictApiFunction"].environment | env | LOCAL_QUIET)
+        predict_api.service.cache_clear()
+        server = ApiServer(
+            predict_api.lambda_handler, timeout_seconds=self.plan.functions["PredictApiFunction"].timeout
+        )
+        self._stoppers.append(server.stop)
+        return server.start() + "/predict"
+
+    def stop(self) -> None:
+        while self._stoppers:
+            stopper = self._stoppers.pop()
+            try:
+                stopper()
+            except Exception as exc:  # keep stopping the rest
+                self.warn(f"warning: stopping a local server failed: {exc}")

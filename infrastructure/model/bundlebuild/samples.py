@@ -43,6 +43,10 @@ SAMPLE_PHOTOS = {
 }
 
 
+# Served beside the photos so the demo can show how a non-image fails (not_an_image).
+NOT_A_PHOTO = "not-a-photo.txt"
+
+
 def extract_samples(out: Path, cache: Path) -> list[Path]:
     out.mkdir(parents=True, exist_ok=True)
     written = []
@@ -50,6 +54,7 @@ def extract_samples(out: Path, cache: Path) -> list[Path]:
         target = out / name
         target.write_bytes(read_pinned(spec, cache))
         written.append(target)
+    (out / NOT_A_PHOTO).write_text("This is a text file, not a photo.\n")
     return written
 
 
