@@ -195,11 +195,11 @@ class LocalStack:
         self.serve_api = serve_api
         self.warn = warn
         self._stoppers: list[Callable[[], None]] = []
+        self._saved_environment: dict[str, str | None] = {}
         self.runner: Any = None
         self.plan: Any = None
 
     def start(self) -> Any:
-        import os
 
         import boto3
 
@@ -226,8 +226,7 @@ class LocalStack:
                 "AWS_ENDPOINT_URL_SQS": endpoint,
                 "AWS_ENDPOINT_URL_DYNAMODB": dynamodb_endpoint,
             } | LOCAL_CREDENTIALS
-            os.environ.update(env)
-            os.environ.pop("AWS_PROFILE", None)
+            self._set_environment(env | {"AWS_PROFILE": None})
             self.plan = provision_from_template(
                 boto3.client("s3"), boto3.client("sqs"), boto3.client("dynamodb"), self.options
             )
@@ -245,13 +244,12 @@ class LocalStack:
         )
 
     def _start_api(self, env: dict[str, str]) -> str:
-        import os
 
         from batchpredict.handlers import predict_api
         from batchpredict.local.api_server import ApiServer
 
         # The handler runs in this process (its model loads on the first request).
-        os.environ.update(self.plan.functions["PredictApiFunction"].environment | env | LOCAL_QUIET)
+        self._set_environment(self.plan.functions["PredictApiFunction"].environment | env | LOCAL_QUIET)
         predict_api.service.cache_clear()
         server = ApiServer(
             predict_api.lambda_handler, timeout_seconds=self.plan.functions["PredictApiFunction"].timeout
@@ -259,7 +257,29 @@ class LocalStack:
         self._stoppers.append(server.stop)
         return server.start() + "/predict"
 
+    def _set_environment(self, values: dict[str, str | None]) -> None:
+        """Point this process's boto3 at the local servers; stop() puts the old values back."""
+        import os
+
+        for name, value in values.items():
+            self._saved_environment.setdefault(name, os.environ.get(name))
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
+    def _restore_environment(self) -> None:
+        import os
+
+        for name, value in self._saved_environment.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+        self._saved_environment.clear()
+
     def stop(self) -> None:
+        self._stoppers.insert(0, self._restore_environment)  # runs last
         while self._stoppers:
             stopper = self._stoppers.pop()
             try:

@@ -1,0 +1,64 @@
+"""The embedded local stack, started once for these tests, and the CLI pointed at it."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from click.testing import CliRunner
+
+from batchpredict import cli
+from batchpredict.client import StackRef
+from batchpredict.local.provision import LocalOptions
+from batchpredict.local.servers import FileServer
+from batchpredict.local.stack import LocalStack
+
+pytestmark = pytest.mark.integration
+
+# Short local timeouts: a killed worker's messages come back after 6 x 5 s + the window.
+FUNCTION_TIMEOUT = 5.0
+
+
+@pytest.fixture(scope="session")
+def local_stack(
+    bundle_dir: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[tuple[LocalStack, StackRef]]:
+    options = LocalOptions(
+        model_uri=str(bundle_dir.resolve()),
+        prefix="e2e",
+        predict_workers=2,
+        max_function_timeout=FUNCTION_TIMEOUT,
+        environment={"INFERENCE_THREADS": "1"},
+    )
+    stack = LocalStack(options, log_dir=tmp_path_factory.mktemp("logs"))
+    ref = stack.start()
+    try:
+        yield stack, ref
+    finally:
+        stack.stop()
+
+
+@pytest.fixture(scope="session")
+def photos_url(samples_dir: Path) -> Iterator[str]:
+    server = FileServer(samples_dir)
+    yield server.start()
+    server.stop()
+
+
+@pytest.fixture
+def run_cli(local_stack: tuple[LocalStack, StackRef], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Any:
+    """Invoke the CLI as a user would with `batchpredict local up` running in another terminal."""
+    _, ref = local_stack
+    state = tmp_path / "stack.json"
+    state.write_text(json.dumps({"pid": os.getpid(), "stack": ref.__dict__}))
+    monkeypatch.setattr(cli, "STATE_FILE", state)
+
+    def run(*args: str) -> Any:
+        result = CliRunner().invoke(cli.main, list(args), catch_exceptions=False)
+        return result
+
+    return run

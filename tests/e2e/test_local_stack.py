@@ -1,0 +1,99 @@
+"""End to end through the CLI against the embedded local stack (moto server, DynamoDB Local,
+worker processes provisioned from the SAM template)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import time
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from batchpredict.client import Client
+
+pytestmark = pytest.mark.integration
+
+PHOTOS = ["coffee.png", "chelsea.png", "astronaut.png", "rocket.jpg", "china.jpg", "flower.jpg"]
+
+
+def test_submit_watch_results_report(run_cli, photos_url: str, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    manifest = tmp_path / "photos.csv"
+    manifest.write_text(
+        "url,id\n" + "".join(f"{photos_url}/{p},{p}\n" for p in PHOTOS) + f"{photos_url}/missing.jpg,gone\n"
+    )
+    submitted = run_cli("submit", str(manifest), "--wait")
+    assert submitted.exit_code == 0, submitted.output
+    job_id = submitted.stdout.splitlines()[0]
+    assert job_id.startswith("job-")
+
+    status = run_cli("status", job_id)
+    assert "COMPLETED_WITH_ERRORS" in status.stdout and "succeeded  6" in status.stdout
+
+    table = run_cli("results", job_id, "--format", "table")
+    assert "espresso" in table.stdout and "http_error" in table.stdout
+    rows = [json.loads(line) for line in run_cli("results", job_id, "--from-table").stdout.splitlines()]
+    lines = [json.loads(line) for line in run_cli("results", job_id).stdout.splitlines()]
+    assert rows == lines and [r["index"] for r in rows] == list(range(7))
+    failed = run_cli("results", job_id, "--failed-only", "--format", "csv").stdout.splitlines()
+    assert len(failed) == 2 and failed[1].startswith("6,gone,")
+
+    report = tmp_path / "report.html"
+    assert run_cli("report", job_id, "-o", str(report)).exit_code == 0
+    html = report.read_text()
+    assert html.count("data:image/jpeg;base64,") == 6 and "http_error" in html
+
+    assert job_id in run_cli("jobs").stdout
+    retried = run_cli("retry-failed", job_id, "--wait")
+    assert retried.exit_code == 0, retried.output
+    new_id = retried.stdout.splitlines()[0]
+    assert "1 failed lines resubmitted" in retried.output
+    assert "COMPLETED_WITH_ERRORS" in run_cli("status", new_id).stdout
+
+
+def test_unknown_job_and_manifest_are_one_line_errors(run_cli, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    missing_job = run_cli("status", "job-doesnotexist")
+    assert missing_job.exit_code == 1 and "job job-doesnotexist not found" in missing_job.output
+    missing_manifest = run_cli("submit", str(tmp_path / "nope.jsonl"))
+    assert missing_manifest.exit_code == 1 and "manifest not found" in missing_manifest.output
+    assert "Traceback" not in missing_job.output + missing_manifest.output
+
+
+def test_2000_lines_with_a_predict_worker_killed_mid_job(
+    local_stack, photos_url: str, tmp_path: Path
+) -> None:  # type: ignore[no-untyped-def]
+    stack, ref = local_stack
+    total = 2000
+    manifest = tmp_path / "big.txt"
+    manifest.write_text("".join(f"{photos_url}/{PHOTOS[i % len(PHOTOS)]}?n={i}\n" for i in range(total)))
+    client = Client(ref)
+    started = time.monotonic()
+    job_id = client.submit(manifest)
+    client.wait_for_job(job_id)
+    killed = None
+    deadline = time.monotonic() + 600
+    while time.monotonic() < deadline:
+        job = client.job(job_id)
+        if killed is None and job.succeeded + job.failed >= 300:
+            victim = stack.runner.workers["PredictFunction"][0]
+            os.kill(victim.pid, signal.SIGKILL)  # its in-flight chunks come back by visibility timeout
+            killed = victim.pid
+        if job.status.value.startswith("COMPLETED"):
+            break
+        time.sleep(0.5)
+    elapsed = time.monotonic() - started
+    assert killed is not None, "the job finished before a worker could be killed"
+    assert stack.runner.replaced >= 1
+    job = client.job(job_id)
+    assert job.status.value == "COMPLETED", job
+    lines = list(client.result_lines(job_id))
+    assert [r["index"] for r in lines] == list(range(total))  # every line once, in order, no duplicates
+    assert Counter(r["status"] for r in lines) == {"SUCCEEDED": total}
+    summary = client.summary(job_id)
+    assert (summary["total"], summary["succeeded"], summary["failed"]) == (total, total, 0)
+    assert (job.total, job.succeeded, job.failed, job.chunks_done) == (total, total, 0, job.chunks_total)
+    rows = list(client.result_lines(job_id, from_table=True))
+    assert len(rows) == total and {r["index"] for r in rows} == set(range(total))
+    print(f"\n2000-line job with one SIGKILL: {elapsed:.1f}s end to end, {total / elapsed:.1f} images/s")
