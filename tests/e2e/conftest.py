@@ -23,7 +23,9 @@ pytestmark = pytest.mark.integration
 FUNCTION_TIMEOUT = 5.0
 
 
-@pytest.fixture(scope="session")
+# Module scope: the stack points this process's boto3 at its servers until it stops, and
+# the tests of other folders must not inherit that.
+@pytest.fixture(scope="module")
 def local_stack(
     bundle_dir: Path, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[tuple[LocalStack, StackRef]]:

@@ -38,13 +38,22 @@ CUSTOM_PARAMETERS = {
 }
 
 
+# A general endpoint and the per-service ones (which win over it): none may leak in.
+SERVICE_ENDPOINTS = (
+    "AWS_ENDPOINT_URL",
+    "AWS_ENDPOINT_URL_S3",
+    "AWS_ENDPOINT_URL_SQS",
+    "AWS_ENDPOINT_URL_DYNAMODB",
+)
+
+
 @pytest.fixture(scope="package")
 def aws_env() -> Iterator[pytest.MonkeyPatch]:
     """Dummy credentials and a region, no profile: nothing here can reach a real account."""
     with pytest.MonkeyPatch.context() as mp:
         for name, value in DUMMY_CREDENTIALS.items():
             mp.setenv(name, value)
-        for name in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_ENDPOINT_URL"):
+        for name in ("AWS_PROFILE", "AWS_SESSION_TOKEN", *SERVICE_ENDPOINTS):
             mp.delenv(name, raising=False)
         yield mp
 

@@ -77,7 +77,14 @@ def stack(
         "AWS_ENDPOINT_URL": moto_endpoint,
     }.items():
         monkeypatch.setenv(name, value)
-    for name in ("AWS_PROFILE", "AWS_SESSION_TOKEN"):
+    # Per-service endpoints would win over AWS_ENDPOINT_URL: none may leak in.
+    for name in (
+        "AWS_PROFILE",
+        "AWS_SESSION_TOKEN",
+        "AWS_ENDPOINT_URL_S3",
+        "AWS_ENDPOINT_URL_SQS",
+        "AWS_ENDPOINT_URL_DYNAMODB",
+    ):
         monkeypatch.delenv(name, raising=False)
     prefix = f"t{uuid.uuid4().hex[:8]}"
     # A short visibility timeout and two receives before the DLQ keep retry tests fast.
