@@ -11,13 +11,11 @@ from aws_lambda_powertools.utilities.batch.types import PartialItemFailureRespon
 from aws_lambda_powertools.utilities.data_classes.sqs_event import SQSRecord
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
-from batchpredict import aws
+from batchpredict import wiring
 from batchpredict.config import finalize_config
 from batchpredict.finalize import Finalizer
-from batchpredict.jobs import JobStore
 from batchpredict.messages import parse_finalize
 from batchpredict.observability import MetricUnit, logger, metrics, tracer
-from batchpredict.results import ResultStore
 
 processor = BatchProcessor(event_type=EventType.SQS)
 
@@ -25,10 +23,7 @@ processor = BatchProcessor(event_type=EventType.SQS)
 @cache
 def finalizer() -> Finalizer:
     config = finalize_config(os.environ)
-    return Finalizer(
-        JobStore(aws.client("dynamodb"), config.tables.table, ttl_seconds=config.tables.ttl_seconds),
-        ResultStore(aws.client("s3"), config.output_bucket),
-    )
+    return Finalizer(wiring.job_store(config.tables), wiring.result_store(config.output_bucket))
 
 
 def record_handler(record: SQSRecord) -> None:

@@ -12,18 +12,12 @@ from aws_lambda_powertools.utilities.batch.types import PartialItemFailureRespon
 from aws_lambda_powertools.utilities.data_classes.sqs_event import SQSRecord
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
-from batchpredict import aws
+from batchpredict import wiring
 from batchpredict.batch import ChunkPredictor, ImageFetcher
-from batchpredict.bundle import resolve_bundle
 from batchpredict.config import predict_config
-from batchpredict.fetch import Fetcher
-from batchpredict.jobs import JobStore
 from batchpredict.messages import Chunk
-from batchpredict.model import load_model
 from batchpredict.observability import MetricUnit, logger, metrics, tracer
-from batchpredict.queues import Queue
 from batchpredict.records import SUCCEEDED
-from batchpredict.results import ResultStore
 from batchpredict.writer import ChunkWriter
 
 processor = BatchProcessor(event_type=EventType.SQS)
@@ -39,21 +33,13 @@ class Service:
 def service() -> Service:
     """Cold start: settings, the model (loaded and bound once per process), clients."""
     config = predict_config(os.environ)
-    engine = load_model(
-        resolve_bundle(config.engine.model_uri, lambda: aws.client("s3")),
-        config.engine.max_batch,
-        config.engine.threads,
-    )
-    fetcher = Fetcher(config.fetch, s3_client_factory=lambda: aws.client("s3"))
+    images = ImageFetcher(wiring.fetcher(config.fetch), config.policy)
     predictor = ChunkPredictor(
-        engine, ImageFetcher(fetcher, config.policy), config.engine.top_k, config.max_image_pixels
+        wiring.engine(config.engine), images, config.engine.top_k, config.max_image_pixels
     )
-    writer = ChunkWriter(
-        JobStore(aws.client("dynamodb"), config.tables.table, ttl_seconds=config.tables.ttl_seconds),
-        ResultStore(aws.client("s3"), config.output_bucket),
-        Queue(aws.client("sqs"), config.finalize_queue_url),
+    return Service(
+        predictor, wiring.chunk_writer(config.tables, config.output_bucket, config.finalize_queue_url)
     )
-    return Service(predictor, writer)
 
 
 @logger.inject_lambda_context(clear_state=True)

@@ -17,14 +17,12 @@ from typing import Any
 from aws_lambda_powertools.event_handler import APIGatewayHttpResolver, CORSConfig, Response, content_types
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
-from batchpredict import aws
+from batchpredict import wiring
 from batchpredict.batch import ChunkPredictor, ImageFetcher
-from batchpredict.bundle import resolve_bundle
 from batchpredict.config import api_config
-from batchpredict.fetch import Fetcher, FetchPolicy
+from batchpredict.fetch import FetchPolicy
 from batchpredict.manifest import check_url
 from batchpredict.messages import Chunk
-from batchpredict.model import load_model
 from batchpredict.observability import logger, metrics, tracer
 from batchpredict.records import SUCCEEDED, WorkItem
 
@@ -40,15 +38,11 @@ class Service:
 @cache
 def service() -> Service:
     config = api_config(os.environ)
-    engine = load_model(
-        resolve_bundle(config.engine.model_uri, lambda: aws.client("s3")),
-        config.engine.max_batch,
-        config.engine.threads,
-    )
-    fetcher = Fetcher(config.fetch, s3_client_factory=lambda: aws.client("s3"))
     # One attempt: a caller waiting on HTTP would rather retry itself than wait for our backoff.
-    images = ImageFetcher(fetcher, FetchPolicy(concurrency=config.max_urls, attempts=1))
-    predictor = ChunkPredictor(engine, images, config.engine.top_k, config.max_image_pixels)
+    images = ImageFetcher(wiring.fetcher(config.fetch), FetchPolicy(concurrency=config.max_urls, attempts=1))
+    predictor = ChunkPredictor(
+        wiring.engine(config.engine), images, config.engine.top_k, config.max_image_pixels
+    )
     return Service(predictor, config.max_urls)
 
 

@@ -11,14 +11,11 @@ from aws_lambda_powertools.utilities.batch.types import PartialItemFailureRespon
 from aws_lambda_powertools.utilities.data_classes.sqs_event import SQSRecord
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
-from batchpredict import aws
+from batchpredict import wiring
 from batchpredict.config import finalize_config
 from batchpredict.finalize import reconcile_dead_letter
-from batchpredict.jobs import JobStore
 from batchpredict.messages import Chunk
 from batchpredict.observability import MetricUnit, logger, metrics, tracer
-from batchpredict.queues import Queue
-from batchpredict.results import ResultStore
 from batchpredict.writer import ChunkWriter
 
 processor = BatchProcessor(event_type=EventType.SQS)
@@ -27,11 +24,7 @@ processor = BatchProcessor(event_type=EventType.SQS)
 @cache
 def writer() -> ChunkWriter:
     config = finalize_config(os.environ)
-    return ChunkWriter(
-        JobStore(aws.client("dynamodb"), config.tables.table, ttl_seconds=config.tables.ttl_seconds),
-        ResultStore(aws.client("s3"), config.output_bucket),
-        Queue(aws.client("sqs"), config.finalize_queue_url),
-    )
+    return wiring.chunk_writer(config.tables, config.output_bucket, config.finalize_queue_url)
 
 
 def record_handler(record: SQSRecord) -> None:

@@ -11,12 +11,9 @@ from aws_lambda_powertools.utilities.batch.types import PartialItemFailureRespon
 from aws_lambda_powertools.utilities.data_classes.sqs_event import SQSRecord
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
-from batchpredict import aws
+from batchpredict import wiring
 from batchpredict.config import split_config
-from batchpredict.jobs import JobStore
 from batchpredict.observability import MetricUnit, logger, metrics, tracer
-from batchpredict.queues import Queue
-from batchpredict.results import ResultStore
 from batchpredict.split import Splitter
 
 processor = BatchProcessor(event_type=EventType.SQS)
@@ -26,15 +23,14 @@ processor = BatchProcessor(event_type=EventType.SQS)
 def splitter() -> Splitter:
     """Built once per process (cold start); a missing setting fails here, naming it."""
     config = split_config(os.environ)
-    sqs = aws.client("sqs")
     return Splitter(
-        jobs=JobStore(aws.client("dynamodb"), config.tables.table, ttl_seconds=config.tables.ttl_seconds),
-        s3=aws.client("s3"),
-        work=Queue(sqs, config.work_queue_url),
-        manifests=Queue(sqs, config.manifest_queue_url),
-        finalize=Queue(sqs, config.finalize_queue_url),
+        jobs=wiring.job_store(config.tables),
+        s3=wiring.s3_client(),
+        work=wiring.queue(config.work_queue_url),
+        manifests=wiring.queue(config.manifest_queue_url),
+        finalize=wiring.queue(config.finalize_queue_url),
         settings=config.settings,
-        results=ResultStore(aws.client("s3"), config.output_bucket),
+        results=wiring.result_store(config.output_bucket),
     )
 
 

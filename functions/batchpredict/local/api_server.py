@@ -6,13 +6,13 @@ from __future__ import annotations
 import base64
 import http.server
 import json
-import threading
 import time
 import uuid
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
 from batchpredict.local.lambda_shim import Handler, LocalContext
+from batchpredict.local.servers import LoopbackHTTPServer
 
 MAX_BODY = 1024 * 1024
 
@@ -46,7 +46,7 @@ def to_event(method: str, target: str, headers: dict[str, str], body: bytes) -> 
     }
 
 
-class ApiServer:
+class ApiServer(LoopbackHTTPServer):
     def __init__(self, handler: Handler, port: int = 0, timeout_seconds: float = 30.0) -> None:
         outer = self
 
@@ -87,17 +87,4 @@ class ApiServer:
                 pass
 
         self.handler = handler
-        self._server = http.server.ThreadingHTTPServer(("127.0.0.1", port), Proxy)
-        self._thread = threading.Thread(target=self._server.serve_forever, name="predict-api", daemon=True)
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self._server.server_address[1]}"
-
-    def start(self) -> str:
-        self._thread.start()
-        return self.url
-
-    def stop(self) -> None:
-        self._server.shutdown()
-        self._server.server_close()
+        super().__init__(Proxy, port, name="predict-api")

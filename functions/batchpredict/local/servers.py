@@ -27,19 +27,14 @@ class MotoServer:
         self._server.stop()
 
 
-class FileServer:
-    """A folder over HTTP on 127.0.0.1 (a free port); anything missing is a 404."""
+class LoopbackHTTPServer:
+    """A threading HTTP server on 127.0.0.1 (a free port unless given), run in a daemon thread."""
 
-    def __init__(self, root: Path) -> None:
-        class Handler(http.server.SimpleHTTPRequestHandler):
-            def __init__(self, *args: Any, **kwargs: Any) -> None:
-                super().__init__(*args, directory=str(root), **kwargs)
-
-            def log_message(self, format: str, *args: Any) -> None:
-                pass
-
-        self._server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+    def __init__(
+        self, handler: type[http.server.BaseHTTPRequestHandler], port: int = 0, name: str = "http"
+    ) -> None:
+        self._server = http.server.ThreadingHTTPServer(("127.0.0.1", port), handler)
+        self._thread = threading.Thread(target=self._server.serve_forever, name=name, daemon=True)
 
     @property
     def url(self) -> str:
@@ -52,3 +47,17 @@ class FileServer:
     def stop(self) -> None:
         self._server.shutdown()
         self._server.server_close()
+
+
+class FileServer(LoopbackHTTPServer):
+    """A folder over HTTP on 127.0.0.1; anything missing is a 404."""
+
+    def __init__(self, root: Path) -> None:
+        class Handler(http.server.SimpleHTTPRequestHandler):
+            def __init__(self, *args: Any, **kwargs: Any) -> None:
+                super().__init__(*args, directory=str(root), **kwargs)
+
+            def log_message(self, format: str, *args: Any) -> None:
+                pass
+
+        super().__init__(Handler, name="file-server")
