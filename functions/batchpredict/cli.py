@@ -645,3 +645,7 @@ def local_down() -> None:
             return
         time.sleep(0.2)
     raise _fail(f"the local stack (pid {pid}) did not stop within 20s")
+
+
+if __name__ == "__main__":
+    main()
