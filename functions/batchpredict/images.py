@@ -144,11 +144,15 @@ def _to_rgb(image: Image.Image) -> Image.Image:
 
 
 def _resize_and_crop(image: Image.Image, preprocess: Preprocess) -> Image.Image:
+    """Shorter side to ``resize_shorter``, centre crop ``crop``, in one resize of the crop's
+    source box: the same pixels as resizing the whole image first, without ever allocating
+    the resized whole (a 1x8000 strip would otherwise grow to 256x2M pixels, gigabytes)."""
     width, height = image.size
     target = preprocess.resize_shorter
     long_side = round(max(width, height) * target / min(width, height))
     size = (target, long_side) if width <= height else (long_side, target)
-    image = image.resize(size, _RESAMPLING[preprocess.interpolation])
     crop = preprocess.crop
     left, top = (size[0] - crop) // 2, (size[1] - crop) // 2
-    return image.crop((left, top, left + crop, top + crop))
+    scale_x, scale_y = width / size[0], height / size[1]
+    box = (left * scale_x, top * scale_y, (left + crop) * scale_x, (top + crop) * scale_y)
+    return image.resize((crop, crop), _RESAMPLING[preprocess.interpolation], box=box)
