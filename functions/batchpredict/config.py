@@ -89,9 +89,28 @@ def fetch_limits(env: Mapping[str, str]) -> FetchLimits:
         max_bytes=setting(env, "MAX_IMAGE_BYTES", positive_int, defaults.max_bytes),
         connect_timeout=setting(env, "FETCH_CONNECT_TIMEOUT", positive_float, defaults.connect_timeout),
         read_timeout=setting(env, "FETCH_READ_TIMEOUT", positive_float, defaults.read_timeout),
-        max_redirects=setting(env, "MAX_REDIRECTS", int, defaults.max_redirects),
+        max_redirects=setting(env, "MAX_REDIRECTS", non_negative_int, defaults.max_redirects),
         allowed_networks=setting(env, "ALLOWED_NETWORKS", parse_networks, ()),
     )
+
+
+# A chunk message carries up to CHUNK_SIZE lines of up to MAX_LINE_BYTES (8 KiB) each, and an
+# SQS message holds 256 KiB: 25 full-length lines plus the JSON around them still fit.
+MAX_CHUNK_SIZE = 25
+
+
+def chunk_size(raw: str) -> int:
+    value = positive_int(raw)
+    if value > MAX_CHUNK_SIZE:
+        raise ValueError(f"at most {MAX_CHUNK_SIZE}, so a chunk of full-length lines fits in one SQS message")
+    return value
+
+
+def non_negative_int(raw: str) -> int:
+    value = int(raw)
+    if value < 0:
+        raise ValueError("must be 0 or more")
+    return value
 
 
 def positive_float(raw: str) -> float:
@@ -120,7 +139,7 @@ def split_config(env: Mapping[str, str]) -> SplitConfig:
         manifest_queue_url=setting(env, "MANIFEST_QUEUE_URL", str),
         finalize_queue_url=setting(env, "FINALIZE_QUEUE_URL", str),
         settings=SplitSettings(
-            chunk_size=setting(env, "CHUNK_SIZE", positive_int, defaults.chunk_size),
+            chunk_size=setting(env, "CHUNK_SIZE", chunk_size, defaults.chunk_size),
             max_manifest_lines=setting(env, "MAX_MANIFEST_LINES", positive_int, defaults.max_manifest_lines),
             time_reserve_ms=setting(env, "SPLIT_TIME_RESERVE_MS", positive_int, defaults.time_reserve_ms),
         ),

@@ -96,9 +96,12 @@ class Chunk:
     items: list[WorkItem]
 
     def body(self) -> str:
+        # UTF-8 as is (ensure_ascii=False): escaping would grow a non-ASCII line up to 6x, and a
+        # chunk of MAX_CHUNK_SIZE lines of MAX_LINE_BYTES must stay under SQS's message size.
         return json.dumps(
             {"job_id": self.job_id, "chunk": self.chunk, "items": [item.as_message() for item in self.items]},
             separators=(",", ":"),
+            ensure_ascii=False,
         )
 
     @classmethod

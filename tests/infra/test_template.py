@@ -271,10 +271,7 @@ def test_functions_run_the_real_handlers_on_the_chosen_platforms(cfn: dict[str, 
     }
     for name, handler in HANDLERS.items():
         module, _, attr = handler.rpartition(".")
-        spec = importlib.util.find_spec(module)
-        assert spec is not None and spec.origin is not None, handler
-        with open(spec.origin, encoding="utf-8") as source:
-            assert re.search(rf"^def {attr}\(", source.read(), re.MULTILINE), handler
+        assert callable(getattr(importlib.import_module(module), attr, None)), handler
         props = functions[name]["Properties"]
         assert props["TracingConfig"] == {"Mode": "Active"}
         assert props["LoggingConfig"] == {"LogGroup": {"Ref": name.replace("Function", "LogGroup")}}

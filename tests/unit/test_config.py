@@ -24,3 +24,33 @@ def test_values_are_parsed_and_defaulted() -> None:
 def test_malformed_values_are_refused_with_their_name(name: str, value: str) -> None:
     with pytest.raises(ConfigError, match=f"{name}='{value}' is invalid"):
         engine_config({"MODEL_URI": "/m", name: value})
+
+
+def test_chunk_size_is_capped_so_a_chunk_fits_in_one_sqs_message() -> None:
+    from batchpredict.config import split_config
+
+    env = {
+        "TABLE_NAME": "t",
+        "OUTPUT_BUCKET": "b",
+        "WORK_QUEUE_URL": "w",
+        "MANIFEST_QUEUE_URL": "m",
+        "FINALIZE_QUEUE_URL": "f",
+    }
+    assert split_config(env | {"CHUNK_SIZE": "25"}).settings.chunk_size == 25
+    with pytest.raises(ConfigError, match="CHUNK_SIZE='26' is invalid: at most 25"):
+        split_config(env | {"CHUNK_SIZE": "26"})
+
+
+def test_a_full_chunk_of_longest_non_ascii_lines_fits_in_one_sqs_message() -> None:
+    from batchpredict.config import MAX_CHUNK_SIZE
+    from batchpredict.manifest import MAX_LINE_BYTES, MAX_URL_LENGTH
+    from batchpredict.messages import Chunk
+    from batchpredict.records import WorkItem
+
+    # Each line at the byte limit: a long URL and metadata of 2-byte UTF-8 characters.
+    metadata = {"caption": "é" * ((MAX_LINE_BYTES - MAX_URL_LENGTH - 100) // 2)}
+    items = [
+        WorkItem(index=i, url="https://example.com/" + "a" * (MAX_URL_LENGTH - 20), metadata=metadata)
+        for i in range(MAX_CHUNK_SIZE)
+    ]
+    assert len(Chunk("job-" + "0" * 20, 99999, items).body().encode()) < 256 * 1024

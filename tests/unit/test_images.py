@@ -370,6 +370,8 @@ def test_a_thin_strip_is_not_blown_up_to_its_resized_whole() -> None:
         "t = decode_image(buf.getvalue(), Preprocess()).tensor\n"
         "print(t.shape, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024)\n"
     )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    ).stdout.split()
     assert out[:3] == ["(3,", "224,", "224)"]
     assert int(out[3]) < 300, f"peak RSS {out[3]} MB"
