@@ -8,6 +8,7 @@ ADD on the JOB), so a redelivered chunk is never counted twice.
 from __future__ import annotations
 
 import json
+import random
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
@@ -21,6 +22,7 @@ from botocore.exceptions import ClientError
 
 BATCH_WRITE_LIMIT = 25  # items per BatchWriteItem call (AWS limit)
 BATCH_WRITE_ATTEMPTS = 8  # UnprocessedItems re-sent with exponential backoff, then raised
+TRANSACT_ATTEMPTS = 5  # a chunk's counting transaction, retried on TransactionConflict
 JOB_SK = "JOB"
 IMG_PREFIX = "IMG#"
 CHUNK_PREFIX = "CHUNK#"
@@ -270,6 +272,21 @@ class JobStore:
         if model:
             values[":m"] = model
             expression += ", model = if_not_exists(model, :m)"
+        for attempt in range(TRANSACT_ATTEMPTS):
+            try:
+                return self._transact_count(job_id, marker, expression, values)
+            except ClientError as exc:
+                reasons = [r.get("Code") for r in exc.response.get("CancellationReasons") or []]
+                # Chunks of one job all update its JOB item, so concurrent ones conflict; the marker's
+                # condition makes a retry safe (it can never count twice).
+                if "TransactionConflict" not in reasons or attempt + 1 == TRANSACT_ATTEMPTS:
+                    raise
+                self._sleep(random.uniform(0.05, 0.2) * 2**attempt)
+        raise AssertionError("unreachable")
+
+    def _transact_count(
+        self, job_id: str, marker: dict[str, Any], expression: str, values: dict[str, Any]
+    ) -> bool:
         try:
             self.client.transact_write_items(
                 TransactItems=[

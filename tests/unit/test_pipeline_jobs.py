@@ -382,3 +382,22 @@ def test_a_manifest_line_is_either_rejected_or_storable(number: str) -> None:
     store.put_results([record])
 
     assert len(client.batch_calls) == 1
+
+
+def test_count_chunk_retries_a_transaction_conflict_then_counts() -> None:
+    # Concurrent chunks of one job all update its JOB item: conflicts are retried, not failed.
+    attempts: list[int] = []
+
+    class Conflicting(FakeDynamo):
+        def transact_write_items(self, **kwargs: Any) -> dict[str, Any]:
+            attempts.append(1)
+            if len(attempts) < 3:
+                raise _cancelled("None", "TransactionConflict")
+            return super().transact_write_items(**kwargs)
+
+    client = Conflicting()
+    sleeps: list[float] = []
+    store = JobStore(client, "table", sleep=sleeps.append)
+
+    assert store.count_chunk("job-1", 3, succeeded=1, failed=0, model=None) is True
+    assert len(attempts) == 3 and len(sleeps) == 2 and sleeps[1] > sleeps[0] * 0.5
