@@ -26,6 +26,29 @@ from batchpredict.results import ResultStore
 from batchpredict.writer import ChunkWriter
 
 
+def fail_job(jobs: JobStore, results: ResultStore, job_id: str, reason: str) -> Job | None:
+    """Mark the job FAILED with ``reason``, on the JOB record and in _summary.json."""
+    logger.warning("job failed", extra={"job_id": job_id, "reason": reason})
+    job = jobs.fail(job_id, reason)
+    if job is not None:
+        # The summary tells the user what happened even if they only look at the bucket.
+        results.write_summary(
+            job_id,
+            {
+                "job_id": job_id,
+                "manifest_uri": job.manifest_uri,
+                "status": job.status.value,
+                "error": reason,
+                "total": job.total,
+                "succeeded": job.succeeded,
+                "failed": job.failed,
+                "started_at": job.created_at,
+                "ended_at": job.completed_at,
+            },
+        )
+    return job
+
+
 class MergeMismatchError(RuntimeError):
     """The parts do not hold exactly one line per manifest line, in order."""
 
@@ -54,7 +77,11 @@ class Finalizer:
             logger.info("nothing to finalize", extra={"job_id": job_id, "status": job and job.status})
             return job
         tally = _Tally()
-        results_uri = self.results.merge(job_id, self._checked_lines(job, tally))
+        try:
+            results_uri = self.results.merge(job_id, self._checked_lines(job, tally))
+        except MergeMismatchError as exc:
+            # Retrying cannot mend missing or misplaced lines: say so on the job, do not loop.
+            return fail_job(self.jobs, self.results, job_id, f"results could not be merged: {exc}")
         ended = utc_now()
         status = JobStatus.COMPLETED if tally.succeeded == tally.lines else JobStatus.COMPLETED_WITH_ERRORS
         seconds = _seconds_between(job.created_at, ended)

@@ -14,6 +14,7 @@ from typing import Any
 
 from botocore.exceptions import ClientError
 
+from batchpredict.finalize import fail_job
 from batchpredict.jobs import JobStatus, JobStore
 from batchpredict.manifest import (
     ImageLine,
@@ -182,22 +183,5 @@ class Splitter:
         return SplitOutcome(job_id, "continued", items)
 
     def _fail(self, job_id: str, reason: str) -> SplitOutcome:
-        logger.warning("job failed", extra={"reason": reason})
-        job = self.jobs.fail(job_id, reason)
-        if job is not None:
-            # The summary tells the user what happened even if they only look at the bucket.
-            self.results.write_summary(
-                job_id,
-                {
-                    "job_id": job_id,
-                    "manifest_uri": job.manifest_uri,
-                    "status": job.status.value,
-                    "error": reason,
-                    "total": job.total,
-                    "succeeded": job.succeeded,
-                    "failed": job.failed,
-                    "started_at": job.created_at,
-                    "ended_at": job.completed_at,
-                },
-            )
+        fail_job(self.jobs, self.results, job_id, reason)
         return SplitOutcome(job_id, "failed")

@@ -15,7 +15,7 @@ from botocore.exceptions import ClientError
 from botocore.response import StreamingBody
 
 from batchpredict.errors import ErrorCode
-from batchpredict.finalize import Finalizer, MergeMismatchError, reconcile_dead_letter
+from batchpredict.finalize import Finalizer, reconcile_dead_letter
 from batchpredict.jobs import FINAL_STATUSES, Job, JobStatus
 from batchpredict.messages import Chunk, parse_finalize
 from batchpredict.queues import Queue
@@ -60,6 +60,12 @@ class FakeJobs:
         if self.job.status != JobStatus.RUNNING:
             return None
         self.job = replace(self.job, status=status, results_uri=results_uri, completed_at="now")
+        return self.job
+
+    def fail(self, job_id: str, message: str) -> Job | None:
+        if self.job.status in FINAL_STATUSES:
+            return None
+        self.job = replace(self.job, status=JobStatus.FAILED, error=message, completed_at="now")
         return self.job
 
     def chunk_counted(self, job_id: str, chunk: int) -> bool:
@@ -166,20 +172,22 @@ def test_empty_job_completes_with_an_empty_results_file() -> None:
 def test_a_part_holding_the_wrong_line_is_a_mismatch() -> None:
     finalizer, jobs, s3 = _setup(_job(total=4, chunks=2), [[_ok(0), _ok(1)], [_ok(3), _ok(2)]])
 
-    with pytest.raises(MergeMismatchError, match="chunk 1 holds line 3, expected 2"):
-        finalizer.finalize(JOB)
+    final = finalizer.finalize(JOB)
 
-    assert jobs.job.status == JobStatus.RUNNING
-    assert summary_key(JOB) not in s3.objects
+    # Retrying cannot mend it: the job fails with the reason, on the record and in the summary.
+    assert final is not None and final.status == JobStatus.FAILED
+    assert jobs.job.error is not None and "chunk 1 holds line 3, expected 2" in jobs.job.error
+    summary = json.loads(s3.objects[summary_key(JOB)])
+    assert summary["status"] == "FAILED" and "chunk 1 holds line 3" in summary["error"]
 
 
 def test_parts_shorter_than_the_manifest_are_a_mismatch() -> None:
     finalizer, jobs, _ = _setup(_job(total=5, chunks=2), [[_ok(0), _ok(1)], [_ok(2), _ok(3)]])
 
-    with pytest.raises(MergeMismatchError, match="parts hold 4 lines, the manifest 5"):
-        finalizer.finalize(JOB)
+    final = finalizer.finalize(JOB)
 
-    assert jobs.job.status == JobStatus.RUNNING
+    assert final is not None and final.status == JobStatus.FAILED
+    assert jobs.job.error is not None and "parts hold 4 lines, the manifest 5" in jobs.job.error
 
 
 @pytest.mark.parametrize("status", sorted(FINAL_STATUSES))
