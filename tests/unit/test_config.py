@@ -54,3 +54,18 @@ def test_a_full_chunk_of_longest_non_ascii_lines_fits_in_one_sqs_message() -> No
         for i in range(MAX_CHUNK_SIZE)
     ]
     assert len(Chunk("job-" + "0" * 20, 99999, items).body().encode()) < 256 * 1024
+
+
+def test_a_missing_setting_fails_the_invocation_not_each_message(monkeypatch: pytest.MonkeyPatch) -> None:
+    from batchpredict.handlers import split_manifest
+    from batchpredict.local.lambda_shim import LocalContext
+
+    for name in ("TABLE_NAME", "OUTPUT_BUCKET", "WORK_QUEUE_URL", "MANIFEST_QUEUE_URL", "FINALIZE_QUEUE_URL"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("POWERTOOLS_TRACE_DISABLED", "true")
+    split_manifest.splitter.cache_clear()
+    event = {"Records": [{"messageId": "m1", "receiptHandle": "r", "body": "{}", "attributes": {},
+                          "eventSource": "aws:sqs", "eventSourceARN": "arn:aws:sqs:us-east-1:1:q"}]}
+    with pytest.raises(ConfigError, match="TABLE_NAME is not set"):
+        split_manifest.lambda_handler(event, LocalContext("split"))
+    split_manifest.splitter.cache_clear()

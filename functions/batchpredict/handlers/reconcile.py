@@ -31,4 +31,4 @@ def record_handler(record: SQSRecord) -> None:
         metrics.add_metric(name="ChunksDeadLettered", unit=MetricUnit.Count, value=1)
 
 
-lambda_handler = sqs_batch_handler(record_handler)
+lambda_handler = sqs_batch_handler(record_handler, cold_start=writer)

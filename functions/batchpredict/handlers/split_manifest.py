@@ -38,4 +38,4 @@ def record_handler(record: SQSRecord, lambda_context: LambdaContext) -> None:
         metrics.add_metric(name="ManifestLinesSplit", unit=MetricUnit.Count, value=outcome.items)
 
 
-lambda_handler = sqs_batch_handler(record_handler)
+lambda_handler = sqs_batch_handler(record_handler, cold_start=splitter)
