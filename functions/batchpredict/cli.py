@@ -187,6 +187,15 @@ def stack_options(command: F) -> F:
     return friendly_errors(command)
 
 
+def _local_stack_alive() -> bool:
+    """A state file whose process still runs (a stale one, after kill -9, does not count)."""
+    try:
+        os.kill(int(json.loads(STATE_FILE.read_text())["pid"]), 0)
+    except (OSError, KeyError, ValueError):
+        return False
+    return True
+
+
 def _local_ref() -> Any:
     from batchpredict.client import StackRef, UserError
 
@@ -194,13 +203,9 @@ def _local_ref() -> Any:
         raise UserError(
             "no local stack is running: start one with `batchpredict local up`, or pass --stack NAME"
         )
+    if not _local_stack_alive():
+        raise UserError("the local stack is not running any more: start it with `batchpredict local up`")
     state = json.loads(STATE_FILE.read_text())
-    try:
-        os.kill(int(state["pid"]), 0)
-    except (OSError, KeyError, ValueError) as exc:
-        raise UserError(
-            "the local stack is not running any more: start it with `batchpredict local up`"
-        ) from exc
     ref = StackRef(**state["stack"])
     os.environ.update(ref.endpoints or {})
     return ref
@@ -390,13 +395,10 @@ def _thumbnails(allowed: tuple[str, ...]) -> Callable[[str], bytes | None]:
     return fetch
 
 
-def write_report(client: Any, job_id: str, output: Path, allowed: tuple[str, ...]) -> None:
+def write_report(summary: dict[str, Any], records: Any, output: Path, allowed: tuple[str, ...]) -> None:
     from batchpredict.report import render_report
 
-    output.write_text(
-        render_report(client.summary(job_id), client.result_lines(job_id), _thumbnails(allowed)),
-        encoding="utf-8",
-    )
+    output.write_text(render_report(summary, records, _thumbnails(allowed)), encoding="utf-8")
 
 
 @main.command()
@@ -419,7 +421,7 @@ def report(
     client = _client(use_local, stack_name)
     if not stack_name:
         allowed = (*allowed, "127.0.0.0/8")
-    write_report(client, job_id, output, allowed)
+    write_report(client.summary(job_id), client.result_lines(job_id), output, allowed)
     click.echo(str(output))
 
 
@@ -556,14 +558,14 @@ def local_run(
             if job.status.value == "FAILED":
                 raise _fail(f"job {job_id} failed: {job.error}")
             records = list(client.result_lines(job_id))
+            summary = client.summary(job_id)
             (output / "results.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
-            (output / "_summary.json").write_text(json.dumps(client.summary(job_id), indent=2))
-            write_report(client, job_id, output / "report.html", ("127.0.0.0/8", *allowed))
+            (output / "_summary.json").write_text(json.dumps(summary, indent=2))
+            write_report(summary, records, output / "report.html", ("127.0.0.0/8", *allowed))
             if show:
                 click.echo(_table(records[:show]))
                 if len(records) > show:
                     click.echo(f"... {len(records) - show} more lines in {output / 'results.jsonl'}")
-            summary = client.summary(job_id)
             click.echo(
                 f"\n{summary['status']}: {summary['succeeded']} succeeded, {summary['failed']} failed"
                 f" {summary['errors_by_code'] or ''} in {summary['duration_seconds']}s"
@@ -586,13 +588,8 @@ def local_up(model: str | None, workers: int | None, allowed: tuple[str, ...]) -
 
     from batchpredict.local.stack import LocalStack
 
-    if STATE_FILE.is_file():
-        try:
-            _local_ref()
-            raise _fail("a local stack is already running (batchpredict local down)")
-        except click.ClickException as exc:
-            if "already running" in exc.message:
-                raise
+    if _local_stack_alive():
+        raise _fail("a local stack is already running (batchpredict local down)")
     stack = LocalStack(
         _local_options(model, workers, allowed), log_dir=LOG_DIR, warn=lambda m: click.echo(m, err=True)
     )

@@ -19,8 +19,9 @@ from typing import Any
 from botocore.exceptions import ClientError
 
 from batchpredict import aws
+from batchpredict.errors import ErrorCode
 from batchpredict.jobs import FINAL_STATUSES, Job, JobStore
-from batchpredict.manifest import detect_format
+from batchpredict.manifest import ManifestError, detect_format
 from batchpredict.messages import ManifestObject
 from batchpredict.records import FAILED
 from batchpredict.results import results_key, summary_key
@@ -31,6 +32,9 @@ OUTPUT_KEYS = {
     "output_bucket": "OutputBucketName",
     "table": "ResultsTableName",
 }
+
+
+SPLIT_TIME_CODES = frozenset({ErrorCode.INVALID_MANIFEST_LINE.value, ErrorCode.UNSUPPORTED_SCHEME.value})
 
 
 class UserError(Exception):
@@ -102,7 +106,10 @@ class Client:
         if not manifest.is_file():
             raise UserError(f"manifest not found: {manifest}")
         key = f"manifests/{name or manifest.name}"
-        detect_format(key)  # refuse an extension the splitter would refuse, before uploading
+        try:
+            detect_format(key)  # refuse an extension the splitter would refuse, before uploading
+        except ManifestError as exc:
+            raise UserError(f"{manifest}: {exc}") from exc
         response = self.s3.put_object(Bucket=self.stack.input_bucket, Key=key, Body=manifest.read_bytes())
         return ManifestObject(
             self.stack.input_bucket,
@@ -180,7 +187,12 @@ class Client:
 
     def retry_failed(self, job_id: str) -> tuple[str, int]:
         """Submit the job's failed lines as a new JSONL manifest; returns (new job id, lines)."""
-        lines = [r for r in self.result_lines(job_id) if r["status"] == FAILED and r.get("url")]
+        # Lines refused at split time (bad JSON, bad scheme) would only fail the same way again.
+        lines = [
+            r
+            for r in self.result_lines(job_id)
+            if r["status"] == FAILED and r.get("url") and r["error"]["code"] not in SPLIT_TIME_CODES
+        ]
         if not lines:
             raise UserError(f"job {job_id} has no failed lines to retry")
         body = "".join(

@@ -20,7 +20,7 @@ from typing import Any
 from batchpredict.errors import ErrorCode
 from batchpredict.jobs import FINAL_STATUSES, Job, JobStatus, JobStore, utc_now
 from batchpredict.messages import Chunk
-from batchpredict.observability import logger
+from batchpredict.observability import MetricUnit, logger, metrics
 from batchpredict.records import SUCCEEDED, failed_record
 from batchpredict.results import ResultStore
 from batchpredict.writer import ChunkWriter
@@ -103,6 +103,8 @@ class Finalizer:
         }
         self.results.write_summary(job_id, summary)
         final = self.jobs.complete(job_id, status, results_uri)
+        if final is not None:  # None: another finalize completed it first
+            metrics.add_metric(name="JobsFinalized", unit=MetricUnit.Count, value=1)
         logger.info("job finalized", extra={"job_id": job_id, "status": status.value, "total": tally.lines})
         return final
 

@@ -33,7 +33,9 @@ def engine(config: EngineConfig) -> Engine:
 
 
 def fetcher(limits: FetchLimits) -> Fetcher:
-    return Fetcher(limits, s3_client_factory=s3_client)
+    # No client factory: the fetcher builds its own S3 client with the fetch limits' timeouts,
+    # so an s3:// image is bounded like an https one.
+    return Fetcher(limits)
 
 
 def job_store(tables: Tables) -> JobStore:

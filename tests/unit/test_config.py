@@ -64,8 +64,18 @@ def test_a_missing_setting_fails_the_invocation_not_each_message(monkeypatch: py
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("POWERTOOLS_TRACE_DISABLED", "true")
     split_manifest.splitter.cache_clear()
-    event = {"Records": [{"messageId": "m1", "receiptHandle": "r", "body": "{}", "attributes": {},
-                          "eventSource": "aws:sqs", "eventSourceARN": "arn:aws:sqs:us-east-1:1:q"}]}
+    event = {
+        "Records": [
+            {
+                "messageId": "m1",
+                "receiptHandle": "r",
+                "body": "{}",
+                "attributes": {},
+                "eventSource": "aws:sqs",
+                "eventSourceARN": "arn:aws:sqs:us-east-1:1:q",
+            }
+        ]
+    }
     with pytest.raises(ConfigError, match="TABLE_NAME is not set"):
         split_manifest.lambda_handler(event, LocalContext("split"))
     split_manifest.splitter.cache_clear()

@@ -12,7 +12,7 @@ from batchpredict.config import finalize_config
 from batchpredict.finalize import Finalizer
 from batchpredict.handlers.sqs import sqs_batch_handler
 from batchpredict.messages import parse_finalize
-from batchpredict.observability import MetricUnit, logger, metrics
+from batchpredict.observability import logger
 
 
 @cache
@@ -24,9 +24,7 @@ def finalizer() -> Finalizer:
 def record_handler(record: SQSRecord) -> None:
     job_id = parse_finalize(record.body)
     logger.append_keys(job_id=job_id)
-    job = finalizer().finalize(job_id)
-    if job is not None and job.completed_at:
-        metrics.add_metric(name="JobsFinalized", unit=MetricUnit.Count, value=1)
+    finalizer().finalize(job_id)
 
 
 lambda_handler = sqs_batch_handler(record_handler, cold_start=finalizer)

@@ -62,8 +62,10 @@ def lambda_handler(event: dict[str, Any], context: LambdaContext) -> PartialItem
             raise ValueError(f"message {record.message_id} is not a chunk message")  # -> DLQ -> reconcile
         chunk, rows = chunks[record.message_id], records[record.message_id]
         logger.append_keys(job_id=chunk.job_id)
+        if not svc.writer.write(chunk, rows, svc.predictor.engine.model_id):
+            metrics.add_metric(name="ChunksRedelivered", unit=MetricUnit.Count, value=1)
+            return  # counted by an earlier delivery: its images are in the metrics already
         succeeded = sum(1 for r in rows if r["status"] == SUCCEEDED)
-        svc.writer.write(chunk, rows, svc.predictor.engine.model_id)
         metrics.add_metric(name="ImagesSucceeded", unit=MetricUnit.Count, value=succeeded)
         metrics.add_metric(name="ImagesFailed", unit=MetricUnit.Count, value=len(rows) - succeeded)
 

@@ -67,13 +67,14 @@ class DynamoDBLocal:
             ],
             cwd=folder,
             stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,  # never read: a pipe could fill and block Java
         )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self._process.poll() is not None:
-                error = self._process.stderr.read().decode(errors="replace") if self._process.stderr else ""
-                raise DynamoDBLocalUnavailableError(f"DynamoDB Local exited at start: {error.strip()[-300:]}")
+                raise DynamoDBLocalUnavailableError(
+                    f"DynamoDB Local exited at start with status {self._process.returncode}"
+                )
             try:
                 with socket.create_connection(("127.0.0.1", self.port), timeout=0.2):
                     return self.endpoint

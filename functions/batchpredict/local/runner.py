@@ -49,13 +49,14 @@ def _load(handler: str) -> Any:
 
 def serve(mapping: Mapping, stop: threading.Event) -> None:
     """A worker's loop: import the handler once, then poll and invoke until told to stop."""
-    import boto3
-
+    from batchpredict import aws
     from batchpredict.local.lambda_shim import deliver_once
 
     handler = _load(mapping.handler)
-    sqs = boto3.client("sqs")
-    while not stop.is_set():
+    sqs = aws.client("sqs")
+    parent = os.getppid()
+    # A worker whose stack died (kill -9, closed terminal) stops instead of polling for ever.
+    while not stop.is_set() and os.getppid() == parent:
         try:
             deliver_once(
                 sqs,
@@ -128,6 +129,8 @@ class Runner:
 
     def stop(self, grace_seconds: float = 10.0) -> None:
         self._stop.set()
+        if self._watcher.is_alive():
+            self._watcher.join()  # no replacement worker may start after this point
         processes = [p for pool in self.workers.values() for p in pool]
         for process in processes:
             if process.poll() is None:
