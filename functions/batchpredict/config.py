@@ -89,6 +89,7 @@ def fetch_limits(env: Mapping[str, str]) -> FetchLimits:
         max_bytes=setting(env, "MAX_IMAGE_BYTES", positive_int, defaults.max_bytes),
         connect_timeout=setting(env, "FETCH_CONNECT_TIMEOUT", positive_float, defaults.connect_timeout),
         read_timeout=setting(env, "FETCH_READ_TIMEOUT", positive_float, defaults.read_timeout),
+        total_timeout=setting(env, "FETCH_TOTAL_TIMEOUT", positive_float, defaults.total_timeout),
         max_redirects=setting(env, "MAX_REDIRECTS", non_negative_int, defaults.max_redirects),
         allowed_networks=setting(env, "ALLOWED_NETWORKS", parse_networks, ()),
     )

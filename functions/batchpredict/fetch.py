@@ -10,6 +10,7 @@ passes the same guard.
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import socket
 import threading
@@ -22,6 +23,7 @@ from urllib.parse import quote, urljoin, urlsplit
 
 import boto3
 import urllib3
+import urllib3.connection
 from botocore import exceptions as boto_errors
 from botocore.config import Config
 from urllib3.exceptions import (
@@ -77,6 +79,9 @@ class FetchLimits:
     read_timeout: float = 10.0
     max_redirects: int = 3
     allowed_networks: tuple[IPNetwork, ...] = ()
+    # The whole fetch, every hop, headers included: a server dripping its headers a byte at
+    # a time passes every per-read timeout, so a watchdog shuts the socket at this deadline.
+    total_timeout: float = 30.0
 
 
 @dataclass(frozen=True)
@@ -119,6 +124,38 @@ def parse_networks(spec: str) -> tuple[IPNetwork, ...]:
     return tuple(networks)
 
 
+# The connection each fetching thread is waiting on, so that the watchdog (another thread)
+# can shut its socket when the whole-fetch deadline passes.
+_CONNECTION_OF_THREAD: dict[int, Any] = {}
+
+
+class _WatchedHTTPConnection(urllib3.connection.HTTPConnection):
+    def request(self, *args: Any, **kwargs: Any) -> None:
+        _CONNECTION_OF_THREAD[threading.get_ident()] = self
+        super().request(*args, **kwargs)
+
+
+class _WatchedHTTPSConnection(urllib3.connection.HTTPSConnection):
+    def request(self, *args: Any, **kwargs: Any) -> None:
+        _CONNECTION_OF_THREAD[threading.get_ident()] = self
+        super().request(*args, **kwargs)
+
+
+class _WatchedHTTPPool(urllib3.HTTPConnectionPool):
+    ConnectionCls = _WatchedHTTPConnection
+
+
+class _WatchedHTTPSPool(urllib3.HTTPSConnectionPool):
+    ConnectionCls = _WatchedHTTPSConnection
+
+
+def _shut(connection: Any) -> None:
+    sock = getattr(connection, "sock", None)
+    if sock is not None:
+        with contextlib.suppress(OSError):  # already closed: nothing left to wake
+            sock.shutdown(socket.SHUT_RDWR)  # wakes the blocked recv in the fetching thread
+
+
 class Fetcher:
     """Fetch image bytes for one URL at a time; safe to share between threads.
 
@@ -153,6 +190,7 @@ class Fetcher:
             timeout=urllib3.Timeout(connect=limits.connect_timeout, read=limits.read_timeout),
             retries=False,
         )
+        self._pools.pool_classes_by_scheme = {"http": _WatchedHTTPPool, "https": _WatchedHTTPSPool}
 
     def fetch(self, url: str) -> Fetched:
         """Return the bytes behind ``url``; raise :class:`PredictionError` on any failure."""
@@ -169,6 +207,39 @@ class Fetcher:
     # -- HTTP -----------------------------------------------------------------
 
     def _fetch_http(self, url: str) -> Fetched:
+        fired = threading.Event()
+        thread = threading.get_ident()
+
+        def expire() -> None:
+            fired.set()
+            _shut(_CONNECTION_OF_THREAD.get(thread))
+
+        watchdog = threading.Timer(self._limits.total_timeout, expire)
+        watchdog.daemon = True
+        watchdog.start()
+        try:
+            fetched = self._follow(url)
+        except PredictionError as exc:
+            if fired.is_set():
+                raise self._overall_timeout(url) from exc
+            raise
+        finally:
+            watchdog.cancel()
+            _CONNECTION_OF_THREAD.pop(thread, None)
+        if fired.is_set():  # a shut socket can also look like a short, complete response
+            raise self._overall_timeout(url)
+        return fetched
+
+    def _overall_timeout(self, url: str) -> PredictionError:
+        # Not retried: a source this slow would spend the whole invocation on retries and
+        # take the rest of its batch down with it.
+        return PredictionError(
+            ErrorCode.FETCH_TIMEOUT,
+            f"Fetching {url[:200]} took over {self._limits.total_timeout} s in all",
+            transient=False,
+        )
+
+    def _follow(self, url: str) -> Fetched:
         current = url
         for _hop in range(self._limits.max_redirects + 1):
             target = _parse_http_url(current)

@@ -189,6 +189,15 @@ class _Handler(BaseHTTPRequestHandler):
             self.wfile.write(b"x")
             self.wfile.flush()
 
+    def route_drip_headers(self, arg: str, query: dict[str, str]) -> None:
+        """The status line, then one header byte every 50 ms: each read is quick, headers never end."""
+        self.wfile.write(b"HTTP/1.1 200 OK\r\n")
+        self.wfile.flush()
+        while not self.server.stop.wait(0.05):
+            self.wfile.write(b"X")
+            self.wfile.flush()
+        self.close_connection = True
+
     def route_hang(self, arg: str, query: dict[str, str]) -> None:
         self.server.stop.wait(10)
         self.close_connection = True
@@ -539,6 +548,17 @@ def test_slow_drip_body_hits_the_deadline(server: Server, make_fetcher: Callable
     error = fetch_error(make_fetcher(read_timeout=0.3), server.url("/drip"))
     assert_error(error, ErrorCode.FETCH_TIMEOUT, transient=True)
     assert time.monotonic() - started < 1.5
+
+
+def test_headers_dripped_a_byte_at_a_time_hit_the_whole_fetch_deadline(
+    server: Server, make_fetcher: Callable[..., Fetcher]
+) -> None:
+    # Every read returns within read_timeout, so only the whole-fetch watchdog can stop it.
+    started = time.monotonic()
+    error = fetch_error(make_fetcher(read_timeout=0.3, total_timeout=0.8), server.url("/drip-headers"))
+    assert_error(error, ErrorCode.FETCH_TIMEOUT, transient=False)
+    assert "in all" in error.message
+    assert time.monotonic() - started < 2.0
 
 
 def test_server_that_never_answers_times_out(server: Server, make_fetcher: Callable[..., Fetcher]) -> None:
