@@ -153,16 +153,7 @@ class Client:
             time.sleep(interval)
 
     def recent_jobs(self, limit: int = 20) -> list[Job]:
-        """The newest jobs first (a filtered Scan: fine for a user's table, not for analytics)."""
-        jobs: list[Job] = []
-        paginator = self.jobs.client.get_paginator("scan")
-        for page in paginator.paginate(
-            TableName=self.stack.table,
-            FilterExpression="sk = :j",
-            ExpressionAttributeValues={":j": {"S": "JOB"}},
-        ):
-            jobs.extend(Job.from_item(item) for item in page["Items"])
-        return sorted(jobs, key=lambda j: j.created_at, reverse=True)[:limit]
+        return sorted(self.jobs.all_jobs(), key=lambda j: j.created_at, reverse=True)[:limit]
 
     def result_lines(self, job_id: str, from_table: bool = False) -> Iterator[dict[str, Any]]:
         if from_table:

@@ -340,6 +340,16 @@ class JobStore:
             f"DynamoDB left {len(pending)} items unprocessed after {BATCH_WRITE_ATTEMPTS} attempts"
         )
 
+    def all_jobs(self) -> Iterator[Job]:
+        """Every JOB record. A filtered Scan: it reads the IMG# rows too, so it is fine for a
+        user's table and the CLI's `jobs`, not for a table of millions (that needs an index)."""
+        paginator = self.client.get_paginator("scan")
+        pages = paginator.paginate(
+            TableName=self.table, FilterExpression="sk = :j", ExpressionAttributeValues={":j": {"S": JOB_SK}}
+        )
+        for page in pages:
+            yield from (Job.from_item(item) for item in page["Items"])
+
     def query_results(self, job_id: str, page_size: int = 500) -> Iterator[dict[str, Any]]:
         """The job's result records in manifest order (paginated Query)."""
         paginator = self.client.get_paginator("query")

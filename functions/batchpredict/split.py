@@ -12,9 +12,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from botocore.exceptions import ClientError
-
 from batchpredict.finalize import fail_job
+from batchpredict.inputs import ManifestStore, ManifestUnreadableError
 from batchpredict.jobs import JobStatus, JobStore
 from batchpredict.manifest import (
     ImageLine,
@@ -72,7 +71,7 @@ class Splitter:
     ) -> None:
         self.jobs = jobs
         self.results = results
-        self.s3 = s3
+        self.inputs = ManifestStore(s3)
         self.work = work
         self.manifests = manifests
         self.finalize = finalize
@@ -116,13 +115,9 @@ class Splitter:
         )
 
     def _open(self, obj: ManifestObject, gzipped: bool, start: Position) -> tuple[Any, bool]:
-        kwargs: dict[str, Any] = {"Bucket": obj.bucket, "Key": obj.key}
-        if obj.version_id:
-            kwargs["VersionId"] = obj.version_id  # read the version the event was about
-        at_offset = not gzipped and start.byte_offset > 0
-        if at_offset:
-            kwargs["Range"] = f"bytes={start.byte_offset}-"
-        return self.s3.get_object(**kwargs)["Body"], at_offset
+        at_offset = not gzipped and start.byte_offset > 0  # gzip cannot start mid-stream: re-read and skip
+        body = self.inputs.open(obj.bucket, obj.key, obj.version_id, start.byte_offset if at_offset else 0)
+        return body, at_offset
 
     def _split(
         self, job_id: str, obj: ManifestObject, start: Position, remaining_ms: Callable[[], int]
@@ -130,13 +125,8 @@ class Splitter:
         try:
             fmt, gzipped = detect_format(obj.key)
             body, at_offset = self._open(obj, gzipped, start)
-        except ManifestError as exc:
+        except (ManifestError, ManifestUnreadableError) as exc:
             return self._fail(job_id, str(exc))
-        except ClientError as exc:
-            code = exc.response["Error"]["Code"]
-            if code in {"NoSuchKey", "NoSuchVersion", "404", "AccessDenied", "403"}:
-                return self._fail(job_id, f"cannot read manifest {obj.uri}: {code}")
-            raise
         size = self.settings.chunk_size
         chunk_items: list[WorkItem] = []
         bodies: list[str] = []
