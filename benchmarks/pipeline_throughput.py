@@ -43,13 +43,6 @@ def main() -> None:
             "AWS_SECRET_ACCESS_KEY": "bench",
             "AWS_DEFAULT_REGION": "us-east-1",
             "AWS_ENDPOINT_URL": endpoint,
-            "POWERTOOLS_TRACE_DISABLED": "true",
-            "POWERTOOLS_LOG_LEVEL": "WARNING",
-            "POWERTOOLS_METRICS_NAMESPACE": "batchpredict-bench",
-            "MODEL_URI": str(args.model),
-            "ALLOWED_NETWORKS": "127.0.0.0/8",
-            "CHUNK_SIZE": str(args.chunk_size),
-            "MAX_BATCH": str(args.max_batch),
         }
     )
     try:
@@ -62,16 +55,24 @@ def main() -> None:
 def run(args: argparse.Namespace, base_url: str) -> None:
     import boto3
 
-    from batchpredict.local.stack import handler_mappings, provision
+    from batchpredict.local.provision import LocalOptions, provision_from_template
+    from batchpredict.local.stack import LOCAL_QUIET, Stack
 
-    stack = provision(boto3.client("s3"), boto3.client("sqs"), boto3.client("dynamodb"), "bench")
-    os.environ.update(stack.settings())
+    s3, sqs, dynamodb = boto3.client("s3"), boto3.client("sqs"), boto3.client("dynamodb")
+    options = LocalOptions(
+        model_uri=str(args.model.resolve()),
+        prefix="bench",
+        parameters={"ChunkSize": str(args.chunk_size)},
+        environment={"MAX_BATCH": str(args.max_batch)} | LOCAL_QUIET,
+    )
+    stack = Stack(s3, sqs, dynamodb, provision_from_template(s3, sqs, dynamodb, options))
+    os.environ.update(stack.environment())
     photos = sorted(p.name for p in args.samples.iterdir() if p.suffix in {".png", ".jpg"})
     # Distinct URLs (a query string) so nothing can be cached along the way.
     lines = [f"{base_url}/{photos[i % len(photos)]}?n={i}" for i in range(args.images)]
 
     spent: dict[str, float] = defaultdict(float)
-    timed = [(name, _timed(handler, spent, name)) for name, handler in handler_mappings()]
+    timed = stack.mappings(wrap=lambda name, handler: _timed(handler, spent, name))
     # Inside predict: fetch + decode + inference (ChunkPredictor) against writes (ChunkWriter).
     from batchpredict.batch import ChunkPredictor
     from batchpredict.writer import ChunkWriter
@@ -103,7 +104,7 @@ def run(args: argparse.Namespace, base_url: str) -> None:
         print(f"  in {name:<36} {seconds:8.2f} s   {n / seconds if seconds else 0:7.1f} images/s")
     label = f"bare engine, batch {args.max_batch} (inference only)"
     print(f"  {label:<39} {n / engine_ips:8.2f} s   {engine_ips:7.1f} images/s")
-    print(f"  predict handler / bare engine: {n / spent['work'] / engine_ips:.2f}x")
+    print(f"  predict handler / bare engine: {n / spent['PredictFunction'] / engine_ips:.2f}x")
 
 
 def _timed(handler: Any, spent: dict[str, float], name: str) -> Any:

@@ -13,8 +13,9 @@ from typing import Any
 import boto3
 import pytest
 
+from batchpredict.local.provision import LocalOptions, provision_from_template
 from batchpredict.local.servers import FileServer, MotoServer
-from batchpredict.local.stack import Stack, clear_handler_caches, handler_mappings, provision
+from batchpredict.local.stack import Stack, clear_handler_caches
 
 pytestmark = pytest.mark.integration
 
@@ -41,10 +42,10 @@ def image_server(samples_dir: Path, tmp_path_factory: pytest.TempPathFactory) ->
 class PipelineStack(Stack):
     """The local stack plus the read helpers the tests share."""
 
-    samples_bucket: str
+    samples_bucket: str = ""
 
     def run(self, max_seconds: float = 120.0) -> None:
-        self.drain(handler_mappings(), max_seconds)
+        self.drain(max_seconds=max_seconds)
 
     def job_dict(self, job_id: str) -> dict[str, Any]:
         return self.job(job_id).as_dict()
@@ -87,30 +88,27 @@ def stack(
     ):
         monkeypatch.delenv(name, raising=False)
     prefix = f"t{uuid.uuid4().hex[:8]}"
-    # A short visibility timeout and two receives before the DLQ keep retry tests fast.
-    base = provision(
-        boto3.client("s3"),
-        boto3.client("sqs"),
-        boto3.client("dynamodb"),
-        prefix,
-        visibility_timeout=1,
-        max_receive_count=2,
+    s3, sqs, dynamodb = boto3.client("s3"), boto3.client("sqs"), boto3.client("dynamodb")
+    # Provisioned from the SAM template, as the local stack is. A 0.2 s function timeout gives
+    # visibility timeouts of 2-3 s by the template's rule, which keeps the redelivery tests fast.
+    options = LocalOptions(
+        model_uri=str(bundle_dir),
+        prefix=prefix,
+        max_function_timeout=0.2,
+        parameters={"ChunkSize": "4"},
+        environment={
+            "MAX_BATCH": "16",
+            "FETCH_BACKOFF_SECONDS": "0.05",
+            "FETCH_READ_TIMEOUT": "5",
+            "POWERTOOLS_METRICS_NAMESPACE": "batchpredict-test",
+        },
     )
-    stack = PipelineStack(**{f: getattr(base, f) for f in base.__dataclass_fields__})
+    stack = PipelineStack(s3, sqs, dynamodb, provision_from_template(s3, sqs, dynamodb, options))
     stack.samples_bucket = f"{prefix}-samples"
     stack.s3.create_bucket(Bucket=stack.samples_bucket)
     for photo in samples_dir.iterdir():
         stack.s3.upload_file(str(photo), stack.samples_bucket, f"photos/{photo.name}")
-    settings = stack.settings() | {
-        "MODEL_URI": str(bundle_dir),
-        "ALLOWED_NETWORKS": "127.0.0.0/8",
-        "CHUNK_SIZE": "4",
-        "MAX_BATCH": "16",
-        "FETCH_BACKOFF_SECONDS": "0.05",
-        "FETCH_READ_TIMEOUT": "5",
-        "POWERTOOLS_METRICS_NAMESPACE": "batchpredict-test",
-        "POWERTOOLS_TRACE_DISABLED": "true",
-    }
+    settings = stack.environment()
     for name, value in settings.items():
         monkeypatch.setenv(name, value)
     clear_handler_caches()

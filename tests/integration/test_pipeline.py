@@ -94,13 +94,13 @@ def test_mixed_manifest_gives_one_result_per_line(stack: Stack, image_server: st
 def test_duplicate_s3_event_makes_one_job(stack: Stack, image_server: str) -> None:
     stack.submit("dup.txt", "\n".join(f"{image_server}/{p}" for p in PHOTOS))
     # Re-send every notification S3 produced: a duplicate delivery of the same event.
-    q = stack.queues["manifest"]
-    messages = stack.sqs.receive_message(QueueUrl=q.url, MaxNumberOfMessages=10).get("Messages", [])
+    q_url, _ = stack.queue("ManifestQueue")
+    messages = stack.sqs.receive_message(QueueUrl=q_url, MaxNumberOfMessages=10).get("Messages", [])
     assert any("ObjectCreated" in m["Body"] for m in messages)
     for m in messages:
-        stack.sqs.send_message(QueueUrl=q.url, MessageBody=m["Body"])
-        stack.sqs.send_message(QueueUrl=q.url, MessageBody=m["Body"])
-        stack.sqs.delete_message(QueueUrl=q.url, ReceiptHandle=m["ReceiptHandle"])
+        stack.sqs.send_message(QueueUrl=q_url, MessageBody=m["Body"])
+        stack.sqs.send_message(QueueUrl=q_url, MessageBody=m["Body"])
+        stack.sqs.delete_message(QueueUrl=q_url, ReceiptHandle=m["ReceiptHandle"])
     stack.run()
     job_id = stack.only_job_id()
     _assert_consistent(stack, job_id, len(PHOTOS))
@@ -111,13 +111,13 @@ def test_redelivered_chunks_are_counted_once(stack: Stack, image_server: str) ->
     stack.submit(
         "twice.csv", "url,id,colour\n" + "".join(f"{image_server}/{p},{p},red\n" for p in PHOTOS * 2)
     )
-    stack.deliver("manifest", split_manifest.lambda_handler)
+    stack.deliver("ManifestQueue", split_manifest.lambda_handler)
     # Every chunk message twice, as SQS at-least-once delivery may do.
-    work = stack.queues["work"]
-    messages = stack.sqs.receive_message(QueueUrl=work.url, MaxNumberOfMessages=10).get("Messages", [])
+    work_url, _ = stack.queue("WorkQueue")
+    messages = stack.sqs.receive_message(QueueUrl=work_url, MaxNumberOfMessages=10).get("Messages", [])
     assert len(messages) == 3  # 12 lines in chunks of 4
     for m in messages:
-        stack.sqs.send_message(QueueUrl=work.url, MessageBody=m["Body"])
+        stack.sqs.send_message(QueueUrl=work_url, MessageBody=m["Body"])
     stack.run()
     job_id = stack.only_job_id()
     results = _assert_consistent(stack, job_id, 12)
@@ -139,7 +139,7 @@ def test_dead_lettered_chunk_is_reconciled(
 
     monkeypatch.setattr(ChunkWriter, "write", flaky_write)
     stack.submit("dlq.txt", "\n".join(f"{image_server}/{p}" for p in PHOTOS * 2))
-    stack.run()  # chunk 1 fails twice (maxReceiveCount 2), is redriven, and reconciled
+    stack.run()  # chunk 1 fails maxReceiveCount (5) times, is redriven to the DLQ, and reconciled
     job_id = stack.only_job_id()
     results = _assert_consistent(stack, job_id, 12)
     assert [r["error"]["code"] for r in results if r["error"]] == ["dead_lettered"] * 4
