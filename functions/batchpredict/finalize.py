@@ -23,7 +23,7 @@ from batchpredict.messages import Chunk
 from batchpredict.observability import MetricUnit, logger, metrics
 from batchpredict.records import SUCCEEDED, failed_record
 from batchpredict.results import ResultStore
-from batchpredict.writer import ChunkWriter
+from batchpredict.writer import DEFAULT_LEASE_SECONDS, ChunkWriter
 
 
 def fail_job(jobs: JobStore, results: ResultStore, job_id: str, reason: str) -> Job | None:
@@ -132,7 +132,12 @@ class Finalizer:
             )
 
 
-def reconcile_dead_letter(chunk: Chunk, writer: ChunkWriter, receive_count: int | None = None) -> bool:
+def reconcile_dead_letter(
+    chunk: Chunk,
+    writer: ChunkWriter,
+    receive_count: int | None = None,
+    lease_seconds: float = DEFAULT_LEASE_SECONDS,
+) -> bool:
     """Write a dead-lettered chunk as FAILED results, unless it was counted after all."""
     if writer.jobs.chunk_counted(chunk.job_id, chunk.chunk):
         writer.request_finalize_if_done(chunk.job_id)
@@ -146,4 +151,4 @@ def reconcile_dead_letter(chunk: Chunk, writer: ChunkWriter, receive_count: int 
         else failed_record(chunk.job_id, item, ErrorCode.DEAD_LETTERED, message)
         for item in chunk.items
     ]
-    return writer.write(chunk, records, model=None)
+    return writer.write(chunk, records, model=None, lease_seconds=lease_seconds)

@@ -26,6 +26,7 @@ TRANSACT_ATTEMPTS = 5  # a chunk's counting transaction, retried on TransactionC
 JOB_SK = "JOB"
 IMG_PREFIX = "IMG#"
 CHUNK_PREFIX = "CHUNK#"
+CLAIM_PREFIX = "CLAIM#"
 
 _serializer = TypeSerializer()
 _deserializer = TypeDeserializer()
@@ -48,6 +49,10 @@ def img_sk(index: int) -> str:
 
 def chunk_sk(chunk: int) -> str:
     return f"{CHUNK_PREFIX}{chunk:06d}"
+
+
+def claim_sk(chunk: int) -> str:
+    return f"{CLAIM_PREFIX}{chunk:06d}"
 
 
 def utc_now() -> str:
@@ -248,6 +253,28 @@ class JobStore:
         )
 
     # --- chunks and rows --------------------------------------------------------------------
+
+    def claim_chunk(self, job_id: str, chunk: int, lease_seconds: float) -> bool:
+        """Take the right to write a chunk for ``lease_seconds`` (the claimer's remaining time).
+
+        Two deliveries of one chunk at once must not both write its part and rows: the loser
+        could overwrite them after the winner counted them and finalize merged them. A claim
+        whose lease ran out (its invocation ended without counting) can be taken over.
+        """
+        now = time.time()
+        item = {"pk": job_id, "sk": claim_sk(chunk), "lease_until": now + lease_seconds} | self._expiry()
+        try:
+            self.client.put_item(
+                TableName=self.table,
+                Item=to_dynamo(item),
+                ConditionExpression="attribute_not_exists(pk) OR lease_until < :now",
+                ExpressionAttributeValues=to_dynamo({":now": now}),
+            )
+        except ClientError as exc:
+            if exc.response["Error"]["Code"] == "ConditionalCheckFailedException":
+                return False
+            raise
+        return True
 
     def chunk_counted(self, job_id: str, chunk: int) -> bool:
         item = self.client.get_item(

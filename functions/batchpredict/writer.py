@@ -11,6 +11,14 @@ from batchpredict.records import SUCCEEDED
 from batchpredict.results import ResultStore
 
 
+class ChunkBusyError(RuntimeError):
+    """Another delivery of the chunk holds its claim: this message comes back later."""
+
+
+# Without a Lambda context (tests, tools): Lambda's longest invocation.
+DEFAULT_LEASE_SECONDS = 900.0
+
+
 class ChunkWriter:
     """Part file + IMG# rows + counted marker; asks for finalize when the job is done."""
 
@@ -19,7 +27,13 @@ class ChunkWriter:
         self.results = results
         self.finalize = finalize
 
-    def write(self, chunk: Chunk, records: list[dict[str, Any]], model: str | None) -> bool:
+    def write(
+        self,
+        chunk: Chunk,
+        records: list[dict[str, Any]],
+        model: str | None,
+        lease_seconds: float = DEFAULT_LEASE_SECONDS,
+    ) -> bool:
         """Returns True if this call counted the chunk (False: counted by an earlier delivery).
 
         A chunk counted before keeps the part and rows written then: the job may already be
@@ -28,6 +42,10 @@ class ChunkWriter:
         if self.jobs.chunk_counted(chunk.job_id, chunk.chunk):
             self.request_finalize_if_done(chunk.job_id)
             return False
+        if not self.jobs.claim_chunk(chunk.job_id, chunk.chunk, lease_seconds):
+            raise ChunkBusyError(
+                f"chunk {chunk.chunk} of {chunk.job_id} is being written by another delivery"
+            )
         self.results.write_part(chunk.job_id, chunk.chunk, records)
         self.jobs.put_results(records)
         succeeded = sum(1 for r in records if r["status"] == SUCCEEDED)

@@ -132,10 +132,12 @@ def test_dead_lettered_chunk_is_reconciled(
 
     real_write = ChunkWriter.write
 
-    def flaky_write(self: ChunkWriter, chunk: Any, records: Any, model: Any) -> bool:
+    def flaky_write(
+        self: ChunkWriter, chunk: Any, records: Any, model: Any, *args: Any, **kwargs: Any
+    ) -> bool:
         if chunk.chunk == 1 and model is not None:  # predict's writes fail; reconcile's (model None) work
             raise RuntimeError("simulated DynamoDB outage for chunk 1")
-        return real_write(self, chunk, records, model)
+        return real_write(self, chunk, records, model, *args, **kwargs)
 
     monkeypatch.setattr(ChunkWriter, "write", flaky_write)
     stack.submit("dlq.txt", "\n".join(f"{image_server}/{p}" for p in PHOTOS * 2))

@@ -418,6 +418,13 @@ class FakeJobs:
     def chunk_counted(self, job_id: str, chunk: int) -> bool:
         return chunk in self.markers
 
+    def claim_chunk(self, job_id: str, chunk: int, lease_seconds: float) -> bool:
+        self.claims: set[int] = getattr(self, "claims", set())
+        if chunk in self.claims and chunk not in getattr(self, "expired_claims", set()):
+            return False
+        self.claims.add(chunk)
+        return True
+
     def put_results(self, records: list[dict[str, Any]]) -> None:
         self.rows.extend(records)
 
@@ -557,3 +564,14 @@ def test_write_reports_false_when_another_delivery_counted_first() -> None:
 
     assert writer.write(Chunk("job-1", 0, []), _rows(0, [SUCCEEDED]), MODEL) is False
     assert racing.job.chunks_done == 0
+
+
+def test_a_chunk_claimed_by_another_delivery_is_not_written() -> None:
+    # Two deliveries at once: the second must not overwrite what the first is writing.
+    from batchpredict.writer import ChunkBusyError
+
+    writer, jobs, s3, _ = _writer()
+    jobs.claims = {1}
+    with pytest.raises(ChunkBusyError, match="being written by another delivery"):
+        writer.write(Chunk("job-1", 1, []), _rows(1, [SUCCEEDED, SUCCEEDED]), MODEL)
+    assert s3.objects == {} and jobs.rows == [] and jobs.markers == set()

@@ -71,6 +71,13 @@ class FakeJobs:
     def chunk_counted(self, job_id: str, chunk: int) -> bool:
         return chunk in self.markers
 
+    def claim_chunk(self, job_id: str, chunk: int, lease_seconds: float) -> bool:
+        self.claims: set[int] = getattr(self, "claims", set())
+        if chunk in self.claims and chunk not in getattr(self, "expired_claims", set()):
+            return False
+        self.claims.add(chunk)
+        return True
+
     def put_results(self, records: list[dict[str, Any]]) -> None:
         self.rows.extend(records)
 

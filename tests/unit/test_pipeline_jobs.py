@@ -401,3 +401,27 @@ def test_count_chunk_retries_a_transaction_conflict_then_counts() -> None:
 
     assert store.count_chunk("job-1", 3, succeeded=1, failed=0, model=None) is True
     assert len(attempts) == 3 and len(sleeps) == 2 and sleeps[1] > sleeps[0] * 0.5
+
+
+def test_claim_chunk_is_exclusive_until_its_lease_ends() -> None:
+    class Claims(FakeDynamo):
+        def __init__(self) -> None:
+            super().__init__()
+            self.claim: dict[str, Any] | None = None
+
+        def put_item(self, **kwargs: Any) -> dict[str, Any]:
+            lease = float(kwargs["Item"]["lease_until"]["N"])
+            now = float(kwargs["ExpressionAttributeValues"][":now"]["N"])
+            assert kwargs["ConditionExpression"] == "attribute_not_exists(pk) OR lease_until < :now"
+            if self.claim is not None and not self.claim["lease_until"] < now:
+                raise _client_error("ConditionalCheckFailedException", "PutItem")
+            self.claim = {"lease_until": lease}
+            return {}
+
+    client = Claims()
+    store = JobStore(client, "table")
+    assert store.claim_chunk("job-1", 7, lease_seconds=60) is True
+    assert store.claim_chunk("job-1", 7, lease_seconds=60) is False  # the first delivery still writes
+    assert client.claim is not None
+    client.claim["lease_until"] = 0.0  # its invocation ended without counting
+    assert store.claim_chunk("job-1", 7, lease_seconds=60) is True

@@ -21,6 +21,7 @@ from batchpredict.records import SUCCEEDED
 from batchpredict.writer import ChunkWriter
 
 processor = BatchProcessor(event_type=EventType.SQS)
+LEASE_MARGIN_SECONDS = 5.0
 
 
 @dataclass(frozen=True)
@@ -62,7 +63,9 @@ def lambda_handler(event: dict[str, Any], context: LambdaContext) -> PartialItem
             raise ValueError(f"message {record.message_id} is not a chunk message")  # -> DLQ -> reconcile
         chunk, rows = chunks[record.message_id], records[record.message_id]
         logger.append_keys(job_id=chunk.job_id)
-        if not svc.writer.write(chunk, rows, svc.predictor.engine.model_id):
+        # The claim on the chunk lasts as long as this invocation can (plus a margin).
+        lease = context.get_remaining_time_in_millis() / 1000 + LEASE_MARGIN_SECONDS
+        if not svc.writer.write(chunk, rows, svc.predictor.engine.model_id, lease):
             metrics.add_metric(name="ChunksRedelivered", unit=MetricUnit.Count, value=1)
             return  # counted by an earlier delivery: its images are in the metrics already
         succeeded = sum(1 for r in rows if r["status"] == SUCCEEDED)
