@@ -30,6 +30,7 @@ from batchpredict.queues import Queue
 from batchpredict.records import FAILED, SUCCEEDED, WorkItem, failed_record
 from batchpredict.results import ResultStore, part_key
 from batchpredict.writer import ChunkWriter
+from tests.unit.fakes import FakeJobs
 
 MODEL = "efficientnet-lite0@1"
 Script = bytes | PredictionError
@@ -404,46 +405,6 @@ def test_chunk_predictor_calls_predictor_predict_payloads() -> None:
 
 
 # --- ChunkWriter ------------------------------------------------------------------------------
-
-
-class FakeJobs:
-    """The JobStore calls ChunkWriter makes, in memory, with the same counted-once semantics."""
-
-    def __init__(self, job: Job) -> None:
-        self.job = job
-        self.markers: set[int] = set()
-        self.rows: list[dict[str, Any]] = []
-        self.count_calls: list[tuple[int, int, int, str | None]] = []
-
-    def chunk_counted(self, job_id: str, chunk: int) -> bool:
-        return chunk in self.markers
-
-    def claim_chunk(self, job_id: str, chunk: int, lease_seconds: float) -> bool:
-        self.claims: set[int] = getattr(self, "claims", set())
-        if chunk in self.claims and chunk not in getattr(self, "expired_claims", set()):
-            return False
-        self.claims.add(chunk)
-        return True
-
-    def put_results(self, records: list[dict[str, Any]]) -> None:
-        self.rows.extend(records)
-
-    def count_chunk(self, job_id: str, chunk: int, succeeded: int, failed: int, model: str | None) -> bool:
-        self.count_calls.append((chunk, succeeded, failed, model))
-        if chunk in self.markers:
-            return False
-        self.markers.add(chunk)
-        self.job = replace(
-            self.job,
-            succeeded=self.job.succeeded + succeeded,
-            failed=self.job.failed + failed,
-            chunks_done=self.job.chunks_done + 1,
-            model=self.job.model or model,
-        )
-        return True
-
-    def get(self, job_id: str) -> Job | None:
-        return self.job if job_id == self.job.job_id else None
 
 
 class FakeS3:

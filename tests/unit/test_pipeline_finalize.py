@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import io
 import json
-from dataclasses import replace
 from typing import Any
 
 import pytest
@@ -22,6 +21,7 @@ from batchpredict.queues import Queue
 from batchpredict.records import FAILED, SUCCEEDED, WorkItem, failed_record
 from batchpredict.results import ResultStore, jsonl, part_key, results_key, summary_key
 from batchpredict.writer import ChunkWriter
+from tests.unit.fakes import FakeJobs
 
 OUT = "output-bucket"
 JOB = "job-1"
@@ -45,53 +45,6 @@ class FakeS3:
     def upload_fileobj(self, fileobj: Any, bucket: str, key: str, **kwargs: Any) -> None:
         assert bucket == OUT
         self.objects[key] = fileobj.read()
-
-
-class FakeJobs:
-    def __init__(self, job: Job) -> None:
-        self.job = job
-        self.markers: set[int] = set()
-        self.rows: list[dict[str, Any]] = []
-
-    def get(self, job_id: str) -> Job | None:
-        return self.job if job_id == self.job.job_id else None
-
-    def complete(self, job_id: str, status: JobStatus, results_uri: str) -> Job | None:
-        if self.job.status != JobStatus.RUNNING:
-            return None
-        self.job = replace(self.job, status=status, results_uri=results_uri, completed_at="now")
-        return self.job
-
-    def fail(self, job_id: str, message: str) -> Job | None:
-        if self.job.status in FINAL_STATUSES:
-            return None
-        self.job = replace(self.job, status=JobStatus.FAILED, error=message, completed_at="now")
-        return self.job
-
-    def chunk_counted(self, job_id: str, chunk: int) -> bool:
-        return chunk in self.markers
-
-    def claim_chunk(self, job_id: str, chunk: int, lease_seconds: float) -> bool:
-        self.claims: set[int] = getattr(self, "claims", set())
-        if chunk in self.claims and chunk not in getattr(self, "expired_claims", set()):
-            return False
-        self.claims.add(chunk)
-        return True
-
-    def put_results(self, records: list[dict[str, Any]]) -> None:
-        self.rows.extend(records)
-
-    def count_chunk(self, job_id: str, chunk: int, succeeded: int, failed: int, model: str | None) -> bool:
-        if chunk in self.markers:
-            return False
-        self.markers.add(chunk)
-        self.job = replace(
-            self.job,
-            succeeded=self.job.succeeded + succeeded,
-            failed=self.job.failed + failed,
-            chunks_done=self.job.chunks_done + 1,
-        )
-        return True
 
 
 def _job(total: int, chunks: int, done: int | None = None, status: JobStatus = JobStatus.RUNNING) -> Job:

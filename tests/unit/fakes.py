@@ -1,0 +1,60 @@
+"""In-memory stand-ins shared by the pipeline unit tests."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from typing import Any
+
+from batchpredict.jobs import FINAL_STATUSES, Job, JobStatus
+
+
+class FakeJobs:
+    """The JobStore calls ChunkWriter makes, in memory, with the same counted-once semantics."""
+
+    def __init__(self, job: Job) -> None:
+        self.job = job
+        self.markers: set[int] = set()
+        self.rows: list[dict[str, Any]] = []
+        self.count_calls: list[tuple[int, int, int, str | None]] = []
+        self.claims: set[int] = set()
+
+    def chunk_counted(self, job_id: str, chunk: int) -> bool:
+        return chunk in self.markers
+
+    def claim_chunk(self, job_id: str, chunk: int, lease_seconds: float) -> bool:
+        if chunk in self.claims:
+            return False
+        self.claims.add(chunk)
+        return True
+
+    def put_results(self, records: list[dict[str, Any]]) -> None:
+        self.rows.extend(records)
+
+    def count_chunk(self, job_id: str, chunk: int, succeeded: int, failed: int, model: str | None) -> bool:
+        self.count_calls.append((chunk, succeeded, failed, model))
+        if chunk in self.markers:
+            return False
+        self.markers.add(chunk)
+        self.job = replace(
+            self.job,
+            succeeded=self.job.succeeded + succeeded,
+            failed=self.job.failed + failed,
+            chunks_done=self.job.chunks_done + 1,
+            model=self.job.model or model,
+        )
+        return True
+
+    def get(self, job_id: str) -> Job | None:
+        return self.job if job_id == self.job.job_id else None
+
+    def complete(self, job_id: str, status: JobStatus, results_uri: str) -> Job | None:
+        if self.job.status != JobStatus.RUNNING:
+            return None
+        self.job = replace(self.job, status=status, results_uri=results_uri, completed_at="now")
+        return self.job
+
+    def fail(self, job_id: str, message: str) -> Job | None:
+        if self.job.status in FINAL_STATUSES:
+            return None
+        self.job = replace(self.job, status=JobStatus.FAILED, error=message, completed_at="now")
+        return self.job
