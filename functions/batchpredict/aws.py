@@ -15,4 +15,6 @@ RETRIES = Config(retries={"mode": "standard", "max_attempts": 5}, connect_timeou
 
 
 def client(service: str) -> Any:
+    """A client from a fresh session: it reads the credentials and endpoints in the environment
+    now, where boto3's default session would keep the ones it saw first."""
     return boto3.session.Session().client(service, config=RETRIES)  # type: ignore[call-overload]

@@ -46,9 +46,9 @@ def _read_source(source: str, fetcher: Fetcher) -> bytes | PredictionError:
 
 
 def _s3_client() -> object:
-    import boto3
+    from batchpredict import aws
 
-    return boto3.client("s3")
+    return aws.client("s3")
 
 
 def _print_text(source: str, outcome: Outcome) -> None:

@@ -6,6 +6,7 @@ they see on AWS (``Records[].messageId/receiptHandle/body/attributes/eventSource
 
 from __future__ import annotations
 
+import importlib
 import logging
 import time
 import uuid
@@ -123,3 +124,9 @@ def deliver_once(
             ],
         )
     return len(messages)
+
+
+def load_handler(path: str) -> Handler:
+    """``package.module.function`` -> the function."""
+    module, _, name = path.rpartition(".")
+    return getattr(importlib.import_module(module), name)  # type: ignore[no-any-return]

@@ -10,7 +10,6 @@ held come back by visibility timeout, as on AWS.
 
 from __future__ import annotations
 
-import importlib
 import json
 import logging
 import os
@@ -21,7 +20,6 @@ import threading
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
 
 log = logging.getLogger(__name__)
 
@@ -42,17 +40,12 @@ class Mapping:
     environment: dict[str, str] = field(default_factory=dict)
 
 
-def _load(handler: str) -> Any:
-    module, _, name = handler.rpartition(".")
-    return getattr(importlib.import_module(module), name)
-
-
 def serve(mapping: Mapping, stop: threading.Event) -> None:
     """A worker's loop: import the handler once, then poll and invoke until told to stop."""
     from batchpredict import aws
-    from batchpredict.local.lambda_shim import deliver_once
+    from batchpredict.local.lambda_shim import deliver_once, load_handler
 
-    handler = _load(mapping.handler)
+    handler = load_handler(mapping.handler)
     sqs = aws.client("sqs")
     parent = os.getppid()
     # A worker whose stack died (kill -9, closed terminal) stops instead of polling for ever.

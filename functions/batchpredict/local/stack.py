@@ -8,7 +8,6 @@ nothing about queues, table or mappings is defined here.
 
 from __future__ import annotations
 
-import importlib
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -16,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from batchpredict.jobs import Job, JobStore
-from batchpredict.local.lambda_shim import Handler, deliver_once
+from batchpredict.local.lambda_shim import Handler, deliver_once, load_handler
 
 
 @dataclass
@@ -105,12 +104,6 @@ class Stack:
         raise TimeoutError(f"the queues did not drain in {max_seconds:.0f}s")
 
 
-def load_handler(path: str) -> Handler:
-    """``package.module.function`` -> the function."""
-    module, _, name = path.rpartition(".")
-    return getattr(importlib.import_module(module), name)  # type: ignore[no-any-return]
-
-
 def clear_handler_caches() -> None:
     """Forget every handler's cold-start state (settings, clients, model)."""
     from batchpredict.handlers import finalize, predict, predict_api, reconcile, split_manifest
@@ -164,9 +157,7 @@ class LocalStack:
         self.plan: Any = None
 
     def start(self) -> Any:
-
-        import boto3
-
+        from batchpredict import aws
         from batchpredict.client import StackRef
         from batchpredict.local.dynamodb_local import DynamoDBLocal, DynamoDBLocalUnavailableError
         from batchpredict.local.provision import provision_from_template
@@ -192,7 +183,7 @@ class LocalStack:
             } | LOCAL_CREDENTIALS
             self._set_environment(env | {"AWS_PROFILE": None})
             self.plan = provision_from_template(
-                boto3.client("s3"), boto3.client("sqs"), boto3.client("dynamodb"), self.options
+                aws.client("s3"), aws.client("sqs"), aws.client("dynamodb"), self.options
             )
             for mapping in self.plan.mappings:
                 mapping.environment.update(env | LOCAL_QUIET)
