@@ -1,79 +1,39 @@
-"""predict logic: a batch of chunk messages -> fetched images -> one forward pass -> records.
+"""predict logic: a batch of chunk messages -> the streaming predictor -> each chunk written,
+counted and charged as soon as its last image is done.
 
-All images of all chunks in the invocation are fetched concurrently and predicted
-together (the engine splits at its max batch), then each chunk is written and counted
-on its own, so one chunk's AWS error does not cost the others their results.
+A chunk is the unit of exactly-once (claim, part, rows, count): a chunk whose images were
+not all done by the invocation's deadline, or whose write failed, is reported as a batch
+item failure and comes back; every other chunk of the batch is unaffected.
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import wait as wait_for
+from dataclasses import dataclass, field
 from typing import Any
 
-from batchpredict.errors import PredictionError
-from batchpredict.fetch import Fetcher, FetchPolicy
+from batchpredict.costs import ComputeMeter
+from batchpredict.errors import ErrorCode
 from batchpredict.messages import Chunk
-from batchpredict.model import Engine, available_cpus
-from batchpredict.predictor import Outcome, predict_payloads
+from batchpredict.observability import MetricUnit, logger, metrics
+from batchpredict.pipeline import ImageResult, StreamingPredictor
 from batchpredict.records import SUCCEEDED, WorkItem, base_record, failed_record
+from batchpredict.writer import ChunkWriter
+
+# A claim outlives its writer's invocation by this much, so it never lapses mid-write.
+LEASE_MARGIN_SECONDS = 5.0
+WRITER_THREADS = 4  # chunks written at once: S3 and DynamoDB calls, not CPU
 
 
-@dataclass(frozen=True)
-class Fetched:
-    payload: bytes | PredictionError
-    fetch_ms: float
-
-
-class ImageFetcher:
-    """Fetch many URLs concurrently; transient failures get bounded retry rounds."""
-
-    def __init__(
-        self, fetcher: Fetcher, policy: FetchPolicy, sleep: Callable[[float], None] = time.sleep
-    ) -> None:
-        self.fetcher = fetcher
-        self.policy = policy
-        self._sleep = sleep
-        self.pool = ThreadPoolExecutor(max_workers=policy.concurrency, thread_name_prefix="fetch")
-
-    def _one(self, url: str) -> Fetched:
-        started = time.perf_counter()
-        try:
-            payload: bytes | PredictionError = self.fetcher.fetch(url).data
-        except PredictionError as exc:
-            payload = exc
-        return Fetched(payload, (time.perf_counter() - started) * 1000)
-
-    def fetch_all(self, urls: Sequence[str]) -> list[Fetched]:
-        results: list[Fetched | None] = [None] * len(urls)
-        todo = list(range(len(urls)))
-        for attempt in range(self.policy.attempts):
-            if attempt:
-                self._sleep(self.policy.backoff_seconds * 2 ** (attempt - 1))
-            for i, fetched in zip(todo, self.pool.map(self._one, [urls[i] for i in todo]), strict=True):
-                previous = results[i]
-                spent = previous.fetch_ms if previous else 0.0
-                results[i] = Fetched(fetched.payload, spent + fetched.fetch_ms)
-            todo = [i for i in todo if _transient(results[i])]
-            if not todo:
-                break
-        return [r for r in results if r is not None]
-
-    def close(self) -> None:
-        self.pool.shutdown(wait=False, cancel_futures=True)
-        self.fetcher.close()
-
-
-def _transient(fetched: Fetched | None) -> bool:
-    return fetched is not None and isinstance(fetched.payload, PredictionError) and fetched.payload.transient
-
-
-def outcome_record(
-    job_id: str, item: WorkItem, outcome: Outcome, model: str, fetch_ms: float
-) -> dict[str, Any]:
-    """The record of an image that went through fetch + predict (successfully or not)."""
+def image_record(job_id: str | None, result: ImageResult, model: str) -> dict[str, Any]:
+    """The result record of one line: failed at split time, or through fetch, decode, predict."""
+    item, outcome = result.item, result.outcome
+    if item.error is not None or not item.url:  # no fetch, no model
+        error = item.error or {"code": ErrorCode.INVALID_MANIFEST_LINE.value, "message": "no url"}
+        return failed_record(job_id, item, error["code"], error["message"])
     if outcome.error is not None:
         record = failed_record(job_id, item, outcome.error.code, outcome.error.message, model)
     else:
@@ -88,49 +48,125 @@ def outcome_record(
             "bytes": outcome.image.bytes,
         }
     record["timing_ms"] = {
-        "fetch": round(fetch_ms, 2),
+        "fetch": round(result.fetch_ms, 2),
         "preprocess": round(outcome.preprocess_ms, 2),
         "inference": round(outcome.inference_ms, 2),
     }
     return record
 
 
-class ChunkPredictor:
-    """Records for every item of every chunk, from one batched inference."""
+class ChunkUnfinishedError(RuntimeError):
+    """The invocation ran out of time before every image of the chunk was done."""
+
+
+@dataclass
+class ChunkOutcome:
+    """What became of one message: counted, counted before (``counted`` False), or an error."""
+
+    chunk: Chunk | None
+    records: list[dict[str, Any]] = field(default_factory=list)
+    counted: bool = False
+    error: BaseException | None = None
+
+    def raise_for_failure(self) -> None:
+        if self.error is not None:
+            raise self.error
+
+
+class ChunkBatch:
+    """One invocation's chunks through the stream; each chunk written the moment it is done."""
 
     def __init__(
-        self, engine: Engine, images: ImageFetcher, top_k: int, max_pixels: int | None = None
+        self,
+        predictor: StreamingPredictor,
+        writer: ChunkWriter,
+        *,
+        memory_mb: int,
+        write_reserve_seconds: float,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        self.engine = engine
-        self.images = images
-        self.top_k = top_k
-        self.max_pixels = max_pixels
-        # One decoder per CPU: more would only hold more decoded images in memory at once.
-        self._decoders = ThreadPoolExecutor(max_workers=available_cpus(), thread_name_prefix="decode")
+        self.predictor = predictor
+        self.writer = writer
+        self.memory_mb = memory_mb
+        self.write_reserve_seconds = write_reserve_seconds
+        self._clock = clock
+        self._writes = ThreadPoolExecutor(WRITER_THREADS, thread_name_prefix="write")
 
-    def records(self, chunks: Sequence[Chunk]) -> list[list[dict[str, Any]]]:
-        model = self.engine.model_id
-        todo: list[tuple[int, WorkItem]] = [
-            (c, item)
-            for c, chunk in enumerate(chunks)
-            for item in chunk.items
-            if item.error is None and item.url
-        ]
-        fetched = self.images.fetch_all([item.url or "" for _, item in todo])
-        outcomes = predict_payloads(
-            self.engine, [f.payload for f in fetched], self.top_k, self.max_pixels, pool=self._decoders
-        )
-        done: dict[tuple[int, int], dict[str, Any]] = {}
-        for (c, item), fetch, outcome in zip(todo, fetched, outcomes, strict=True):
-            done[(c, item.index)] = outcome_record(chunks[c].job_id, item, outcome, model, fetch.fetch_ms)
-        out: list[list[dict[str, Any]]] = []
-        for c, chunk in enumerate(chunks):
-            rows = []
-            for item in chunk.items:
-                record = done.get((c, item.index))
-                if record is None:  # failed at split time: no fetch, no model
-                    error = item.error or {"code": "invalid_manifest_line", "message": "no url"}
-                    record = failed_record(chunk.job_id, item, error["code"], error["message"])
-                rows.append(record)
-            out.append(rows)
-        return out
+    def run(
+        self, messages: Sequence[tuple[str, str]], remaining: Callable[[], float]
+    ) -> dict[str, ChunkOutcome]:
+        """``messages``: (message id, body); ``remaining``: seconds the invocation has left."""
+        meter = ComputeMeter(self.memory_mb, self._clock)
+        deadline = self._clock() + remaining() - self.write_reserve_seconds
+        outcomes: dict[str, ChunkOutcome] = {}
+        chunks: list[tuple[str, Chunk]] = []
+        for message_id, body in messages:
+            try:
+                chunks.append((message_id, Chunk.parse(body)))
+            except (KeyError, ValueError, TypeError) as exc:
+                # -> DLQ -> reconcile, which reports what it cannot parse
+                logger.exception("malformed chunk message", extra={"message_id": message_id})
+                outcomes[message_id] = ChunkOutcome(None, error=ValueError(f"not a chunk message: {exc}"))
+        writes: dict[str, Future[bool]] = {}
+
+        def write(group: int, results: list[ImageResult]) -> None:
+            message_id, chunk = chunks[group]
+            records = [image_record(chunk.job_id, r, self.predictor.model_id) for r in results]
+            outcomes[message_id] = ChunkOutcome(chunk, records)
+            writes[message_id] = self._writes.submit(self._write, chunk, records, remaining, meter)
+
+        unfinished = self.predictor.run([chunk.items for _, chunk in chunks], deadline, write)
+        for group in unfinished:
+            message_id, chunk = chunks[group]
+            error = ChunkUnfinishedError(f"chunk {chunk.chunk} of {chunk.job_id} not done in time")
+            outcomes[message_id] = ChunkOutcome(chunk, error=error)
+        wait_for(writes.values(), timeout=max(remaining() - 1.0, 0.1))
+        for message_id, future in writes.items():
+            outcome = outcomes[message_id]
+            if not future.done():
+                outcome.error = TimeoutError("the chunk's write did not finish before the invocation ends")
+            elif future.exception() is not None:
+                outcome.error = future.exception()
+                logger.error("chunk write failed", extra={"message_id": message_id}, exc_info=outcome.error)
+            else:
+                outcome.counted = future.result()
+        return outcomes
+
+    def _write(
+        self, chunk: Chunk, records: list[dict[str, Any]], remaining: Callable[[], float], meter: ComputeMeter
+    ) -> bool:
+        # The claim on the chunk lasts as long as this invocation can (plus a margin).
+        lease = remaining() + LEASE_MARGIN_SECONDS
+        return self.writer.write(chunk, records, self.predictor.model_id, lease, meter)
+
+
+def predict_urls(predictor: StreamingPredictor, urls: Sequence[str], deadline: float) -> list[dict[str, Any]]:
+    """predict_api's path: the same stream for a few URLs; records without a job, in order.
+
+    Each URL is a group of its own, so an image done before the deadline keeps its result
+    and one that is not fails alone, as ``fetch_timeout``.
+    """
+    items = [WorkItem(index=i, url=url) for i, url in enumerate(urls)]
+    done: dict[int, ImageResult] = {}
+    predictor.run([[item] for item in items], deadline, lambda g, results: done.update({g: results[0]}))
+    return [
+        image_record(None, done[i], predictor.model_id)
+        if i in done
+        else failed_record(None, item, ErrorCode.FETCH_TIMEOUT, "not done before the request's deadline")
+        for i, item in enumerate(items)
+    ]
+
+
+def publish_metrics(outcomes: dict[str, ChunkOutcome]) -> None:
+    for outcome in outcomes.values():
+        if outcome.error is not None:
+            if isinstance(outcome.error, ChunkUnfinishedError):
+                metrics.add_metric(name="ChunksUnfinished", unit=MetricUnit.Count, value=1)
+            continue
+        if not outcome.counted:
+            # Counted by an earlier delivery: its images are in the metrics already.
+            metrics.add_metric(name="ChunksRedelivered", unit=MetricUnit.Count, value=1)
+            continue
+        succeeded = sum(1 for r in outcome.records if r["status"] == SUCCEEDED)
+        metrics.add_metric(name="ImagesSucceeded", unit=MetricUnit.Count, value=succeeded)
+        metrics.add_metric(name="ImagesFailed", unit=MetricUnit.Count, value=len(outcome.records) - succeeded)

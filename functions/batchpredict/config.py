@@ -148,30 +148,84 @@ def split_config(env: Mapping[str, str]) -> SplitConfig:
 
 
 @dataclass(frozen=True)
+class StreamSettings:
+    """How the streaming predictor batches and bounds its work (see pipeline.py).
+
+    ``bucket``: a forward pass runs once this many decoded images are ready.
+    ``linger_seconds``: with fetches still out and no decode running, how long the oldest
+    ready image waits for company before a smaller pass runs.
+    ``decode_seconds``: the time budget of one decode. ``decoders``: None = one per CPU.
+    """
+
+    bucket: int = 16
+    linger_seconds: float = 0.05
+    decode_seconds: float = 10.0
+    decoders: int | None = None
+    max_pixels: int = DEFAULT_MAX_PIXELS
+
+
+def stream_settings(env: Mapping[str, str]) -> StreamSettings:
+    defaults = StreamSettings()
+    return StreamSettings(
+        bucket=setting(env, "INFERENCE_BUCKET", positive_int, defaults.bucket),
+        linger_seconds=setting(env, "INFERENCE_LINGER_SECONDS", positive_float, defaults.linger_seconds),
+        decode_seconds=setting(env, "DECODE_TIMEOUT", positive_float, defaults.decode_seconds),
+        decoders=setting(env, "DECODERS", positive_int, None),
+        max_pixels=setting(env, "MAX_IMAGE_PIXELS", positive_int, DEFAULT_MAX_PIXELS),
+    )
+
+
+def fetch_policy(
+    env: Mapping[str, str], concurrency: int | None = None, attempts: int | None = None
+) -> FetchPolicy:
+    defaults = FetchPolicy()
+    return FetchPolicy(
+        concurrency=concurrency or setting(env, "FETCH_CONCURRENCY", positive_int, defaults.concurrency),
+        attempts=attempts or setting(env, "FETCH_ATTEMPTS", positive_int, defaults.attempts),
+        backoff_seconds=setting(env, "FETCH_BACKOFF_SECONDS", positive_float, defaults.backoff_seconds),
+    )
+
+
+@dataclass(frozen=True)
+class PredictorConfig:
+    """Everything the streaming predictor needs: shared by predict and predict_api."""
+
+    engine: EngineConfig
+    fetch: FetchLimits
+    policy: FetchPolicy
+    stream: StreamSettings
+    # The function's memory (Lambda sets AWS_LAMBDA_FUNCTION_MEMORY_SIZE; the local runner too).
+    # None elsewhere: the decode budget then follows the machine's memory, and no GB-s are charged.
+    memory_mb: int | None
+
+
+def predictor_config(env: Mapping[str, str], policy: FetchPolicy) -> PredictorConfig:
+    return PredictorConfig(
+        engine=engine_config(env),
+        fetch=fetch_limits(env),
+        policy=policy,
+        stream=stream_settings(env),
+        memory_mb=setting(env, "AWS_LAMBDA_FUNCTION_MEMORY_SIZE", positive_int, None),
+    )
+
+
+@dataclass(frozen=True)
 class PredictConfig:
     tables: Tables
     output_bucket: str
     finalize_queue_url: str
-    engine: EngineConfig
-    fetch: FetchLimits
-    policy: FetchPolicy
-    max_image_pixels: int
+    predictor: PredictorConfig
+    # Kept back from the invocation's time for the last chunks' writes.
+    write_reserve_seconds: float
 
 
 def predict_config(env: Mapping[str, str]) -> PredictConfig:
-    defaults = FetchPolicy()
     return PredictConfig(
         tables=_tables(env),
         output_bucket=setting(env, "OUTPUT_BUCKET", str, help_text="the bucket results are written to"),
         finalize_queue_url=setting(env, "FINALIZE_QUEUE_URL", str),
-        engine=engine_config(env),
-        fetch=fetch_limits(env),
-        policy=FetchPolicy(
-            concurrency=setting(env, "FETCH_CONCURRENCY", positive_int, defaults.concurrency),
-            attempts=setting(env, "FETCH_ATTEMPTS", positive_int, defaults.attempts),
-            backoff_seconds=setting(env, "FETCH_BACKOFF_SECONDS", positive_float, defaults.backoff_seconds),
-        ),
-        max_image_pixels=setting(env, "MAX_IMAGE_PIXELS", positive_int, DEFAULT_MAX_PIXELS),
+        predictor=predictor_config(env, fetch_policy(env)),
+        write_reserve_seconds=setting(env, "WRITE_RESERVE_SECONDS", positive_float, 10.0),
     )
 
 
@@ -192,16 +246,17 @@ def finalize_config(env: Mapping[str, str]) -> FinalizeConfig:
 
 @dataclass(frozen=True)
 class ApiConfig:
-    engine: EngineConfig
-    fetch: FetchLimits
+    predictor: PredictorConfig
     max_urls: int
-    max_image_pixels: int
+    # Kept back from the request's time to shape and send the response.
+    reply_reserve_seconds: float
 
 
 def api_config(env: Mapping[str, str]) -> ApiConfig:
+    max_urls = setting(env, "API_MAX_URLS", positive_int, 8)
+    # One attempt: a caller waiting on HTTP would rather retry itself than wait for our backoff.
     return ApiConfig(
-        engine=engine_config(env),
-        fetch=fetch_limits(env),
-        max_urls=setting(env, "API_MAX_URLS", positive_int, 8),
-        max_image_pixels=setting(env, "MAX_IMAGE_PIXELS", positive_int, DEFAULT_MAX_PIXELS),
+        predictor=predictor_config(env, fetch_policy(env, concurrency=max_urls, attempts=1)),
+        max_urls=max_urls,
+        reply_reserve_seconds=setting(env, "REPLY_RESERVE_SECONDS", positive_float, 2.0),
     )

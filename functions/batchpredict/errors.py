@@ -22,6 +22,11 @@ class ErrorCode(StrEnum):
     S3_ACCESS_DENIED = "s3_access_denied"
     FILE_NOT_FOUND = "file_not_found"
     DEAD_LETTERED = "dead_lettered"
+    INVALID_URL = "invalid_url"
+    INVALID_REDIRECT = "invalid_redirect"
+    DECODE_TIMEOUT = "decode_timeout"
+    IMAGE_TOO_COMPLEX = "image_too_complex"
+    INTERNAL_ERROR = "internal_error"
 
 
 # Worth another attempt: the same request may succeed later.

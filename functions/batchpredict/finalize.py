@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
+from batchpredict.costs import compute_summary
 from batchpredict.errors import ErrorCode
 from batchpredict.jobs import FINAL_STATUSES, Job, JobStatus, JobStore, utc_now
 from batchpredict.messages import Chunk
@@ -100,6 +101,7 @@ class Finalizer:
             "images_per_second": round(tally.lines / seconds, 2) if seconds else None,
             "results_uri": results_uri,
             "chunks": job.chunks_total,
+            "compute": compute_summary(tally.lines, job.chunks_total, job.usage),
         }
         self.results.write_summary(job_id, summary)
         final = self.jobs.complete(job_id, status, results_uri)

@@ -11,7 +11,7 @@ import json
 import random
 import time
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from decimal import Decimal
 from enum import StrEnum
@@ -19,6 +19,8 @@ from typing import Any
 
 from boto3.dynamodb.types import TypeDeserializer, TypeSerializer
 from botocore.exceptions import ClientError
+
+from batchpredict.costs import TRANSACTION_WRITE_FACTOR, ChunkUsage, write_units
 
 BATCH_WRITE_LIMIT = 25  # items per BatchWriteItem call (AWS limit)
 BATCH_WRITE_ATTEMPTS = 8  # UnprocessedItems re-sent with exponential backoff, then raised
@@ -98,6 +100,20 @@ class Job:
     error: str | None = None
     split_message_id: str | None = None
     position: dict[str, Any] = field(default_factory=dict)
+    # What predict measured (costs.ChunkUsage, summed over the counted chunks).
+    compute_ms: int = 0
+    compute_mb_ms: int = 0
+    invocations: int = 0
+    write_units: int = 0
+
+    @property
+    def usage(self) -> dict[str, int]:
+        return {
+            "compute_ms": self.compute_ms,
+            "compute_mb_ms": self.compute_mb_ms,
+            "invocations": self.invocations,
+            "write_units": self.write_units,
+        }
 
     @property
     def all_chunks_done(self) -> bool:
@@ -285,8 +301,17 @@ class JobStore:
         ).get("Item")
         return item is not None
 
-    def count_chunk(self, job_id: str, chunk: int, succeeded: int, failed: int, model: str | None) -> bool:
-        """Marker + counters in one transaction. False if this chunk was counted before."""
+    def count_chunk(
+        self,
+        job_id: str,
+        chunk: int,
+        succeeded: int,
+        failed: int,
+        model: str | None,
+        usage: ChunkUsage | None = None,
+    ) -> bool:
+        """Marker + counters (and what the chunk cost) in one transaction. False if this chunk
+        was counted before."""
         marker = {
             "pk": job_id,
             "sk": chunk_sk(chunk),
@@ -294,8 +319,15 @@ class JobStore:
             "failed": failed,
             "counted_at": self._clock(),
         } | self._expiry()
-        values: dict[str, Any] = {":s": succeeded, ":f": failed, ":one": 1, ":now": self._clock()}
-        expression = "ADD succeeded :s, failed :f, chunks_done :one SET updated_at = :now"
+        counters = {"succeeded": succeeded, "failed": failed, "chunks_done": 1}
+        if usage is not None:
+            # The transaction's own writes: two items, each billed twice.
+            spent = replace(usage, write_units=usage.write_units + 2 * TRANSACTION_WRITE_FACTOR)
+            counters |= {name: value for name, value in spent.as_counters().items() if value}
+        values: dict[str, Any] = {f":{name}": value for name, value in counters.items()}
+        adds = ", ".join(f"{name} :{name}" for name in counters)
+        expression = f"ADD {adds} SET updated_at = :now"
+        values[":now"] = self._clock()
         if model:
             values[":m"] = model
             expression += ", model = if_not_exists(model, :m)"
@@ -342,17 +374,23 @@ class JobStore:
             raise
         return True
 
-    def put_results(self, records: Iterable[dict[str, Any]]) -> None:
-        """IMG# rows, 25 per BatchWriteItem; UnprocessedItems re-sent with backoff, then raised."""
+    def put_results(self, records: Iterable[dict[str, Any]]) -> int:
+        """IMG# rows, 25 per BatchWriteItem; UnprocessedItems re-sent with backoff, then raised.
+
+        Returns the write units the rows cost (one per started KiB of each item, sized as JSON).
+        """
         batch: list[dict[str, Any]] = []
+        units = 0
         for record in records:
             row = {"pk": record["job_id"], "sk": img_sk(record["index"])} | record | self._expiry()
+            units += write_units(len(json.dumps(row)))
             batch.append({"PutRequest": {"Item": to_dynamo(row)}})
             if len(batch) == BATCH_WRITE_LIMIT:
                 self._batch_write(batch)
                 batch = []
         if batch:
             self._batch_write(batch)
+        return units
 
     def _batch_write(self, requests: list[dict[str, Any]]) -> None:
         pending = requests

@@ -43,7 +43,8 @@ class WorkItem:
         )
 
 
-def base_record(job_id: str, item: WorkItem, model: str | None) -> dict[str, Any]:
+def base_record(job_id: str | None, item: WorkItem, model: str | None) -> dict[str, Any]:
+    """The record's fields in their JSONL order; ``job_id`` None (predict_api) leaves it out."""
     record: dict[str, Any] = {
         "job_id": job_id,
         "index": item.index,
@@ -56,12 +57,14 @@ def base_record(job_id: str, item: WorkItem, model: str | None) -> dict[str, Any
         "image": None,
         "timing_ms": {"fetch": 0.0, "preprocess": 0.0, "inference": 0.0},
     }
+    if job_id is None:
+        del record["job_id"]
     if item.metadata is not None:
         record["metadata"] = item.metadata
     return record
 
 
 def failed_record(
-    job_id: str, item: WorkItem, code: ErrorCode | str, message: str, model: str | None = None
+    job_id: str | None, item: WorkItem, code: ErrorCode | str, message: str, model: str | None = None
 ) -> dict[str, Any]:
     return base_record(job_id, item, model) | {"error": {"code": str(code), "message": message}}

@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from batchpredict import aws
-from batchpredict.config import EngineConfig, Tables
+from batchpredict.config import ApiConfig, EngineConfig, PredictConfig, PredictorConfig, Tables
 from batchpredict.fetch import Fetcher, FetchLimits
 from batchpredict.jobs import JobStore
 from batchpredict.queues import Queue
@@ -17,7 +17,9 @@ from batchpredict.results import ResultStore
 from batchpredict.writer import ChunkWriter
 
 if TYPE_CHECKING:
+    from batchpredict.batch import ChunkBatch
     from batchpredict.model import Engine
+    from batchpredict.pipeline import StreamingPredictor
 
 
 def s3_client() -> Any:
@@ -52,3 +54,31 @@ def queue(url: str) -> Queue:
 
 def chunk_writer(tables: Tables, output_bucket: str, finalize_queue_url: str) -> ChunkWriter:
     return ChunkWriter(job_store(tables), result_store(output_bucket), queue(finalize_queue_url))
+
+
+def streaming_predictor(config: PredictorConfig) -> StreamingPredictor:
+    """The model, the guarded fetcher and the decoders' memory budget, once per process."""
+    from batchpredict.budget import MemoryBudget, decode_budget_bytes, machine_memory_mb, resident_bytes
+    from batchpredict.fetching import ImageFetcher
+    from batchpredict.pipeline import StreamingPredictor
+
+    model = engine(config.engine)
+    images = ImageFetcher(fetcher(config.fetch), config.policy, config.fetch.total_timeout)
+    # Measured after the model is loaded and bound: what is left is the decoders'.
+    budget = decode_budget_bytes(config.memory_mb or machine_memory_mb(), resident_bytes())
+    return StreamingPredictor(model, images, config.stream, config.engine.top_k, MemoryBudget(budget))
+
+
+def chunk_batch(config: PredictConfig) -> ChunkBatch:
+    from batchpredict.batch import ChunkBatch
+
+    return ChunkBatch(
+        streaming_predictor(config.predictor),
+        chunk_writer(config.tables, config.output_bucket, config.finalize_queue_url),
+        memory_mb=config.predictor.memory_mb or 0,
+        write_reserve_seconds=config.write_reserve_seconds,
+    )
+
+
+def url_predictor(config: ApiConfig) -> StreamingPredictor:
+    return streaming_predictor(config.predictor)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from batchpredict.costs import ComputeMeter, write_units
 from batchpredict.jobs import FINAL_STATUSES, JobStore
 from batchpredict.messages import Chunk, finalize_body
 from batchpredict.queues import Queue
@@ -33,6 +34,7 @@ class ChunkWriter:
         records: list[dict[str, Any]],
         model: str | None,
         lease_seconds: float = DEFAULT_LEASE_SECONDS,
+        meter: ComputeMeter | None = None,
     ) -> bool:
         """Returns True if this call counted the chunk (False: counted by an earlier delivery).
 
@@ -47,9 +49,14 @@ class ChunkWriter:
                 f"chunk {chunk.chunk} of {chunk.job_id} is being written by another delivery"
             )
         self.results.write_part(chunk.job_id, chunk.chunk, records)
-        self.jobs.put_results(records)
+        units = self.jobs.put_results(records) + write_units(0)  # + the claim
         succeeded = sum(1 for r in records if r["status"] == SUCCEEDED)
-        counted = self.jobs.count_chunk(chunk.job_id, chunk.chunk, succeeded, len(records) - succeeded, model)
+        usage = meter.take(units) if meter else None
+        counted = self.jobs.count_chunk(
+            chunk.job_id, chunk.chunk, succeeded, len(records) - succeeded, model, usage
+        )
+        if meter is not None and usage is not None and not counted:
+            meter.refund(usage)
         self.request_finalize_if_done(chunk.job_id)
         return counted
 

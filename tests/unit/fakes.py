@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import replace
 from typing import Any
 
+from batchpredict.costs import ChunkUsage
 from batchpredict.jobs import FINAL_STATUSES, Job, JobStatus
 
 
@@ -17,6 +18,7 @@ class FakeJobs:
         self.rows: list[dict[str, Any]] = []
         self.count_calls: list[tuple[int, int, int, str | None]] = []
         self.claims: set[int] = set()
+        self.usages: list[ChunkUsage | None] = []
 
     def chunk_counted(self, job_id: str, chunk: int) -> bool:
         return chunk in self.markers
@@ -27,11 +29,21 @@ class FakeJobs:
         self.claims.add(chunk)
         return True
 
-    def put_results(self, records: list[dict[str, Any]]) -> None:
+    def put_results(self, records: list[dict[str, Any]]) -> int:
         self.rows.extend(records)
+        return len(records)  # a write unit a row
 
-    def count_chunk(self, job_id: str, chunk: int, succeeded: int, failed: int, model: str | None) -> bool:
+    def count_chunk(
+        self,
+        job_id: str,
+        chunk: int,
+        succeeded: int,
+        failed: int,
+        model: str | None,
+        usage: ChunkUsage | None = None,
+    ) -> bool:
         self.count_calls.append((chunk, succeeded, failed, model))
+        self.usages.append(usage)
         if chunk in self.markers:
             return False
         self.markers.add(chunk)

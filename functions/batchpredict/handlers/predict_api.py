@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from dataclasses import dataclass
 from functools import cache
 from typing import Any
@@ -18,32 +19,27 @@ from aws_lambda_powertools.event_handler import APIGatewayHttpResolver, CORSConf
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from batchpredict import wiring
-from batchpredict.batch import ChunkPredictor, ImageFetcher
+from batchpredict.batch import predict_urls
 from batchpredict.config import api_config
-from batchpredict.fetch import FetchPolicy
 from batchpredict.manifest import check_url
-from batchpredict.messages import Chunk
 from batchpredict.observability import logger, metrics, tracer
-from batchpredict.records import SUCCEEDED, WorkItem
+from batchpredict.pipeline import StreamingPredictor
+from batchpredict.records import SUCCEEDED
 
 app = APIGatewayHttpResolver(cors=CORSConfig(allow_origin="*"))
 
 
 @dataclass(frozen=True)
 class Service:
-    predictor: ChunkPredictor
+    predictor: StreamingPredictor
     max_urls: int
+    reply_reserve_seconds: float
 
 
 @cache
 def service() -> Service:
     config = api_config(os.environ)
-    # One attempt: a caller waiting on HTTP would rather retry itself than wait for our backoff.
-    images = ImageFetcher(wiring.fetcher(config.fetch), FetchPolicy(concurrency=config.max_urls, attempts=1))
-    predictor = ChunkPredictor(
-        wiring.engine(config.engine), images, config.engine.top_k, config.max_image_pixels
-    )
-    return Service(predictor, config.max_urls)
+    return Service(wiring.url_predictor(config), config.max_urls, config.reply_reserve_seconds)
 
 
 def _json(status: int, body: dict[str, Any]) -> Response[str]:
@@ -66,12 +62,9 @@ def _predict(urls: list[str], single: bool) -> Response[str]:
         problem = check_url(url)
         if problem is not None:
             return _bad_request(problem[0].value, problem[1])
-    # The batch path's predictor, on one pseudo-chunk: same fetch guard, engine and records.
-    records = svc.predictor.records(
-        [Chunk("", 0, [WorkItem(index=i, url=url) for i, url in enumerate(urls)])]
-    )[0]
-    for record in records:
-        record.pop("job_id")
+    # The batch path's stream: same fetch guard, decoders, engine and records.
+    remaining = app.lambda_context.get_remaining_time_in_millis() / 1000
+    records = predict_urls(svc.predictor, urls, time.monotonic() + remaining - svc.reply_reserve_seconds)
     if single:
         return _json(200 if records[0]["status"] == SUCCEEDED else 422, records[0])
     return _json(200, {"results": records})

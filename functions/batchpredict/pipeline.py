@@ -1,0 +1,303 @@
+"""The streaming predict engine: fetch, decode and infer overlap inside one invocation.
+
+* every URL is fetched concurrently (``ImageFetcher``: retries inside the image's deadline);
+* each payload is decoded as soon as it arrives, by a pool of decoders admitted by a
+  memory budget (``budget.MemoryBudget``), under a decode time budget;
+* the engine (this thread) runs a forward pass whenever a bucket of decoded images is
+  ready, or when nothing that could fill the bucket is still decoding;
+* a group (a chunk) is handed on as soon as its last image is done, while later images
+  are still in flight.
+
+One URL or payload can only fail its own result: whatever a fetch or decode raises
+becomes that image's error. Work not done by the run's deadline is left out (its group
+is reported unfinished, for redelivery), never written as a failure it did not earn.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import numpy as np
+
+from batchpredict import images
+from batchpredict.budget import MemoryBudget
+from batchpredict.config import StreamSettings
+from batchpredict.errors import ErrorCode, PredictionError
+from batchpredict.fetching import FetchResult, ImageFetcher
+from batchpredict.images import DecodedImage, Preprocess
+from batchpredict.model import Engine, available_cpus
+from batchpredict.observability import logger
+from batchpredict.predictor import Outcome
+from batchpredict.records import WorkItem
+
+Clock = Callable[[], float]
+
+
+@dataclass
+class ImageResult:
+    """One image of a group, done: its outcome (predictions or error) and fetch time."""
+
+    item: WorkItem
+    outcome: Outcome
+    fetch_ms: float = 0.0
+
+
+GroupDone = Callable[[int, list[ImageResult]], None]
+
+
+class Decoder(Protocol):
+    def memory_bytes(self, payload: bytes) -> int:
+        """The peak memory decoding ``payload`` will take, from its header alone."""
+        ...
+
+    def decode(self, payload: bytes, deadline: float) -> DecodedImage:
+        """The model's input tensor; PredictionError for a payload that cannot be one."""
+        ...
+
+
+@dataclass(frozen=True)
+class ImageDecoder:
+    """The production decode path (images.py) for one model's preprocessing."""
+
+    preprocess: Preprocess
+    max_pixels: int
+
+    def memory_bytes(self, payload: bytes) -> int:
+        return images.decode_memory_bytes(payload, self.max_pixels)
+
+    def decode(self, payload: bytes, deadline: float) -> DecodedImage:
+        return images.decode_image(payload, self.preprocess, self.max_pixels, deadline=deadline)
+
+
+@dataclass
+class _Ready:
+    group: int
+    position: int
+    outcome: Outcome
+    fetch_ms: float
+    since: float
+
+
+@dataclass
+class _Run:
+    """The state of one ``run``: shared by the fetch and decode threads and the engine loop."""
+
+    deadline: float
+    results: list[list[ImageResult | None]]
+    pending: list[int]
+    cond: threading.Condition = field(default_factory=threading.Condition)
+    ready: deque[_Ready] = field(default_factory=deque)
+    completed: deque[int] = field(default_factory=deque)
+    fetching: int = 0
+    decoding: int = 0
+    closed: bool = False  # past the deadline: late work is dropped, not recorded
+
+    def finish(self, group: int, position: int, result: ImageResult) -> None:
+        with self.cond:
+            if self.closed or self.results[group][position] is not None:
+                return
+            self.results[group][position] = result
+            self.pending[group] -= 1
+            if self.pending[group] == 0:
+                self.completed.append(group)
+            self.cond.notify()
+
+
+class StreamingPredictor:
+    """Runs groups of work items through fetch -> decode -> inference, streaming.
+
+    Pools are built once per process and shared by every run; a run's tasks all end by
+    its deadline (fetches and decodes are bounded by it), so a later run never waits on them.
+    """
+
+    def __init__(
+        self,
+        engine: Engine,
+        fetcher: ImageFetcher,
+        settings: StreamSettings,
+        top_k: int,
+        memory: MemoryBudget,
+        *,
+        decoder: Decoder | None = None,
+        clock: Clock = time.monotonic,
+    ) -> None:
+        if not 1 <= settings.bucket <= engine.max_batch:
+            raise ValueError(f"bucket must be between 1 and the engine's max batch {engine.max_batch}")
+        self.engine = engine
+        self.fetcher = fetcher
+        self.settings = settings
+        self.top_k = top_k
+        self.memory = memory
+        self.decoder = decoder or ImageDecoder(engine.spec.preprocess, settings.max_pixels)
+        self._clock = clock
+        self._fetchers = ThreadPoolExecutor(fetcher.policy.concurrency, thread_name_prefix="fetch")
+        self._decoders = ThreadPoolExecutor(
+            settings.decoders or available_cpus(), thread_name_prefix="decode"
+        )
+
+    @property
+    def model_id(self) -> str:
+        return self.engine.model_id
+
+    def run(self, groups: Sequence[Sequence[WorkItem]], deadline: float, on_done: GroupDone) -> set[int]:
+        """Predict every item; ``on_done(group, results)`` as each group completes (on this
+        thread). Items with an error (failed at split time) or no URL are done at once.
+
+        Returns the groups not completed by ``deadline``.
+        """
+        run = _Run(
+            deadline=deadline,
+            results=[[None] * len(items) for items in groups],
+            pending=[len(items) for items in groups],
+        )
+        for g, items in enumerate(groups):
+            if not items:
+                run.completed.append(g)
+            for p, item in enumerate(items):
+                if item.error is not None or not item.url:
+                    run.finish(g, p, ImageResult(item, Outcome()))  # failed at split time
+                else:
+                    with run.cond:
+                        run.fetching += 1
+                    self._fetchers.submit(self._fetch, run, g, p, item)
+        try:
+            self._loop(run, groups, on_done)
+        finally:
+            with run.cond:
+                run.closed = True
+        return {g for g, left in enumerate(run.pending) if left}
+
+    # -- the engine loop (the calling thread) -------------------------------------------
+
+    def _loop(self, run: _Run, groups: Sequence[Sequence[WorkItem]], on_done: GroupDone) -> None:
+        done_groups = 0
+        while done_groups < len(groups):
+            batch: list[_Ready] = []
+            finished: list[int] = []
+            with run.cond:
+                while True:
+                    now = self._clock()
+                    if run.completed:
+                        finished = list(run.completed)
+                        run.completed.clear()
+                        break
+                    if now >= run.deadline:
+                        return
+                    take = self._batch_size(run, now)
+                    if take:
+                        batch = [run.ready.popleft() for _ in range(take)]
+                        break
+                    run.cond.wait(self._wait_seconds(run, now))
+            for g in finished:
+                done_groups += 1
+                on_done(g, [r for r in run.results[g] if r is not None])
+            if batch:
+                self._infer(run, groups, batch)
+
+    def _batch_size(self, run: _Run, now: float) -> int:
+        """How many ready images to infer now (0: wait for more)."""
+        ready = len(run.ready)
+        if ready >= self.settings.bucket:
+            return self.settings.bucket
+        if not ready or run.decoding:
+            return 0  # a decode under way may complete the bucket
+        lingered = now - run.ready[0].since >= self.settings.linger_seconds
+        # Nothing is decoding: wait for fetches still out only a little, the CPU is idle meanwhile.
+        return ready if lingered or not run.fetching else 0
+
+    def _wait_seconds(self, run: _Run, now: float) -> float:
+        until = run.deadline - now
+        if run.ready and not run.decoding:
+            until = min(until, run.ready[0].since + self.settings.linger_seconds - now)
+        return max(until, 0.001)
+
+    def _infer(self, run: _Run, groups: Sequence[Sequence[WorkItem]], batch: list[_Ready]) -> None:
+        tensors = np.stack([r.outcome.image.tensor for r in batch])  # type: ignore[union-attr]
+        started = time.perf_counter()
+        try:
+            predictions = self.engine.run_inference(tensors, self.top_k)
+        except Exception:
+            # Not one image's fault (every tensor has the engine's shape): leave these images
+            # unfinished so their chunks come back, rather than failing lines that may be fine.
+            logger.exception("forward pass failed", extra={"images": len(batch)})
+            return
+        # The forward pass is shared, so each image is charged its share of it.
+        share = (time.perf_counter() - started) * 1000 / len(batch)
+        for ready, preds in zip(batch, predictions, strict=True):
+            ready.outcome.predictions = preds
+            ready.outcome.inference_ms = share
+            item = groups[ready.group][ready.position]
+            run.finish(ready.group, ready.position, ImageResult(item, ready.outcome, ready.fetch_ms))
+
+    # -- fetch and decode (pool threads) -----------------------------------------------
+
+    def _fetch(self, run: _Run, group: int, position: int, item: WorkItem) -> None:
+        fetched: FetchResult | None = None
+        try:
+            if not run.closed:
+                fetched = self.fetcher.fetch(item.url or "", run.deadline)
+        except Exception as exc:  # a bug or an unforeseen library error: this line only
+            logger.exception("fetch failed unexpectedly", extra={"url": (item.url or "")[:200]})
+            fetched = FetchResult(_internal(exc, "fetching"), 0.0)
+        finally:
+            with run.cond:
+                run.fetching -= 1
+                if fetched is not None and isinstance(fetched.payload, bytes) and not run.closed:
+                    run.decoding += 1
+                run.cond.notify()
+        if fetched is None:
+            return
+        if isinstance(fetched.payload, PredictionError):
+            if self._cut_by_deadline(run, fetched.payload):
+                return  # the run, not the image, ran out of time: the chunk comes back
+            run.finish(group, position, ImageResult(item, Outcome(error=fetched.payload), fetched.fetch_ms))
+            return
+        if not run.closed:
+            self._decoders.submit(self._decode, run, group, position, item, fetched)
+
+    def _decode(self, run: _Run, group: int, position: int, item: WorkItem, fetched: FetchResult) -> None:
+        payload = fetched.payload
+        assert isinstance(payload, bytes)
+        outcome = Outcome()
+        started = time.perf_counter()
+        try:
+            if run.closed:
+                return
+            with self.memory.reserve(self.decoder.memory_bytes(payload)):
+                deadline = min(self._clock() + self.settings.decode_seconds, run.deadline)
+                outcome.image = self.decoder.decode(payload, deadline)
+        except PredictionError as exc:
+            outcome.error = exc
+        except Exception as exc:
+            logger.exception("decode failed unexpectedly", extra={"url": (item.url or "")[:200]})
+            outcome.error = _internal(exc, "decoding")
+        finally:
+            outcome.preprocess_ms = (time.perf_counter() - started) * 1000
+            with run.cond:
+                run.decoding -= 1
+                if outcome.image is not None and not run.closed:
+                    run.ready.append(_Ready(group, position, outcome, fetched.fetch_ms, self._clock()))
+                run.cond.notify()
+        if outcome.error is not None and not self._cut_by_deadline(run, outcome.error):
+            run.finish(group, position, ImageResult(item, outcome, fetched.fetch_ms))
+
+    def _cut_by_deadline(self, run: _Run, error: PredictionError) -> bool:
+        timed_out = error.code in (ErrorCode.FETCH_TIMEOUT, ErrorCode.DECODE_TIMEOUT)
+        return timed_out and self._clock() >= run.deadline
+
+    def close(self) -> None:
+        self._fetchers.shutdown(wait=False, cancel_futures=True)
+        self._decoders.shutdown(wait=False, cancel_futures=True)
+        self.fetcher.close()
+
+
+def _internal(exc: BaseException, doing: str) -> PredictionError:
+    return PredictionError(
+        ErrorCode.INTERNAL_ERROR, f"internal error while {doing}: {type(exc).__name__}", transient=False
+    )

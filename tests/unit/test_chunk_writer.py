@@ -1,0 +1,202 @@
+"""Unit tests for writer.py: ChunkWriter's part, rows, counted marker, claim and finalize request.
+
+Fakes only: an in-memory job store, and real ResultStore / Queue adapters over recording
+S3 / SQS clients.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import replace
+from typing import Any
+
+import pytest
+
+from batchpredict.costs import ComputeMeter
+from batchpredict.jobs import Job, JobStatus
+from batchpredict.messages import Chunk, parse_finalize
+from batchpredict.queues import Queue
+from batchpredict.records import FAILED, SUCCEEDED, WorkItem, failed_record
+from batchpredict.results import ResultStore, part_key
+from batchpredict.writer import ChunkBusyError, ChunkWriter
+from tests.unit.fakes import FakeJobs
+
+MODEL = "efficientnet-lite0@1"
+
+
+def _url(index: int) -> str:
+    return f"https://img.example/{index}.jpg"
+
+
+# --- ChunkWriter ------------------------------------------------------------------------------
+
+
+class FakeS3:
+    def __init__(self) -> None:
+        self.objects: dict[str, bytes] = {}
+
+    def put_object(self, *, Bucket: str, Key: str, Body: bytes, ContentType: str) -> dict[str, Any]:
+        self.objects[Key] = Body
+        return {}
+
+
+class FakeSQS:
+    def __init__(self) -> None:
+        self.bodies: list[str] = []
+
+    def send_message(self, *, QueueUrl: str, MessageBody: str, DelaySeconds: int) -> dict[str, Any]:
+        self.bodies.append(MessageBody)
+        return {}
+
+
+def _writer(
+    chunks_total: int = 2, status: JobStatus = JobStatus.RUNNING, split_done: bool = True
+) -> tuple[ChunkWriter, FakeJobs, FakeS3, FakeSQS]:
+    job = Job(
+        "job-1", status, "s3://in/manifests/a.txt", total=4, chunks_total=chunks_total, split_done=split_done
+    )
+    jobs, s3, sqs = FakeJobs(job), FakeS3(), FakeSQS()
+    writer = ChunkWriter(jobs, ResultStore(s3, "out"), Queue(sqs, "https://sqs/finalize"))  # type: ignore[arg-type]
+    return writer, jobs, s3, sqs
+
+
+def _rows(chunk: int, statuses: Sequence[str]) -> list[dict[str, Any]]:
+    rows = []
+    for i, status in enumerate(statuses):
+        record = failed_record("job-1", WorkItem(index=chunk * 2 + i, url=_url(i)), "http_error", "x", MODEL)
+        rows.append(record | {"status": status, "error": None} if status == SUCCEEDED else record)
+    return rows
+
+
+def _part(s3: FakeS3, chunk: int) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in s3.objects[part_key("job-1", chunk)].splitlines()]
+
+
+def test_write_stores_part_rows_and_counts_the_chunk() -> None:
+    writer, jobs, s3, sqs = _writer()
+    records = _rows(0, [SUCCEEDED, FAILED])
+
+    assert writer.write(Chunk("job-1", 0, []), records, MODEL) is True
+
+    assert _part(s3, 0) == records
+    assert jobs.rows == records
+    assert jobs.count_calls == [(0, 1, 1, MODEL)]
+    assert sqs.bodies == []  # one of two chunks done: no finalize yet
+
+
+def test_last_chunk_requests_finalize() -> None:
+    writer, _, _, sqs = _writer()
+
+    writer.write(Chunk("job-1", 0, []), _rows(0, [SUCCEEDED, SUCCEEDED]), MODEL)
+    writer.write(Chunk("job-1", 1, []), _rows(1, [SUCCEEDED, FAILED]), MODEL)
+
+    assert [parse_finalize(b) for b in sqs.bodies] == ["job-1"]
+
+
+def test_a_chunk_counted_before_is_not_written_again() -> None:
+    writer, jobs, s3, sqs = _writer()
+    first = _rows(0, [SUCCEEDED, SUCCEEDED])
+    writer.write(Chunk("job-1", 0, []), first, MODEL)
+
+    again = writer.write(Chunk("job-1", 0, []), _rows(0, [FAILED, FAILED]), MODEL)
+
+    assert again is False
+    assert _part(s3, 0) == first  # the part that was counted stays
+    assert jobs.rows == first
+    assert len(jobs.count_calls) == 1
+    assert (jobs.job.succeeded, jobs.job.failed, jobs.job.chunks_done) == (2, 0, 1)
+    assert sqs.bodies == []
+
+
+def test_redelivery_of_the_last_chunk_requests_finalize_again() -> None:
+    # a lost finalize message is made up for by any later delivery of a counted chunk
+    writer, _, _, sqs = _writer(chunks_total=1)
+    writer.write(Chunk("job-1", 0, []), _rows(0, [SUCCEEDED]), MODEL)
+
+    assert writer.write(Chunk("job-1", 0, []), _rows(0, [SUCCEEDED]), MODEL) is False
+
+    assert [parse_finalize(b) for b in sqs.bodies] == ["job-1", "job-1"]
+
+
+def test_no_finalize_for_a_job_that_is_already_final() -> None:
+    writer, jobs, _, sqs = _writer(chunks_total=1)
+    writer.write(Chunk("job-1", 0, []), _rows(0, [SUCCEEDED]), MODEL)
+    jobs.job = replace(jobs.job, status=JobStatus.COMPLETED)
+
+    writer.write(Chunk("job-1", 0, []), _rows(0, [SUCCEEDED]), MODEL)
+
+    assert len(sqs.bodies) == 1
+
+
+def test_no_finalize_while_the_split_is_still_running() -> None:
+    writer, _, _, sqs = _writer(chunks_total=1, status=JobStatus.SPLITTING, split_done=False)
+
+    writer.write(Chunk("job-1", 0, []), _rows(0, [SUCCEEDED]), MODEL)
+
+    assert sqs.bodies == []
+
+
+def test_write_reports_false_when_another_delivery_counted_first() -> None:
+    writer, jobs, _, _ = _writer()
+
+    class RacingJobs(FakeJobs):
+        def chunk_counted(self, job_id: str, chunk: int) -> bool:
+            return False  # the other delivery counts between this check and count_chunk
+
+    racing = RacingJobs(jobs.job)
+    racing.markers.add(0)
+    writer.jobs = racing  # type: ignore[assignment]
+
+    assert writer.write(Chunk("job-1", 0, []), _rows(0, [SUCCEEDED]), MODEL) is False
+    assert racing.job.chunks_done == 0
+
+
+def test_a_chunk_claimed_by_another_delivery_is_not_written() -> None:
+    # Two deliveries at once: the second must not overwrite what the first is writing.
+
+    writer, jobs, s3, _ = _writer()
+    jobs.claims = {1}
+    with pytest.raises(ChunkBusyError, match="being written by another delivery"):
+        writer.write(Chunk("job-1", 1, []), _rows(1, [SUCCEEDED, SUCCEEDED]), MODEL)
+    assert s3.objects == {} and jobs.rows == [] and jobs.markers == set()
+
+
+class StepClock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_a_counted_chunk_carries_its_share_of_the_invocation_time_and_writes() -> None:
+    writer, jobs, _, _ = _writer()
+    clock = StepClock()
+    meter = ComputeMeter(memory_mb=2048, clock=clock)
+    clock.now += 0.250
+    writer.write(Chunk("job-1", 0, []), _rows(0, [SUCCEEDED, FAILED]), MODEL, meter=meter)
+    clock.now += 0.100
+    writer.write(Chunk("job-1", 1, []), _rows(1, [SUCCEEDED]), MODEL, meter=meter)
+
+    first, second = jobs.usages
+    assert first is not None and second is not None
+    assert (first.billed_ms, first.memory_mb, first.invocations) == (250, 2048, 1)
+    assert (second.billed_ms, second.invocations) == (100, 0)  # the invocation is counted once
+    assert (first.write_units, second.write_units) == (3, 2)  # a unit a row (fake) + the claim
+
+
+def test_a_chunk_counted_before_hands_its_time_to_the_next_one() -> None:
+    writer, jobs, _, _ = _writer()
+    clock = StepClock()
+    meter = ComputeMeter(memory_mb=1024, clock=clock)
+    jobs.markers.add(0)  # counted, but its marker check raced this delivery: count_chunk says False
+    jobs.chunk_counted = lambda job_id, chunk: False  # type: ignore[method-assign]
+    clock.now += 0.200
+    assert writer.write(Chunk("job-1", 0, []), _rows(0, [SUCCEEDED]), MODEL, meter=meter) is False
+    clock.now += 0.050
+    assert writer.write(Chunk("job-1", 1, []), _rows(1, [SUCCEEDED]), MODEL, meter=meter) is True
+
+    refunded, counted = jobs.usages
+    assert refunded is not None and counted is not None
+    assert (counted.billed_ms, counted.invocations) == (250, 1)
