@@ -116,7 +116,13 @@ def compute_summary(
         "gb_seconds_per_image": round(gb_seconds / images, 5) if images else None,
         "predict_invocations": invocations,
         "dynamodb_write_units": counters.get("write_units", 0),
-        "estimated_usd": {name: round(value, 6) for name, value in cost.items()} | {"total": round(total, 6)},
-        "estimated_usd_per_million_images": round(total / images * 1_000_000, 2) if images else None,
+        "estimated_usd": {name: _significant(value) for name, value in cost.items()}
+        | {"total": _significant(total)},
+        "estimated_usd_per_million_images": _significant(total / images * 1_000_000) if images else None,
         "prices": "us-east-1 on-demand list prices (batchpredict/costs.py); split and finalize not included",
     }
+
+
+def _significant(value: float) -> float:
+    """Four significant digits: a small job's cost is a few millionths of a dollar."""
+    return float(f"{value:.4g}")

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import io
 import json
+from dataclasses import replace
 from typing import Any
 
 import pytest
@@ -108,6 +109,19 @@ def test_parts_are_merged_in_order_and_the_job_completed_with_errors() -> None:
     assert summary["model"] == MODEL
     assert summary["chunks"] == 3
     assert summary["results_uri"] == final.results_uri
+
+
+def test_the_summary_says_what_predict_measured_it_cost() -> None:
+    job = replace(_job(total=2, chunks=1), compute_ms=500, compute_mb_ms=500 * 2048, invocations=1)
+    finalizer, _, s3 = _setup(job, [[_ok(0), _ok(1)]])
+
+    finalizer.finalize(JOB)
+
+    compute = json.loads(s3.objects[summary_key(JOB)])["compute"]
+    assert compute["predict_gb_seconds"] == pytest.approx(1.0)
+    assert compute["gb_seconds_per_image"] == pytest.approx(0.5)
+    assert compute["predict_invocations"] == 1
+    assert compute["estimated_usd"]["total"] > 0
 
 
 def test_all_succeeded_is_completed() -> None:

@@ -10,6 +10,7 @@ import pytest
 from botocore.exceptions import ClientError
 
 from batchpredict.errors import ErrorCode
+from batchpredict.costs import ChunkUsage
 from batchpredict.jobs import (
     BATCH_WRITE_ATTEMPTS,
     BATCH_WRITE_LIMIT,
@@ -252,10 +253,28 @@ def test_count_chunk_writes_marker_and_counters_in_one_transaction() -> None:
     }
     assert put["ConditionExpression"] == "attribute_not_exists(pk)"
     assert update["Key"] == {"pk": {"S": "job-1"}, "sk": {"S": "JOB"}}
-    assert update["UpdateExpression"].startswith("ADD succeeded :s, failed :f, chunks_done :one")
+    assert update["UpdateExpression"].startswith(
+        "ADD succeeded :succeeded, failed :failed, chunks_done :chunks_done SET"
+    )
     assert "model = if_not_exists(model, :m)" in update["UpdateExpression"]
     values = from_dynamo(update["ExpressionAttributeValues"])
-    assert values == {":s": 3, ":f": 1, ":one": 1, ":now": NOW, ":m": "resnet-18"}
+    assert values == {":succeeded": 3, ":failed": 1, ":chunks_done": 1, ":now": NOW, ":m": "resnet-18"}
+
+
+def test_count_chunk_adds_what_the_chunk_cost_in_the_same_transaction() -> None:
+    client = FakeDynamo()
+    store, _ = _store(client)
+    usage = ChunkUsage(billed_ms=120, memory_mb=2048, invocations=1, write_units=17)
+
+    store.count_chunk("job-1", 3, succeeded=16, failed=0, model=None, usage=usage)
+
+    update = client.transactions[0][1]["Update"]
+    values = from_dynamo(update["ExpressionAttributeValues"])
+    assert "compute_ms :compute_ms" in update["UpdateExpression"]
+    assert values[":compute_ms"] == 120
+    assert values[":compute_mb_ms"] == 120 * 2048
+    assert values[":invocations"] == 1
+    assert values[":write_units"] == 17 + 4  # + the transaction's two items, billed twice each
 
 
 def test_count_chunk_without_model_leaves_model_alone() -> None:
