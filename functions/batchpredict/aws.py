@@ -14,7 +14,9 @@ from botocore.config import Config
 RETRIES = Config(retries={"mode": "standard", "max_attempts": 5}, connect_timeout=5, read_timeout=30)
 
 
-def client(service: str) -> Any:
+def client(service: str, config: Config | None = None) -> Any:
     """A client from a fresh session: it reads the credentials and endpoints in the environment
-    now, where boto3's default session would keep the ones it saw first."""
-    return boto3.session.Session().client(service, config=RETRIES)  # type: ignore[call-overload]
+    now, where boto3's default session would keep the ones it saw first. ``config`` is merged
+    onto :data:`RETRIES` (its settings win)."""
+    merged = RETRIES.merge(config) if config is not None else RETRIES
+    return boto3.session.Session().client(service, config=merged)  # type: ignore[call-overload]

@@ -6,22 +6,34 @@ the connection goes to the checked address (never a second lookup that DNS
 rebinding could answer differently). Host header and TLS SNI/certificate checks
 still use the hostname from the URL. Redirects are followed by hand so each hop
 passes the same guard.
+
+Each fetch has one wall-clock deadline. Every lookup and socket operation waits at
+most the time left, and a watchdog shuts every socket of a fetch whose deadline
+passes, so nothing (slow DNS, a stalled TLS handshake, a redirect chain, dripped
+headers) runs past it. Any failure, a hostile URL included, is a
+:class:`PredictionError` with a specific code.
 """
 
 from __future__ import annotations
 
 import contextlib
+import heapq
+import http.client
 import ipaddress
+import itertools
+import queue
+import re
 import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import Future
+from concurrent.futures import TimeoutError as FutureTimeout
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote, urljoin, urlsplit
 
-import boto3
 import urllib3
 import urllib3.connection
 from botocore import exceptions as boto_errors
@@ -30,12 +42,16 @@ from urllib3.exceptions import (
     ConnectTimeoutError,
     DecodeError,
     HTTPError,
+    InvalidChunkLength,
+    InvalidHeader,
+    LocationValueError,
     NewConnectionError,
     ProtocolError,
     ReadTimeoutError,
     SSLError,
 )
 
+from batchpredict import aws
 from batchpredict.errors import ErrorCode, PredictionError
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
@@ -51,16 +67,37 @@ _DEFAULT_PORTS = {"http": 80, "https": 443}
 _READ_CHUNK = 64 * 1024
 _MAX_POOLS = 32  # distinct (address, port, hostname) pools kept; least recently used are closed
 _CONNECTIONS_PER_POOL = 8  # concurrent fetches from one host reuse up to this many connections
+_RESOLVER_THREADS = 4  # concurrent lookups; more wait in line (within their own deadline)
+_RESOLVER_IDLE_SECONDS = 30.0  # an idle resolver thread exits after this long
+_CLOCK_SLACK = 0.005
 _REQUEST_HEADERS = {
     "User-Agent": "batchpredict/0.1",
     "Accept": "image/*,*/*;q=0.8",
     # We cap the bytes we read; a compressed body would let a small transfer expand past the cap.
     "Accept-Encoding": "identity",
 }
+# [IPv6 literal] or a name, then an optional port; the userinfo before '@' is cut off first.
+_HOST_AND_PORT = re.compile(r"(?:\[(?P<literal>[^\]]*)\]|(?P<name>[^\[\]:]*))(?::(?P<port>[0-9]*))?")
+# DNS labels, plus '_' (seen in real hostnames); the legacy numeric IPv4 forms match too.
+_HOSTNAME = re.compile(r"[a-z0-9_-]{1,63}(?:\.[a-z0-9_-]{1,63})*\.?")
+_MAX_HOSTNAME = 254  # 253 characters, plus the dot of a fully qualified name
 _S3_NOT_FOUND = frozenset({"NoSuchKey", "NoSuchBucket", "NotFound", "404"})
 _S3_DENIED = frozenset({"AccessDenied", "AllAccessDisabled", "Forbidden", "403"})
 _S3_TRANSIENT = frozenset(
     {"SlowDown", "Throttling", "ThrottlingException", "RequestTimeout", "InternalError"}
+)
+# Raised by botocore before anything is sent: the bucket name or ARN cannot be used as written.
+_S3_INVALID: tuple[type[Exception], ...] = (
+    boto_errors.ParamValidationError,
+    boto_errors.ValidationError,
+    boto_errors.EndpointProviderError,
+    boto_errors.InvalidHostLabelError,
+    boto_errors.InvalidDNSNameError,
+    boto_errors.UnsupportedS3ArnError,
+    boto_errors.UnsupportedS3AccesspointConfigurationError,
+    boto_errors.UnsupportedS3ConfigurationError,
+    boto_errors.UnsupportedOutpostResourceError,
+    boto_errors.MissingDependencyException,
 )
 
 
@@ -79,8 +116,8 @@ class FetchLimits:
     read_timeout: float = 10.0
     max_redirects: int = 3
     allowed_networks: tuple[IPNetwork, ...] = ()
-    # The whole fetch, every hop, headers included: a server dripping its headers a byte at
-    # a time passes every per-read timeout, so a watchdog shuts the socket at this deadline.
+    # The whole fetch: DNS, connect, TLS, every hop, headers and body. A server dripping its
+    # headers a byte at a time passes every per-read timeout; this deadline still ends it.
     total_timeout: float = 30.0
 
 
@@ -124,36 +161,260 @@ def parse_networks(spec: str) -> tuple[IPNetwork, ...]:
     return tuple(networks)
 
 
-# The connection each fetching thread is waiting on, so that the watchdog (another thread)
-# can shut its socket when the whole-fetch deadline passes.
-_CONNECTION_OF_THREAD: dict[int, Any] = {}
+# -- Deadlines ------------------------------------------------------------------
 
 
-class _WatchedHTTPConnection(urllib3.connection.HTTPConnection):
+class _Deadline:
+    """One fetch's wall-clock deadline, and the sockets to shut when it passes.
+
+    The watchdog keeps a duplicate descriptor of each socket: shutdown() acts on the socket,
+    not on the descriptor, so it still wakes a TLS handshake after ssl has detached the
+    original socket object, and it can never hit an unrelated socket that reused a closed
+    descriptor number.
+    """
+
+    def __init__(self, at: float, message: str) -> None:
+        self.at = at
+        self._message = message
+        self._lock = threading.Lock()
+        self._sockets: list[socket.socket] = []
+        self._fired = False
+        self._finished = False
+
+    @property
+    def fired(self) -> bool:
+        """The watchdog shut this fetch's sockets: whatever was read since may be cut short."""
+        return self._fired
+
+    @property
+    def finished(self) -> bool:
+        return self._finished
+
+    @property
+    def passed(self) -> bool:
+        # The slack absorbs clock rounding: a socket timeout capped at the deadline may end
+        # a hair before monotonic() reaches it.
+        return self._fired or time.monotonic() >= self.at - _CLOCK_SLACK
+
+    def error(self) -> PredictionError:
+        # Not retried: a source this slow would spend the whole invocation on retries and
+        # take the rest of its batch down with it.
+        return PredictionError(ErrorCode.FETCH_TIMEOUT, self._message, transient=False)
+
+    def left(self) -> float:
+        """Seconds left; past the deadline, raise the fetch's timeout error."""
+        left = self.at - time.monotonic()
+        if left <= 0 or self._fired:
+            raise self.error()
+        return left
+
+    def cap(self, timeout: float | None) -> float:
+        """``timeout`` (None: no limit of its own) cut to the time left."""
+        left = self.left()
+        return left if timeout is None else min(timeout, left)
+
+    def watch(self, sock: socket.socket) -> None:
+        """Have the watchdog shut ``sock`` at the deadline (at once if it has passed)."""
+        try:
+            duplicate = socket.fromfd(sock.fileno(), sock.family, sock.type)
+        except OSError:
+            return  # already closed: nothing to wake
+        with self._lock:
+            if self._finished:
+                duplicate.close()
+                return
+            self._sockets.append(duplicate)
+            if self._fired:
+                _shut(duplicate)
+
+    def expire(self) -> None:
+        """The watchdog's call: shut every socket of the fetch, so its blocked call returns."""
+        with self._lock:
+            if self._finished:
+                return
+            self._fired = True
+            for sock in self._sockets:
+                _shut(sock)
+
+    def finish(self) -> None:
+        with self._lock:
+            self._finished = True
+            for sock in self._sockets:
+                sock.close()  # the duplicate only; the connection keeps its own descriptor
+            self._sockets.clear()
+
+
+def _shut(sock: socket.socket) -> None:
+    with contextlib.suppress(OSError):  # not connected (yet, or any more): nothing to wake
+        sock.shutdown(socket.SHUT_RDWR)
+
+
+class _Watchdog:
+    """One thread per Fetcher expiring deadlines in time order; it ends when none is pending."""
+
+    def __init__(self) -> None:
+        self._wake = threading.Condition()
+        self._heap: list[tuple[float, int, _Deadline]] = []
+        self._order = itertools.count()  # breaks ties, so deadlines themselves are never compared
+        self._running = False
+
+    def add(self, deadline: _Deadline) -> None:
+        with self._wake:
+            heapq.heappush(self._heap, (deadline.at, next(self._order), deadline))
+            if not self._running:
+                self._running = True
+                threading.Thread(target=self._run, name="fetch-watchdog", daemon=True).start()
+            self._wake.notify()
+
+    def wake(self) -> None:
+        """Let the thread drop finished fetches (and end, when none is left) now."""
+        with self._wake:
+            self._wake.notify()
+
+    def _run(self) -> None:
+        while (due := self._next_due()) is not None:
+            due.expire()
+
+    def _next_due(self) -> _Deadline | None:
+        """Wait for the earliest pending deadline to pass; None once nothing is pending."""
+        with self._wake:
+            while self._heap:
+                at, _, deadline = self._heap[0]
+                wait = at - time.monotonic()
+                if deadline.finished or wait <= 0:
+                    heapq.heappop(self._heap)
+                    if not deadline.finished:
+                        return deadline
+                else:
+                    self._wake.wait(wait)
+            self._running = False
+            return None
+
+
+class _ResolverThreads:
+    """Run lookups on a few daemon threads, so that a fetch can stop waiting at its deadline.
+
+    getaddrinfo has no timeout: a thread stuck in it is abandoned to finish on its own (its
+    answer is dropped). While every thread is stuck, new lookups wait in line and their
+    fetches time out; the pool never grows past its size.
+    """
+
+    def __init__(self, resolve: Resolver, size: int) -> None:
+        self._resolve = resolve
+        self._size = size
+        self._jobs: queue.SimpleQueue[tuple[Future[list[str]], str, int]] = queue.SimpleQueue()
+        self._idle = threading.Semaphore(0)  # one token per idle thread not yet promised a job
+        self._lock = threading.Lock()
+        self._threads = 0
+
+    def submit(self, host: str, port: int) -> Future[list[str]]:
+        future: Future[list[str]] = Future()
+        self._jobs.put((future, host, port))
+        if not self._idle.acquire(blocking=False):
+            with self._lock:
+                if self._threads < self._size:
+                    self._threads += 1
+                    threading.Thread(target=self._work, name="fetch-resolver", daemon=True).start()
+        return future
+
+    def _work(self) -> None:
+        while True:
+            try:
+                future, host, port = self._jobs.get(timeout=_RESOLVER_IDLE_SECONDS)
+            except queue.Empty:
+                with self._lock:
+                    # Take back an idle token before leaving; none left means a job is on its way.
+                    if self._idle.acquire(blocking=False):
+                        self._threads -= 1
+                        return
+                continue
+            if future.set_running_or_notify_cancel():  # False: its fetch gave up waiting
+                try:
+                    future.set_result(self._resolve(host, port))
+                except BaseException as exc:  # handed to the waiting fetch, which classifies it
+                    future.set_exception(exc)
+            self._idle.release()
+
+
+# The deadline of the fetch running on each thread, for the connections it opens or reuses.
+_ACTIVE = threading.local()
+
+
+def _active_deadline() -> _Deadline | None:
+    deadline: _Deadline | None = getattr(_ACTIVE, "deadline", None)
+    return deadline
+
+
+class _DeadlineHTTPConnection(urllib3.connection.HTTPConnection):
+    """A connection whose sockets end by the deadline of the fetch using it.
+
+    A socket is registered with the watchdog when it is created (before connect) or when a
+    pooled connection is reused, and every connect, send and receive waits at most the time
+    left.
+    """
+
+    _watched_for: _Deadline | None = None
+
+    def _new_conn(self) -> socket.socket:
+        deadline = _active_deadline()
+        try:
+            # An IP literal (we connect to the checked address): no DNS lookup happens here.
+            family, kind, proto, _, address = socket.getaddrinfo(
+                self.host, self.port, type=socket.SOCK_STREAM, flags=socket.AI_NUMERICHOST
+            )[0]
+            sock = socket.socket(family, kind, proto)
+        except OSError as exc:
+            raise NewConnectionError(self, f"Failed to open a socket: {exc}") from exc
+        try:
+            self._connect(sock, address, deadline)
+        except TimeoutError as exc:
+            sock.close()
+            raise ConnectTimeoutError(self, f"Connection to {self.host} timed out") from exc
+        except OSError as exc:
+            sock.close()
+            raise NewConnectionError(self, f"Failed to establish a new connection: {exc}") from exc
+        except BaseException:
+            sock.close()
+            raise
+        return sock
+
+    def _connect(self, sock: socket.socket, address: Any, deadline: _Deadline | None) -> None:
+        if deadline is not None:
+            deadline.watch(sock)
+            self._watched_for = deadline
+        for option in self.socket_options or ():
+            sock.setsockopt(*option)
+        sock.settimeout(deadline.cap(self.timeout) if deadline else self.timeout)
+        sock.connect(address)
+        if deadline is not None:  # the TLS handshake runs on this timeout
+            sock.settimeout(deadline.cap(self.timeout))
+
     def request(self, *args: Any, **kwargs: Any) -> None:
-        _CONNECTION_OF_THREAD[threading.get_ident()] = self
+        deadline = _active_deadline()
+        if deadline is not None:
+            self.timeout = deadline.cap(self.timeout)
+            if self.sock is not None and self._watched_for is not deadline:  # reused from the pool
+                deadline.watch(self.sock)
+                self._watched_for = deadline
         super().request(*args, **kwargs)
 
-
-class _WatchedHTTPSConnection(urllib3.connection.HTTPSConnection):
-    def request(self, *args: Any, **kwargs: Any) -> None:
-        _CONNECTION_OF_THREAD[threading.get_ident()] = self
-        super().request(*args, **kwargs)
-
-
-class _WatchedHTTPPool(urllib3.HTTPConnectionPool):
-    ConnectionCls = _WatchedHTTPConnection
+    def getresponse(self) -> urllib3.HTTPResponse:  # type: ignore[override]  # as urllib3 does
+        deadline = _active_deadline()
+        if deadline is not None:
+            self.timeout = deadline.cap(self.timeout)
+        return super().getresponse()
 
 
-class _WatchedHTTPSPool(urllib3.HTTPSConnectionPool):
-    ConnectionCls = _WatchedHTTPSConnection
+class _DeadlineHTTPSConnection(_DeadlineHTTPConnection, urllib3.connection.HTTPSConnection):
+    pass
 
 
-def _shut(connection: Any) -> None:
-    sock = getattr(connection, "sock", None)
-    if sock is not None:
-        with contextlib.suppress(OSError):  # already closed: nothing left to wake
-            sock.shutdown(socket.SHUT_RDWR)  # wakes the blocked recv in the fetching thread
+class _DeadlineHTTPPool(urllib3.HTTPConnectionPool):
+    ConnectionCls = _DeadlineHTTPConnection
+
+
+class _DeadlineHTTPSPool(urllib3.HTTPSConnectionPool):
+    ConnectionCls = _DeadlineHTTPSConnection
 
 
 class Fetcher:
@@ -178,7 +439,8 @@ class Fetcher:
         resolver: Resolver | None = None,
     ) -> None:
         self._limits = limits
-        self._resolve = resolver or _getaddrinfo
+        self._resolvers = _ResolverThreads(resolver or _getaddrinfo, _RESOLVER_THREADS)
+        self._watchdog = _Watchdog()
         self._s3_client_factory = s3_client_factory or self._default_s3_client
         self._s3_client: Any = None
         self._s3_lock = threading.Lock()
@@ -190,69 +452,80 @@ class Fetcher:
             timeout=urllib3.Timeout(connect=limits.connect_timeout, read=limits.read_timeout),
             retries=False,
         )
-        self._pools.pool_classes_by_scheme = {"http": _WatchedHTTPPool, "https": _WatchedHTTPSPool}
+        self._pools.pool_classes_by_scheme = {"http": _DeadlineHTTPPool, "https": _DeadlineHTTPSPool}
 
-    def fetch(self, url: str) -> Fetched:
-        """Return the bytes behind ``url``; raise :class:`PredictionError` on any failure."""
+    def fetch(self, url: str, deadline: float | None = None) -> Fetched:
+        """Return the bytes behind ``url``; raise :class:`PredictionError` on any failure.
+
+        ``deadline`` is an absolute ``time.monotonic()`` value; the fetch ends by it, or by
+        ``limits.total_timeout`` from now if that comes first.
+        """
+        clock = self._deadline(url, deadline)
         scheme = _scheme_of(url)
         if scheme == "s3":
-            return self._fetch_s3(url)
+            return self._fetch_s3(url, clock)
         if scheme in _HTTP_SCHEMES:
-            return self._fetch_http(url)
+            return self._fetch_http(url, clock)
+        if not scheme:
+            raise _invalid_url(f"URL has no scheme (use http, https or s3): {url[:200]!r}")
         raise _unsupported(f"Unsupported URL scheme {scheme!r}; use http, https or s3")
 
     def close(self) -> None:
         self._pools.clear()
+        self._watchdog.wake()
+
+    def _deadline(self, url: str, deadline: float | None) -> _Deadline:
+        total = self._limits.total_timeout
+        started = time.monotonic()
+        if deadline is None or deadline >= started + total:
+            return _Deadline(started + total, f"Fetching {url[:200]} took over {total:g} s in all")
+        return _Deadline(
+            deadline,
+            f"Fetching {url[:200]} ran past its deadline, {max(deadline - started, 0):.1f} s after "
+            f"it started (the total fetch limit is {total:g} s)",
+        )
+
+    def _within(self, deadline: _Deadline, fetch: Callable[[], Fetched]) -> Fetched:
+        """Run ``fetch`` under the watchdog; its failures past the deadline become the deadline's."""
+        self._watchdog.add(deadline)
+        try:
+            fetched = fetch()
+        except Exception as exc:  # past the deadline, whatever broke, the deadline is the cause
+            if deadline.passed:
+                raise deadline.error() from exc
+            raise
+        finally:
+            deadline.finish()
+        if deadline.fired:  # a shut socket can also look like a short, complete response
+            raise deadline.error()
+        return fetched
 
     # -- HTTP -----------------------------------------------------------------
 
-    def _fetch_http(self, url: str) -> Fetched:
-        fired = threading.Event()
-        thread = threading.get_ident()
-
-        def expire() -> None:
-            fired.set()
-            _shut(_CONNECTION_OF_THREAD.get(thread))
-
-        watchdog = threading.Timer(self._limits.total_timeout, expire)
-        watchdog.daemon = True
-        watchdog.start()
+    def _fetch_http(self, url: str, deadline: _Deadline) -> Fetched:
+        target = _parse_http_url(url, ErrorCode.INVALID_URL)
+        _ACTIVE.deadline = deadline
         try:
-            fetched = self._follow(url)
-        except PredictionError as exc:
-            if fired.is_set():
-                raise self._overall_timeout(url) from exc
-            raise
+            return self._within(deadline, lambda: self._follow(url, target, deadline))
         finally:
-            watchdog.cancel()
-            _CONNECTION_OF_THREAD.pop(thread, None)
-        if fired.is_set():  # a shut socket can also look like a short, complete response
-            raise self._overall_timeout(url)
-        return fetched
+            _ACTIVE.deadline = None
 
-    def _overall_timeout(self, url: str) -> PredictionError:
-        # Not retried: a source this slow would spend the whole invocation on retries and
-        # take the rest of its batch down with it.
-        return PredictionError(
-            ErrorCode.FETCH_TIMEOUT,
-            f"Fetching {url[:200]} took over {self._limits.total_timeout} s in all",
-            transient=False,
-        )
-
-    def _follow(self, url: str) -> Fetched:
+    def _follow(self, url: str, target: _Target, deadline: _Deadline) -> Fetched:
         current = url
-        for _hop in range(self._limits.max_redirects + 1):
-            target = _parse_http_url(current)
-            with self._open(target) as response:
+        for hop in range(self._limits.max_redirects + 1):
+            deadline.left()  # no hop starts once the time is up
+            if hop:
+                target = _parse_http_url(current, ErrorCode.INVALID_REDIRECT)
+            with self._open(target, deadline) as response:
                 if response.status not in REDIRECT_STATUSES:
                     _check_status(response.status, target.host)
                     _check_encoding(response, target.host)
-                    data = self._read_body(response, target.host)
+                    data = self._read_body(response, target.host, deadline)
                     return Fetched(data, current, response.headers.get("Content-Type"))
                 location = response.headers.get("Location")
             if not location:
                 raise _http_error(f"HTTP {response.status} without Location from {target.host}")
-            current = urljoin(current, location)
+            current = _redirect_target(current, location, target.host)
         raise PredictionError(
             ErrorCode.TOO_MANY_REDIRECTS,
             f"More than {self._limits.max_redirects} redirects, last from {target.host}",
@@ -260,13 +533,13 @@ class Fetcher:
         )
 
     @contextmanager
-    def _open(self, target: _Target) -> Iterator[urllib3.BaseHTTPResponse]:
+    def _open(self, target: _Target, deadline: _Deadline) -> Iterator[urllib3.BaseHTTPResponse]:
         """Send the request to the checked address; hand the connection back afterwards."""
-        address = self._checked_address(target.host, target.port)
+        address = self._checked_address(target.host, target.port, deadline)
         # SNI and certificate hostname checks use the URL's host, not the IP we connect to.
         tls = {"server_hostname": target.host} if target.scheme == "https" else {}
-        pool = self._pools.connection_from_host(address, target.port, target.scheme, pool_kwargs=tls)
         try:
+            pool = self._pools.connection_from_host(address, target.port, target.scheme, pool_kwargs=tls)
             response = pool.urlopen(
                 "GET",
                 target.request_target,
@@ -276,8 +549,10 @@ class Fetcher:
                 preload_content=False,
                 decode_content=False,
             )
+        except LocationValueError as exc:  # before HTTPError: it is one
+            raise _invalid_url(f"Cannot connect to host {target.host!r}: {exc}") from exc
         except HTTPError as exc:
-            raise self._transport_error(exc, target.host, "connecting to") from exc
+            raise self._transport_error(exc, target.host, in_body=False) from exc
         try:
             yield response
         finally:
@@ -286,10 +561,11 @@ class Fetcher:
                 response.close()
             response.release_conn()
 
-    def _checked_address(self, host: str, port: int) -> str:
+    def _checked_address(self, host: str, port: int, deadline: _Deadline) -> str:
         """Resolve ``host`` and return an address to connect to, if every address is allowed."""
         literal = _literal_ip(host)
-        addresses = [_normalised(ip) for ip in ([literal] if literal else self._resolved(host, port))]
+        resolved = [literal] if literal else self._resolved(host, port, deadline)
+        addresses = [_normalised(ip) for ip in resolved]
         for address in addresses:
             reason = _blocked_reason(address, self._limits.allowed_networks)
             if reason:
@@ -299,39 +575,40 @@ class Fetcher:
                 )
         return str(addresses[0])
 
-    def _resolved(self, host: str, port: int) -> list[IPAddress]:
+    def _resolved(self, host: str, port: int, deadline: _Deadline) -> list[IPAddress]:
+        lookup = self._resolvers.submit(host, port)
         try:
-            names = self._resolve(host, port)
-        except OSError as exc:
+            names = lookup.result(timeout=deadline.left())
+        except FutureTimeout:
+            lookup.cancel()  # still queued: never run it; already running: its answer is dropped
+            raise deadline.error() from None
+        except (OSError, UnicodeError) as exc:
             # EAI_NONAME will not change on retry; other resolver failures may.
-            transient = not (isinstance(exc, socket.gaierror) and exc.errno == socket.EAI_NONAME)
+            transient = isinstance(exc, OSError) and not (
+                isinstance(exc, socket.gaierror) and exc.errno == socket.EAI_NONAME
+            )
             raise PredictionError(
                 ErrorCode.CONNECTION_ERROR, f"Cannot resolve {host}: {exc}", transient=transient
             ) from exc
         if not names:
             raise PredictionError(ErrorCode.CONNECTION_ERROR, f"No addresses for {host}", transient=True)
-        try:
-            return [ipaddress.ip_address(name) for name in names]
-        except ValueError as exc:
-            raise PredictionError(
-                ErrorCode.BLOCKED_ADDRESS, f"Resolver gave a non-IP for {host}: {exc}", transient=False
-            ) from exc
+        return [_resolved_ip(name, host) for name in names]
 
-    def _read_body(self, response: urllib3.BaseHTTPResponse, host: str) -> bytes:
+    def _read_body(self, response: urllib3.BaseHTTPResponse, host: str, deadline: _Deadline) -> bytes:
         limit = self._limits.max_bytes
         declared = _content_length(response)
         if declared is not None and declared > limit:
             raise _too_large(f"{host} declares {declared} bytes, over the {limit}-byte limit")
-        deadline = time.monotonic() + self._limits.read_timeout
+        body_deadline = time.monotonic() + self._limits.read_timeout
         chunks: list[bytes] = []
         size = 0
         while True:
-            self._shrink_read_timeout(response, deadline, host)
+            self._shrink_read_timeout(response, body_deadline, deadline, host)
             try:
                 # read1: at most one recv per call, so the deadline is checked between recvs.
                 chunk = response.read1(_READ_CHUNK)
             except HTTPError as exc:
-                raise self._transport_error(exc, host, "reading from") from exc
+                raise self._transport_error(exc, host, in_body=True) from exc
             if not chunk:
                 return b"".join(chunks)
             size += len(chunk)
@@ -339,21 +616,24 @@ class Fetcher:
                 raise _too_large(f"Body from {host} exceeds the {limit}-byte limit")
             chunks.append(chunk)
 
-    def _shrink_read_timeout(self, response: urllib3.BaseHTTPResponse, deadline: float, host: str) -> None:
+    def _shrink_read_timeout(
+        self, response: urllib3.BaseHTTPResponse, body_deadline: float, deadline: _Deadline, host: str
+    ) -> None:
         """Cap the next recv at the time left, so a slow drip ends at the deadline."""
-        remaining = deadline - time.monotonic()
+        remaining = body_deadline - time.monotonic()
         if remaining <= 0:
             raise PredictionError(
                 ErrorCode.FETCH_TIMEOUT,
                 f"Body from {host} not received within {self._limits.read_timeout} s",
                 transient=True,
             )
-        connection = response.connection
-        sock = getattr(connection, "sock", None)
+        timeout = deadline.cap(min(remaining, self._limits.read_timeout))
+        sock = getattr(response.connection, "sock", None)
         if sock is not None:
-            sock.settimeout(min(remaining, self._limits.read_timeout))
+            with contextlib.suppress(OSError):  # closed: the read will say so
+                sock.settimeout(timeout)
 
-    def _transport_error(self, exc: HTTPError, host: str, doing: str) -> PredictionError:
+    def _transport_error(self, exc: HTTPError, host: str, *, in_body: bool) -> PredictionError:
         # NewConnectionError subclasses ConnectTimeoutError, so it must be tested first.
         if isinstance(exc, NewConnectionError):
             return PredictionError(ErrorCode.CONNECTION_ERROR, f"Cannot connect to {host}", transient=True)
@@ -366,7 +646,9 @@ class Fetcher:
         if isinstance(exc, ReadTimeoutError):
             return PredictionError(
                 ErrorCode.FETCH_TIMEOUT,
-                f"Timed out {doing} {host} after {self._limits.read_timeout} s",
+                f"Timed out reading the body from {host} after {self._limits.read_timeout} s"
+                if in_body
+                else f"No response from {host} within {self._limits.read_timeout} s",
                 transient=True,
             )
         if isinstance(exc, SSLError):
@@ -376,36 +658,63 @@ class Fetcher:
             )
         if isinstance(exc, DecodeError):
             return _http_error(f"Undecodable body from {host}")
+        if isinstance(exc, InvalidHeader):
+            return _http_error(f"Malformed response from {host}: {exc}")
+        cause = _cause(exc)
+        if _malformed(cause):
+            return _http_error(f"Malformed response from {host}: {cause!r}"[:300])
         reason = "connection broken" if isinstance(exc, ProtocolError) else type(exc).__name__
+        doing = "reading the body from" if in_body else "requesting from"
         return PredictionError(ErrorCode.CONNECTION_ERROR, f"Error {doing} {host}: {reason}", transient=True)
 
     # -- S3 -------------------------------------------------------------------
 
-    def _fetch_s3(self, url: str) -> Fetched:
+    def _fetch_s3(self, url: str, deadline: _Deadline) -> Fetched:
         bucket, key = _parse_s3_url(url)
         client = self._s3()
+        return self._within(deadline, lambda: self._get_s3(client, url, bucket, key, deadline))
+
+    def _get_s3(self, client: Any, url: str, bucket: str, key: str, deadline: _Deadline) -> Fetched:
+        # botocore takes no per-call timeout: the request itself is bounded only by the client's
+        # connect/read timeouts (the fetch limits) and its retries; the body by the deadline.
+        deadline.left()
         try:
             response = client.get_object(Bucket=bucket, Key=key)
         except (boto_errors.ClientError, boto_errors.BotoCoreError) as exc:
             raise _s3_error(exc, url) from exc
+        except UnicodeError as exc:  # a key botocore cannot encode
+            raise _invalid_url(f"Cannot encode the S3 key of {url[:200]!r}: {exc}") from exc
         body = response["Body"]
         try:
-            data = self._read_s3_body(body, response.get("ContentLength"), url)
+            data = self._read_s3_body(body, response.get("ContentLength"), url, deadline)
         except (boto_errors.ClientError, boto_errors.BotoCoreError) as exc:
             raise _s3_error(exc, url) from exc
         finally:
             body.close()
         return Fetched(data, url, response.get("ContentType"))
 
-    def _read_s3_body(self, body: Any, declared: int | None, url: str) -> bytes:
+    def _read_s3_body(self, body: Any, declared: int | None, url: str, deadline: _Deadline) -> bytes:
         limit = self._limits.max_bytes
         if declared is not None and declared > limit:
             raise _too_large(f"{url} is {declared} bytes, over the {limit}-byte limit")
-        # Read one byte past the limit so an object bigger than it claimed is still caught.
-        data: bytes = body.read(limit + 1)
-        if len(data) > limit:
-            raise _too_large(f"{url} exceeds the {limit}-byte limit")
-        return data
+        sock = _s3_body_socket(body)
+        if sock is not None:
+            deadline.watch(sock)
+        chunks: list[bytes] = []
+        size = 0
+        while True:
+            timeout = deadline.cap(self._limits.read_timeout)
+            if sock is not None:
+                with contextlib.suppress(OSError):  # closed: the read will say so
+                    sock.settimeout(timeout)
+            chunk: bytes = body.read(_READ_CHUNK)
+            if not chunk:
+                return b"".join(chunks)
+            # Past the limit is caught even when the object is bigger than it claimed.
+            size += len(chunk)
+            if size > limit:
+                raise _too_large(f"{url} exceeds the {limit}-byte limit")
+            chunks.append(chunk)
 
     def _s3(self) -> Any:
         with self._s3_lock:
@@ -414,12 +723,25 @@ class Fetcher:
             return self._s3_client
 
     def _default_s3_client(self) -> Any:
-        config = Config(
-            connect_timeout=self._limits.connect_timeout,
-            read_timeout=self._limits.read_timeout,
-            retries={"mode": "standard", "max_attempts": 2},
+        return aws.client(
+            "s3",
+            config=Config(
+                connect_timeout=self._limits.connect_timeout,
+                read_timeout=self._limits.read_timeout,
+                retries={"mode": "standard", "max_attempts": 2},
+            ),
         )
-        return boto3.client("s3", config=config)
+
+
+def _s3_body_socket(body: Any) -> socket.socket | None:
+    """The socket under a botocore StreamingBody, or None (a fake, or botocore changed).
+
+    botocore exposes no socket; its own ``set_socket_timeout`` reaches into the body the same
+    way, and logs an error each time it cannot.
+    """
+    connection = getattr(getattr(body, "_raw_stream", None), "connection", None)
+    sock = getattr(connection, "sock", None)
+    return sock if isinstance(sock, socket.socket) else None
 
 
 # -- URL parsing ----------------------------------------------------------------
@@ -429,46 +751,88 @@ def _scheme_of(url: str) -> str:
     try:
         return urlsplit(url).scheme.lower()
     except ValueError as exc:
-        raise _unsupported(f"Malformed URL: {exc}") from exc
+        raise _invalid_url(f"Malformed URL {url[:200]!r}: {exc}") from exc
 
 
-def _parse_http_url(url: str) -> _Target:
+def _parse_http_url(url: str, malformed: ErrorCode) -> _Target:
+    """Split an http(s) URL; anything unparsable is ``malformed`` (invalid_url or invalid_redirect)."""
     try:
         parts = urlsplit(url)
-        explicit_port = parts.port
     except ValueError as exc:
-        raise _unsupported(f"Malformed URL: {exc}") from exc
+        raise _refused(malformed, f"Malformed URL {url[:200]!r}: {exc}") from exc
     scheme = parts.scheme.lower()
     if scheme not in _HTTP_SCHEMES:
         # Reached through a redirect, e.g. to file:// or s3://.
         raise _unsupported(f"Unsupported URL scheme {scheme!r} in redirect target")
-    host = _ascii_host(parts.hostname)
+    host, explicit_port = _host_and_port(parts.netloc, malformed)
     port = explicit_port or _DEFAULT_PORTS[scheme]
     bracketed = f"[{host}]" if ":" in host else host
     host_header = f"{bracketed}:{explicit_port}" if explicit_port else bracketed
     path = parts.path or "/"
     target = f"{path}?{parts.query}" if parts.query else path
-    # Percent-encode spaces and non-ASCII; keep existing escapes and URL delimiters.
-    return _Target(scheme, host, port, host_header, quote(target, safe="!$%&'()*+,/:;=?@[]~"))
-
-
-def _ascii_host(hostname: str | None) -> str:
-    if not hostname:
-        raise _unsupported("URL has no host")
     try:
-        host = hostname.encode("idna").decode("ascii")
+        # Percent-encode spaces and non-ASCII; keep existing escapes and URL delimiters.
+        request_target = quote(target, safe="!$%&'()*+,/:;=?@[]~")
+    except UnicodeError as exc:  # lone surrogates
+        raise _refused(malformed, f"Malformed path in {url[:200]!r}") from exc
+    return _Target(scheme, host, port, host_header, request_target)
+
+
+def _host_and_port(netloc: str, malformed: ErrorCode) -> tuple[str, int | None]:
+    """The host (ASCII, lower case, no brackets) and explicit port of a URL's authority."""
+    host_port = netloc.rpartition("@")[2]  # credentials are never sent
+    match = _HOST_AND_PORT.fullmatch(host_port)
+    if match is None:
+        raise _refused(malformed, f"Malformed host or port {host_port[:200]!r}")
+    port = None
+    if match["port"]:
+        port = int(match["port"])
+        if not 0 < port < 65536:
+            raise _refused(malformed, f"Invalid port {port} in {host_port[:200]!r}")
+    literal = match["literal"]
+    if literal is not None:
+        return _ipv6_literal(literal, malformed), port
+    return _ascii_host(match["name"], malformed), port
+
+
+def _ipv6_literal(literal: str, malformed: ErrorCode) -> str:
+    # A zone id names one of *our* interfaces: meaningless in a shared URL, and urllib3 cannot
+    # carry it anyway.
+    if "%" in literal:
+        raise _refused(malformed, f"IPv6 zone ids are not supported: [{literal[:200]}]")
+    try:
+        ipaddress.IPv6Address(literal)
+    except ValueError as exc:
+        raise _refused(malformed, f"Invalid IPv6 address [{literal[:200]}]") from exc
+    return literal.lower()
+
+
+def _ascii_host(hostname: str, malformed: ErrorCode) -> str:
+    if not hostname:
+        raise _refused(malformed, "URL has no host")
+    try:
+        host = hostname.lower().encode("idna").decode("ascii")
     except UnicodeError as exc:
-        raise _unsupported(f"Invalid host {hostname!r}") from exc
-    if any(ch.isspace() or not ch.isprintable() for ch in host):
-        raise _unsupported(f"Invalid host {hostname!r}")
+        raise _refused(malformed, f"Invalid host {hostname[:200]!r}") from exc
+    if len(host) > _MAX_HOSTNAME or not _HOSTNAME.fullmatch(host):
+        raise _refused(malformed, f"Invalid host {hostname[:200]!r}")
     return host
+
+
+def _redirect_target(current: str, location: str, host: str) -> str:
+    try:
+        return urljoin(current, location)
+    except ValueError as exc:
+        raise _refused(
+            ErrorCode.INVALID_REDIRECT, f"Unparsable redirect Location {location[:200]!r} from {host}"
+        ) from exc
 
 
 def _parse_s3_url(url: str) -> tuple[str, str]:
     # Split by hand: keys may contain '?' or '#', which urlsplit would cut off.
     bucket, _, key = url[len("s3://") :].partition("/")
     if not bucket or not key:
-        raise _unsupported(f"S3 URL needs a bucket and a key: {url!r}")
+        raise _invalid_url(f"S3 URL needs a bucket and a key: {url[:200]!r}")
     return bucket, key
 
 
@@ -494,6 +858,21 @@ def _literal_ip(host: str) -> IPAddress | None:
         return ipaddress.IPv4Address(socket.inet_aton(host))
     except OSError:
         return None
+
+
+def _resolved_ip(name: str, host: str) -> IPAddress:
+    try:
+        address = ipaddress.ip_address(name)
+    except ValueError as exc:
+        raise PredictionError(
+            ErrorCode.BLOCKED_ADDRESS, f"Resolver gave a non-IP for {host}: {exc}", transient=False
+        ) from exc
+    if isinstance(address, ipaddress.IPv6Address) and address.scope_id:
+        # Only link-local addresses carry a zone, and the pool cannot connect to one.
+        raise PredictionError(
+            ErrorCode.BLOCKED_ADDRESS, f"Refusing scoped address {host} ({address})", transient=False
+        )
+    return address
 
 
 def _normalised(address: IPAddress) -> IPAddress:
@@ -562,7 +941,28 @@ def _content_length(response: urllib3.BaseHTTPResponse) -> int | None:
         return None  # a bogus header is ignored; the streaming cap still applies
 
 
+def _cause(exc: HTTPError) -> BaseException | None:
+    """What urllib3 wrapped: ``ProtocolError(message, cause)``, else the chained exception."""
+    wrapped = exc.args[1] if len(exc.args) > 1 else None
+    return wrapped if isinstance(wrapped, BaseException) else exc.__cause__
+
+
+def _malformed(cause: BaseException | None) -> bool:
+    """A response that breaks HTTP (bad status line, headers, chunking), not a dropped connection."""
+    if isinstance(cause, InvalidChunkLength):
+        return True
+    if isinstance(cause, http.client.IncompleteRead):
+        # http.client reports a bad chunk-size line as IncompleteRead raised while handling
+        # int()'s ValueError; a body cut off before a chunk-size line does the same with b''.
+        context = cause.__context__
+        return isinstance(context, ValueError) and not str(context).endswith("b''")
+    # RemoteDisconnected is a BadStatusLine too, but means "closed without a response".
+    return isinstance(cause, http.client.HTTPException) and not isinstance(cause, ConnectionError)
+
+
 def _s3_error(exc: boto_errors.ClientError | boto_errors.BotoCoreError, url: str) -> PredictionError:
+    if isinstance(exc, _S3_INVALID):
+        return _invalid_url(f"Cannot fetch {url[:200]} as written: {exc}"[:500])
     if isinstance(exc, boto_errors.ConnectTimeoutError | boto_errors.ReadTimeoutError):
         return PredictionError(ErrorCode.FETCH_TIMEOUT, f"Timed out reading {url}", transient=True)
     if isinstance(exc, boto_errors.BotoCoreError):
@@ -579,13 +979,21 @@ def _s3_error(exc: boto_errors.ClientError | boto_errors.BotoCoreError, url: str
     return PredictionError(ErrorCode.HTTP_ERROR, f"S3 {code or status} for {url}", transient=transient)
 
 
+def _refused(code: ErrorCode, message: str) -> PredictionError:
+    return PredictionError(code, message, transient=False)
+
+
+def _invalid_url(message: str) -> PredictionError:
+    return _refused(ErrorCode.INVALID_URL, message)
+
+
 def _unsupported(message: str) -> PredictionError:
-    return PredictionError(ErrorCode.UNSUPPORTED_SCHEME, message, transient=False)
+    return _refused(ErrorCode.UNSUPPORTED_SCHEME, message)
 
 
 def _http_error(message: str) -> PredictionError:
-    return PredictionError(ErrorCode.HTTP_ERROR, message, transient=False)
+    return _refused(ErrorCode.HTTP_ERROR, message)
 
 
 def _too_large(message: str) -> PredictionError:
-    return PredictionError(ErrorCode.TOO_LARGE, message, transient=False)
+    return _refused(ErrorCode.TOO_LARGE, message)

@@ -144,9 +144,9 @@ def check_url(url: str) -> tuple[ErrorCode, str] | None:
         return ErrorCode.INVALID_MANIFEST_LINE, "url contains whitespace or control characters"
     try:
         parts = urlsplit(url)
-        _ = parts.port  # raises on a non-numeric or out-of-range port
+        port = parts.port  # raises on a non-numeric or out-of-range port
     except ValueError as exc:
-        return ErrorCode.INVALID_MANIFEST_LINE, f"url cannot be parsed: {exc}"
+        return ErrorCode.INVALID_URL, f"url cannot be parsed: {exc}"
     if not parts.scheme:
         return ErrorCode.INVALID_MANIFEST_LINE, "url has no scheme (expected https://, http:// or s3://)"
     if parts.scheme not in ALLOWED_SCHEMES:  # urlsplit lowercases the scheme
@@ -154,9 +154,14 @@ def check_url(url: str) -> tuple[ErrorCode, str] | None:
         return ErrorCode.UNSUPPORTED_SCHEME, f"unsupported scheme {parts.scheme!r} (allowed: {allowed})"
     if parts.scheme == "s3":
         if not parts.netloc or not parts.path.lstrip("/"):
-            return ErrorCode.INVALID_MANIFEST_LINE, "s3 url needs a bucket and a key: s3://bucket/key"
+            return ErrorCode.INVALID_URL, "s3 url needs a bucket and a key: s3://bucket/key"
     elif not parts.hostname:
-        return ErrorCode.INVALID_MANIFEST_LINE, "url has no host"
+        return ErrorCode.INVALID_URL, "url has no host"
+    elif "[" in parts.netloc and "%" in parts.hostname:
+        # fe80::1%eth0 names an interface of whichever machine reads it; the fetcher refuses it.
+        return ErrorCode.INVALID_URL, "url has an IPv6 zone id"
+    elif port == 0:
+        return ErrorCode.INVALID_URL, "url cannot be parsed: port 0"
     return None
 
 

@@ -14,6 +14,7 @@ import io
 import ipaddress
 import socket
 import ssl
+import struct
 import sys
 import threading
 import time
@@ -22,10 +23,11 @@ from dataclasses import dataclass, replace
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import parse_qs, quote, urlsplit
 
 import boto3
 import pytest
+from botocore.config import Config
 from botocore.exceptions import ClientError, EndpointConnectionError
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
@@ -33,13 +35,36 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 from moto import mock_aws
 
+from batchpredict import aws
 from batchpredict.errors import ErrorCode, PredictionError
-from batchpredict.fetch import Fetched, Fetcher, FetchLimits, parse_networks
+from batchpredict.fetch import Fetched, Fetcher, FetchLimits, Resolver, _Deadline, parse_networks
 
 IMAGE = b"\x89PNG\r\n\x1a\n" + bytes(range(256)) * 8
 LOOPBACK = parse_networks("127.0.0.0/8")
 FAST = FetchLimits(max_bytes=64 * 1024, connect_timeout=1.0, read_timeout=2.0, allowed_networks=LOOPBACK)
 Address = tuple[Any, ...]
+# Per-operation timeouts far beyond the 1 s deadlines the deadline tests give: only the
+# whole-fetch deadline can end those fetches in time.
+PATIENT = {"connect_timeout": 10.0, "read_timeout": 10.0}
+# A bound against the unbounded behaviour (a fetch outliving its deadline by minutes), with
+# room for a loaded machine: not a speed benchmark.
+DEADLINE_SLACK = 3.0
+RAW_RESPONSES = {
+    # Malformed: the server breaks HTTP, which a retry will not fix.
+    "bad-status-line": b"HELLO WORLD\r\n\r\n",
+    "bad-status-code": b"HTTP/1.1 abc OK\r\nContent-Length: 0\r\n\r\n",
+    "unknown-version": b"HTTP/9.9 200 OK\r\nContent-Length: 0\r\n\r\n",
+    "no-status-line": b"GIF89a\x01\x00\x01\x00",
+    "header-too-long": b"HTTP/1.1 200 OK\r\nX-Big: " + b"a" * 70_000 + b"\r\n\r\n",
+    "too-many-headers": b"HTTP/1.1 200 OK\r\n" + b"X-Many: a\r\n" * 120 + b"\r\n",
+    "conflicting-lengths": b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\nContent-Length: 5\r\n\r\nabc",
+    "bad-chunk-size": b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\nabc\r\n0\r\n\r\n",
+    "chunk-size-too-long": b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n" + b"1" * 70_000,
+    # Cut short: the connection dropped; another attempt may get it all.
+    "cut-before-chunk": b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n",
+    "cut-inside-chunk": b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n10\r\nabc",
+    "cut-body": b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nabc",
+}
 
 
 # -- network spies ----------------------------------------------------------------
@@ -93,6 +118,20 @@ def refusing_resolver(host: str, port: int) -> list[str]:
 
 def refusing_s3() -> Any:
     raise AssertionError("no S3 client may be created")
+
+
+def offline_s3() -> Any:
+    """A real S3 client (botocore validates bucket names and encodes keys) that never sends."""
+
+    def refuse(request: Any, **kwargs: Any) -> None:
+        raise AssertionError(f"no S3 request may be sent ({request.url})")
+
+    session = boto3.session.Session(
+        aws_access_key_id="testing", aws_secret_access_key="testing", region_name="us-east-1"
+    )
+    client = session.client("s3")
+    client.meta.events.register("before-send", refuse)
+    return client
 
 
 # -- test servers -----------------------------------------------------------------
@@ -197,6 +236,34 @@ class _Handler(BaseHTTPRequestHandler):
             self.wfile.write(b"X")
             self.wfile.flush()
         self.close_connection = True
+
+    def route_slow_redirect(self, arg: str, query: dict[str, str]) -> None:
+        """/slow-redirect/N: each hop answers after 0.4 s, redirecting to N-1 (the image at 0)."""
+        if self.server.stop.wait(0.4):
+            return
+        hops = int(arg)
+        if hops == 0:
+            self.route_image(arg, query)
+            return
+        self.reply(302, b"", {"Location": f"/slow-redirect/{hops - 1}"})
+
+    def route_raw(self, arg: str, query: dict[str, str]) -> None:
+        """/raw/NAME: the bytes of RAW_RESPONSES[NAME] as the whole response, then hang up."""
+        self.wfile.write(RAW_RESPONSES[arg])
+        self.wfile.flush()
+        self.close_connection = True
+
+    def route_rst(self, arg: str, query: dict[str, str]) -> None:
+        """Half a response, then a TCP reset (SO_LINGER 0)."""
+        self.wfile.write(b"HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\r\nabc")
+        self.wfile.flush()
+        self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        self.connection.close()
+        self.close_connection = True
+
+    def route_s3drip(self, arg: str, query: dict[str, str]) -> None:
+        """Bucket "s3drip" of a fake S3 endpoint: its objects' bodies drip like /drip."""
+        self.route_drip(arg, query)
 
     def route_hang(self, arg: str, query: dict[str, str]) -> None:
         self.server.stop.wait(10)
@@ -421,23 +488,89 @@ def test_unknown_name_is_a_permanent_connection_error(make_fetcher: Callable[...
         "file:///etc/passwd",
         "data:image/png;base64,iVBORw0KGgo=",
         "gopher://example.com/",
-        "",
-        "cat.png",
-        "//example.com/cat.png",
-        "http:///cat.png",
-        "https://",
-        "http://[::1/",
-        "http://example.com:99999/",
-        "s3://bucket-only",
-        "s3:///key-only",
     ],
 )
-def test_unsupported_urls_are_refused(
+def test_unsupported_schemes_are_refused(
     url: str, make_fetcher: Callable[..., Fetcher], connections: list[Address]
 ) -> None:
     error = fetch_error(make_fetcher(s3=refusing_s3), url)
     assert_error(error, ErrorCode.UNSUPPORTED_SCHEME, transient=False)
     assert connections == []
+
+
+INVALID_URLS = [
+    "",
+    "cat.png",
+    "//example.com/cat.png",
+    "http:///cat.png",
+    "https://",
+    "http://[::1/",
+    "http://[::1",
+    "http://example.com:99999/",
+    "http://example.com:0/",
+    "http://example.com:-1/",
+    "http://example.com:1_0/",
+    "http://example.com:80:80/",
+    "http://[fe80::1%eth0]/a.jpg",  # IPv6 zone id
+    "http://[fe80::1%25eth0]/a.jpg",  # the same, percent-encoded as RFC 6874 writes it
+    "http://[::1]junk/",
+    "http://[v1.fe80::a]/",  # IPvFuture
+    "http://[127.0.0.1]/",
+    "http://[nope]/",
+    "http://exa mple.com/",
+    "http://%31%32%37.0.0.1/",
+    "http://a..b/",
+    "http://" + "a" * 64 + ".com/",
+    "http://" + "a." * 130 + "com/",
+    "http://ex\\ample.com/",
+    "http://\ud800.example/",
+    "http://example.com/\ud800",
+    "s3://bucket-only",
+    "s3:///key-only",
+    "s3://",
+]
+
+
+@pytest.mark.parametrize("url", INVALID_URLS)
+def test_unparsable_urls_are_invalid(
+    url: str, make_fetcher: Callable[..., Fetcher], connections: list[Address]
+) -> None:
+    error = fetch_error(make_fetcher(s3=refusing_s3), url)
+    assert_error(error, ErrorCode.INVALID_URL, transient=False)
+    assert connections == []
+
+
+def test_zone_id_is_refused_even_when_the_network_is_allowed(make_fetcher: Callable[..., Fetcher]) -> None:
+    fetcher = make_fetcher(allowed_networks=parse_networks("fe80::/10"))
+    error = fetch_error(fetcher, "http://[fe80::1%eth0]/a.jpg")
+    assert_error(error, ErrorCode.INVALID_URL, transient=False)
+    assert "zone id" in error.message
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        *INVALID_URLS,
+        "http://[::1]:65536/",
+        "http://xn--/",
+        "http://\u0661\u0662\u0663/",  # Arabic-Indic digits
+        "http://example.com\x00/",
+        "http://ex%00ample.com/",
+        "http://[::ffff:127.0.0.1%1]/",
+        "https://user:pa@ss@[::1]:x/",
+        "http://\uff0fexample.com/",  # a fullwidth solidus: NFKC turns it into '/'
+        "HTTP://example.com:8080\u2100/",  # NFKC: a/c
+        "s3://bucket\ud800/key",
+        "s3://bucket/\ud800",
+        "s3://bad bucket/key",
+        "http://" + "x" * 5000,
+        "\x00http://example.com/",
+    ],
+)
+def test_hostile_urls_end_as_prediction_errors(url: str, make_fetcher: Callable[..., Fetcher]) -> None:
+    """Whatever the string, fetch() raises a PredictionError with a specific code, nothing else."""
+    error = fetch_error(make_fetcher(resolver=StaticResolver(), s3=offline_s3), url)
+    assert error.code in {ErrorCode.INVALID_URL, ErrorCode.UNSUPPORTED_SCHEME, ErrorCode.CONNECTION_ERROR}
 
 
 # -- redirects --------------------------------------------------------------------
@@ -485,6 +618,25 @@ def test_redirect_to_other_schemes_is_refused(
 ) -> None:
     error = fetch_error(make_fetcher(), server.url(f"/redirect-to?url={target}"))
     assert_error(error, ErrorCode.UNSUPPORTED_SCHEME, transient=False)
+
+
+@pytest.mark.parametrize(
+    "location",
+    [
+        "http://[::1",
+        "//[::1/x",
+        "http://[fe80::1%eth0]/a.jpg",
+        "http://example.com:99999/",
+        "http://exa mple.com/",
+        "http://[nope]/",
+    ],
+)
+def test_unparsable_redirect_location_is_an_invalid_redirect(
+    location: str, server: Server, make_fetcher: Callable[..., Fetcher], connections: list[Address]
+) -> None:
+    error = fetch_error(make_fetcher(), server.url(f"/redirect-to?url={quote(location, safe='')}"))
+    assert_error(error, ErrorCode.INVALID_REDIRECT, transient=False)
+    assert connections == [("127.0.0.1", server.port)]
 
 
 def test_redirect_without_location(server: Server, make_fetcher: Callable[..., Fetcher]) -> None:
@@ -565,21 +717,147 @@ def test_server_that_never_answers_times_out(server: Server, make_fetcher: Calla
     started = time.monotonic()
     error = fetch_error(make_fetcher(read_timeout=0.3), server.url("/hang"))
     assert_error(error, ErrorCode.FETCH_TIMEOUT, transient=True)
+    assert error.message == "No response from 127.0.0.1 within 0.3 s"
     assert time.monotonic() - started < 1.5
 
 
-def test_connect_timeout(make_fetcher: Callable[..., Fetcher]) -> None:
-    # A listener that never accepts: once its accept queue is full, further SYNs are dropped.
+@contextlib.contextmanager
+def _silent_listener(*, full: bool) -> Iterator[int]:
+    """A port whose listener never accepts nor sends. ``full``: its accept queue is full, so
+    further SYNs are dropped and connect() hangs; otherwise the kernel completes the TCP
+    handshake and the client then waits for an answer that never comes."""
     with socket.socket() as listener, contextlib.ExitStack() as fillers:
         listener.bind(("127.0.0.1", 0))
-        listener.listen(0)
+        listener.listen(0 if full else 8)
         address = listener.getsockname()
-        with contextlib.suppress(TimeoutError):
-            for _ in range(8):
-                fillers.enter_context(socket.create_connection(address, timeout=0.2))
-        error = fetch_error(make_fetcher(connect_timeout=0.3), f"http://127.0.0.1:{address[1]}/")
+        if full:
+            with contextlib.suppress(TimeoutError):
+                for _ in range(8):
+                    fillers.enter_context(socket.create_connection(address, timeout=0.2))
+        yield address[1]
+
+
+def test_connect_timeout(make_fetcher: Callable[..., Fetcher]) -> None:
+    with _silent_listener(full=True) as port:
+        error = fetch_error(make_fetcher(connect_timeout=0.3), f"http://127.0.0.1:{port}/")
     assert_error(error, ErrorCode.FETCH_TIMEOUT, transient=True)
     assert "connecting" in error.message
+
+
+def fetch_past_deadline(fetcher: Fetcher, url: str, seconds: float = 1.0) -> PredictionError:
+    """Fetch with a deadline ``seconds`` away; it must end as that deadline's timeout, in time."""
+    started = time.monotonic()
+    with pytest.raises(PredictionError) as raised:
+        fetcher.fetch(url, deadline=started + seconds)
+    elapsed = time.monotonic() - started
+    assert_error(raised.value, ErrorCode.FETCH_TIMEOUT, transient=False)
+    assert "deadline" in raised.value.message
+    assert elapsed < seconds + DEADLINE_SLACK
+    return raised.value
+
+
+@pytest.fixture
+def stuck_resolver() -> Iterator[Callable[[str, int], list[str]]]:
+    """A resolver that answers only after the test (getaddrinfo has no timeout either)."""
+    release = threading.Event()
+
+    def stuck(host: str, port: int) -> list[str]:
+        release.wait(10)
+        return ["127.0.0.1"]
+
+    yield stuck
+    release.set()
+
+
+def test_deadline_ends_a_dns_lookup_that_never_answers(
+    stuck_resolver: Resolver, make_fetcher: Callable[..., Fetcher]
+) -> None:
+    fetcher = make_fetcher(resolver=stuck_resolver, **PATIENT)
+    error = fetch_past_deadline(fetcher, "http://images.test/cat.png")
+    assert "the total fetch limit is 30 s" in error.message
+
+
+def test_total_timeout_alone_ends_a_dns_lookup_that_never_answers(
+    stuck_resolver: Resolver, make_fetcher: Callable[..., Fetcher]
+) -> None:
+    started = time.monotonic()
+    error = fetch_error(
+        make_fetcher(resolver=stuck_resolver, total_timeout=1.0), "http://images.test/cat.png"
+    )
+    assert_error(error, ErrorCode.FETCH_TIMEOUT, transient=False)
+    assert error.message == "Fetching http://images.test/cat.png took over 1 s in all"
+    assert time.monotonic() - started < 1.0 + DEADLINE_SLACK
+
+
+def test_deadline_ends_a_connect_that_hangs(make_fetcher: Callable[..., Fetcher]) -> None:
+    with _silent_listener(full=True) as port:
+        fetch_past_deadline(make_fetcher(**PATIENT), f"http://127.0.0.1:{port}/")
+
+
+def test_deadline_ends_a_tls_handshake_that_never_answers(make_fetcher: Callable[..., Fetcher]) -> None:
+    with _silent_listener(full=False) as port:
+        fetch_past_deadline(make_fetcher(**PATIENT), f"https://127.0.0.1:{port}/")
+
+
+def test_deadline_ends_a_chain_of_slow_redirects(
+    server: Server, make_fetcher: Callable[..., Fetcher], connections: list[Address]
+) -> None:
+    # Each hop answers in 0.4 s, well within every per-operation timeout; the chain does not.
+    fetch_past_deadline(make_fetcher(max_redirects=10, **PATIENT), server.url("/slow-redirect/8"))
+    assert len(connections) <= 3  # hop 4 would start at 1.2 s: none starts past the deadline
+
+
+def test_deadline_ends_headers_dripped_a_byte_at_a_time(
+    server: Server, make_fetcher: Callable[..., Fetcher]
+) -> None:
+    fetch_past_deadline(make_fetcher(**PATIENT), server.url("/drip-headers"))
+
+
+def test_deadline_ends_a_body_dripped_a_byte_at_a_time(
+    server: Server, make_fetcher: Callable[..., Fetcher]
+) -> None:
+    fetch_past_deadline(make_fetcher(**PATIENT), server.url("/drip"))
+
+
+def test_deadline_covers_a_connection_reused_from_the_pool(
+    server: Server, make_fetcher: Callable[..., Fetcher], connections: list[Address]
+) -> None:
+    fetcher = make_fetcher(**PATIENT)
+    assert fetcher.fetch(server.url("/image")).data == IMAGE
+    fetch_past_deadline(fetcher, server.url("/drip-headers"))
+    assert connections == [("127.0.0.1", server.port)]  # one socket: the second fetch reused it
+
+
+def test_no_hop_starts_after_the_deadline(
+    server: Server, make_fetcher: Callable[..., Fetcher], connections: list[Address]
+) -> None:
+    with pytest.raises(PredictionError) as raised:
+        make_fetcher().fetch(server.url("/image"), deadline=time.monotonic() - 1)
+    assert_error(raised.value, ErrorCode.FETCH_TIMEOUT, transient=False)
+    assert connections == []
+
+
+def test_an_earlier_total_timeout_wins_over_a_later_deadline(
+    server: Server, make_fetcher: Callable[..., Fetcher]
+) -> None:
+    started = time.monotonic()
+    fetcher = make_fetcher(total_timeout=0.8, **PATIENT)
+    with pytest.raises(PredictionError) as raised:
+        fetcher.fetch(server.url("/drip-headers"), deadline=started + 60)
+    assert_error(raised.value, ErrorCode.FETCH_TIMEOUT, transient=False)
+    assert "took over 0.8 s in all" in raised.value.message
+    assert time.monotonic() - started < 0.8 + DEADLINE_SLACK
+
+
+def test_a_socket_watched_after_the_deadline_fired_is_shut_at_once() -> None:
+    deadline = _Deadline(time.monotonic() - 1, "too late")
+    deadline.expire()
+    left, right = socket.socketpair()
+    with left, right:
+        left.settimeout(5)
+        deadline.watch(left)
+        assert left.recv(1) == b""  # shut: no wait for the 5 s timeout
+    deadline.finish()
 
 
 # -- connection failures ----------------------------------------------------------
@@ -595,6 +873,28 @@ def test_connection_refused(make_fetcher: Callable[..., Fetcher]) -> None:
 
 def test_connection_closed_without_response(server: Server, make_fetcher: Callable[..., Fetcher]) -> None:
     error = fetch_error(make_fetcher(), server.url("/reset"))
+    assert_error(error, ErrorCode.CONNECTION_ERROR, transient=True)
+
+
+def test_connection_reset_mid_body_is_transient(server: Server, make_fetcher: Callable[..., Fetcher]) -> None:
+    error = fetch_error(make_fetcher(), server.url("/rst"))
+    assert_error(error, ErrorCode.CONNECTION_ERROR, transient=True)
+
+
+@pytest.mark.parametrize("name", [name for name in RAW_RESPONSES if not name.startswith("cut-")])
+def test_malformed_responses_are_permanent_http_errors(
+    name: str, server: Server, make_fetcher: Callable[..., Fetcher]
+) -> None:
+    error = fetch_error(make_fetcher(), server.url(f"/raw/{name}"))
+    assert_error(error, ErrorCode.HTTP_ERROR, transient=False)
+    assert error.message.startswith("Malformed response from 127.0.0.1")
+
+
+@pytest.mark.parametrize("name", [name for name in RAW_RESPONSES if name.startswith("cut-")])
+def test_responses_cut_short_are_transient_connection_errors(
+    name: str, server: Server, make_fetcher: Callable[..., Fetcher]
+) -> None:
+    error = fetch_error(make_fetcher(), server.url(f"/raw/{name}"))
     assert_error(error, ErrorCode.CONNECTION_ERROR, transient=True)
 
 
@@ -729,14 +1029,19 @@ def test_s3_object_over_the_limit(s3: Any, make_fetcher: Callable[..., Fetcher])
 
 class _FakeS3:
     def __init__(
-        self, *, error: Exception | None = None, body: bytes = b"", length: int | None = None
+        self,
+        *,
+        error: Exception | None = None,
+        body: bytes = b"",
+        length: int | None = None,
+        stream: Any = None,
     ) -> None:
-        self.error, self.body, self.length = error, body, length
+        self.error, self.body, self.length, self.stream = error, body, length, stream
 
     def get_object(self, Bucket: str, Key: str) -> dict[str, Any]:
         if self.error:
             raise self.error
-        return {"Body": io.BytesIO(self.body), "ContentLength": self.length}
+        return {"Body": self.stream or io.BytesIO(self.body), "ContentLength": self.length}
 
 
 def test_s3_body_longer_than_declared_is_cut_off(make_fetcher: Callable[..., Fetcher]) -> None:
@@ -766,3 +1071,89 @@ def test_s3_errors(
 ) -> None:
     fake = _FakeS3(error=error)
     assert_error(fetch_error(make_fetcher(s3=lambda: fake), "s3://images/cat.png"), code, transient=transient)
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "s3://bad_bucket!/cat.png",
+        "s3://bucket:443/cat.png",
+        "s3://" + "b" * 300 + "/cat.png",
+        "s3://arn:aws:s3:us-east-1:12345678901x:accesspoint:ap/cat.png",
+        "s3://images/\ud800.png",
+    ],
+)
+def test_s3_url_botocore_refuses_is_invalid(url: str, make_fetcher: Callable[..., Fetcher]) -> None:
+    error = fetch_error(make_fetcher(s3=offline_s3), url)
+    assert_error(error, ErrorCode.INVALID_URL, transient=False)
+
+
+def test_default_s3_client_is_built_by_aws_client_with_the_fetch_timeouts(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    for name, value in {
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_DEFAULT_REGION": "us-east-1",
+    }.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.delenv("AWS_PROFILE", raising=False)
+    built: list[Any] = []
+    real_client = aws.client
+
+    def spy(service: str, config: Any = None) -> Any:
+        built.append(real_client(service, config=config))
+        return built[-1]
+
+    monkeypatch.setattr(aws, "client", spy)
+    fetcher = Fetcher(replace(FAST, connect_timeout=1.5, read_timeout=2.5))
+    try:
+        error = fetch_error(fetcher, "s3://bad_bucket!/cat.png")  # refused before anything is sent
+    finally:
+        fetcher.close()
+    assert_error(error, ErrorCode.INVALID_URL, transient=False)
+    [client] = built
+    config = client.meta.config
+    assert (config.connect_timeout, config.read_timeout) == (1.5, 2.5)
+    assert config.retries == {"mode": "standard", "total_max_attempts": 3}  # max_attempts=2 retries
+
+
+class _DrippingBody:
+    """A body without a socket to reach (like a fake or a future botocore): one byte a read."""
+
+    def __init__(self) -> None:
+        self.reads = 0
+
+    def read(self, amt: int) -> bytes:
+        self.reads += 1
+        time.sleep(0.1)
+        return b"x"
+
+    def close(self) -> None:
+        pass
+
+
+def test_s3_body_read_stops_at_the_deadline(make_fetcher: Callable[..., Fetcher]) -> None:
+    body = _DrippingBody()
+    fake = _FakeS3(stream=body, length=1000)
+    fetch_past_deadline(make_fetcher(s3=lambda: fake, **PATIENT), "s3://images/cat.png")
+    assert body.reads < 20
+
+
+def test_s3_body_dripped_from_a_real_socket_stops_at_the_deadline(
+    server: Server, make_fetcher: Callable[..., Fetcher]
+) -> None:
+    # A real client against a loopback endpoint: the body's socket is watched like an HTTP one.
+    session = boto3.session.Session(
+        aws_access_key_id="testing", aws_secret_access_key="testing", region_name="us-east-1"
+    )
+    config = Config(read_timeout=10, connect_timeout=10, retries={"max_attempts": 1})
+    client = session.client("s3", endpoint_url=f"http://127.0.0.1:{server.port}", config=config)
+    fetch_past_deadline(make_fetcher(s3=lambda: client), "s3://s3drip/cat.png")
+
+
+def test_s3_fetch_after_the_deadline_sends_nothing(make_fetcher: Callable[..., Fetcher]) -> None:
+    fake = _FakeS3(error=AssertionError("no request may be sent past the deadline"))
+    with pytest.raises(PredictionError) as raised:
+        make_fetcher(s3=lambda: fake).fetch("s3://images/cat.png", deadline=time.monotonic() - 1)
+    assert_error(raised.value, ErrorCode.FETCH_TIMEOUT, transient=False)

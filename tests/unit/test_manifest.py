@@ -27,6 +27,7 @@ from batchpredict.manifest import (
 
 JSONL, CSV, TXT = ManifestFormat.JSONL, ManifestFormat.CSV, ManifestFormat.TXT
 BAD = ErrorCode.INVALID_MANIFEST_LINE
+INVALID_URL = ErrorCode.INVALID_URL
 
 
 def run(
@@ -236,13 +237,17 @@ def test_empty_manifests_yield_nothing() -> None:
         ("FILE:///etc/passwd", ErrorCode.UNSUPPORTED_SCHEME, "unsupported scheme 'file'"),
         ("javascript:alert(1)", ErrorCode.UNSUPPORTED_SCHEME, "unsupported scheme 'javascript'"),
         ("a.example/x.jpg", BAD, "url has no scheme"),
-        ("https:///x.jpg", BAD, "url has no host"),
-        ("http://", BAD, "url has no host"),
-        ("https://a.example:99999/x.jpg", BAD, "url cannot be parsed"),
-        ("https://[::1/x.jpg", BAD, "url cannot be parsed"),
-        ("s3://bucket", BAD, "s3 url needs a bucket and a key"),
-        ("s3://bucket/", BAD, "s3 url needs a bucket and a key"),
-        ("s3:///key.jpg", BAD, "s3 url needs a bucket and a key"),
+        ("https:///x.jpg", INVALID_URL, "url has no host"),
+        ("http://", INVALID_URL, "url has no host"),
+        ("https://a.example:99999/x.jpg", INVALID_URL, "url cannot be parsed"),
+        ("https://a.example:0/x.jpg", INVALID_URL, "url cannot be parsed: port 0"),
+        ("https://a.example:x/x.jpg", INVALID_URL, "url cannot be parsed"),
+        ("https://[::1/x.jpg", INVALID_URL, "url cannot be parsed"),
+        ("http://[fe80::1%eth0]/a.jpg", INVALID_URL, "url has an IPv6 zone id"),
+        ("http://[fe80::1%25eth0]:8080/a.jpg", INVALID_URL, "url has an IPv6 zone id"),
+        ("s3://bucket", INVALID_URL, "s3 url needs a bucket and a key"),
+        ("s3://bucket/", INVALID_URL, "s3 url needs a bucket and a key"),
+        ("s3:///key.jpg", INVALID_URL, "s3 url needs a bucket and a key"),
         ("https://a.example/x y.jpg", BAD, "url contains whitespace or control characters"),
         ("https://a.example/x\x07.jpg", BAD, "url contains whitespace or control characters"),
         ("https://a.example/x\u00a0.jpg", BAD, "url contains whitespace or control characters"),
@@ -268,6 +273,7 @@ def test_bad_urls_in_every_format(url: str, code: ErrorCode, message: str) -> No
         "HTTPS://A.example/x.jpg",
         "https://a.example:8443/x.jpg?size=large#frag",
         "http://127.0.0.1/x.jpg",  # address policy is fetch.py's job, not the parser's
+        "http://[2001:db8::1]:8080/x%25.jpg",  # an IPv6 literal without a zone; '%' in the path
         "s3://bkt/deep/key with%20escapes.jpg".replace(" ", "_"),
         "https://a.example/" + "x" * (MAX_URL_LENGTH - len("https://a.example/")),
     ],
