@@ -8,11 +8,14 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 from batchpredict.defaults import DEFAULT_MAX_BATCH, DEFAULT_MAX_PIXELS, DEFAULT_TOP_K
 from batchpredict.fetch import FetchLimits, FetchPolicy, parse_networks
-from batchpredict.split import SplitSettings
+
+if TYPE_CHECKING:
+    # Imported where used: predict's cold start has no use for the splitter's modules.
+    from batchpredict.split import SplitSettings
 
 T = TypeVar("T")
 
@@ -132,6 +135,8 @@ class SplitConfig:
 
 
 def split_config(env: Mapping[str, str]) -> SplitConfig:
+    from batchpredict.split import SplitSettings
+
     defaults = SplitSettings()
     return SplitConfig(
         tables=_tables(env),
