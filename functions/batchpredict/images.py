@@ -1,13 +1,26 @@
-"""Untrusted image bytes -> oriented RGB picture -> the model's normalised CHW float32 tensor."""
+"""Untrusted image bytes -> oriented RGB picture -> the model's normalised CHW float32 tensor.
+
+Hostile bytes are bounded three ways before and while they decode:
+
+* size: the header's pixel count against ``max_pixels`` (IMAGE_TOO_LARGE), before any pixel;
+* work: a JPEG with more than MAX_JPEG_SCANS scans is refused unread (IMAGE_TOO_COMPLEX), and a
+  ``deadline`` stops a decode that runs long (DECODE_TIMEOUT);
+* memory: ``decode_memory_bytes`` tells from the header alone how much a decode will hold at
+  its peak, so that a caller can admit decodes into a memory budget.
+"""
 
 from __future__ import annotations
 
+import bisect
 import io
+import re
+import time
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 import numpy.typing as npt
-from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError
+from PIL import ExifTags, Image, ImageFile, ImageOps, UnidentifiedImageError
 
 from batchpredict.defaults import DEFAULT_MAX_PIXELS as DEFAULT_MAX_PIXELS
 from batchpredict.errors import ErrorCode, PredictionError
@@ -15,6 +28,33 @@ from batchpredict.errors import ErrorCode, PredictionError
 # The formats an image URL plausibly serves. Pillow reads ~40 more (EPS even runs Ghostscript);
 # each is attack surface for untrusted bytes and of no use here.
 FORMATS = ("JPEG", "PNG", "GIF", "WEBP", "BMP", "TIFF", "AVIF")
+
+# A progressive JPEG's scans each revisit every block of their component: a 7000x7000 file whose
+# last 75-byte scan is repeated 3,000 times is 0.5 MB and takes ~90 s to decode. Real encoders
+# write few scans: libjpeg(-turbo) 10 for colour and 6 for greyscale progressive, Photoshop 3-5,
+# 1-3 for baseline; mozjpeg's optimised scripts are of the same order. Chrome (Skia) and libtiff
+# give up at the 100th scan, so a JPEG with more is not something any browser shows. Within the
+# limit a 50 MP file costs at most ~3 s of scans (30 ms each), which the deadline bounds.
+MAX_JPEG_SCANS = 100
+
+# JPEGs decode at 1/2, 1/4 or 1/8 scale (libjpeg's scaled IDCT, a crude low-pass) only while the
+# shorter side stays at least this many times the model's resize target, so that the bicubic
+# resize after it still averages 4x4 drafted pixels or more. Against a full decode, on the sample
+# photos re-encoded at 300-4500 px (tests/unit/test_decode_fidelity.py): drafting down to the
+# target moved a class probability by up to 0.12; at 2x the target still by 0.11, flipping a
+# top-1; at 4x by at most ~0.02, reordering only classes the full decode itself ties. A 12 MP
+# JPEG decodes at 1/2 scale in ~30 ms instead of ~55 undrafted (~22 at 1/4, ~18 at 1/8).
+DRAFT_FACTOR = 4
+
+# Pillow pulls encoded bytes through fp.read(decodermaxblock) and decodes each block before the
+# next read, so the block size sets how often the deadline is looked at. 16 KiB keeps a block of
+# the densest inputs (zlib at 1:1032, GIF LZW) to ~50 ms at 50 MP; a read costs ~4 us. A JPEG
+# keeps Pillow's 64 KiB: its reads are cut at every scan instead (see _DeadlineReader), and 64 KiB
+# of baseline data is at most ~20 ms of work.
+_READ_BLOCK = 16 * 1024
+
+# Conversions of a whole image run strip by strip, so their temporaries stay ~this many pixels.
+_STRIP_PIXELS = 1 << 20
 
 _RESAMPLING = {
     "bicubic": Image.Resampling.BICUBIC,
@@ -54,6 +94,11 @@ class Preprocess:
         if 0 in self.std:
             raise ValueError("std must not contain 0")
 
+    @property
+    def draft_to(self) -> int:
+        """The shorter side a JPEG may be drafted down to (see DRAFT_FACTOR)."""
+        return DRAFT_FACTOR * self.resize_shorter
+
 
 @dataclass(frozen=True)
 class DecodedImage:
@@ -63,47 +108,146 @@ class DecodedImage:
     bytes: int  # size of the encoded input
 
 
-def decode_image(data: bytes, preprocess: Preprocess, max_pixels: int = DEFAULT_MAX_PIXELS) -> DecodedImage:
+def decode_image(
+    data: bytes,
+    preprocess: Preprocess,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    *,
+    deadline: float | None = None,
+) -> DecodedImage:
     """Decode untrusted image bytes into the model's input tensor.
 
-    Raises PredictionError NOT_AN_IMAGE or IMAGE_TOO_LARGE.
+    ``deadline`` is an absolute ``time.monotonic()``; a decode still running then stops with
+    DECODE_TIMEOUT (see ``_DeadlineReader`` for how promptly). Raises PredictionError
+    NOT_AN_IMAGE, IMAGE_TOO_LARGE, IMAGE_TOO_COMPLEX or DECODE_TIMEOUT.
     """
-    image, (width, height) = _load(data, max_pixels, draft_to=preprocess.resize_shorter)
-    image = _resize_and_crop(image, preprocess)
-    pixels = np.asarray(image, dtype=np.float32)  # HWC, RGB
-    if preprocess.color == "BGR":
-        pixels = pixels[:, :, ::-1]
-    mean = np.asarray(preprocess.mean, dtype=np.float32)
-    std = np.asarray(preprocess.std, dtype=np.float32)
-    tensor = np.ascontiguousarray(((pixels - mean) / std).transpose(2, 0, 1))
+    image, (width, height) = _load(data, max_pixels, preprocess.draft_to, deadline)
+    _check_deadline(deadline)
+    tensor = _to_tensor(image, preprocess)
     return DecodedImage(tensor=tensor, width=width, height=height, bytes=len(data))
 
 
-def load_rgb(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS, draft_to: int | None = None) -> Image.Image:
+def load_rgb(
+    data: bytes,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    draft_to: int | None = None,
+    *,
+    deadline: float | None = None,
+) -> Image.Image:
     """Decode untrusted image bytes into an EXIF-oriented RGB image (first frame if animated).
 
     ``draft_to`` lets a JPEG decode at 1/2, 1/4 or 1/8 scale as long as its shorter side stays
-    >= draft_to. Raises PredictionError NOT_AN_IMAGE or IMAGE_TOO_LARGE.
+    >= draft_to. Raises PredictionError like ``decode_image``.
     """
-    return _load(data, max_pixels, draft_to)[0]
+    image = _load(data, max_pixels, draft_to, deadline)[0]
+    return image if image.mode == "RGB" else image.convert("RGB")
 
 
-def _load(data: bytes, max_pixels: int, draft_to: int | None) -> tuple[Image.Image, tuple[int, int]]:
-    """Return the oriented RGB image and the oriented full size (a JPEG draft may have shrunk it)."""
+def decode_memory_bytes(data: bytes, preprocess: Preprocess, max_pixels: int = DEFAULT_MAX_PIXELS) -> int:
+    """An upper bound on the memory ``decode_image(data, preprocess, max_pixels)`` holds at its
+    peak, beyond ``data`` itself, read from the header alone (no pixel is decoded).
+
+    Bytes that ``decode_image`` refuses before decoding (not an image, too large, too complex)
+    get the small fixed cost of finding that out.
+    """
+    try:
+        image = Image.open(io.BytesIO(data), formats=FORMATS)
+    except MemoryError:
+        raise
+    except Exception:  # whatever Image.open raises on hostile bytes: decode_image fails as early
+        return _FIXED_BYTES
+    with image:
+        pixels = image.width * image.height
+        if pixels > max_pixels:
+            return _FIXED_BYTES
+        try:
+            scans = _jpeg_scan_offsets(data, None) if image.format in ("JPEG", "MPO") else []
+            if len(scans) > MAX_JPEG_SCANS:
+                return _FIXED_BYTES
+            return _FIXED_BYTES + _peak_bytes(image, data, preprocess.draft_to, len(scans))
+        except MemoryError:
+            raise
+        except Exception:  # a header too odd to model (tags of unexpected types, ...)
+            return _FIXED_BYTES + _WORST_BYTES_PER_PIXEL * pixels + 2 * len(data)
+
+
+# ---------------------------------------------------------------------------------------------
+# Decoding
+
+
+def _check_deadline(deadline: float | None) -> None:
+    if deadline is not None and time.monotonic() >= deadline:
+        raise PredictionError(ErrorCode.DECODE_TIMEOUT, "image took too long to decode")
+
+
+class _DeadlineReader(io.BytesIO):
+    """The encoded bytes as the file Pillow decodes from, checking the deadline on every read.
+
+    Pillow's ImageFile.load() decodes incrementally: read a block, decode it, read the next. So a
+    read raising DECODE_TIMEOUT stops the decode within one block's work, and the decoder is
+    cleaned up on the way out. For a JPEG, a read never runs past the start of the next scan:
+    libjpeg does a progressive scan's work over the whole image as soon as its (possibly 26-byte)
+    data arrives, so whatever the block size, one read hands it at most one scan. Measured on a
+    7000x7000 progressive JPEG whose last scan repeats: reads 32 ms apart (median; max 56 ms,
+    ~100 ms on a loaded machine), then the output pass after the last read (~70 ms at 1/4 scale).
+
+    This covers JPEG, PNG, GIF, BMP and uncompressed TIFF. WebP, AVIF and compressed TIFF decode
+    in one call into libwebp, libavif or libtiff, which no read interrupts: the deadline is
+    checked before and after. Their cost is linear in pixels, which max_pixels bounds (~1.3 s at
+    50 MP here); libtiff itself gives up on a JPEG-in-TIFF strip at its 100th scan.
+    """
+
+    def __init__(self, data: bytes, deadline: float | None) -> None:
+        super().__init__(data)
+        self._deadline = deadline
+        self._cuts: Sequence[int] = ()
+
+    def cut_at(self, offsets: Sequence[int]) -> None:
+        """Never let one read run across one of these (sorted) offsets."""
+        self._cuts = offsets
+
+    def read(self, size: int | None = -1, /) -> bytes:
+        _check_deadline(self._deadline)
+        if self._cuts and size is not None and size > 0:
+            position = self.tell()
+            following = bisect.bisect_right(self._cuts, position)
+            if following < len(self._cuts):
+                size = min(size, self._cuts[following] - position)
+        return super().read(size)
+
+
+def _load(
+    data: bytes, max_pixels: int, draft_to: int | None, deadline: float | None
+) -> tuple[Image.Image, tuple[int, int]]:
+    """Return the oriented picture in "RGB" or "L" and its oriented full size (a JPEG draft may
+    have shrunk the picture)."""
+    _check_deadline(deadline)
+    reader = _DeadlineReader(data, deadline)
     try:
         # Image.open reads only the header and leaves an animation on its first frame.
-        with Image.open(io.BytesIO(data), formats=FORMATS) as image:
+        with Image.open(reader, formats=FORMATS) as image:
             width, height = image.size
             if width * height > max_pixels:
                 raise PredictionError(
                     ErrorCode.IMAGE_TOO_LARGE,
                     f"image is {width}x{height} = {width * height} pixels, over the limit of {max_pixels}",
                 )
+            if image.format in ("JPEG", "MPO"):
+                scans = _jpeg_scan_offsets(data, deadline)
+                if len(scans) > MAX_JPEG_SCANS:
+                    raise PredictionError(
+                        ErrorCode.IMAGE_TOO_COMPLEX,
+                        f"JPEG has {len(scans)} scans, over the limit of {MAX_JPEG_SCANS}",
+                    )
+                reader.cut_at(scans)
+            else:
+                image.decodermaxblock = _READ_BLOCK
             if draft_to is not None:
                 # A no-op except for JPEG. Pillow picks the scale as min(w // n, h // n) for a
                 # requested (n, n), so the shorter side stays >= n and never undershoots.
                 image.draft("RGB", (draft_to, draft_to))
             image.load()
+            _check_deadline(deadline)
             if image.getexif().get(ExifTags.Base.Orientation, 1) in _SWAPPING_ORIENTATIONS:
                 width, height = height, width
             ImageOps.exif_transpose(image, in_place=True)
@@ -122,25 +266,73 @@ def _load(data: bytes, max_pixels: int, draft_to: int | None) -> tuple[Image.Ima
     except Exception as exc:  # whatever a decoder raises on hostile bytes: OSError, SyntaxError, ...
         raise PredictionError(ErrorCode.NOT_AN_IMAGE, f"image data is truncated or corrupt: {exc}") from exc
     try:
-        return _to_rgb(image), (width, height)
+        return _flatten(image, deadline), (width, height)
     except ValueError as exc:  # a mode Pillow cannot convert, e.g. "La"
         raise PredictionError(ErrorCode.NOT_AN_IMAGE, f"unsupported image mode {image.mode}: {exc}") from exc
 
 
-def _to_rgb(image: Image.Image) -> Image.Image:
-    if image.mode in _DEEP_MODES:
-        values = np.asarray(image, dtype=np.float32) / _DEEP_MODES[image.mode]
-        grey = np.rint(np.clip(np.nan_to_num(values), 0, 255)).astype(np.uint8)
-        return Image.fromarray(grey).convert("RGB")
+def _has_alpha(image: Image.Image) -> bool:
     bands = image.getbands()
-    if "A" in bands or "a" in bands or "transparency" in image.info:
+    return "A" in bands or "a" in bands or "transparency" in image.info
+
+
+def _flatten(image: Image.Image, deadline: float | None) -> Image.Image:
+    """The picture as "RGB", or as "L" when it is grey: the RGB copy of a grey picture would cost
+    four times the memory, and resizing grey then copying it to RGB gives the very same pixels.
+
+    Whole-image conversions go strip by strip, so that only the result is allocated in full.
+    """
+    if image.mode in _DEEP_MODES:
+        return _deep_to_grey(image, _DEEP_MODES[image.mode], deadline)
+    if _has_alpha(image):
         # Composite over white, not the black a plain convert("RGB") leaves under clear pixels:
         # transparent backgrounds are meant to be seen on a (white) page.
-        rgba = image.convert("RGBA")
         flat = Image.new("RGB", image.size, _WHITE)
-        flat.paste(rgba, mask=rgba.getchannel("A"))
+        for box in _strips(image.size):
+            _check_deadline(deadline)
+            rgba = image.crop(box).convert("RGBA")  # crop keeps the palette and "transparency"
+            flat.paste(rgba, box, mask=rgba)  # an RGBA mask is its alpha band
         return flat
-    return image if image.mode == "RGB" else image.convert("RGB")  # 1, L, P, CMYK, YCbCr, ...
+    if image.mode in ("RGB", "L"):
+        return image
+    return image.convert("L" if image.mode == "1" else "RGB")  # P, CMYK, YCbCr, LAB, ...
+
+
+def _deep_to_grey(image: Image.Image, divisor: float, deadline: float | None) -> Image.Image:
+    grey = Image.new("L", image.size)
+    for box in _strips(image.size):
+        _check_deadline(deadline)
+        values = np.array(image.crop(box), dtype=np.float32)  # a writable copy, even of "F"
+        np.divide(values, divisor, out=values)
+        np.nan_to_num(values, copy=False)
+        np.clip(values, 0, 255, out=values)
+        np.rint(values, out=values)
+        grey.paste(Image.fromarray(values.astype(np.uint8)), box)
+    return grey
+
+
+def _strips(size: tuple[int, int]) -> Iterator[tuple[int, int, int, int]]:
+    width, height = size
+    rows = max(1, _STRIP_PIXELS // max(width, 1))
+    for top in range(0, height, rows):
+        yield (0, top, width, min(top + rows, height))
+
+
+def _to_tensor(image: Image.Image, preprocess: Preprocess) -> npt.NDArray[np.float32]:
+    """Resize, crop and normalise an "RGB" or "L" picture into the model's CHW float32 input."""
+    image = _resize_and_crop(image, preprocess)
+    if image.mode != "RGB":  # "L": grey resizes channel for channel like its RGB copy would
+        image = image.convert("RGB")
+    pixels = np.asarray(image)  # HWC uint8, RGB
+    if preprocess.color == "BGR":
+        pixels = pixels[:, :, ::-1]
+    mean = np.asarray(preprocess.mean, dtype=np.float32)[:, None, None]
+    std = np.asarray(preprocess.std, dtype=np.float32)[:, None, None]
+    # One float32 CHW array, normalised in place: (x - mean) / std in float32, as before.
+    tensor = np.empty((3, *pixels.shape[:2]), dtype=np.float32)
+    np.subtract(pixels.transpose(2, 0, 1), mean, out=tensor)
+    np.divide(tensor, std, out=tensor)
+    return tensor
 
 
 def _resize_and_crop(image: Image.Image, preprocess: Preprocess) -> Image.Image:
@@ -156,3 +348,163 @@ def _resize_and_crop(image: Image.Image, preprocess: Preprocess) -> Image.Image:
     scale_x, scale_y = width / size[0], height / size[1]
     box = (left * scale_x, top * scale_y, (left + crop) * scale_x, (top + crop) * scale_y)
     return image.resize((crop, crop), _RESAMPLING[preprocess.interpolation], box=box)
+
+
+# ---------------------------------------------------------------------------------------------
+# JPEG structure
+
+# libjpeg's next_marker(): any run of 0xFF followed by a byte other than 0x00 is a marker; bytes
+# before it are skipped. Inside entropy-coded data FF 00 is a stuffed FF and RSTn markers belong
+# to the scan, so a scan's data ends at the first marker that is neither. (Spelt \xff\xff* rather
+# than \xff+ so that re can skip ahead to each 0xFF: 2.7 GB/s instead of 140 MB/s.)
+_MARKER = re.compile(rb"\xff\xff*[^\x00\xff]")
+_END_OF_SCAN = re.compile(rb"\xff\xff*[^\x00\xd0-\xd7\xff]")
+_PARAMETERLESS = frozenset({0x01, *range(0xD0, 0xD8)})  # TEM, RST0-7
+_SOS, _EOI = 0xDA, 0xD9
+
+
+def _jpeg_scan_offsets(data: bytes, deadline: float | None) -> list[int]:
+    """Offsets of the SOS markers libjpeg meets before EOI, walking the marker segments by their
+    lengths (an EXIF thumbnail's or an ICC profile's bytes are skipped, as libjpeg skips them)
+    and skipping each scan's entropy-coded data. Costs ~0.4 ms per MB."""
+    offsets: list[int] = []
+    position, end = 2, len(data)  # after SOI
+    segments = 0
+    while position < end:
+        found = _MARKER.search(data, position)
+        if found is None:
+            break
+        marker, after = data[found.end() - 1], found.end()
+        if marker == _EOI:
+            break
+        segments += 1
+        if segments % 1024 == 0:
+            _check_deadline(deadline)
+        if marker in _PARAMETERLESS:
+            position = after
+            continue
+        if after + 2 > end:
+            break
+        position = after + int.from_bytes(data[after : after + 2], "big")
+        if marker == _SOS:
+            offsets.append(found.end() - 2)
+            if len(offsets) > MAX_JPEG_SCANS:  # enough to refuse it; no need to read further
+                break
+            scan_end = _END_OF_SCAN.search(data, position)
+            position = end if scan_end is None else scan_end.start()
+    return offsets
+
+
+# ---------------------------------------------------------------------------------------------
+# Memory estimate. Every term is a buffer alive at the peak of some stage of a decode;
+# tests/unit/test_images.py measures the real peak (RSS of a child process) of hostile images
+# against it. "Pixels" are those of the image as decoded (after a JPEG draft).
+
+_FIXED_BYTES = 16 << 20  # codec state, row buffers, Python objects, the tensor
+
+# Pillow keeps 1-, 8- and 16-bit modes in 1 or 2 bytes a pixel and every other mode in 4.
+_STORED_BYTES = {"1": 1, "L": 1, "P": 1, "I;16": 2, "I;16L": 2, "I;16B": 2, "I;16N": 2}
+
+# Strip temporaries of _flatten: the crop, its RGBA or float32 copy, numpy's and the result's.
+_STRIP_BYTES = 16 * _STRIP_PIXELS
+
+# Above any decode's peak per pixel modelled below (WebP's 16 is the most), for a header the
+# model cannot read.
+_WORST_BYTES_PER_PIXEL = 24
+
+# WebP and AVIF copy the whole payload into their decoder when the header is read.
+_PAYLOAD_COPIES = {"WEBP": 2, "AVIF": 2}
+
+
+def _peak_bytes(image: ImageFile.ImageFile, data: bytes, draft_to: int, scans: int) -> int:
+    decoding = held = 0  # decoder memory beside Pillow's image: at its peak, and kept after
+    if image.format in ("JPEG", "MPO"):
+        decoding = _jpeg_buffer_bytes(image, scans)
+        image.draft("RGB", (draft_to, draft_to))
+    width, height = image.size  # after the draft
+    pixels = width * height
+    if image.format == "WEBP":
+        # libwebp's animation decoder (Pillow's only WebP reader) decodes the first frame into
+        # its canvas (with a VP8L ARGB plane, an alpha plane: 5 B/px at most, before Pillow's
+        # image exists) and then keeps the canvas and a copy of it; Pillow copies the canvas out
+        # as bytes and decodes those into its image.
+        held = 8 * pixels
+        decoding = held + 4 * pixels
+    elif image.format == "AVIF":
+        # libavif keeps its YUV(A) planes; while decoding there are also the RGB it converts
+        # them to and Pillow's bytes copy of that, which Pillow then decodes into its image.
+        held = _avif_planes_bytes(data) * pixels // 2
+        decoding = held + 4 * pixels
+    elif image.format == "TIFF" and getattr(image, "use_load_libtiff", True):
+        decoding = _tiff_buffer_bytes(image)
+    stored = _STORED_BYTES.get(image.mode, 4) * pixels
+    # Flattening to RGB or L: the result (and strips) beside the decoded image.
+    if image.mode in _DEEP_MODES:
+        flattening = pixels + _STRIP_BYTES
+    elif _has_alpha(image):
+        flattening = 4 * pixels + _STRIP_BYTES
+    elif image.mode not in ("RGB", "L"):
+        flattening = (1 if image.mode == "1" else 4) * pixels
+    else:
+        flattening = 0
+    # EXIF orientation turns the decoded image into a copy beside it.
+    turning = stored if _may_be_oriented(image, data) else 0
+    copies = _PAYLOAD_COPIES.get(str(image.format), 0) * len(data)
+    peak = copies + max(decoding, held + turning, held + flattening) + stored
+    return peak + peak // 16  # allocator slack: glibc arenas, page rounding, alignment
+
+
+def _jpeg_buffer_bytes(image: ImageFile.ImageFile, scans: int) -> int:
+    """A progressive or multi-scan JPEG decodes into a coefficient buffer for the whole image at
+    full resolution, whatever the draft: 64 two-byte coefficients per 8x8 block and component.
+    Add libjpeg's row buffers: a few MCU rows of every component at full width."""
+    width, height = image.size
+    sampling: list[tuple[int, int]] = [(h, v) for _, h, v, _ in getattr(image, "layer", [])] or [(1, 1)] * 4
+    h_max, v_max = max(h for h, _ in sampling), max(v for _, v in sampling)
+    total: int = width * 16 * v_max * 4 * len(sampling)
+    if scans > 1 or image.info.get("progressive"):
+        for h, v in sampling:
+            blocks_x = -(-width * h // (8 * h_max)) + h
+            blocks_y = -(-height * v // (8 * v_max)) + v
+            total += blocks_x * blocks_y * 128
+    return total
+
+
+def _avif_planes_bytes(data: bytes) -> int:
+    """Bytes per pixel, doubled, of the YUV(A) planes libavif decodes to, from the av1C boxes
+    (the colour item's and the alpha item's); 16 (16-bit 4:4:4 + alpha) if there is none."""
+    doubled = 0
+    for box in re.finditer(rb"av1C", data):
+        flags = data[box.end() + 2 : box.end() + 3]
+        if not flags:
+            continue
+        # seq_tier, high_bitdepth, twelve_bit, monochrome, chroma_subsampling_x, _y, position
+        high_bitdepth, monochrome = flags[0] >> 6 & 1, flags[0] >> 4 & 1
+        subsampling = (flags[0] >> 3 & 1) + (flags[0] >> 2 & 1)
+        chroma = 0 if monochrome else 4 >> subsampling  # two planes, doubled
+        doubled += (2 + chroma) << high_bitdepth  # beyond 8 bits a sample takes two bytes
+    return min(doubled, 16) if doubled else 16
+
+
+def _tiff_buffer_bytes(image: ImageFile.ImageFile) -> int:
+    """libtiff decodes a strip (or tile) at a time: the decoded strip at the file's bit depth,
+    and for YCbCr/JPEG the RGBA that TIFFReadRGBA* makes of it."""
+    tags = getattr(image, "tag_v2", {})
+    width, height = image.size
+    tile_width, tile_height = tags.get(322), tags.get(323)
+    if tile_width and tile_height:
+        unit = int(tile_width) * int(tile_height)
+    else:
+        unit = width * min(int(tags.get(278, height) or height), height)
+    bits = tags.get(258, (8,))
+    bits_per_pixel = sum(bits) if isinstance(bits, tuple) else int(bits) * int(tags.get(277, 1))
+    rgba = 4 if tags.get(262) == 6 or tags.get(259) in (6, 7) else 0  # YCbCr, JPEG
+    return int(unit * (-(-bits_per_pixel // 8) + rgba))
+
+
+def _may_be_oriented(image: ImageFile.ImageFile, data: bytes) -> bool:
+    if image.format == "PNG":
+        # Pillow reads a PNG's EXIF only by decoding it (eXIf may follow the pixels), so look
+        # for anything that could carry an orientation: eXIf, a raw EXIF profile, XMP.
+        return any(key in data for key in (b"eXIf", b"Raw profile type exif", b"XML:com.adobe.xmp"))
+    return bool(image.getexif().get(ExifTags.Base.Orientation, 1) != 1)

@@ -1,18 +1,27 @@
-"""images.py: every mode to the right RGB, orientation, JPEG draft, size limits, broken bytes."""
+"""images.py: every mode to the right RGB, orientation, JPEG draft, size limits, broken bytes,
+the scan-count guard, the decode deadline, and the memory estimate against measured peaks."""
 
 from __future__ import annotations
 
 import io
+import json
+import os
 import struct
+import subprocess
+import sys
+import time
 import zlib
 from collections.abc import Callable
+from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 import pytest
-from PIL import ExifTags, Image, ImageFile, JpegImagePlugin
+from PIL import ExifTags, Image, ImageFile, ImageOps, JpegImagePlugin
 
+from batchpredict import images
 from batchpredict.errors import ErrorCode, PredictionError
 from batchpredict.images import DEFAULT_MAX_PIXELS, DecodedImage, Preprocess, decode_image, load_rgb
 
@@ -250,13 +259,57 @@ def test_big_jpeg_is_drafted_and_still_correct(
     mode, size = draft_calls[0]
     assert mode == "RGB"
     assert size is not None
-    assert min(size) >= 256
+    assert min(size) >= 4 * 256  # four times the resize target, not the target itself
     assert (decoded.width, decoded.height) == (4000, 3000)  # the original size, not the draft's
     assert decoded.tensor.shape == (3, 224, 224)
     np.testing.assert_allclose(decoded.tensor[:, 112, 10], (np.array(RED) - 127) / 128, atol=0.05)
     np.testing.assert_allclose(decoded.tensor[:, 112, 210], (np.array(BLUE) - 127) / 128, atol=0.05)
-    # libjpeg really decoded at 1/8 scale: 500x375, shorter side still >= 256
+    # libjpeg really decodes at 1/8 scale when asked: 500x375, shorter side still >= 256
     assert load_rgb(big_jpeg, draft_to=256).size == (500, 375)
+
+
+@pytest.fixture
+def drafted_sizes(monkeypatch: pytest.MonkeyPatch) -> list[tuple[int, int]]:
+    """The size each JPEG is decoded at, after decode_image's draft request."""
+    sizes: list[tuple[int, int]] = []
+    original = JpegImagePlugin.JpegImageFile.draft
+
+    def spy(self: JpegImagePlugin.JpegImageFile, mode: str | None, size: tuple[int, int] | None) -> Any:
+        result = original(self, mode, size)
+        sizes.append(self.size)
+        return result
+
+    monkeypatch.setattr(JpegImagePlugin.JpegImageFile, "draft", spy)
+    return sizes
+
+
+@pytest.mark.parametrize(
+    ("resize_shorter", "size", "decoded"),
+    [
+        (256, (4000, 3000), (2000, 1500)),  # 1/2: at 1/4 the shorter side (750) would be < 1024
+        (256, (8000, 6000), (2000, 1500)),  # 1/4
+        (256, (2048, 2048), (1024, 1024)),  # 1/2, just
+        (256, (2047, 4000), (2047, 4000)),  # not drafted: half of 2047 is under 1024
+        (256, (700, 500), (700, 500)),
+        (128, (4096, 4100), (512, 513)),  # 1/8; the rule follows the model's resize target
+        (128, (1024, 768), (1024, 768)),
+        (320, (5200, 2600), (2600, 1300)),
+    ],
+)
+def test_jpeg_is_drafted_only_while_its_shorter_side_stays_four_times_the_resize_target(
+    drafted_sizes: list[tuple[int, int]], resize_shorter: int, size: tuple[int, int], decoded: tuple[int, int]
+) -> None:
+    # Drafting at 2x the target moved probabilities by up to 0.11 and flipped a top-1; at 4x, by
+    # at most ~0.02 (tests/unit/test_decode_fidelity.py).
+    data = encode(Image.new("RGB", size, RED), "JPEG", quality=50)
+    preprocess = Preprocess(resize_shorter=resize_shorter, crop=resize_shorter)
+
+    assert images.DRAFT_FACTOR == 4
+    assert preprocess.draft_to == 4 * resize_shorter
+    decode_image(data, preprocess)
+
+    assert drafted_sizes == [decoded]
+    assert min(decoded) >= min(4 * resize_shorter, *size)
 
 
 @pytest.mark.parametrize(
@@ -360,10 +413,6 @@ def test_a_thin_strip_is_not_blown_up_to_its_resized_whole() -> None:
     # 1x8000 pixels: resizing the whole strip to a shorter side of 256 would allocate
     # 256x2,048,000 RGB pixels (~1.5 GB). Only the crop's source box may be resized. The child
     # process runs under a 1 GiB address-space limit (maxrss would include this process's).
-    import os
-    import subprocess
-    import sys
-
     code = (
         "import io, resource\n"
         "resource.setrlimit(resource.RLIMIT_AS, (1 << 30, 1 << 30))\n"
@@ -376,3 +425,434 @@ def test_a_thin_strip_is_not_blown_up_to_its_resized_whole() -> None:
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=False)
     assert done.returncode == 0, done.stderr[-500:]
     assert done.stdout.strip() == "(3, 224, 224)"
+
+
+# --- Same pixels as the plain conversion --------------------------------------------------------
+
+REFERENCE_DEEP = {"I;16": 257.0, "I;16B": 257.0, "I": 257.0, "F": 1.0}
+
+
+def reference_tensor(
+    data: bytes, preprocess: Preprocess, draft_to: int | None = None
+) -> npt.NDArray[np.float32]:
+    """decode_image the plain way: whole-image conversions to RGB first, then resize and
+    normalise. decode_image saves memory (strips, grey kept grey, in-place float) but must give
+    these very bits."""
+    with Image.open(io.BytesIO(data)) as image:
+        if draft_to is not None:
+            image.draft("RGB", (draft_to, draft_to))
+        image.load()
+        ImageOps.exif_transpose(image, in_place=True)
+    if image.mode in REFERENCE_DEEP:
+        values = np.asarray(image, dtype=np.float32) / REFERENCE_DEEP[image.mode]
+        grey = np.rint(np.clip(np.nan_to_num(values), 0, 255)).astype(np.uint8)
+        rgb = Image.fromarray(grey).convert("RGB")
+    elif "A" in image.getbands() or "a" in image.getbands() or "transparency" in image.info:
+        rgba = image.convert("RGBA")
+        rgb = Image.new("RGB", image.size, WHITE)
+        rgb.paste(rgba, mask=rgba.getchannel("A"))
+    else:
+        rgb = image.convert("RGB")
+    rgb = images._resize_and_crop(rgb, preprocess)
+    pixels = np.asarray(rgb, dtype=np.float32)
+    if preprocess.color == "BGR":
+        pixels = pixels[:, :, ::-1]
+    mean = np.asarray(preprocess.mean, dtype=np.float32)
+    std = np.asarray(preprocess.std, dtype=np.float32)
+    return np.ascontiguousarray(((pixels - mean) / std).transpose(2, 0, 1))
+
+
+NOISE_SIZE = (97, 61)
+
+
+def noise(channels: int, dtype: type = np.uint8, high: int = 256, seed: int = 0) -> npt.NDArray[Any]:
+    shape = (NOISE_SIZE[1], NOISE_SIZE[0], channels) if channels > 1 else (NOISE_SIZE[1], NOISE_SIZE[0])
+    return np.random.default_rng(seed).integers(0, high, shape).astype(dtype)
+
+
+def noisy_palette(mode: str) -> Image.Image:
+    """Random indices into a random 8-colour palette; "PA" adds a random alpha band."""
+    indices = Image.frombytes("L", NOISE_SIZE, noise(1, high=8).tobytes())
+    if mode == "PA":
+        image = Image.merge("PA", (indices, Image.frombytes("L", NOISE_SIZE, noise(1, seed=1).tobytes())))
+    else:
+        image = Image.frombytes("P", NOISE_SIZE, indices.tobytes())
+    image.putpalette(np.random.default_rng(2).integers(0, 256, 8 * 3).tolist())
+    return image
+
+
+def float_noise() -> Image.Image:
+    values = np.random.default_rng(3).uniform(-50, 300, (NOISE_SIZE[1], NOISE_SIZE[0])).astype(np.float32)
+    values[0, :3] = [np.nan, np.inf, -np.inf]
+    return Image.fromarray(values, "F")
+
+
+EXIF_6 = Image.Exif()
+EXIF_6[ExifTags.Base.Orientation] = 6
+
+NOISE_CASES: dict[str, Callable[[], bytes]] = {
+    "1": lambda: encode(Image.fromarray(noise(1, high=2).astype(bool)), "PNG"),
+    "L": lambda: encode(Image.fromarray(noise(1)), "PNG"),
+    "L-transparency": lambda: encode(Image.fromarray(noise(1)), "PNG", transparency=7),
+    "LA": lambda: encode(Image.fromarray(noise(2), "LA"), "PNG"),
+    "P": lambda: encode(noisy_palette("P"), "PNG"),
+    "P-transparency": lambda: encode(noisy_palette("P"), "PNG", transparency=3),
+    "P-alpha-palette": lambda: encode(noisy_palette("P"), "PNG", transparency=bytes(range(0, 256, 32))),
+    "PA": lambda: encode(noisy_palette("PA"), "TIFF"),
+    "RGB": lambda: encode(Image.fromarray(noise(3)), "PNG"),
+    "RGB-transparency": lambda: encode(
+        Image.fromarray(noise(3, high=2) * 255), "PNG", transparency=(0, 0, 0)
+    ),
+    "RGBA": lambda: encode(Image.fromarray(noise(4), "RGBA"), "PNG"),
+    "RGBA-exif-6": lambda: encode(Image.fromarray(noise(4), "RGBA"), "PNG", exif=EXIF_6),
+    "CMYK": lambda: encode(Image.fromarray(noise(4), "CMYK"), "TIFF"),
+    "YCbCr": lambda: encode(Image.fromarray(noise(3), "YCbCr"), "TIFF"),
+    "I;16": lambda: encode(Image.fromarray(noise(1, np.uint16, 65536)), "PNG"),
+    "I;16B": lambda: encode(
+        Image.fromarray(noise(1, np.uint16, 65536)).convert("I").convert("I;16B"), "TIFF"
+    ),
+    "I": lambda: encode(Image.fromarray(noise(1, np.int32, 1 << 20) - (1 << 16)), "TIFF"),
+    "F": lambda: encode(float_noise(), "TIFF"),
+    "GIF-transparency": lambda: encode(noisy_palette("P"), "GIF", transparency=2),
+    "WEBP-RGBA": lambda: encode(Image.fromarray(noise(4), "RGBA"), "WEBP", lossless=True),
+    "JPEG-L": lambda: encode(Image.fromarray(noise(1)), "JPEG"),
+    "JPEG-exif-6": lambda: encode(Image.fromarray(noise(3)), "JPEG", exif=EXIF_6),
+}
+
+
+@pytest.mark.parametrize("interpolation", ["bicubic", "bilinear", "nearest", "lanczos"])
+@pytest.mark.parametrize("case", NOISE_CASES.values(), ids=NOISE_CASES.keys())
+def test_decoding_gives_the_very_bits_of_the_plain_conversion(
+    monkeypatch: pytest.MonkeyPatch, case: Callable[[], bytes], interpolation: str
+) -> None:
+    monkeypatch.setattr(images, "_STRIP_PIXELS", 500)  # several strips per image
+    data = case()
+    preprocess = Preprocess(
+        resize_shorter=40,
+        crop=32,
+        interpolation=interpolation,
+        mean=(120.5, 110.0, 99.0),
+        std=(60.1, 61.0, 59.9),
+    )
+
+    tensor = decode_image(data, preprocess).tensor
+
+    np.testing.assert_array_equal(tensor, reference_tensor(data, preprocess))
+    assert tensor.flags.c_contiguous
+    assert tensor.dtype == np.float32
+
+
+def test_bgr_gives_the_very_bits_of_the_plain_conversion() -> None:
+    data = NOISE_CASES["RGBA"]()
+    preprocess = Preprocess(
+        resize_shorter=40, crop=32, mean=(1.5, 2.0, 3.0), std=(50.0, 60.0, 70.0), color="BGR"
+    )
+
+    np.testing.assert_array_equal(decode_image(data, preprocess).tensor, reference_tensor(data, preprocess))
+
+
+def test_a_drafted_photo_gives_the_very_bits_of_the_plain_drafted_decode(big_jpeg: bytes) -> None:
+    preprocess = Preprocess()
+
+    tensor = decode_image(big_jpeg, preprocess).tensor
+
+    np.testing.assert_array_equal(
+        tensor, reference_tensor(big_jpeg, preprocess, draft_to=preprocess.draft_to)
+    )
+
+
+# --- Scan-count guard -----------------------------------------------------------------------------
+
+
+def jpeg_with_scans(size: tuple[int, int], scans: int, mode: str = "RGB") -> bytes:
+    """A progressive JPEG whose last scan is repeated until it has ``scans`` scans. Each repeat
+    costs a few dozen bytes and a pass over every block of its component."""
+    data = encode(Image.new(mode, size, (120, 80, 40) if mode == "RGB" else 100), "JPEG", progressive=True)
+    last = data.rfind(b"\xff\xda")  # Pillow writes no thumbnail: every FF DA is a scan
+    written = data.count(b"\xff\xda")
+    assert data.endswith(b"\xff\xd9") and scans >= written
+    return data[:-2] + data[last:-2] * (scans - written) + data[-2:]
+
+
+def test_real_encoders_write_few_scans() -> None:
+    rgb = encode(Image.fromarray(noise(3)), "JPEG")
+    progressive = encode(Image.fromarray(noise(3)), "JPEG", progressive=True)
+    grey = encode(Image.fromarray(noise(1)), "JPEG", progressive=True)
+
+    assert len(images._jpeg_scan_offsets(rgb, None)) == 1
+    assert len(images._jpeg_scan_offsets(progressive, None)) == 10  # libjpeg-turbo's script
+    assert len(images._jpeg_scan_offsets(grey, None)) == 6
+    assert images.MAX_JPEG_SCANS >= 100
+
+
+def test_a_jpeg_with_too_many_scans_is_refused_before_decoding(monkeypatch: pytest.MonkeyPatch) -> None:
+    data = jpeg_with_scans((64, 64), images.MAX_JPEG_SCANS + 1)
+    assert decode_image(data[: data.rfind(b"\xff\xda")] + b"\xff\xd9", RAW).tensor.shape == (3, 16, 16)
+
+    def no_decoding(self: ImageFile.ImageFile) -> None:
+        raise AssertionError("pixels were decoded")
+
+    monkeypatch.setattr(ImageFile.ImageFile, "load", no_decoding)
+    with pytest.raises(PredictionError) as raised:
+        decode_image(data, RAW)
+
+    assert raised.value.code is ErrorCode.IMAGE_TOO_COMPLEX
+    assert f"over the limit of {images.MAX_JPEG_SCANS}" in raised.value.message
+    assert not raised.value.transient
+
+
+def test_a_big_scan_bomb_is_refused_fast() -> None:
+    data = jpeg_with_scans((7000, 7000), 3000)  # ~0.5 MB; decoding it takes ~90 s
+
+    started = time.monotonic()
+    with pytest.raises(PredictionError) as raised:
+        decode_image(data, Preprocess())
+
+    assert raised.value.code is ErrorCode.IMAGE_TOO_COMPLEX
+    assert time.monotonic() - started < 2.0  # ~20 ms: the header and a regex over the scans
+
+
+def test_a_jpeg_at_the_scan_limit_decodes() -> None:
+    data = jpeg_with_scans((64, 64), images.MAX_JPEG_SCANS)
+
+    assert len(images._jpeg_scan_offsets(data, None)) == images.MAX_JPEG_SCANS
+    np.testing.assert_allclose(solid_colour(data), (120, 80, 40), atol=3)
+
+
+def test_scans_are_counted_as_libjpeg_meets_them() -> None:
+    # FF DA inside a comment segment is no scan, nor are the scans of a JPEG appended after the
+    # EOI (an MPO's second picture, a gain map): libjpeg stops at the first EOI.
+    photo = encode(Image.fromarray(noise(3)), "JPEG", progressive=True)
+    comment = b"\xff\xda" * 500
+    commented = photo[:2] + b"\xff\xfe" + struct.pack(">H", len(comment) + 2) + comment + photo[2:]
+    data = commented + jpeg_with_scans((64, 64), 500)
+
+    assert len(images._jpeg_scan_offsets(data, None)) == 10
+    np.testing.assert_array_equal(decode_image(data, RAW).tensor, decode_image(photo, RAW).tensor)
+
+
+# --- Decode deadline ------------------------------------------------------------------------------
+
+
+def test_the_deadline_stops_a_scan_bomb(monkeypatch: pytest.MonkeyPatch) -> None:
+    # 3000x3000 with 3,000 scans: ~15 s to decode. Let it past the scan guard, give it 0.3 s.
+    monkeypatch.setattr(images, "MAX_JPEG_SCANS", 10**6)
+    data = jpeg_with_scans((3000, 3000), 3000)
+
+    started = time.monotonic()
+    with pytest.raises(PredictionError) as raised:
+        decode_image(data, Preprocess(), deadline=started + 0.3)
+
+    assert raised.value.code is ErrorCode.DECODE_TIMEOUT
+    assert time.monotonic() - started < 3.0  # one scan (~6 ms here) after the deadline, in fact
+
+
+def test_a_passed_deadline_decodes_nothing() -> None:
+    with pytest.raises(PredictionError) as raised:
+        decode_image(encode(Image.new("RGB", SIZE, RED), "PNG"), RAW, deadline=time.monotonic() - 1)
+    assert raised.value.code is ErrorCode.DECODE_TIMEOUT
+
+
+def test_a_deadline_in_the_future_changes_nothing(big_jpeg: bytes) -> None:
+    far = time.monotonic() + 3600
+    for data in (big_jpeg, NOISE_CASES["RGBA"](), NOISE_CASES["I;16"]()):
+        np.testing.assert_array_equal(
+            decode_image(data, Preprocess(), deadline=far).tensor, decode_image(data, Preprocess()).tensor
+        )
+
+
+INTERRUPTIBLE = {
+    "JPEG": lambda: encode(Image.fromarray(noise_image(3)), "JPEG", quality=95),
+    "JPEG-progressive": lambda: encode(Image.fromarray(noise_image(3)), "JPEG", progressive=True),
+    "PNG": lambda: encode(Image.fromarray(noise_image(3)), "PNG"),
+    "GIF": lambda: encode(Image.fromarray(noise_image(1)).convert("P"), "GIF"),
+    "BMP": lambda: encode(Image.fromarray(noise_image(3)), "BMP"),
+    "TIFF-raw": lambda: encode(Image.fromarray(noise_image(3)), "TIFF"),
+}
+ONE_CALL = {
+    "WEBP": lambda: encode(Image.fromarray(noise_image(3)), "WEBP"),
+    "AVIF": lambda: encode(Image.fromarray(noise_image(3)), "AVIF", speed=10),
+    "TIFF-deflate": lambda: encode(Image.fromarray(noise_image(3)), "TIFF", compression="tiff_adobe_deflate"),
+}
+
+
+def noise_image(channels: int) -> npt.NDArray[np.uint8]:
+    shape = (400, 300, channels) if channels > 1 else (400, 300)
+    return np.random.default_rng(4).integers(0, 256, shape, dtype=np.uint8)
+
+
+@pytest.fixture
+def clock_stops_while_loading(monkeypatch: pytest.MonkeyPatch) -> dict[str, int]:
+    """A clock that reads 0 until the third look at it inside ImageFile.load(), then 10^9:
+    with a deadline of 1, a decode that looks at the deadline while it decodes stops there."""
+    state = {"loading": 0, "looks": 0, "raised_in_load": 0}
+    original = ImageFile.ImageFile.load
+
+    def load(self: ImageFile.ImageFile) -> Any:
+        state["loading"] += 1
+        try:
+            return original(self)
+        except PredictionError:
+            state["raised_in_load"] += 1
+            raise
+        finally:
+            state["loading"] -= 1
+
+    def monotonic() -> float:
+        if state["loading"]:
+            state["looks"] += 1
+        return 1e9 if state["looks"] >= 3 else 0.0
+
+    monkeypatch.setattr(ImageFile.ImageFile, "load", load)
+    monkeypatch.setattr(images, "time", SimpleNamespace(monotonic=monotonic))
+    return state
+
+
+@pytest.mark.parametrize("build", INTERRUPTIBLE.values(), ids=INTERRUPTIBLE.keys())
+def test_the_deadline_interrupts_a_decode_between_reads(
+    clock_stops_while_loading: dict[str, int], build: Callable[[], bytes]
+) -> None:
+    data = build()
+
+    with pytest.raises(PredictionError) as raised:
+        decode_image(data, Preprocess(), deadline=1.0)
+
+    assert raised.value.code is ErrorCode.DECODE_TIMEOUT
+    assert clock_stops_while_loading["raised_in_load"] >= 1  # stopped inside the decoder's loop
+
+
+@pytest.mark.parametrize("build", ONE_CALL.values(), ids=ONE_CALL.keys())
+def test_a_one_call_decoder_is_timed_out_right_after(
+    monkeypatch: pytest.MonkeyPatch, build: Callable[[], bytes]
+) -> None:
+    # libwebp, libavif and libtiff decode in one call that no read interrupts; the deadline is
+    # looked at again as soon as it returns. The clock jumps once pixels start to load.
+    loading = []
+    original = Image.Image.load
+
+    def load(self: Image.Image) -> Any:
+        loading.append(True)
+        return original(self)
+
+    monkeypatch.setattr(Image.Image, "load", load)
+    monkeypatch.setattr(images, "time", SimpleNamespace(monotonic=lambda: 1e9 if loading else 0.0))
+    data = build()
+
+    with pytest.raises(PredictionError) as raised:
+        decode_image(data, Preprocess(), deadline=1.0)
+
+    assert raised.value.code is ErrorCode.DECODE_TIMEOUT
+    assert loading  # it did decode, and was stopped after
+
+
+# --- Memory estimate ------------------------------------------------------------------------------
+
+PEAK_CHILD = """
+import io, json, sys
+from PIL import Image
+from batchpredict.images import Preprocess, decode_image, decode_memory_bytes
+def status(field):
+    with open("/proc/self/status") as lines:
+        return next(int(line.split()[1]) * 1024 for line in lines if line.startswith(field + ":"))
+for fmt in ("JPEG", "PNG", "WEBP", "GIF", "TIFF", "BMP", "AVIF"):  # load every codec first
+    buffer = io.BytesIO(); Image.new("RGB", (600, 600)).save(buffer, fmt)
+    decode_image(buffer.getvalue(), Preprocess())
+data = open(sys.argv[1], "rb").read()
+with open("/proc/self/clear_refs", "w") as clear_refs:
+    clear_refs.write("5")  # the high-water mark back to the current RSS (ru_maxrss survives exec)
+before = status("VmRSS")
+decode_image(data, Preprocess())
+peak = status("VmHWM") - before
+print(json.dumps({"peak": peak, "estimate": decode_memory_bytes(data, Preprocess())}))
+"""
+
+
+def webp_canvas(width: int, height: int) -> bytes:
+    """An animated WebP of one 1x1 frame on a width x height canvas: ~100 bytes."""
+    frame = encode(Image.new("RGBA", (1, 1), (*RED, 255)), "WEBP", lossless=True)[12:]  # its VP8L chunk
+
+    def chunk(fourcc: bytes, body: bytes) -> bytes:
+        return fourcc + struct.pack("<I", len(body)) + body + b"\x00" * (len(body) % 2)
+
+    size = (width - 1).to_bytes(3, "little") + (height - 1).to_bytes(3, "little")
+    body = (
+        b"WEBP"
+        + chunk(b"VP8X", bytes([0x12, 0, 0, 0]) + size)  # animation, alpha
+        + chunk(b"ANIM", struct.pack("<IH", 0xFFFFFFFF, 0))
+        + chunk(b"ANMF", bytes(12) + (100).to_bytes(3, "little") + b"\x00" + frame)
+    )
+    return b"RIFF" + struct.pack("<I", len(body)) + body
+
+
+def png_16bit_grey(width: int, height: int) -> bytes:
+    row = b"\x00" + bytes(2 * width)
+    packer = zlib.compressobj(1)
+    pixels = b"".join(packer.compress(row) for _ in range(height)) + packer.flush()
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 16, 0, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", pixels) + chunk(b"IEND", b"")
+
+
+def palette_with_transparency(side: int) -> bytes:
+    image = Image.new("P", (side, side), 3)
+    image.putpalette([0, 0, 0, 1, 1, 1, 2, 2, 2, 200, 10, 20])
+    return encode(image, "PNG", transparency=3)
+
+
+def wide_progressive_444(width: int) -> bytes:
+    # Not drafted (its shorter side, 1000, is under 2 x 256 x 2), progressive 4:4:4 (6 bytes of
+    # coefficients a pixel), turned by its EXIF orientation (a second copy of the picture).
+    exif = Image.Exif()
+    exif[ExifTags.Base.Orientation] = 6
+    image = Image.new("RGB", (width, 1000), (10, 200, 30))
+    return encode(image, "JPEG", progressive=True, subsampling=0, exif=exif)
+
+
+# ~25 MP each: half the cap, so that the per-pixel terms, not the fixed ones, are what is tested.
+HOSTILE = {
+    "palette-png-transparency": lambda: palette_with_transparency(5000),
+    "animated-webp-canvas": lambda: webp_canvas(5000, 5000),
+    "wide-progressive-444-jpeg-oriented": lambda: wide_progressive_444(25_000),
+    "16-bit-png": lambda: png_16bit_grey(5000, 5000),
+}
+
+
+@pytest.mark.parametrize("build", HOSTILE.values(), ids=HOSTILE.keys())
+def test_the_memory_estimate_bounds_the_measured_peak(tmp_path: Path, build: Callable[[], bytes]) -> None:
+    # A fresh process per image: its peak RSS growth over the decode (VmHWM, reset just before)
+    # against the estimate.
+    path = tmp_path / "payload"
+    path.write_bytes(build())
+    env = os.environ | {"OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(
+        [sys.executable, "-c", PEAK_CHILD, str(path)], capture_output=True, text=True, env=env, check=False
+    )
+    assert done.returncode == 0, done.stderr[-800:]
+    measured = json.loads(done.stdout)
+
+    assert measured["peak"] <= measured["estimate"]
+    assert measured["estimate"] <= 1.5 * measured["peak"] + (32 << 20)  # and not uselessly loose
+
+
+def test_the_memory_estimate_reads_only_the_header(monkeypatch: pytest.MonkeyPatch) -> None:
+    def no_decoding(self: ImageFile.ImageFile) -> None:
+        raise AssertionError("pixels were decoded")
+
+    monkeypatch.setattr(ImageFile.ImageFile, "load", no_decoding)
+    side = 7071  # 50 MP
+    estimate = images.decode_memory_bytes(palette_with_transparency(side), Preprocess())
+
+    assert estimate >= 5 * side * side  # the palette image and its RGB over white
+    assert images.decode_memory_bytes(webp_canvas(7000, 7000), Preprocess()) >= 16 * 7000 * 7000
+
+
+@pytest.mark.parametrize(
+    "data",
+    [b"", b"not an image", png_header(10_000, 6_000), jpeg_with_scans((64, 64), 500)],
+    ids=["empty", "garbage", "over-the-pixel-cap", "too-many-scans"],
+)
+def test_bytes_refused_before_decoding_cost_only_the_fixed_estimate(data: bytes) -> None:
+    assert images.decode_memory_bytes(data, Preprocess()) == images._FIXED_BYTES
