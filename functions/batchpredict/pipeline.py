@@ -69,7 +69,7 @@ class ImageDecoder:
     max_pixels: int
 
     def memory_bytes(self, payload: bytes) -> int:
-        return images.decode_memory_bytes(payload, self.max_pixels)
+        return images.decode_memory_bytes(payload, self.preprocess, self.max_pixels)
 
     def decode(self, payload: bytes, deadline: float) -> DecodedImage:
         return images.decode_image(payload, self.preprocess, self.max_pixels, deadline=deadline)

@@ -1,7 +1,8 @@
-"""Bytes in, predictions out: decode every payload, then one batched forward pass.
+"""Bytes in, predictions out: an image's ``Outcome``, and the CLI's simple path.
 
-Shared by the CLI, the batch ``predict`` handler and ``predict_api``; failures of
-single images are carried as values so that one bad image never sinks the batch.
+``Outcome`` is what the streaming predictor (pipeline.py) carries per image, failures as
+values so that one bad image never sinks the batch. ``predict_payloads`` (decode every
+payload, then one forward pass) serves ``batchpredict predict`` on local files and URLs.
 """
 
 from __future__ import annotations
