@@ -1,4 +1,5 @@
-"""What Lambda hands a function that an SQS event-source mapping triggers: the event and the context.
+"""What Lambda hands a function that an SQS event-source mapping triggers: the event and the context;
+and what Lambda logs after every invocation: the ``REPORT`` line.
 
 Used by the local runner and the integration tests, so handlers see exactly the shapes
 they see on AWS (``Records[].messageId/receiptHandle/body/attributes/eventSourceARN``).
@@ -8,6 +9,10 @@ from __future__ import annotations
 
 import importlib
 import logging
+import math
+import re
+import resource
+import sys
 import time
 import uuid
 from collections.abc import Callable
@@ -15,6 +20,70 @@ from dataclasses import dataclass, field
 from typing import Any
 
 Handler = Callable[[dict[str, Any], Any], Any]  # (event, context) -> response
+
+
+@dataclass(frozen=True)
+class Report:
+    """One invocation's accounting, as Lambda's ``REPORT`` log line carries it."""
+
+    request_id: str
+    duration_ms: float
+    billed_ms: int
+    memory_mb: int
+    max_memory_used_mb: int
+    init_ms: float | None = None  # Lambda adds "Init Duration" to a cold start's line
+
+    @classmethod
+    def measured(cls, request_id: str, duration_ms: float, memory_mb: int, max_memory_used_mb: int) -> Report:
+        duration_ms = round(duration_ms, 2)
+        # Billed in 1 ms steps, rounded up (Lambda since December 2020), at least 1 ms.
+        return cls(request_id, duration_ms, max(1, math.ceil(duration_ms)), memory_mb, max_memory_used_mb)
+
+    @property
+    def gb_seconds(self) -> float:
+        """What Lambda charges the duration by: billed seconds x configured memory in GB."""
+        return self.billed_ms / 1000 * self.memory_mb / 1024
+
+    def line(self) -> str:
+        line = (
+            f"REPORT RequestId: {self.request_id}\tDuration: {self.duration_ms:.2f} ms"
+            f"\tBilled Duration: {self.billed_ms} ms\tMemory Size: {self.memory_mb} MB"
+            f"\tMax Memory Used: {self.max_memory_used_mb} MB"
+        )
+        return line if self.init_ms is None else f"{line}\tInit Duration: {self.init_ms:.2f} ms"
+
+
+_REPORT = re.compile(
+    r"REPORT RequestId: (?P<id>\S+)\s+Duration: (?P<duration>\d+(?:\.\d+)?) ms"
+    r"\s+Billed Duration: (?P<billed>\d+) ms\s+Memory Size: (?P<memory>\d+) MB"
+    r"\s+Max Memory Used: (?P<used>\d+) MB(?:\s+Init Duration: (?P<init>\d+(?:\.\d+)?) ms)?"
+)
+
+
+def parse_report(line: str) -> Report | None:
+    """The ``Report`` of a REPORT log line (ours, or one from CloudWatch), None for any other line."""
+    match = _REPORT.search(line)
+    if match is None:
+        return None
+    init = match["init"]
+    return Report(
+        match["id"],
+        float(match["duration"]),
+        int(match["billed"]),
+        int(match["memory"]),
+        int(match["used"]),
+        float(init) if init is not None else None,
+    )
+
+
+def peak_rss_mb() -> int:
+    """This process's peak resident set so far, in MB (Linux reports ru_maxrss in KiB)."""
+    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+
+
+def print_report(report: Report) -> None:
+    """Where Lambda's runtime writes it: the function's log stream (here, the worker's stdout)."""
+    print(report.line(), file=sys.stdout, flush=True)
 
 
 @dataclass
@@ -78,12 +147,17 @@ def deliver_once(
     wait_seconds: int = 0,
     window_seconds: float = 0.0,
     timeout_seconds: float = 900.0,
+    memory_mb: int = 1024,
+    report: Callable[[Report], None] = print_report,
 ) -> int:
     """One poll of the mapping: receive up to ``batch_size``, invoke, delete what succeeded.
 
     Messages reported in ``batchItemFailures`` are left alone: they come back after the
     visibility timeout, and after ``maxReceiveCount`` deliveries the redrive policy moves
-    them to the dead-letter queue, as on AWS. Returns how many messages were delivered.
+    them to the dead-letter queue, as on AWS. Every invocation, failed or not, ends with
+    one ``report`` (by default Lambda's REPORT line on stdout): the handler's duration, the
+    billed duration, ``memory_mb`` as configured and the process's peak RSS. Returns how
+    many messages were delivered.
     """
     messages: list[dict[str, Any]] = []
     window_ends = 0.0
@@ -104,15 +178,20 @@ def deliver_once(
             time.sleep(0.05)
     if not messages:
         return 0
-    context = LocalContext(function_name, timeout_seconds=timeout_seconds)
+    context = LocalContext(function_name, timeout_seconds=timeout_seconds, memory_limit_in_mb=memory_mb)
+    event = sqs_event(messages, queue_arn)
+    started = time.perf_counter()
     try:
-        response = handler(sqs_event(messages, queue_arn), context)
+        response = handler(event, context)
     except Exception:
         # A function error fails the whole batch: every message comes back, as on AWS.
         logging.getLogger(__name__).exception(
             "%s failed; %d messages will be redelivered", function_name, len(messages)
         )
         return len(messages)
+    finally:
+        duration_ms = (time.perf_counter() - started) * 1000
+        report(Report.measured(context.aws_request_id, duration_ms, memory_mb, peak_rss_mb()))
     failed = {f["itemIdentifier"] for f in (response or {}).get("batchItemFailures", [])}
     done = [m for m in messages if m["MessageId"] not in failed]
     for start in range(0, len(done), 10):

@@ -3,9 +3,12 @@
 Each function gets a pool of processes (its concurrency). A worker imports its handler
 once (a warm container) and long-polls its queue with the mapping's batch size and
 batching window, invoking the handler with the exact SQS event shape and a context whose
-remaining time honours the function's timeout. What succeeded is deleted; failures
-come back after the visibility timeout. A worker that dies is replaced; the messages it
-held come back by visibility timeout, as on AWS.
+remaining time honours the function's timeout and whose memory limit is the function's
+MemorySize. What succeeded is deleted; failures come back after the visibility timeout.
+A worker that dies is replaced; the messages it held come back by visibility timeout, as
+on AWS. Each invocation ends with Lambda's REPORT line in the function's log (duration,
+billed duration, memory size, the worker's peak RSS), and a worker's environment carries
+Lambda's runtime variables (``AWS_LAMBDA_FUNCTION_NAME``, ``AWS_LAMBDA_FUNCTION_MEMORY_SIZE``).
 """
 
 from __future__ import annotations
@@ -39,6 +42,14 @@ class Mapping:
     memory_mb: int = 1024
     environment: dict[str, str] = field(default_factory=dict)
 
+    def lambda_environment(self) -> dict[str, str]:
+        """The variables Lambda's runtime sets in every execution environment of the function."""
+        return {
+            "AWS_LAMBDA_FUNCTION_NAME": self.function,
+            "AWS_LAMBDA_FUNCTION_MEMORY_SIZE": str(self.memory_mb),
+            "AWS_LAMBDA_FUNCTION_VERSION": "$LATEST",
+        }
+
 
 def serve(mapping: Mapping, stop: threading.Event) -> None:
     """A worker's loop: import the handler once, then poll and invoke until told to stop."""
@@ -61,6 +72,7 @@ def serve(mapping: Mapping, stop: threading.Event) -> None:
                 wait_seconds=1,
                 window_seconds=mapping.window_seconds,
                 timeout_seconds=mapping.timeout_seconds,
+                memory_mb=mapping.memory_mb,
             )
         except Exception:  # an SQS hiccup must not end the worker; the next poll tries again
             log.exception("%s: polling failed", mapping.function)
@@ -91,14 +103,13 @@ class Runner:
         # A fresh interpreter with the function's environment set before anything is imported,
         # as Lambda starts a container: module-level settings (Powertools) see it.
         command = [sys.executable, "-m", "batchpredict.local.runner", json.dumps(asdict(mapping))]
+        env = os.environ | mapping.environment | mapping.lambda_environment()
         if self.log_dir is None:
-            return subprocess.Popen(command, env=os.environ | mapping.environment)
-        # Each function's log lines (Powertools JSON, EMF metrics) go to its own file.
+            return subprocess.Popen(command, env=env)
+        # Each function's log lines (Powertools JSON, EMF metrics, REPORT lines) go to its own file.
         self.log_dir.mkdir(parents=True, exist_ok=True)
         with (self.log_dir / f"{mapping.function}.log").open("ab") as log_file:
-            return subprocess.Popen(
-                command, env=os.environ | mapping.environment, stdout=log_file, stderr=subprocess.STDOUT
-            )
+            return subprocess.Popen(command, env=env, stdout=log_file, stderr=subprocess.STDOUT)
 
     def start(self) -> None:
         for mapping in self.mappings:

@@ -10,22 +10,27 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from batchpredict.jobs import Job, JobStore
-from batchpredict.local.lambda_shim import Handler, deliver_once, load_handler
+from batchpredict.local.lambda_shim import Handler, Report, deliver_once, load_handler
 
 
 @dataclass
 class Stack:
-    """A provisioned stack (a ``LocalPlan``) and the clients to reach it."""
+    """A provisioned stack (a ``LocalPlan``) and the clients to reach it.
+
+    In-process invocations are accounted like Lambda's: ``reports`` collects each one's
+    ``Report`` (the REPORT line the worker processes print) by queue logical id.
+    """
 
     s3: Any
     sqs: Any
     dynamodb: Any
     plan: Any  # provision.LocalPlan
+    reports: dict[str, list[Report]] = field(default_factory=dict)
 
     @property
     def input_bucket(self) -> str:
@@ -75,7 +80,17 @@ class Stack:
 
     def deliver(self, logical_id: str, handler: Handler, batch_size: int = 10) -> int:
         url, arn = self.queue(logical_id)
-        return deliver_once(self.sqs, url, arn, handler, function_name=logical_id, batch_size=batch_size)
+        memory = next((m.memory_mb for m in self.plan.mappings if m.queue_url == url), 1024)
+        return deliver_once(
+            self.sqs,
+            url,
+            arn,
+            handler,
+            function_name=logical_id,
+            batch_size=batch_size,
+            memory_mb=memory,
+            report=self.reports.setdefault(logical_id, []).append,
+        )
 
     def mappings(
         self, wrap: Callable[[str, Handler], Handler] = lambda _, h: h
