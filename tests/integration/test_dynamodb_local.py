@@ -1,0 +1,68 @@
+"""DynamoDB Local as the local stack starts it: the real engine on loopback, with the JVM flags
+that keep its CPU down, answering the calls the pipeline makes (conditional writes, transactions)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import boto3
+import pytest
+
+from batchpredict.local.dynamodb_local import JVM_OPTIONS, DynamoDBLocal, DynamoDBLocalUnavailableError
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+def dynamodb_local() -> Iterator[DynamoDBLocal]:
+    try:
+        server = DynamoDBLocal()
+        server.start()
+    except DynamoDBLocalUnavailableError as exc:
+        pytest.skip(str(exc))
+    yield server
+    server.stop()
+
+
+def test_starts_with_the_cheap_jvm_and_is_the_real_engine(dynamodb_local: DynamoDBLocal) -> None:
+    process = dynamodb_local._process
+    assert process is not None
+    command = Path(f"/proc/{process.pid}/cmdline").read_bytes().split(b"\0")
+    assert [flag.encode() for flag in JVM_OPTIONS] == command[1 : 1 + len(JVM_OPTIONS)]
+    assert b"-inMemory" in command
+    client = boto3.client(
+        "dynamodb",
+        endpoint_url=dynamodb_local.endpoint,
+        region_name="us-east-1",
+        aws_access_key_id="local",
+        aws_secret_access_key="local",
+    )
+    client.create_table(
+        TableName="results",
+        KeySchema=[{"AttributeName": "pk", "KeyType": "HASH"}, {"AttributeName": "sk", "KeyType": "RANGE"}],
+        AttributeDefinitions=[
+            {"AttributeName": "pk", "AttributeType": "S"},
+            {"AttributeName": "sk", "AttributeType": "S"},
+        ],
+        BillingMode="PAY_PER_REQUEST",
+    )
+    key = {"pk": {"S": "job"}, "sk": {"S": "JOB"}}
+    client.put_item(TableName="results", Item=key | {"n": {"N": "0"}})
+    update = {
+        "Update": {
+            "TableName": "results",
+            "Key": key,
+            "UpdateExpression": "ADD n :one",
+            "ExpressionAttributeValues": {":one": {"N": "1"}},
+        }
+    }
+    marker = {"pk": {"S": "job"}, "sk": {"S": "CHUNK#000001"}}
+    put_marker = {
+        "Put": {"TableName": "results", "Item": marker, "ConditionExpression": "attribute_not_exists(pk)"}
+    }
+    client.transact_write_items(TransactItems=[update, put_marker])
+    # DynamoDB's own rules, which moto's fallback is looser about: the second count is cancelled.
+    with pytest.raises(client.exceptions.TransactionCanceledException):
+        client.transact_write_items(TransactItems=[update, put_marker])
+    assert client.get_item(TableName="results", Key=key, ConsistentRead=True)["Item"]["n"] == {"N": "1"}
