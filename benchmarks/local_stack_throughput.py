@@ -1,124 +1,878 @@
-"""Images/s of a whole job on the embedded local stack, beside the bare engine on the same machine.
+"""Images/s of a whole job on the embedded local stack, against this machine's bound for the work no
+design can avoid (decode + inference CPU), with what the job would cost on Lambda.
 
-Starts the local stack as `batchpredict local run` does (moto server, DynamoDB Local, worker
-processes provisioned from the SAM template; one predict worker per core), runs one job of
-N image lines (the sample photos under distinct URLs, served on loopback), and prints the
-end-to-end rate and the engine's own rate at the same batch size and thread split.
+The workload: ``--photos`` distinct JPEGs of web sizes (640 px to 12 MP on the longer side, several
+crops, grains and qualities, some progressive), made from the sample photos, deterministic and
+cached under build/bench/. A separate ``python -m http.server`` process serves them on loopback;
+the manifest repeats them to ``--images`` lines, each with its own URL.
 
-Usage: python benchmarks/local_stack_throughput.py --model build/model/efficientnet-lite0 \
-           --samples build/samples [--images 2000]
+The reference, measured in this run in fresh processes: decode CPU per image (``time.process_time``
+of ``batchpredict.images.decode_image(data, engine.spec.preprocess)`` over the manifest's photos,
+the production decode path) and inference CPU per image (process CPU of the 1-thread engine,
+``load_model(resolve_bundle(model), 32, 1)``, at batch 32). The bound is
+``cores / (decode + inference CPU-s per image)``: no pipeline on this machine can beat it.
+
+A job leg starts the local stack as ``batchpredict local run`` does (moto server, DynamoDB Local,
+worker processes provisioned from the SAM template, one predict worker per core) in a subprocess,
+submits the manifest and waits for COMPLETED. It prints images/s end to end (upload -> COMPLETED)
+and against the bound; the predict workers' CPU per image against decode + inference; where the
+CPU went (every process read from /proc over the job: the workers, DynamoDB Local, moto server,
+the file server, the rest of the machine); and, from the predict workers' REPORT lines, the GB-s
+and the Lambda cost per million images beside the original AWS blog design's.
+
+``--before REF`` runs the same job on the code of git REF (a worktree under build/bench/, its
+``functions/`` first on PYTHONPATH) right before each run of the current code, on the same
+workload and machine. Its local stack is its own, with two equalisers so the ratio is that of the
+code under test: the current REPORT accounting (report_shim/, for trees whose runner writes no
+REPORT lines) and the current DynamoDB Local JVM flags (``--before-own-jvm`` keeps its own).
+``--tarpit-percent P`` points P% of the lines at a separate server process that accepts
+connections and never answers; those lines must end FAILED fetch_timeout, and the rate printed is
+that of the rest (``--fetch-total-timeout S`` sets the stack's FETCH_TOTAL_TIMEOUT, else the
+function's own applies). ``--repeat N`` runs the legs N times and prints the range.
+
+Usage::
+
+    python benchmarks/local_stack_throughput.py [--images 1000] [--photos 300] [--repeat 1]
+        [--before 9ac1592] [--tarpit-percent 2 [--fetch-total-timeout 5]]
+        [--model build/model/efficientnet-lite0] [--samples build/samples]
 """
 
 from __future__ import annotations
 
 import argparse
+import io
+import json
+import math
 import os
+import random
+import re
+import statistics
 import subprocess
 import sys
-import tempfile
 import time
+from collections import Counter
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
-PHOTOS = ("coffee.png", "chelsea.png", "astronaut.png", "rocket.jpg", "china.jpg", "flower.jpg")
+# Only the standard library at module level: a job leg runs this file with an older tree's
+# batchpredict first on PYTHONPATH, and the server processes need nothing else.
 
+ROOT = Path(__file__).resolve().parents[1]
+SCRIPT = Path(__file__).resolve()
+BENCH = ROOT / "build" / "bench"
+REPORT_SHIM = SCRIPT.parent / "report_shim"
+PREDICT = "PredictFunction"
+FINAL = ("COMPLETED", "COMPLETED_WITH_ERRORS", "FAILED")
 
-def bare_engine(model: Path, samples: Path, threads: int, batch: int, seconds: float = 5.0) -> float:
-    """images/s of one engine with ``threads`` OMP threads, in a fresh process (fixed at import)."""
-    code = f"""
-import time, numpy as np
-from batchpredict.bundle import resolve_bundle
-from batchpredict.images import decode_image
-from batchpredict.model import load_model
-engine = load_model(resolve_bundle({str(model)!r}), {batch}, {threads})
-photos = [decode_image(open({str(samples)!r} + '/' + p, 'rb').read(), engine.spec.preprocess).tensor
-          for p in {PHOTOS!r}]
-x = np.stack([photos[i % len(photos)] for i in range({batch})])
-engine.probabilities(x)
-n, t = 0, time.perf_counter()
-while time.perf_counter() - t < {seconds}:
-    engine.probabilities(x); n += {batch}
-print(n / (time.perf_counter() - t))
-"""
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
-    return float(out.strip().splitlines()[-1])
+# --- the workload ---------------------------------------------------------------------------
 
+WORKLOAD_VERSION = 1  # bump when the recipe below changes: the cache folder is keyed by it
+LONG_SIDE = (640, 4000)  # pixels of the longer side; 4000 x 3000 = 12 MP
+MAX_PIXELS = 12_000_000
+QUALITIES = (70, 75, 80, 85, 90, 95)
+SOURCE_SUFFIXES = (".jpg", ".jpeg", ".png")
 
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU seconds of a live process (Linux /proc)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+# --- the reference and the price of a GB-s ----------------------------------------------------
+
+REFERENCE_BATCH = 32  # the engine's MAX_BATCH, and WorkBatchSize 2 x ChunkSize 16 of the template
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--model", type=Path, required=True)
-    parser.add_argument("--samples", type=Path, required=True)
-    parser.add_argument("--images", type=int, default=2000)
-    parser.add_argument("--workers", type=int, default=None)
-    args = parser.parse_args()
+@dataclass(frozen=True)
+class LambdaPrice:
+    architecture: str
+    gb_second: float  # USD per GB-s, first tier
+    request: float  # USD per request
+
+
+# AWS Lambda on-demand list prices, us-east-1, first pricing tier (the first 6 billion GB-s a month on
+# x86_64, 7.5 billion on arm64), as published on https://aws.amazon.com/lambda/pricing/ and unchanged
+# since the 1 ms billing of December 2020; read 2026-11-30. The predict function is x86_64 (MXNet).
+LAMBDA_PRICES = {
+    "x86_64": LambdaPrice("x86_64", 0.0000166667, 0.20 / 1_000_000),
+    "arm64": LambdaPrice("arm64", 0.0000133334, 0.20 / 1_000_000),
+}
+# The design this project grew out of (AWS blog "Seamlessly Scale Predictions with AWS Lambda and
+# MXNet"): one image per request, 1.18 s per request as published, at an assumed 1.5 GB.
+BLOG_SECONDS_PER_IMAGE = 1.18
+BLOG_MEMORY_GB = 1.5
+
+
+# ============================================================================ /proc
+
+
+def clock_ticks() -> int:
+    return os.sysconf("SC_CLK_TCK")
+
+
+def process_cpu(pid: int) -> float | None:
+    """User + system CPU seconds of a live process, None when it is gone."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return (int(fields[11]) + int(fields[12])) / clock_ticks()
+
+
+def machine_busy() -> float:
+    """CPU seconds every core of the machine spent busy since boot (all processes, the kernel)."""
+    values = [int(v) for v in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
+    idle = values[3] + values[4]  # idle + iowait
+    return (sum(values[:8]) - idle) / clock_ticks()
+
+
+def children(parent: int, marker: bytes) -> list[int]:
+    """Pids of ``parent``'s children whose command line contains ``marker``."""
+    found = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            ppid = int((proc / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            if ppid == parent and marker in (proc / "cmdline").read_bytes():
+                found.append(int(proc.name))
+        except (OSError, ValueError, IndexError):
+            continue
+    return found
+
+
+# ============================================================================ workload
+
+
+@dataclass(frozen=True)
+class Photo:
+    name: str
+    width: int
+    height: int
+    bytes: int
+    quality: int
+    progressive: bool
+
+
+@dataclass
+class Workload:
+    folder: Path
+    photos: list[Photo]
+
+    def describe(self) -> str:
+        mp = sorted(p.width * p.height / 1e6 for p in self.photos)
+        total = sum(p.bytes for p in self.photos)
+        density = total / sum(p.width * p.height for p in self.photos)
+        return (
+            f"{len(self.photos)} distinct JPEGs: {min(mp):.2f} to {max(mp):.1f} MP (median "
+            f"{statistics.median(mp):.1f}), {total / 1e6:.0f} MB ({density:.2f} bytes/pixel), quality "
+            f"{min(p.quality for p in self.photos)}-{max(p.quality for p in self.photos)}, "
+            f"{sum(p.progressive for p in self.photos)} progressive; in {self.folder}"
+        )
+
+
+def make_photo(source: Any, stem: str, index: int, seed: int) -> tuple[bytes, Photo]:
+    """One deterministic photo: a crop of ``source``, scaled to a web size, with grain, as a JPEG."""
+    import numpy as np
+    from PIL import Image
+
+    rng = random.Random(seed * 1_000_003 + index)
+    width, height = source.size
+    crop_w = max(64, round(width * rng.uniform(0.55, 1.0)))
+    crop_h = max(64, round(height * rng.uniform(0.55, 1.0)))
+    left, top = rng.randint(0, width - crop_w), rng.randint(0, height - crop_h)
+    image = source.crop((left, top, left + crop_w, top + crop_h))
+    if rng.random() < 0.25:  # some portraits
+        image = image.transpose(Image.Transpose.ROTATE_90)
+    long_side = math.exp(rng.uniform(math.log(LONG_SIDE[0]), math.log(LONG_SIDE[1])))
+    scale = long_side / max(image.size)
+    size = (max(1, round(image.width * scale)), max(1, round(image.height * scale)))
+    if size[0] * size[1] > MAX_PIXELS:
+        shrink = math.sqrt(MAX_PIXELS / (size[0] * size[1]))
+        size = (int(size[0] * shrink), int(size[1] * shrink))
+    image = image.resize(size, Image.Resampling.BICUBIC)
+    # Grain: an upscaled sample is smoother than a photo of that size, and a JPEG's entropy-coded
+    # bytes (most of a draft decode's work) follow the detail. 3-8 levels brings the bytes per
+    # pixel near a camera's or a web photo's (about 0.1-0.5).
+    pixels = np.asarray(image, dtype=np.float32)
+    noise = np.random.default_rng([seed, index]).standard_normal(pixels.shape, dtype=np.float32)
+    pixels += noise * rng.uniform(3.0, 8.0)
+    image = Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8))
+    quality = rng.choice(QUALITIES)
+    progressive = rng.random() < 0.3
+    subsampling = 0 if quality >= 90 and rng.random() < 0.5 else 2  # 4:4:4 or 4:2:0
+    out = io.BytesIO()
+    image.save(out, "JPEG", quality=quality, progressive=progressive, subsampling=subsampling)
+    data = out.getvalue()
+    name = f"{index:04d}-{stem}-{size[0]}x{size[1]}-q{quality}.jpg"
+    return data, Photo(name, size[0], size[1], len(data), quality, progressive)
+
+
+def ensure_workload(samples: Path, count: int, seed: int, say: Callable[[str], None]) -> Workload:
+    """The cached workload for (recipe version, count, seed, sample photos), made once."""
+    from PIL import Image
+
+    sources = sorted(p for p in samples.iterdir() if p.suffix.lower() in SOURCE_SUFFIXES)
+    if not sources:
+        raise SystemExit(f"{samples}: no sample photos (run `make samples`)")
+    key = f"v{WORKLOAD_VERSION}-n{count}-s{seed}-{'-'.join(p.stem for p in sources)}"
+    folder = BENCH / f"photos-{key}"
+    index = folder / "index.json"
+    if index.is_file():
+        return Workload(folder, [Photo(**p) for p in json.loads(index.read_text())])
+    say(f"making the workload: {count} photos into {folder} (once; cached)")
+    folder.mkdir(parents=True, exist_ok=True)
+    opened = []
+    for path in sources:
+        with Image.open(path) as image:
+            opened.append((image.convert("RGB"), path.stem))
+    photos = []
+    for i in range(count):
+        data, photo = make_photo(*opened[i % len(opened)], i, seed)
+        (folder / photo.name).write_bytes(data)
+        photos.append(photo)
+    index.write_text(json.dumps([vars(p) for p in photos]))
+    return Workload(folder, photos)
+
+
+@dataclass(frozen=True)
+class Manifest:
+    path: Path
+    photos: list[str]  # photo of each line
+    tarpit: frozenset[int]  # line indices pointing at the tarpit
+
+
+def write_manifest(
+    path: Path, workload: Workload, images: int, files_url: str, tarpit_url: str | None, percent: float
+) -> Manifest:
+    """``images`` lines over the workload's photos, each URL distinct; ``percent`` of them at the tarpit."""
+    names = [workload.photos[i % len(workload.photos)].name for i in range(images)]
+    count = round(images * percent / 100) if tarpit_url else 0
+    tarpit = frozenset(random.Random(images).sample(range(images), count))
+    with path.open("w") as out:
+        for i, name in enumerate(names):
+            out.write(f"{tarpit_url if i in tarpit else files_url}/{name}?n={i}\n")
+    return Manifest(path, names, tarpit)
+
+
+# ============================================================================ server processes
+
+
+def serve_tarpit() -> None:
+    """Accept every connection and never answer (nor read): a server that hangs its clients."""
+    import socket
+
+    listener = socket.socket()
+    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(1024)
+    print(listener.getsockname()[1], flush=True)
+    held: list[socket.socket] = []
+    while True:
+        connection, _ = listener.accept()
+        held.append(connection)
+        if len(held) > 10_000:
+            held.pop(0).close()
+
+
+@dataclass
+class Server:
+    name: str
+    process: subprocess.Popen[str]
+    url: str
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(5)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+
+def start_server(name: str, command: list[str], port_from: Callable[[str], int | None]) -> Server:
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    assert process.stdout is not None
+    line = process.stdout.readline()
+    port = port_from(line)
+    if port is None:
+        process.kill()
+        raise SystemExit(f"{name} did not start: {line!r}")
+    return Server(name, process, f"http://127.0.0.1:{port}")
+
+
+def start_file_server(folder: Path) -> Server:
+    """``python -m http.server`` (threading) on 127.0.0.1: its own process, measured from /proc."""
+
+    def port(line: str) -> int | None:
+        match = re.search(r"port (\d+)", line)
+        return int(match[1]) if match else None
+
+    command = [sys.executable, "-u", "-m", "http.server", "0", "--bind", "127.0.0.1"]
+    return start_server("file server", [*command, "--directory", str(folder)], port)
+
+
+def start_tarpit() -> Server:
+    def port(line: str) -> int | None:
+        return int(line) if line.strip().isdigit() else None
+
+    return start_server("tarpit", [sys.executable, "-u", str(SCRIPT), "--serve-tarpit"], port)
+
+
+# ============================================================================ the reference
+
+
+def measure_decode(model: Path, folder: Path, names: list[str]) -> None:
+    """Worker: CPU seconds of decode_image for each photo, as JSON on stdout."""
+    from batchpredict.bundle import resolve_bundle
+    from batchpredict.images import decode_image
+
+    preprocess = resolve_bundle(str(model)).preprocess  # what the engine's spec.preprocess is
+    photos = {name: (folder / name).read_bytes() for name in names}
+    decode_image(photos[names[0]], preprocess)  # first-call set-up out of the figures
+    cpu: dict[str, float] = {}
+    for name, data in photos.items():
+        started = time.process_time()
+        decode_image(data, preprocess)
+        cpu[name] = time.process_time() - started
+    print(json.dumps(cpu))
+
+
+def measure_inference(model: Path, folder: Path, names: list[str], seconds: float) -> None:
+    """Worker: process CPU seconds per image of the 1-thread engine at batch REFERENCE_BATCH."""
+    import numpy as np
+
+    from batchpredict.bundle import resolve_bundle
+    from batchpredict.images import decode_image
+    from batchpredict.model import load_model
+
+    engine = load_model(resolve_bundle(str(model)), REFERENCE_BATCH, 1)
+    tensors = [decode_image((folder / n).read_bytes(), engine.spec.preprocess).tensor for n in names]
+    batch = np.stack([tensors[i % len(tensors)] for i in range(REFERENCE_BATCH)])
+    for _ in range(2):
+        engine.probabilities(batch)
+    calls: list[float] = []
+    wall = time.perf_counter()
+    while len(calls) < 3 or time.perf_counter() - wall < seconds:
+        started = time.process_time()
+        engine.probabilities(batch)
+        calls.append(time.process_time() - started)
+    elapsed = time.perf_counter() - wall
+    per_image = statistics.median(calls) / REFERENCE_BATCH
+    print(json.dumps({"per_image": per_image, "calls": len(calls), "cpu_per_wall": sum(calls) / elapsed}))
+
+
+@dataclass(frozen=True)
+class Reference:
+    decode: float  # CPU s per image, over the manifest's successful lines
+    inference: float  # CPU s per image
+    cores: int
+
+    @property
+    def per_image(self) -> float:
+        return self.decode + self.inference
+
+    @property
+    def bound(self) -> float:
+        return self.cores / self.per_image
+
+
+def run_worker(*args: str, env: dict[str, str] | None = None) -> Any:
+    done = subprocess.run(
+        [sys.executable, str(SCRIPT), *args],
+        capture_output=True,
+        text=True,
+        env=os.environ | (env or {}),
+        check=False,
+    )
+    if done.returncode != 0:
+        raise SystemExit(f"{' '.join(args[:1])} failed:\n{done.stderr[-3000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def measure_reference(
+    args: argparse.Namespace, workload: Workload, manifest: Manifest, cores: int
+) -> Reference:
+    names = [p.name for p in workload.photos]
+    common = ("--model", str(args.model), "--photo-dir", str(workload.folder))
+    names_file = BENCH / "reference-photos.json"
+    names_file.write_text(json.dumps(names))
+    decode: dict[str, float] = run_worker("--measure-decode", *common, "--names", str(names_file))
+    inference = run_worker(
+        "--measure-inference",
+        *common,
+        "--names",
+        str(names_file),
+        "--seconds",
+        str(args.reference_seconds),
+        env={"OMP_NUM_THREADS": "1"},
+    )
+    lines = [name for i, name in enumerate(manifest.photos) if i not in manifest.tarpit]
+    return Reference(statistics.fmean(decode[n] for n in lines), float(inference["per_image"]), cores)
+
+
+# ============================================================================ a job leg
+
+
+@dataclass
+class LegSpec:
+    label: str
+    tree: str  # the repository tree whose functions/ the leg runs
+    model: str
+    manifest: str
+    workers: int
+    threads: int
+    environment: dict[str, str]
+    log_dir: str
+    out: str
+    watch: dict[str, int]  # more processes to measure: name -> pid
+    timeout: float
+
+
+def run_leg(spec: LegSpec) -> None:
+    """Worker: the local stack of whichever batchpredict is first on sys.path; one job; JSON out."""
+    import inspect
+    import resource
 
     from batchpredict.client import Client
     from batchpredict.local.provision import LocalOptions
-    from batchpredict.local.servers import FileServer
     from batchpredict.local.stack import LocalStack
+
+    options = LocalOptions(
+        model_uri=spec.model,
+        prefix="bench",
+        predict_workers=spec.workers,
+        environment={"INFERENCE_THREADS": str(spec.threads)} | spec.environment,
+    )
+    extra = {"serve_api": False} if "serve_api" in inspect.signature(LocalStack).parameters else {}
+    started = time.perf_counter()
+    stack = LocalStack(options, log_dir=Path(spec.log_dir), warn=lambda m: print(m, file=sys.stderr), **extra)
+    ref = stack.start()
+    startup = time.perf_counter() - started
+    try:
+        client = Client(ref)
+        java = children(os.getpid(), b"DynamoDBLocal")
+
+        def snapshot() -> dict[str, float]:
+            usage = resource.getrusage(resource.RUSAGE_SELF)
+            cpu = {
+                f"workers: {name}": sum(process_cpu(p.pid) or 0.0 for p in pool)
+                for name, pool in stack.runner.workers.items()
+            }
+            cpu["DynamoDB Local"] = sum(process_cpu(pid) or 0.0 for pid in java)
+            cpu["leg process"] = usage.ru_utime + usage.ru_stime
+            cpu["driver thread"] = time.thread_time()
+            for name, pid in spec.watch.items():
+                cpu[name] = process_cpu(pid) or 0.0
+            cpu["machine"] = machine_busy()
+            return cpu
+
+        before = snapshot()
+        java_start = before["DynamoDB Local"]  # its start and the provisioning, before the clock
+        t0 = time.perf_counter()
+        job_id = client.submit(Path(spec.manifest))
+        while True:
+            job = client.jobs.get(job_id)
+            if job is not None and job.status.value in FINAL:
+                break
+            if time.perf_counter() - t0 > spec.timeout:
+                raise SystemExit(f"{spec.label}: job {job_id} not done after {spec.timeout:.0f}s: {job}")
+            time.sleep(0.2)
+        wall = time.perf_counter() - t0
+        after = snapshot()
+        cpu = {name: after[name] - before[name] for name in after}
+        # moto's server threads live in this process, beside the driver (submit + polling).
+        cpu["moto server (driver process less its thread)"] = cpu.pop("leg process") - cpu["driver thread"]
+        failed = {
+            int(r["index"]): (r.get("error") or {}).get("code", "?")
+            for r in client.result_lines(job_id)
+            if r["status"] != "SUCCEEDED"
+        }
+        result = {
+            "label": spec.label,
+            "wall": wall,
+            "startup": startup,
+            "status": job.status.value,
+            "total": job.total,
+            "succeeded": job.succeeded,
+            "failed": failed,
+            "cpu": cpu,
+            "replaced": stack.runner.replaced,
+            "java_start": java_start,
+        }
+    finally:
+        stack.stop()  # workers finish their invocation and flush their REPORT lines
+    Path(spec.out).write_text(json.dumps(result))
+
+
+@dataclass
+class LegResult:
+    label: str
+    wall: float
+    startup: float
+    status: str
+    total: int
+    succeeded: int
+    failed: dict[int, str]
+    cpu: dict[str, float]
+    replaced: int
+    java_start: float  # CPU s of DynamoDB Local up to the submit (start, provisioning)
+    reports: dict[str, list[Any]] = field(default_factory=dict)  # function -> Report
+
+    @property
+    def rate(self) -> float:
+        """Successful images per second of wall time, upload -> COMPLETED."""
+        return self.succeeded / self.wall
+
+
+def ensure_worktree(ref: str) -> tuple[Path, str]:
+    """A detached worktree of ``ref`` under build/bench (made once), DynamoDB Local linked in."""
+    commit = subprocess.run(
+        ["git", "-C", str(ROOT), "rev-parse", "--verify", f"{ref}^{{commit}}"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if commit.returncode != 0:
+        raise SystemExit(f"--before {ref}: not a commit of this repository")
+    sha = commit.stdout.strip()
+    tree = BENCH / f"worktree-{re.sub(r'[^A-Za-z0-9._-]', '_', ref)}"
+    if not tree.exists():
+        subprocess.run(
+            ["git", "-C", str(ROOT), "worktree", "add", "--detach", str(tree), sha],
+            check=True,
+            capture_output=True,
+        )
+    head = subprocess.run(
+        ["git", "-C", str(tree), "rev-parse", "HEAD"], capture_output=True, text=True, check=True
+    ).stdout.strip()
+    if head != sha:
+        raise SystemExit(f"{tree} is at {head[:10]}, not {ref} ({sha[:10]}): `git worktree remove {tree}`")
+    # The older tree looks for DynamoDB Local (npm) under its own build/.
+    link = tree / "build" / "dynamodb-local"
+    if not link.exists() and (ROOT / "build" / "dynamodb-local").exists():
+        link.parent.mkdir(parents=True, exist_ok=True)
+        link.symlink_to(ROOT / "build" / "dynamodb-local")
+    return tree, sha
+
+
+def job_leg(spec: LegSpec, say: Callable[[str], None], same_jvm: bool = True) -> LegResult:
+    """Run one leg in a subprocess. An older tree gets the current REPORT accounting (report_shim)
+    and, unless ``same_jvm`` is off, the current DynamoDB Local JVM flags (``JDK_JAVA_OPTIONS``,
+    which the java launcher reads): both legs then pay the same local stack, and their ratio is
+    that of the code under test."""
+    from batchpredict.local.dynamodb_local import JVM_OPTIONS
+    from batchpredict.local.lambda_shim import parse_report
+
+    tree = Path(spec.tree)
+    env = dict(os.environ)
+    if tree != ROOT:
+        paths = [str(tree / "functions"), str(REPORT_SHIM), env.get("PYTHONPATH", "")]
+        env |= {"PYTHONPATH": os.pathsep.join(p for p in paths if p), "BATCHPREDICT_BENCH_REPORT_SHIM": "1"}
+        if same_jvm:
+            env["JDK_JAVA_OPTIONS"] = " ".join([*JVM_OPTIONS, env.get("JDK_JAVA_OPTIONS", "")]).strip()
+    say(f"  {spec.label}: starting the local stack and running the job")
+    done = subprocess.run(
+        [sys.executable, str(SCRIPT), "--leg", json.dumps(vars(spec))],
+        cwd=tree,
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if done.returncode != 0 or not Path(spec.out).is_file():
+        raise SystemExit(f"{spec.label}: the job leg failed:\n{done.stderr[-4000:]}")
+    raw = json.loads(Path(spec.out).read_text())
+    raw["failed"] = {int(k): v for k, v in raw["failed"].items()}
+    result = LegResult(**raw)
+    for log in Path(spec.log_dir).glob("*.log"):
+        lines = log.read_text(errors="replace").splitlines()
+        result.reports[log.stem] = [r for r in map(parse_report, lines) if r is not None]
+    return result
+
+
+# ============================================================================ the report
+
+
+def fmt_range(values: Sequence[float], digits: int = 1) -> str:
+    if len(values) == 1:
+        return f"{values[0]:.{digits}f}"
+    return f"{statistics.median(values):.{digits}f} (range {min(values):.{digits}f}-{max(values):.{digits}f})"
+
+
+def print_cpu(result: LegResult, reference: Reference) -> None:
+    cpu = dict(result.cpu)
+    machine = cpu.pop("machine")
+    n = max(1, result.succeeded)
+    rows = sorted(cpu.items(), key=lambda kv: -kv[1])
+    measured = sum(cpu.values())
+    rows.append(("rest of the machine (other processes, kernel)", max(0.0, machine - measured)))
+    cores = reference.cores
+    print(
+        f"  CPU during the job ({result.label}): {machine:.1f} s busy of {result.wall * cores:.1f} s on "
+        f"{cores} cores ({machine / (result.wall * cores):.0%})"
+    )
+    print(f"    {'':<46} {'CPU s':>7} {'ms/image':>9} {'share':>7}")
+    for name, seconds in rows:
+        print(f"    {name:<46} {seconds:7.1f} {seconds / n * 1000:9.1f} {seconds / machine:7.1%}")
+    if result.java_start:
+        print(f"    (DynamoDB Local used {result.java_start:.1f} CPU s to start, before the job)")
+    predict = cpu.get(f"workers: {PREDICT}", 0.0) / n
+    print(
+        f"  predict workers' CPU per image {predict * 1000:.1f} ms vs decode + inference "
+        f"{reference.per_image * 1000:.1f} ms: {predict / reference.per_image:.2f}x"
+    )
+
+
+def print_cost(result: LegResult, workers: int, cores: int) -> None:
+    reports = result.reports.get(PREDICT, [])
+    if not reports:
+        print(f"  Lambda accounting ({result.label}): no REPORT lines in {PREDICT}.log")
+        return
+    price = LAMBDA_PRICES["x86_64"]
+    lines = result.total or 1
+    gb_s = sum(r.gb_seconds for r in reports)
+    per_image = gb_s / lines
+    cost = (gb_s * price.gb_second + len(reports) * price.request) / lines * 1_000_000
+    memory = sorted({r.memory_mb for r in reports})
+    billed = sum(r.billed_ms for r in reports) / 1000
+    peak = max(r.max_memory_used_mb for r in reports)
+    print(
+        f"  Lambda accounting ({result.label}), {PREDICT} REPORT lines: {len(reports)} invocations, "
+        f"{billed:.1f} s billed at {'/'.join(map(str, memory))} MB (the template's PredictMemorySize; "
+        f"max memory used {peak} MB)"
+    )
+    print(
+        f"    (durations measured here, {workers} workers on {cores} cores, not on the vCPUs Lambda gives"
+        " that memory)"
+    )
+    print(
+        f"    {gb_s:.1f} GB-s, {per_image:.3f} GB-s per manifest line, "
+        f"${cost:.2f} per million images ({price.architecture} ${price.gb_second}/GB-s + "
+        f"${price.request * 1e6:.2f}/M requests)"
+    )
+    blog = BLOG_SECONDS_PER_IMAGE * BLOG_MEMORY_GB
+    blog_cost = (blog * price.gb_second + price.request) * 1_000_000
+    print(
+        f"    original AWS blog design: {blog:.2f} GB-s per image ({BLOG_SECONDS_PER_IMAGE} s per request at "
+        f"{BLOG_MEMORY_GB} GB), ${blog_cost:.2f} per million: {blog / per_image:.1f}x the GB-s of this job"
+    )
+    others = {f: rs for f, rs in result.reports.items() if f != PREDICT and rs}
+    if others:
+        arm = LAMBDA_PRICES["arm64"]
+        other_gb_s = sum(r.gb_seconds for rs in others.values() for r in rs)
+        invocations = sum(len(rs) for rs in others.values())
+        other_cost = (other_gb_s * arm.gb_second + invocations * arm.request) / lines * 1_000_000
+        print(
+            f"    the other functions ({', '.join(sorted(others))}; arm64): {other_gb_s:.1f} GB-s, "
+            f"{invocations} invocations, ${other_cost:.2f} per million images"
+        )
+
+
+def print_tarpit(result: LegResult, manifest: Manifest) -> None:
+    if not manifest.tarpit:
+        return
+    codes = Counter(result.failed.get(i, "SUCCEEDED") for i in manifest.tarpit)
+    verdict = "all FAILED fetch_timeout" if codes == {"fetch_timeout": len(manifest.tarpit)} else "NOT all"
+    print(f"  tarpit lines ({result.label}): {len(manifest.tarpit)}, {verdict}: {dict(codes)}")
+
+
+def report(
+    args: argparse.Namespace,
+    workload: Workload,
+    manifest: Manifest,
+    reference: Reference,
+    legs: dict[str, list[LegResult]],
+    machine: dict[str, Any],
+) -> None:
+    print(f"\nmachine: {machine['cpus']} CPUs (os.cpu_count {os.cpu_count()}); load average (1/5/15 min)")
+    print(f"  before {machine['load_before']}, after {machine['load_after']}")
+    print(f"workload: {workload.describe()}")
+    tarpit = f", {len(manifest.tarpit)} ({args.tarpit_percent:g}%) at a tarpit" if manifest.tarpit else ""
+    print(f"manifest: {len(manifest.photos)} lines{tarpit}, every URL distinct")
+    if args.before:
+        jvm = "its own JVM flags" if args.before_own_jvm else "the current JVM flags (JDK_JAVA_OPTIONS)"
+        print(f"--before leg: that tree's code; the current REPORT accounting; DynamoDB Local with {jvm}")
+    print("reference (fresh processes, this run):")
+    print(
+        f"  decode CPU per image     {reference.decode * 1000:7.1f} ms  "
+        "(decode_image(data, engine.spec.preprocess), mean over the manifest's lines)"
+    )
+    print(
+        f"  inference CPU per image  {reference.inference * 1000:7.1f} ms  "
+        f"(1-thread engine, batch {REFERENCE_BATCH})"
+    )
+    print(
+        f"  bound = {reference.cores} cores / {reference.per_image * 1000:.1f} ms "
+        f"= {reference.bound:.1f} images/s"
+    )
+    what = "successful images/s (the rest)" if manifest.tarpit else "images/s"
+    print(
+        f"\njob legs: {args.workers} predict workers x {args.threads} inference thread(s); {what}, "
+        "upload -> COMPLETED:"
+    )
+    for label, results in legs.items():
+        for i, r in enumerate(results, 1):
+            replaced = f", {r.replaced} workers replaced" if r.replaced else ""
+            print(
+                f"  {label:<28} run {i}: {r.rate:7.1f} images/s  {r.rate / reference.bound:5.2f}x bound  "
+                f"{r.wall:6.1f} s  {r.status} ({r.succeeded}/{r.total} succeeded; stack start "
+                f"{r.startup:.1f} s{replaced})"
+            )
+        rates = [r.rate for r in results]
+        bound = fmt_range([x / reference.bound for x in rates], 2)
+        print(f"  {label:<28} {fmt_range(rates)} images/s, {bound}x bound")
+    if len(legs) == 2:
+        (before_label, before), (after_label, after) = legs.items()
+        ratios = [a.rate / b.rate for a, b in zip(after, before, strict=True)]
+        print(f"  {after_label} / {before_label}: {fmt_range(ratios, 2)}x (run by run)")
+    for results in legs.values():
+        last = results[-1]
+        print()
+        print_tarpit(last, manifest)
+        print_cpu(last, reference)
+        print_cost(last, args.workers, reference.cores)
+
+
+# ============================================================================ main
+
+
+def main_parent(args: argparse.Namespace) -> None:
     from batchpredict.model import available_cpus
 
+    def say(message: str) -> None:
+        print(message, file=sys.stderr, flush=True)
+
     cpus = available_cpus()
-    workers = args.workers or cpus
-    threads = max(1, cpus // workers)
-    options = LocalOptions(
-        model_uri=str(args.model.resolve()),
-        prefix="bench",
-        predict_workers=workers,
-        environment={"INFERENCE_THREADS": str(threads)},
-    )
-    with tempfile.TemporaryDirectory() as tmp:
-        stack = LocalStack(options, log_dir=Path(tmp) / "logs")
-        ref = stack.start()
-        files = FileServer(args.samples)
-        url = files.start()
-        try:
-            manifest = Path(tmp) / "bench.txt"
-            manifest.write_text(
-                "".join(f"{url}/{PHOTOS[i % len(PHOTOS)]}?n={i}\n" for i in range(args.images))
-            )
-            client = Client(ref)
-            started = time.perf_counter()
-            job_id = client.submit(manifest)
-            job = client.watch(job_id, lambda _: None, interval=0.25)
-            wall = time.perf_counter() - started
-            # Where the CPU went: worker processes per function, DynamoDB Local (Java), and this
-            # process (moto server, the photo server, the client).
-            cpu = {name: sum(cpu_seconds(p.pid) for p in pool) for name, pool in stack.runner.workers.items()}
-            java = [
-                p for p in Path("/proc").iterdir() if p.name.isdigit() and b"DynamoDBLocal" in _cmdline(p)
-            ]
-            cpu["DynamoDB Local"] = sum(cpu_seconds(int(p.name)) for p in java)
-            cpu["moto + photo server + client"] = cpu_seconds(os.getpid())
-        finally:
-            files.stop()
-            stack.stop()
-    assert job.succeeded == args.images, job
-    batch = 32
-    engine_one = bare_engine(args.model, args.samples, 1, batch)
-    engine_all = bare_engine(args.model, args.samples, cpus, batch)
-    rate = args.images / wall
-    print(f"job of {args.images} images, {workers} predict workers x {threads} thread(s): {job.status.value}")
-    print(f"  end to end (upload -> COMPLETED)      {wall:7.1f} s  {rate:7.1f} images/s")
-    print(f"  bare engine, 1 thread, batch {batch}                {engine_one:7.1f} images/s")
-    print(f"  bare engine, {cpus} threads, batch {batch}               {engine_all:7.1f} images/s")
-    print(f"  end to end / bare engine ({cpus} threads):  {rate / engine_all:.2f}x")
-    total_cpu = sum(cpu.values())
-    print(f"  CPU seconds during the job: {total_cpu:.0f} of {wall * cpus:.0f} available on {cpus} cores")
-    for name, seconds in sorted(cpu.items(), key=lambda kv: -kv[1]):
-        print(f"    {name:<32} {seconds:7.1f} s  {seconds / total_cpu:6.1%}")
+    args.workers = args.workers or cpus
+    args.threads = max(1, cpus // args.workers)
+    machine: dict[str, Any] = {"cpus": cpus, "load_before": " ".join(f"{x:.2f}" for x in os.getloadavg())}
+    BENCH.mkdir(parents=True, exist_ok=True)
+    run_dir = BENCH / "runs" / time.strftime("%Y%m%d-%H%M%S")
+    run_dir.mkdir(parents=True)
+    workload = ensure_workload(args.samples, args.photos, args.seed, say)
+    trees: list[tuple[str, Path]] = []
+    if args.before:
+        tree, sha = ensure_worktree(args.before)
+        name = args.before if sha.startswith(args.before) else f"{args.before} {sha[:7]}"
+        trees.append((f"before ({name})", tree))
+    trees.append(("current (working tree)", ROOT))
+    environment = {}
+    if args.fetch_total_timeout is not None:
+        environment["FETCH_TOTAL_TIMEOUT"] = str(args.fetch_total_timeout)
+    with servers(workload.folder, args.tarpit_percent > 0) as (files, tarpit):
+        manifest = write_manifest(
+            run_dir / "bench.txt",
+            workload,
+            args.images,
+            files.url,
+            tarpit.url if tarpit else None,
+            args.tarpit_percent,
+        )
+        say(
+            "reference: decode and inference CPU in fresh processes "
+            f"({args.reference_seconds:g} s of inference)"
+        )
+        reference = measure_reference(args, workload, manifest, cpus)
+        watch = {"file server": files.process.pid} | ({"tarpit": tarpit.process.pid} if tarpit else {})
+        legs: dict[str, list[LegResult]] = {label: [] for label, _ in trees}
+        for run in range(1, args.repeat + 1):
+            say(f"run {run} of {args.repeat}")
+            for label, tree in trees:
+                name = f"{'before' if tree != ROOT else 'current'}-{run}"
+                spec = LegSpec(
+                    label=label,
+                    tree=str(tree),
+                    model=str(args.model.resolve()),
+                    manifest=str(manifest.path),
+                    workers=args.workers,
+                    threads=args.threads,
+                    environment=environment,
+                    log_dir=str(run_dir / f"logs-{name}"),
+                    out=str(run_dir / f"{name}.json"),
+                    watch=watch,
+                    timeout=args.timeout,
+                )
+                legs[label].append(job_leg(spec, say, same_jvm=not args.before_own_jvm))
+    machine["load_after"] = " ".join(f"{x:.2f}" for x in os.getloadavg())
+    report(args, workload, manifest, reference, legs, machine)
+    print(f"\nlogs and leg results: {run_dir}")
+    expected = args.images - len(manifest.tarpit)
+    short = [
+        f"{r.label}: {r.succeeded}/{expected}" for rs in legs.values() for r in rs if r.succeeded != expected
+    ]
+    if short:
+        raise SystemExit(f"some lines that should have succeeded did not: {short}")
 
 
-def _cmdline(proc: Path) -> bytes:
+@contextmanager
+def servers(folder: Path, with_tarpit: bool) -> Iterator[tuple[Server, Server | None]]:
+    files = start_file_server(folder)
+    tarpit = None
     try:
-        return (proc / "cmdline").read_bytes()
-    except OSError:
-        return b""
+        tarpit = start_tarpit() if with_tarpit else None
+        yield files, tarpit
+    finally:
+        files.stop()
+        if tarpit is not None:
+            tarpit.stop()
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    add: Callable[..., Any] = parser.add_argument
+    add("--model", type=Path, default=ROOT / "build" / "model" / "efficientnet-lite0", help="model bundle")
+    add(
+        "--samples",
+        type=Path,
+        default=ROOT / "build" / "samples",
+        help="sample photos the workload is made from",
+    )
+    add("--images", type=int, default=1000, help="manifest lines (default 1000)")
+    add("--photos", type=int, default=300, help="distinct photos of the workload (default 300)")
+    add("--seed", type=int, default=0, help="of the workload (default 0)")
+    add("--workers", type=int, default=None, help="predict workers (default: one per core)")
+    add("--repeat", type=int, default=1, help="runs of the job legs (default 1)")
+    add("--before", metavar="REF", help="also run the job on this git ref's code, before each current run")
+    add(
+        "--before-own-jvm",
+        action="store_true",
+        help="start the --before leg's DynamoDB Local with that tree's JVM flags, not the current ones",
+    )
+    add("--tarpit-percent", type=float, default=0.0, help="lines pointing at a server that never answers")
+    add("--fetch-total-timeout", type=float, default=None, help="FETCH_TOTAL_TIMEOUT of the stack (s)")
+    add("--reference-seconds", type=float, default=10.0, help="timed inference of the reference (default 10)")
+    add("--timeout", type=float, default=1800.0, help="give up on a job after this many seconds")
+    hidden = argparse.SUPPRESS
+    add("--leg", help=hidden)
+    add("--serve-tarpit", action="store_true", help=hidden)
+    add("--measure-decode", action="store_true", help=hidden)
+    add("--measure-inference", action="store_true", help=hidden)
+    add("--photo-dir", type=Path, help=hidden)
+    add("--names", type=Path, help=hidden)
+    add("--seconds", type=float, default=10.0, help=hidden)
+    args = parser.parse_args(argv)
+    if args.images < 1 or args.photos < 1 or args.repeat < 1:
+        parser.error("--images, --photos and --repeat must be >= 1")
+    if not 0 <= args.tarpit_percent < 100:
+        parser.error("--tarpit-percent must be in [0, 100)")
+    return args
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    args = parse_args(argv)
+    if args.leg:
+        run_leg(LegSpec(**json.loads(args.leg)))
+    elif args.serve_tarpit:
+        serve_tarpit()
+    elif args.measure_decode or args.measure_inference:
+        names = json.loads(args.names.read_text())
+        if args.measure_decode:
+            measure_decode(args.model, args.photo_dir, names)
+        else:
+            measure_inference(args.model, args.photo_dir, names[:REFERENCE_BATCH], args.seconds)
+    else:
+        main_parent(args)
 
 
 if __name__ == "__main__":
