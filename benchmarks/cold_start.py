@@ -75,14 +75,12 @@ def main() -> None:
         runs = [one_run(f"{base}/china.jpg", env) for _ in range(args.runs)]
     finally:
         files.stop()
-    print(
-        f"predict cold start, {args.runs} fresh processes, load average {load[0]:.2f} -> {os.getloadavg()[0]:.2f}"
-    )
+    after = os.getloadavg()[0]
+    print(f"predict cold start, {args.runs} fresh processes, load average {load[0]:.2f} -> {after:.2f}")
     for name in runs[0]:
         values = [r[name] for r in runs]
-        print(
-            f"  {name:<50} median {statistics.median(values):5.2f} s  range {min(values):.2f}-{max(values):.2f}"
-        )
+        low, high = min(values), max(values)
+        print(f"  {name:<50} median {statistics.median(values):5.2f} s  range {low:.2f}-{high:.2f}")
 
 
 if __name__ == "__main__":

@@ -421,6 +421,7 @@ class LegSpec:
     workers: int
     threads: int
     environment: dict[str, str]
+    parameters: dict[str, str]  # SAM template parameters, e.g. WorkBatchSize
     log_dir: str
     out: str
     watch: dict[str, int]  # more processes to measure: name -> pid
@@ -441,6 +442,7 @@ def run_leg(spec: LegSpec) -> None:
         prefix="bench",
         predict_workers=spec.workers,
         environment={"INFERENCE_THREADS": str(spec.threads)} | spec.environment,
+        parameters=spec.parameters,
     )
     extra = {"serve_api": False} if "serve_api" in inspect.signature(LocalStack).parameters else {}
     started = time.perf_counter()
@@ -755,7 +757,7 @@ def main_parent(args: argparse.Namespace) -> None:
         name = args.before if sha.startswith(args.before) else f"{args.before} {sha[:7]}"
         trees.append((f"before ({name})", tree))
     trees.append(("current (working tree)", ROOT))
-    environment = {}
+    environment = dict(args.env)
     if args.fetch_total_timeout is not None:
         environment["FETCH_TOTAL_TIMEOUT"] = str(args.fetch_total_timeout)
     with servers(workload.folder, args.tarpit_percent > 0) as (files, tarpit):
@@ -786,6 +788,7 @@ def main_parent(args: argparse.Namespace) -> None:
                     workers=args.workers,
                     threads=args.threads,
                     environment=environment,
+                    parameters=dict(args.parameter),
                     log_dir=str(run_dir / f"logs-{name}"),
                     out=str(run_dir / f"{name}.json"),
                     watch=watch,
@@ -816,6 +819,13 @@ def servers(folder: Path, with_tarpit: bool) -> Iterator[tuple[Server, Server | 
             tarpit.stop()
 
 
+def _pair(text: str) -> tuple[str, str]:
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
+    return key, value
+
+
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -841,6 +851,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     )
     add("--tarpit-percent", type=float, default=0.0, help="lines pointing at a server that never answers")
     add("--fetch-total-timeout", type=float, default=None, help="FETCH_TOTAL_TIMEOUT of the stack (s)")
+    add("--parameter", type=_pair, action="append", default=[], help="template parameter K=V (repeatable)")
+    add("--env", type=_pair, action="append", default=[], help="function setting K=V (repeatable)")
     add("--reference-seconds", type=float, default=10.0, help="timed inference of the reference (default 10)")
     add("--timeout", type=float, default=1800.0, help="give up on a job after this many seconds")
     hidden = argparse.SUPPRESS

@@ -19,6 +19,14 @@ from the median call of the best window (an estimate of the idle machine).
 
 Environment knobs (``MXNET_SUBGRAPH_BACKEND``, ``OMP_PROC_BIND``, ...) pass through to
 the workers, except ``OMP_NUM_THREADS``, which each worker sets to its thread count.
+``--mxnet-env NAME=VALUE[,NAME=VALUE...]`` (repeatable) adds an MXNet worker with those
+variables to the same alternation, so a knob is compared against the default in one run:
+``--mxnet-env DNNL_MAX_CPU_ISA=ALL`` is the engine without its AVX2 cap on AMD Zen 3/4.
+
+The header names the CPU (oneDNN and ONNX Runtime pick their kernels by its instruction
+sets, so figures from different hosts differ), and every row shows the load average seen
+at its windows and its workers' CPU/wall ratio (below 1.0 per thread: the process waited
+for a CPU, another one was running).
 """
 
 from __future__ import annotations
@@ -26,6 +34,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import platform
 import statistics
 import subprocess
 import sys
@@ -41,7 +50,7 @@ import numpy.typing as npt
 
 from batchpredict.bundle import BundleSpec, resolve_bundle
 from batchpredict.images import decode_image
-from batchpredict.model import DEFAULT_TOP_K, load_model, softmax
+from batchpredict.model import DEFAULT_TOP_K, cpu_info, load_model, onednn_isa_cap, softmax
 
 MXNET = "mxnet"
 ORT = "onnxruntime"
@@ -56,12 +65,25 @@ Forward = Callable[[Array], Array]
 
 
 @dataclass(frozen=True)
+class Runtime:
+    """A runtime as a worker runs it: its kind and any environment variables of its own."""
+
+    kind: str
+    env: tuple[tuple[str, str], ...] = ()
+
+    @property
+    def label(self) -> str:
+        return " ".join([self.kind, *(f"{k}={v}" for k, v in self.env)])
+
+
+@dataclass(frozen=True)
 class Window:
     """One timed loop of forward calls on a single batch size."""
 
     batch: int
     calls: list[float]  # seconds per forward call
     elapsed: float
+    cpu: float = 0.0  # CPU seconds the worker process used over the window
 
     @property
     def rate(self) -> float:
@@ -76,10 +98,21 @@ class Samples:
     batch: int
     calls: list[float] = field(default_factory=list)
     window_rates: list[float] = field(default_factory=list)  # images/s of each window's median call
+    loads: list[float] = field(default_factory=list)  # 1-minute load average as each window began
+    cpu: float = 0.0
+    elapsed: float = 0.0
 
-    def add(self, window: Window) -> None:
+    def add(self, window: Window, load: float) -> None:
         self.calls.extend(window.calls)
         self.window_rates.append(window.batch / statistics.median(window.calls))
+        self.loads.append(load)
+        self.cpu += window.cpu
+        self.elapsed += window.elapsed
+
+    @property
+    def cpu_share(self) -> float:
+        """CPU seconds per wall second over the windows."""
+        return self.cpu / self.elapsed if self.elapsed else 0.0
 
     @property
     def rate(self) -> float:
@@ -145,12 +178,13 @@ def tile(samples: Array, batch: int) -> Array:
 def measure(forward: Forward, batch: Array, seconds: float) -> Window:
     forward(batch)  # back in cache after the other runtime's window
     calls: list[float] = []
+    cpu = time.process_time()
     start = time.perf_counter()
     while len(calls) < MIN_TIMED_CALLS or time.perf_counter() - start < seconds:
         t0 = time.perf_counter()
         forward(batch)
         calls.append(time.perf_counter() - t0)
-    return Window(len(batch), calls, time.perf_counter() - start)
+    return Window(len(batch), calls, time.perf_counter() - start, time.process_time() - cpu)
 
 
 def run_worker(args: argparse.Namespace) -> None:
@@ -171,7 +205,9 @@ def run_worker(args: argparse.Namespace) -> None:
             forward(batch)
     if args.probs_out:
         np.save(args.probs_out, forward(samples))
-    print("ready", flush=True)
+    # The oneDNN ISA cap in force (the engine sets its default before importing mxnet).
+    isa = os.environ.get("DNNL_MAX_CPU_ISA", "none") if args.worker == MXNET else "-"
+    print(f"ready {isa}", flush=True)
     for line in sys.stdin:
         batch_size, seconds = line.split()
         window = measure(forward, inputs[int(batch_size)], float(seconds))
@@ -199,9 +235,12 @@ class Worker:
             raise self._fail("died")
         return line
 
-    def wait_ready(self) -> None:
-        if self._line().strip() != "ready":
+    def wait_ready(self) -> str:
+        """Wait for the worker to load; returns the oneDNN ISA cap it runs under."""
+        word, _, isa = self._line().strip().partition(" ")
+        if word != "ready":
             raise self._fail("did not get ready")
+        return isa
 
     def request(self, batch: int, seconds: float) -> None:
         assert self.process.stdin is not None
@@ -226,14 +265,16 @@ class Launcher:
     common: tuple[str, ...]
     started: list[Worker] = field(default_factory=list)
 
-    def start(self, kind: str, threads: int, batches: Sequence[int], probs_out: Path | None = None) -> Worker:
-        name = f"{kind}-{threads}t-{len(self.started)}"
-        cmd = [sys.executable, SCRIPT, "--worker", kind, "--worker-threads", str(threads)]
+    def start(
+        self, runtime: Runtime, threads: int, batches: Sequence[int], probs_out: Path | None = None
+    ) -> Worker:
+        name = f"{runtime.kind}-{threads}t-{len(self.started)}"
+        cmd = [sys.executable, SCRIPT, "--worker", runtime.kind, "--worker-threads", str(threads)]
         cmd += ["--batches", ",".join(map(str, batches)), *self.common]
         if probs_out is not None:
             cmd += ["--probs-out", str(probs_out)]
         log = self.work / f"{name}.log"
-        env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
+        env = {**os.environ, **dict(runtime.env), "OMP_NUM_THREADS": str(threads)}
         with log.open("w") as stderr:  # the child keeps its own handle
             process = subprocess.Popen(
                 cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=stderr, text=True, env=env
@@ -278,12 +319,14 @@ def top_k(probs: Array, k: int = DEFAULT_TOP_K) -> npt.NDArray[np.intp]:
     return np.argsort(-probs, axis=1, kind="stable")[:, :k]
 
 
-def report_agreement(spec: BundleSpec, names: list[str], mx_probs: Array, ort_probs: Array) -> None:
+def report_agreement(
+    spec: BundleSpec, names: list[str], mx_probs: Array, ort_probs: Array, label: str = "MXNet"
+) -> None:
     mx_top, ort_top = top_k(mx_probs), top_k(ort_probs)
     same = [bool((a == b).all()) for a, b in zip(mx_top, ort_top, strict=True)]
     diff = float(np.abs(mx_probs - ort_probs).max())
     print(
-        f"top-{DEFAULT_TOP_K} agreement, MXNet vs ONNX Runtime: {sum(same)}/{len(same)} photos identical, "
+        f"top-{DEFAULT_TOP_K} agreement, {label} vs ONNX Runtime: {sum(same)}/{len(same)} photos identical, "
         f"max |p_mxnet - p_ort| = {diff:.2e}"
     )
     for name, ok, best, probs in zip(names, same, mx_top[:, 0], mx_probs, strict=True):
@@ -291,39 +334,58 @@ def report_agreement(spec: BundleSpec, names: list[str], mx_probs: Array, ort_pr
         print(f"  {name:<16} {'same' if ok else 'DIFFERENT'}  top-1 {label} ({probs[best]:.3f})")
 
 
+Grid = dict[tuple[Runtime, int, int], Samples]
+
+
 def measure_grid(
-    launcher: Launcher, batches: Sequence[int], threads: Sequence[int], rounds: int, seconds: float
-) -> dict[tuple[str, int, int], Samples]:
-    """Every (runtime, threads, batch), alternating the runtimes window by window."""
-    workers = {(kind, t): launcher.start(kind, t, batches) for t in threads for kind in RUNTIMES}
-    for worker in workers.values():
-        worker.wait_ready()
-    grid = {(k, t, b): Samples(b) for k, t in workers for b in batches}
+    launcher: Launcher,
+    runtimes: Sequence[Runtime],
+    batches: Sequence[int],
+    threads: Sequence[int],
+    rounds: int,
+    seconds: float,
+) -> tuple[Grid, dict[Runtime, str]]:
+    """Every (runtime, threads, batch), alternating the runtimes window by window.
+
+    Also returns the oneDNN ISA cap each runtime's workers ran under.
+    """
+    workers = {(rt, t): launcher.start(rt, t, batches) for t in threads for rt in runtimes}
+    isas = {rt: worker.wait_ready() for (rt, _), worker in workers.items()}
+    grid = {(rt, t, b): Samples(b) for rt, t in workers for b in batches}
     for r in range(rounds):
-        order = RUNTIMES if r % 2 == 0 else RUNTIMES[::-1]
+        order = runtimes if r % 2 == 0 else runtimes[::-1]
         for t in threads:
             for b in batches:
-                for kind in order:
-                    grid[kind, t, b].add(run_alone(workers[kind, t], b, seconds / rounds))
-    return grid
+                for rt in order:
+                    load = os.getloadavg()[0]
+                    grid[rt, t, b].add(run_alone(workers[rt, t], b, seconds / rounds), load)
+    return grid, isas
 
 
 def print_grid(
-    grid: dict[tuple[str, int, int], Samples], threads: Sequence[int], batches: Sequence[int]
+    grid: Grid, runtimes: Sequence[Runtime], threads: Sequence[int], batches: Sequence[int]
 ) -> None:
     print("\nimages/s, one process per runtime and thread count: median call over all windows, and the")
-    print("median call of the best window (the closest this shared machine gets to an idle one)")
-    print(f"{'':>13}{'median call':^31}  {'best window':^31}")
-    head = f"{'mxnet':>9} {'onnxrt':>9} {'mxnet/ort':>10}"
-    print(f"{'batch':>5} {'threads':>7} {head}   {head}")
+    print("median call of the best window (the closest this shared machine gets to an idle one);")
+    print("cpu/wall: the worker's CPU seconds per second (1.0 per thread when it had its CPUs),")
+    print("load: the 1-minute load average as the row's windows began")
+    ort = next(rt for rt in runtimes if rt.kind == ORT)
+    width = max(len(rt.label) for rt in runtimes)
+    print(
+        f"{'batch':>5} {'threads':>7}  {'runtime':<{width}} {'median':>8} {'vs ort':>7}"
+        f" {'best':>8} {'vs ort':>7} {'cpu/wall':>8} {'load':>10}"
+    )
     for t in threads:
         for b in batches:
-            mx, ort = grid[MXNET, t, b], grid[ORT, t, b]
-            mx_best, ort_best = max(mx.window_rates), max(ort.window_rates)
-            print(
-                f"{b:>5} {t:>7} {mx.rate:>9.1f} {ort.rate:>9.1f} {mx.rate / ort.rate:>9.2f}x   "
-                f"{mx_best:>9.1f} {ort_best:>9.1f} {mx_best / ort_best:>9.2f}x"
-            )
+            base = grid[ort, t, b]
+            for rt in runtimes:
+                s = grid[rt, t, b]
+                best = max(s.window_rates)
+                loads = f"{min(s.loads):.1f}-{max(s.loads):.1f}"
+                print(
+                    f"{b:>5} {t:>7}  {rt.label:<{width}} {s.rate:>8.1f} {s.rate / base.rate:>6.2f}x"
+                    f" {best:>8.1f} {best / max(base.window_rates):>6.2f}x {s.cpu_share:>8.2f} {loads:>10}"
+                )
 
 
 def measure_concurrency(launcher: Launcher, batch: int, procs: int, rounds: int, seconds: float) -> None:
@@ -335,8 +397,8 @@ def measure_concurrency(launcher: Launcher, batch: int, procs: int, rounds: int,
     one_head, many_head = f"1 x {procs} threads", f"{procs} x 1 thread"
     print(f"{'runtime':<12} {one_head:>16} {many_head:>15} {'gain':>7}   (best window)")
     for kind in RUNTIMES:
-        single = launcher.start(kind, procs, [batch])
-        group = [launcher.start(kind, 1, [batch]) for _ in range(procs)]
+        single = launcher.start(Runtime(kind), procs, [batch])
+        group = [launcher.start(Runtime(kind), 1, [batch]) for _ in range(procs)]
         for worker in (single, *group):
             worker.wait_ready()
         alone, together = [], []
@@ -355,21 +417,41 @@ def export_in_worker(model: Path, onnx_file: Path) -> None:
         raise SystemExit(f"ONNX export failed:\n{export.stderr}")
 
 
-def check_agreement(launcher: Launcher, spec: BundleSpec, names: list[str], threads: int) -> None:
-    probs = {kind: launcher.work / f"{kind}-probs.npy" for kind in RUNTIMES}
-    for kind in RUNTIMES:
-        launcher.start(kind, threads, [len(names)], probs[kind]).wait_ready()
-    report_agreement(spec, names, np.load(probs[MXNET]), np.load(probs[ORT]))
+def check_agreement(
+    launcher: Launcher, spec: BundleSpec, names: list[str], runtimes: Sequence[Runtime], threads: int
+) -> None:
+    probs = {rt: launcher.work / f"probs-{i}.npy" for i, rt in enumerate(runtimes)}
+    for rt in runtimes:
+        launcher.start(rt, threads, [len(names)], probs[rt]).wait_ready()
+    ort = np.load(next(p for rt, p in probs.items() if rt.kind == ORT))
+    for rt in runtimes:
+        if rt.kind == MXNET:
+            report_agreement(spec, names, np.load(probs[rt]), ort, rt.label)
     launcher.close()
+
+
+def describe_host() -> str:
+    """The CPU as kernel choice sees it: oneDNN and ONNX Runtime pick kernels by its instruction sets."""
+    info = cpu_info()
+    avx512 = "yes" if "avx512f" in info.get("flags", "").split() else "no"
+    cap = os.environ.get("DNNL_MAX_CPU_ISA") or onednn_isa_cap(info) or "none"
+    return (
+        f"CPU {info.get('model name') or platform.processor() or 'unknown'} ({info.get('vendor_id', '?')}, "
+        f"family {info.get('cpu family', '?')} model {info.get('model', '?')}), AVX-512 {avx512}; "
+        f"oneDNN ISA cap in the engine: {cap}"
+    )
 
 
 def run_parent(args: argparse.Namespace) -> None:
     spec = resolve_bundle(str(args.model))
     names, samples = load_samples(spec, args.samples)
+    runtimes = [Runtime(MXNET), *(Runtime(MXNET, env) for env in args.mxnet_env), Runtime(ORT)]
     print(
         f"model {spec.model_id}, {len(names)} sample photos, {args.seconds:g} s per measurement "
         f"in {args.rounds} alternating windows, {len(os.sched_getaffinity(0))} CPUs visible"
     )
+    print(describe_host())
+    print("load average at start: {:.2f} {:.2f} {:.2f}".format(*os.getloadavg()))
     with tempfile.TemporaryDirectory(prefix="bench-") as tmp:
         work = Path(tmp)
         np.save(work / "samples.npy", samples)
@@ -377,16 +459,21 @@ def run_parent(args: argparse.Namespace) -> None:
         data = ("--input", str(work / "samples.npy"), "--onnx", str(work / "model.onnx"))
         launcher = Launcher(work, ("--model", str(args.model), *data))
         try:
-            check_agreement(launcher, spec, names, min(args.threads))
-            grid = measure_grid(launcher, args.batches, args.threads, args.rounds, args.seconds)
+            check_agreement(launcher, spec, names, runtimes, min(args.threads))
+            grid, isas = measure_grid(
+                launcher, runtimes, args.batches, args.threads, args.rounds, args.seconds
+            )
             launcher.close()
-            print_grid(grid, args.threads, args.batches)
+            print_grid(grid, runtimes, args.threads, args.batches)
+            caps = ", ".join(f"{rt.label}: {isas[rt]}" for rt in runtimes if rt.kind == MXNET)
+            print(f"DNNL_MAX_CPU_ISA in the MXNet workers: {caps}")
             procs = max(args.threads)
             if procs > 1:
                 measure_concurrency(launcher, args.concurrent_batch, procs, args.rounds, args.seconds)
                 launcher.close()
         finally:
             launcher.kill()
+    print("load average at end: {:.2f} {:.2f} {:.2f}".format(*os.getloadavg()))
 
 
 # ---------------------------------------------------------------------------- command line
@@ -397,6 +484,16 @@ def int_list(text: str) -> list[int]:
     if not values or min(values) < 1:
         raise argparse.ArgumentTypeError(f"expected positive integers like 1,8,16, got {text!r}")
     return values
+
+
+def env_list(text: str) -> tuple[tuple[str, str], ...]:
+    pairs = []
+    for part in text.split(","):
+        name, sep, value = part.partition("=")
+        if not sep or not name.strip():
+            raise argparse.ArgumentTypeError(f"expected NAME=VALUE[,NAME=VALUE...], got {text!r}")
+        pairs.append((name.strip(), value.strip()))
+    return tuple(pairs)
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -411,6 +508,14 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     add("--seconds", type=float, default=3.0, help="timed seconds per measurement (default 3)")
     add("--rounds", type=int, default=5, help="windows each measurement is split into (default 5)")
     add("--concurrent-batch", type=int, default=16, help="batch of the 1 vs N processes rows (default 16)")
+    add(
+        "--mxnet-env",
+        type=env_list,
+        action="append",
+        default=[],
+        metavar="NAME=VALUE[,...]",
+        help="also run MXNet with these environment variables (repeatable)",
+    )
     hidden = argparse.SUPPRESS
     add("--worker", choices=[*RUNTIMES, "export"], help=hidden)
     add("--worker-threads", type=int, default=1, help=hidden)
