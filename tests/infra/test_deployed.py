@@ -176,8 +176,8 @@ def test_function_settings_parse_and_name_the_stack(stack: DeployedStack) -> Non
             assert config.tables.ttl_seconds is None
             assert config.output_bucket == stack.physical["OutputBucket"]
             assert config.finalize_queue_url == stack.physical["FinalizeQueue"]
-        if hasattr(config, "engine"):
-            assert config.engine.model_uri == "/opt/model"  # the bundle baked into the image
+        if hasattr(config, "predictor"):
+            assert config.predictor.engine.model_uri == "/opt/model"  # the bundle baked into the image
     split = split_config(_function(stack, "SplitManifestFunction")["Environment"]["Variables"])
     assert split.work_queue_url == stack.physical["WorkQueue"]
     assert split.manifest_queue_url == stack.physical["ManifestQueue"]
@@ -325,11 +325,13 @@ def test_custom_parameters_reach_functions_mappings_and_buckets(custom_stack: De
     assert predict["MemorySize"] == 5307
     env = predict["Environment"]["Variables"]
     config = predict_config(env)
-    assert config.engine.model_uri == CUSTOM_PARAMETERS["ModelUri"]
+    assert config.predictor.engine.model_uri == CUSTOM_PARAMETERS["ModelUri"]
     assert config.tables.ttl_seconds == 7 * 86_400
     assert env["POWERTOOLS_LOG_LEVEL"] == "DEBUG"
     assert (
-        api_config(_function(stack, "PredictApiFunction")["Environment"]["Variables"]).engine.model_uri
+        api_config(
+            _function(stack, "PredictApiFunction")["Environment"]["Variables"]
+        ).predictor.engine.model_uri
         == (CUSTOM_PARAMETERS["ModelUri"])
     )
     split = split_config(_function(stack, "SplitManifestFunction")["Environment"]["Variables"])

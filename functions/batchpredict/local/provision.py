@@ -31,6 +31,9 @@ class LocalOptions:
     prefix: str = "batchpredict"
     allowed_networks: str = "127.0.0.0/8"
     predict_workers: int = 1
+    # Lambda scales out while messages wait: the local predict pool may grow to this many
+    # workers (None: 4 x predict_workers, capped by the template's MaximumConcurrency).
+    max_predict_workers: int | None = None
     max_function_timeout: float | None = 60.0
     environment: dict[str, str] = field(default_factory=dict)  # added to every function's
     parameters: dict[str, str] = field(default_factory=dict)  # template parameter overrides
@@ -219,7 +222,9 @@ def provision_from_template(
         fn = functions[by_function[m["FunctionName"]]]
         scaling = m.get("ScalingConfig")
         # The mapping the template lets scale out gets the local worker count; the others run one.
-        workers = min(options.predict_workers, int(scaling["MaximumConcurrency"])) if scaling else 1
+        limit = int(scaling["MaximumConcurrency"]) if scaling else 1
+        workers = min(options.predict_workers, limit)
+        most = min(options.max_predict_workers or 4 * options.predict_workers, limit)
         mappings.append(
             Mapping(
                 function=fn.logical_id,
@@ -229,6 +234,7 @@ def provision_from_template(
                 batch_size=int(m.get("BatchSize", 10)),
                 window_seconds=float(m.get("MaximumBatchingWindowInSeconds", 0)),
                 concurrency=workers,
+                max_concurrency=max(most, workers),
                 timeout_seconds=fn.timeout,
                 memory_mb=fn.memory_mb,
                 environment=fn.environment,

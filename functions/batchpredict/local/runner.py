@@ -9,6 +9,11 @@ A worker that dies is replaced; the messages it held come back by visibility tim
 on AWS. Each invocation ends with Lambda's REPORT line in the function's log (duration,
 billed duration, memory size, the worker's peak RSS), and a worker's environment carries
 Lambda's runtime variables (``AWS_LAMBDA_FUNCTION_NAME``, ``AWS_LAMBDA_FUNCTION_MEMORY_SIZE``).
+
+A mapping with ``max_concurrency`` scales out as Lambda's does while messages wait: one more
+worker every few seconds, up to that many, as long as the machine has idle CPU (Lambda gives
+each invocation CPUs of its own; here they are shared, so workers waiting on slow URLs are
+what extra workers are for). Extra workers leave after a while without messages.
 """
 
 from __future__ import annotations
@@ -21,7 +26,8 @@ import subprocess
 import sys
 import threading
 import time
-from dataclasses import asdict, dataclass, field
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 log = logging.getLogger(__name__)
@@ -41,6 +47,8 @@ class Mapping:
     timeout_seconds: float = 60.0
     memory_mb: int = 1024
     environment: dict[str, str] = field(default_factory=dict)
+    max_concurrency: int = 0  # > concurrency: scale out up to this many workers (see module doc)
+    idle_exit_seconds: float = 0.0  # > 0: the worker leaves after this long without a message
 
     def lambda_environment(self) -> dict[str, str]:
         """The variables Lambda's runtime sets in every execution environment of the function."""
@@ -59,10 +67,13 @@ def serve(mapping: Mapping, stop: threading.Event) -> None:
     handler = load_handler(mapping.handler)
     sqs = aws.client("sqs")
     parent = os.getppid()
+    last_message = time.monotonic()
     # A worker whose stack died (kill -9, closed terminal) stops instead of polling for ever.
     while not stop.is_set() and os.getppid() == parent:
+        if mapping.idle_exit_seconds and time.monotonic() - last_message > mapping.idle_exit_seconds:
+            return  # an extra worker no longer needed
         try:
-            deliver_once(
+            delivered = deliver_once(
                 sqs,
                 mapping.queue_url,
                 mapping.queue_arn,
@@ -74,6 +85,8 @@ def serve(mapping: Mapping, stop: threading.Event) -> None:
                 timeout_seconds=mapping.timeout_seconds,
                 memory_mb=mapping.memory_mb,
             )
+            if delivered:
+                last_message = time.monotonic()
         except Exception:  # an SQS hiccup must not end the worker; the next poll tries again
             log.exception("%s: polling failed", mapping.function)
             time.sleep(1)
@@ -88,15 +101,58 @@ def main() -> None:
     serve(mapping, stop)
 
 
-class Runner:
-    """Starts, watches (replacing dead workers) and stops the worker pools."""
+SCALE_EVERY_SECONDS = 2.0  # at most one more worker this often: a new one needs ~2 s to load the model
+SCALE_WHEN_IDLE = 0.25  # the machine's idle CPU share above which an extra worker is worth it
+EXTRA_IDLE_EXIT_SECONDS = 20.0
 
-    def __init__(self, mappings: list[Mapping], log_dir: Path | None = None) -> None:
+
+class CpuIdle:
+    """The machine's idle CPU share since the previous call (Linux /proc/stat)."""
+
+    def __init__(self) -> None:
+        self._last = self._read()
+
+    @staticmethod
+    def _read() -> tuple[int, int]:
+        try:
+            fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+        except (OSError, ValueError):
+            return 0, 0
+        return fields[3] + fields[4], sum(fields)  # idle + iowait, all
+
+    def __call__(self) -> float:
+        now = self._read()
+        idle, total = now[0] - self._last[0], now[1] - self._last[1]
+        self._last = now
+        return idle / total if total > 0 else 0.0
+
+
+class Runner:
+    """Starts, watches (replacing dead workers, scaling out) and stops the worker pools.
+
+    ``backlog(mapping)`` says how many messages wait in a mapping's queue (for scaling out).
+    """
+
+    def __init__(
+        self,
+        mappings: list[Mapping],
+        log_dir: Path | None = None,
+        *,
+        backlog: Callable[[Mapping], int] | None = None,
+        cpu_idle: Callable[[], float] | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.mappings = mappings
         self.log_dir = log_dir
         self._stop = threading.Event()
         self.workers: dict[str, list[subprocess.Popen[bytes]]] = {m.function: [] for m in mappings}
         self.replaced = 0
+        self.scaled_out = 0
+        self._extra: set[int] = set()  # pids of the workers started by scaling out
+        self._backlog = backlog
+        self._cpu_idle = cpu_idle or CpuIdle()
+        self._clock = clock
+        self._last_scale: dict[str, float] = {}
         self._watcher = threading.Thread(target=self._watch, name="runner-watch", daemon=True)
 
     def _spawn(self, mapping: Mapping) -> subprocess.Popen[bytes]:
@@ -119,17 +175,47 @@ class Runner:
     def _watch(self) -> None:
         while not self._stop.wait(0.5):
             for mapping in self.mappings:
-                pool = self.workers[mapping.function]
-                for i, process in enumerate(pool):
-                    if process.poll() is not None and not self._stop.is_set():
-                        log.warning(
-                            "%s worker %d exited with %s; starting a new one",
-                            mapping.function,
-                            process.pid,
-                            process.returncode,
-                        )
-                        pool[i] = self._spawn(mapping)
-                        self.replaced += 1
+                self._tend(mapping)
+                if self._backlog is not None and mapping.max_concurrency > mapping.concurrency:
+                    self._scale_out(mapping, self._backlog)
+
+    def _tend(self, mapping: Mapping) -> None:
+        """Replace a dead worker; let an extra one that left go."""
+        pool = self.workers[mapping.function]
+        for process in list(pool):
+            if process.poll() is None or self._stop.is_set():
+                continue
+            if process.pid in self._extra:
+                self._extra.discard(process.pid)
+                pool.remove(process)
+                continue
+            log.warning(
+                "%s worker %d exited with %s; starting a new one",
+                mapping.function,
+                process.pid,
+                process.returncode,
+            )
+            pool[pool.index(process)] = self._spawn(mapping)
+            self.replaced += 1
+
+    def _scale_out(self, mapping: Mapping, backlog: Callable[[Mapping], int]) -> None:
+        now = self._clock()
+        if now - self._last_scale.get(mapping.function, float("-inf")) < SCALE_EVERY_SECONDS:
+            return
+        self._last_scale[mapping.function] = now
+        idle = self._cpu_idle()  # over the last SCALE_EVERY_SECONDS
+        pool = self.workers[mapping.function]
+        if len(pool) >= mapping.max_concurrency or idle < SCALE_WHEN_IDLE:
+            return
+        waiting = backlog(mapping)
+        if waiting <= 0:
+            return
+        process = self._spawn(replace(mapping, idle_exit_seconds=EXTRA_IDLE_EXIT_SECONDS))
+        self._extra.add(process.pid)
+        pool.append(process)
+        self.scaled_out += 1
+        log.info("%s: %d messages waiting, %.0f%% CPU idle: worker %d started",
+                 mapping.function, waiting, idle * 100, len(pool))  # fmt: skip
 
     def stop(self, grace_seconds: float = 10.0) -> None:
         self._stop.set()

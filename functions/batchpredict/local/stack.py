@@ -119,6 +119,14 @@ class Stack:
         raise TimeoutError(f"the queues did not drain in {max_seconds:.0f}s")
 
 
+def _waiting(sqs: Any, mapping: Any) -> int:
+    """Messages visible in a mapping's queue: what scaling out would serve."""
+    attributes = sqs.get_queue_attributes(
+        QueueUrl=mapping.queue_url, AttributeNames=["ApproximateNumberOfMessages"]
+    )["Attributes"]
+    return int(attributes["ApproximateNumberOfMessages"])
+
+
 def clear_handler_caches() -> None:
     """Forget every handler's cold-start state (settings, clients, model)."""
     from batchpredict.handlers import finalize, predict, predict_api, reconcile, split_manifest
@@ -202,7 +210,8 @@ class LocalStack:
             )
             for mapping in self.plan.mappings:
                 mapping.environment.update(env | LOCAL_QUIET)
-            self.runner = Runner(self.plan.mappings, log_dir=self.log_dir)
+            sqs = aws.client("sqs")
+            self.runner = Runner(self.plan.mappings, log_dir=self.log_dir, backlog=lambda m: _waiting(sqs, m))
             self.runner.start()
             self._stoppers.append(self.runner.stop)
             api_url = self._start_api(env) if self.serve_api else None
