@@ -2,9 +2,19 @@
 
 Loaded once per process (``load_model``), then ``run_inference`` on batches of any size.
 Executors are bound lazily per bucket size (powers of two up to ``max_batch``) and
-kept, so a call never re-binds; a batch is zero-padded up to its bucket. Binding goes
-through MXNet's oneDNN (MKLDNN) subgraph backend, which fuses conv + batch-norm +
-ReLU6 (+ residual add) into single primitives.
+kept, so a call never re-binds. A batch runs as forward passes of bucket sizes, the
+largest that fits first (13 images: 8 + 4 + 1), so no pass computes padding: zero-padding
+up to one bucket cost up to half the pass (17 images ran as 32, at half the images/s),
+while a pass's cost per image hardly depends on its size. Binding goes through MXNet's
+oneDNN (MKLDNN) subgraph backend, which fuses conv + batch-norm + ReLU6 (+ residual add)
+into single primitives.
+
+On AMD family 19h CPUs (Zen 3 / Zen 4) oneDNN is held to its AVX2 kernels
+(``DNNL_MAX_CPU_ISA=AVX2``, unless the variable is already set): on Zen 4, where
+AVX-512 is double-pumped, oneDNN 2.4's AVX-512 path picks brgemm kernels in NHWC for
+some layers and blocked jit kernels for others, reorders between them (24 reorders, ~9%
+of a forward) and was 20-30% slower per image than its AVX2 kernels on this model
+(benchmarks/model_throughput.py). Zen 3 has no AVX-512, so there it changes nothing.
 """
 
 from __future__ import annotations
@@ -49,16 +59,47 @@ def available_cpus() -> int:
     return cpus
 
 
+def cpu_info(text: str | None = None) -> dict[str, str]:
+    """The first processor's fields in /proc/cpuinfo (or in ``text``); empty if unreadable."""
+    if text is None:
+        try:
+            text = Path("/proc/cpuinfo").read_text()
+        except OSError:
+            return {}
+    fields: dict[str, str] = {}
+    for line in text.splitlines():
+        if not line.strip():
+            break  # the first processor's block is enough
+        key, _, value = line.partition(":")
+        fields[key.strip()] = value.strip()
+    return fields
+
+
+def onednn_isa_cap(info: dict[str, str] | None = None) -> str | None:
+    """The ``DNNL_MAX_CPU_ISA`` the engine sets by default on this CPU (see the module docs)."""
+    info = cpu_info() if info is None else info
+    if info.get("vendor_id") == "AuthenticAMD" and info.get("cpu family") == "25":  # 19h: Zen 3, Zen 4
+        return "AVX2"
+    return None
+
+
 _MX: Any = None
 
 
 def _mxnet(threads: int) -> Any:
-    """Import mxnet once; OpenMP reads its thread count at import time, so set it first."""
+    """Import mxnet once; OpenMP reads its thread count at import time, so set it first.
+
+    oneDNN reads ``DNNL_MAX_CPU_ISA`` when it first dispatches a kernel, so the cap
+    holds as long as nothing in this process ran a oneDNN primitive before.
+    """
     global _MX  # noqa: PLW0603 - one import per process, by design
     if _MX is None:
         os.environ.setdefault("OMP_NUM_THREADS", str(threads))
         os.environ.setdefault("MXNET_SUBGRAPH_BACKEND", "MKLDNN")
         os.environ.setdefault("MXNET_SUBGRAPH_VERBOSE", "0")
+        isa = onednn_isa_cap()
+        if isa:
+            os.environ.setdefault("DNNL_MAX_CPU_ISA", isa)
         import mxnet
 
         _MX = mxnet
@@ -68,6 +109,19 @@ def _mxnet(threads: int) -> Any:
 def bucket_sizes(max_batch: int) -> tuple[int, ...]:
     sizes = {1 << i for i in range(max_batch.bit_length()) if 1 << i <= max_batch}
     return tuple(sorted(sizes | {max_batch}))
+
+
+def forward_sizes(n: int, buckets: tuple[int, ...]) -> list[int]:
+    """The forward passes for ``n`` images: the largest bucket that fits, repeatedly.
+
+    ``buckets`` is ascending and starts at 1 (``bucket_sizes``), so the passes add up to ``n``.
+    """
+    sizes = []
+    while n > 0:
+        size = next(b for b in reversed(buckets) if b <= n)
+        sizes.append(size)
+        n -= size
+    return sizes
 
 
 def softmax(logits: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
@@ -163,20 +217,19 @@ class Engine:
         expected = self.spec.input_shape
         if batch.ndim != 4 or tuple(batch.shape[1:]) != expected:
             raise ValueError(f"batch must have shape (n, {', '.join(map(str, expected))}), got {batch.shape}")
-        parts = [self._forward(batch[i : i + self.max_batch]) for i in range(0, len(batch), self.max_batch)]
+        parts, start = [], 0
+        for size in forward_sizes(len(batch), self.buckets):
+            parts.append(self._forward(batch[start : start + size]))
+            start += size
         out = np.concatenate(parts) if parts else np.zeros((0, len(self.spec.labels)), np.float32)
         return softmax(out) if self.spec.output_kind == "logits" else out
 
     def _forward(self, batch: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
-        n = len(batch)
-        bucket = next(b for b in self.buckets if b >= n)
+        """One forward pass; ``len(batch)`` is one of the buckets."""
         with self._lock:
-            exe = self._executor(bucket)
-            data = exe.arg_dict[self.spec.input_name]
-            if n < bucket:
-                batch = np.concatenate([batch, np.zeros((bucket - n, *batch.shape[1:]), batch.dtype)])
-            data[:] = batch
-            return exe.forward(is_train=False)[0].asnumpy()[:n]  # type: ignore[no-any-return]
+            exe = self._executor(len(batch))
+            exe.arg_dict[self.spec.input_name][:] = batch
+            return exe.forward(is_train=False)[0].asnumpy()  # type: ignore[no-any-return]
 
     def top_k(self, probabilities: npt.NDArray[np.float32], k: int = DEFAULT_TOP_K) -> list[list[Prediction]]:
         k = min(k, probabilities.shape[1])

@@ -1,7 +1,10 @@
 """The engine on the real converted model and on the classic model-zoo checkpoint format."""
 
 import json
+import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import mxnet as mx
@@ -11,7 +14,7 @@ import pytest
 from batchpredict.bundle import resolve_bundle, sha256_file, verify_bundle
 from batchpredict.errors import BundleError
 from batchpredict.images import decode_image
-from batchpredict.model import Engine, bucket_sizes, load_model
+from batchpredict.model import Engine, bucket_sizes, cpu_info, forward_sizes, load_model, onednn_isa_cap
 
 
 @pytest.fixture(scope="module")
@@ -42,7 +45,7 @@ def test_flower_is_a_daisy(engine: Engine, samples_dir: Path) -> None:
 def test_batches_of_any_size_match_single_images(engine: Engine, samples_dir: Path) -> None:
     photos = sorted(samples_dir.glob("*.png")) + sorted(samples_dir.glob("*.jpg"))
     tensors = np.stack([decode_image(p.read_bytes(), engine.spec.preprocess).tensor for p in photos])
-    batch = np.concatenate([tensors, tensors[:5]])  # 11 images: over max_batch 8, and a padded bucket of 4
+    batch = np.concatenate([tensors, tensors[:5]])  # 11 images: over max_batch 8, then passes of 2 and 1
     together = engine.probabilities(batch)
     alone = np.concatenate([engine.probabilities(t[None]) for t in tensors])
     np.testing.assert_allclose(together[: len(tensors)], alone, atol=1e-5)
@@ -72,6 +75,71 @@ def test_bucket_sizes() -> None:
     assert bucket_sizes(1) == (1,)
     assert bucket_sizes(12) == (1, 2, 4, 8, 12)
     assert bucket_sizes(32) == (1, 2, 4, 8, 16, 32)
+
+
+def test_forward_sizes_fill_buckets_largest_first_without_padding() -> None:
+    assert forward_sizes(0, (1, 2, 4, 8)) == []
+    assert forward_sizes(8, (1, 2, 4, 8)) == [8]
+    assert forward_sizes(11, (1, 2, 4, 8)) == [8, 2, 1]
+    assert forward_sizes(17, bucket_sizes(32)) == [16, 1]
+    assert forward_sizes(40, (1, 2, 4, 8)) == [8, 8, 8, 8, 8]
+    assert forward_sizes(23, bucket_sizes(12)) == [12, 8, 2, 1]
+
+
+def test_a_batch_binds_only_the_buckets_its_passes_fill(bundle_dir: Path, samples_dir: Path) -> None:
+    engine = load_model(resolve_bundle(str(bundle_dir)), max_batch=8)
+    photos = sorted(samples_dir.glob("*.jpg")) + sorted(samples_dir.glob("*.png"))[:2]
+    tensors = np.stack([decode_image(p.read_bytes(), engine.spec.preprocess).tensor for p in photos])
+    assert len(tensors) == 5
+    probs = engine.probabilities(tensors)
+    assert sorted(engine._executors) == [1, 4]  # 4 + 1, not one pass of 8 with 3 zero images
+    alone = np.concatenate([engine.probabilities(t[None]) for t in tensors])
+    np.testing.assert_allclose(probs, alone, atol=1e-5)
+
+
+CPUINFO = """processor\t: 0
+vendor_id\t: {vendor}
+cpu family\t: {family}
+model\t\t: 17
+model name\t: Some CPU
+flags\t\t: fpu avx2 avx512f
+
+processor\t: 1
+vendor_id\t: SomeoneElse
+"""
+
+
+def test_onednn_isa_cap_only_on_amd_family_19h() -> None:
+    zen4 = cpu_info(CPUINFO.format(vendor="AuthenticAMD", family=25))
+    assert zen4["vendor_id"] == "AuthenticAMD" and zen4["model name"] == "Some CPU"  # first block only
+    assert onednn_isa_cap(zen4) == "AVX2"
+    assert onednn_isa_cap(cpu_info(CPUINFO.format(vendor="AuthenticAMD", family=26))) is None  # Zen 5
+    assert onednn_isa_cap(cpu_info(CPUINFO.format(vendor="GenuineIntel", family=6))) is None
+    assert onednn_isa_cap({}) is None
+
+
+def test_top5_on_the_samples_does_not_depend_on_the_onednn_isa(
+    engine: Engine, bundle_dir: Path, samples_dir: Path, tmp_path: Path
+) -> None:
+    """The engine in a fresh process with oneDNN unrestricted (DNNL_MAX_CPU_ISA=ALL, the
+    default before the AVX2 cap) ranks the sample photos' top 5 exactly as this one does."""
+    photos = sorted(samples_dir.glob("*.png")) + sorted(samples_dir.glob("*.jpg"))
+    tensors = np.stack([decode_image(p.read_bytes(), engine.spec.preprocess).tensor for p in photos])
+    np.save(tmp_path / "in.npy", tensors)
+    script = (
+        "import sys, numpy as np\n"
+        "from batchpredict.bundle import resolve_bundle\n"
+        "from batchpredict.model import load_model\n"
+        "engine = load_model(resolve_bundle(sys.argv[1]), max_batch=8)\n"
+        "np.save(sys.argv[3], engine.probabilities(np.load(sys.argv[2])))\n"
+    )
+    env = {**os.environ, "DNNL_MAX_CPU_ISA": "ALL"}
+    args = [str(bundle_dir), str(tmp_path / "in.npy"), str(tmp_path / "out.npy")]
+    subprocess.run([sys.executable, "-c", script, *args], env=env, check=True, capture_output=True)
+    unrestricted, here = np.load(tmp_path / "out.npy"), engine.probabilities(tensors)
+    top5 = [np.argsort(-p, axis=1, kind="stable")[:, :5] for p in (unrestricted, here)]
+    np.testing.assert_array_equal(top5[0], top5[1])
+    np.testing.assert_allclose(unrestricted, here, atol=1e-5)
 
 
 # --- bad bundles: a clear error naming the file ---------------------------------------------
