@@ -26,6 +26,7 @@ from batchpredict.writer import ChunkWriter
 # A claim outlives its writer's invocation by this much, so it never lapses mid-write.
 LEASE_MARGIN_SECONDS = 5.0
 WRITER_THREADS = 4  # chunks written at once: S3 and DynamoDB calls, not CPU
+WRITE_RESERVE_SHARE = 0.2  # at most this share of the invocation's time is kept back for writes
 
 
 def image_record(job_id: str | None, result: ImageResult, model: str) -> dict[str, Any]:
@@ -97,7 +98,9 @@ class ChunkBatch:
     ) -> dict[str, ChunkOutcome]:
         """``messages``: (message id, body); ``remaining``: seconds the invocation has left."""
         meter = ComputeMeter(self.memory_mb, self._clock)
-        deadline = self._clock() + remaining() - self.write_reserve_seconds
+        left = remaining()
+        # A short invocation keeps a share of its time for writes, never all of it.
+        deadline = self._clock() + left - min(self.write_reserve_seconds, left * WRITE_RESERVE_SHARE)
         outcomes: dict[str, ChunkOutcome] = {}
         chunks: list[tuple[str, Chunk]] = []
         for message_id, body in messages:

@@ -379,15 +379,28 @@ def test_chunk_batch_writes_each_chunk_and_reports_failures_per_message() -> Non
 def test_chunk_batch_keeps_the_write_reserve_out_of_the_stream() -> None:
     fetcher = ScriptedFetcher({_url(0): [HANG]})
     predictor, _ = _stream(fetcher)
-    ends = time.monotonic() + 1.5
+    ends = time.monotonic() + 2.0
 
-    started = time.monotonic()
-    outcomes = _batch(predictor, RecordingWriter(), reserve=1.2).run(
+    outcomes = _batch(predictor, RecordingWriter(), reserve=0.3).run(
         [("m0", _chunk_body(0, _items(range(1))))], lambda: ends - time.monotonic()
     )
 
     assert isinstance(outcomes["m0"].error, ChunkUnfinishedError)
-    assert fetcher.deadlines[_url(0)] <= started + 0.35  # 1.5 s left - 1.2 s reserve
+    assert fetcher.deadlines[_url(0)] == pytest.approx(ends - 0.3, abs=0.05)  # 2 s left - 0.3 s reserve
+
+
+def test_a_short_invocation_keeps_only_a_share_of_its_time_for_writes() -> None:
+    fetcher = ScriptedFetcher({_url(0): [_img(0)]})
+    predictor, _ = _stream(fetcher, linger=0.02)
+    writer = RecordingWriter()
+    ends = time.monotonic() + 5.0  # e.g. a 5 s function against a 10 s write reserve
+
+    outcomes = _batch(predictor, writer, reserve=10.0).run(
+        [("m0", _chunk_body(0, _items(range(1))))], lambda: ends - time.monotonic()
+    )
+
+    assert outcomes["m0"].error is None and [c for c, _ in writer.written] == [0]
+    assert fetcher.deadlines[_url(0)] == pytest.approx(ends - 1.0, abs=0.1)
 
 
 def test_predict_urls_returns_one_record_per_url_without_a_job() -> None:
