@@ -9,8 +9,8 @@ from typing import Any
 import pytest
 from botocore.exceptions import ClientError
 
-from batchpredict.errors import ErrorCode
 from batchpredict.costs import ChunkUsage
+from batchpredict.errors import ErrorCode
 from batchpredict.jobs import (
     BATCH_WRITE_ATTEMPTS,
     BATCH_WRITE_LIMIT,
