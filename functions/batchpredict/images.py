@@ -37,15 +37,6 @@ FORMATS = ("JPEG", "PNG", "GIF", "WEBP", "BMP", "TIFF", "AVIF")
 # limit a 50 MP file costs at most ~3 s of scans (30 ms each), which the deadline bounds.
 MAX_JPEG_SCANS = 100
 
-# JPEGs decode at 1/2, 1/4 or 1/8 scale (libjpeg's scaled IDCT, a crude low-pass) only while the
-# shorter side stays at least this many times the model's resize target, so that the bicubic
-# resize after it still averages 4x4 drafted pixels or more. Against a full decode, on the sample
-# photos re-encoded at 300-4500 px (tests/unit/test_decode_fidelity.py): drafting down to the
-# target moved a class probability by up to 0.12; at 2x the target still by 0.11, flipping a
-# top-1; at 4x by at most ~0.02, reordering only classes the full decode itself ties. A 12 MP
-# JPEG decodes at 1/2 scale in ~30 ms instead of ~55 undrafted (~22 at 1/4, ~18 at 1/8).
-DRAFT_FACTOR = 4
-
 # Pillow pulls encoded bytes through fp.read(decodermaxblock) and decodes each block before the
 # next read, so the block size sets how often the deadline is looked at. 16 KiB keeps a block of
 # the densest inputs (zlib at 1:1032, GIF LZW) to ~50 ms at 50 MP; a read costs ~4 us. A JPEG
@@ -55,6 +46,10 @@ _READ_BLOCK = 16 * 1024
 
 # Conversions of a whole image run strip by strip, so their temporaries stay ~this many pixels.
 _STRIP_PIXELS = 1 << 20
+
+# A picture is resized whole (then cropped) while its resized whole stays within this many pixels
+# (16 MB as RGB): up to an aspect ratio of 64:1 at a resize target of 256. See _resize_and_crop.
+_WHOLE_RESIZE_PIXELS = 1 << 22
 
 _RESAMPLING = {
     "bicubic": Image.Resampling.BICUBIC,
@@ -94,11 +89,6 @@ class Preprocess:
         if 0 in self.std:
             raise ValueError("std must not contain 0")
 
-    @property
-    def draft_to(self) -> int:
-        """The shorter side a JPEG may be drafted down to (see DRAFT_FACTOR)."""
-        return DRAFT_FACTOR * self.resize_shorter
-
 
 @dataclass(frozen=True)
 class DecodedImage:
@@ -120,8 +110,13 @@ def decode_image(
     ``deadline`` is an absolute ``time.monotonic()``; a decode still running then stops with
     DECODE_TIMEOUT (see ``_DeadlineReader`` for how promptly). Raises PredictionError
     NOT_AN_IMAGE, IMAGE_TOO_LARGE, IMAGE_TOO_COMPLEX or DECODE_TIMEOUT.
+
+    The tensor is, bit for bit, the reference preprocessing's: the whole picture decoded at full
+    resolution, resized, centre-cropped (tests/unit/test_decode_fidelity.py). A JPEG is never
+    drafted (libjpeg's 1/2, 1/4, 1/8 scaled IDCT): a draft at any scale moves probabilities
+    (~0.01 even at 8x the resize target) and reorders near-tied classes.
     """
-    image, (width, height) = _load(data, max_pixels, preprocess.draft_to, deadline)
+    image, (width, height) = _load(data, max_pixels, None, deadline)
     _check_deadline(deadline)
     tensor = _to_tensor(image, preprocess)
     return DecodedImage(tensor=tensor, width=width, height=height, bytes=len(data))
@@ -137,7 +132,8 @@ def load_rgb(
     """Decode untrusted image bytes into an EXIF-oriented RGB image (first frame if animated).
 
     ``draft_to`` lets a JPEG decode at 1/2, 1/4 or 1/8 scale as long as its shorter side stays
-    >= draft_to. Raises PredictionError like ``decode_image``.
+    >= draft_to: for thumbnails (report.py), never for a model's input, which ``decode_image``
+    always decodes in full. Raises PredictionError like ``decode_image``.
     """
     image = _load(data, max_pixels, draft_to, deadline)[0]
     return image if image.mode == "RGB" else image.convert("RGB")
@@ -164,7 +160,7 @@ def decode_memory_bytes(data: bytes, preprocess: Preprocess, max_pixels: int = D
             scans = _jpeg_scan_offsets(data, None) if image.format in ("JPEG", "MPO") else []
             if len(scans) > MAX_JPEG_SCANS:
                 return _FIXED_BYTES
-            return _FIXED_BYTES + _peak_bytes(image, data, preprocess.draft_to, len(scans))
+            return _FIXED_BYTES + _peak_bytes(image, data, preprocess, len(scans))
         except MemoryError:
             raise
         except Exception:  # a header too odd to model (tags of unexpected types, ...)
@@ -335,19 +331,41 @@ def _to_tensor(image: Image.Image, preprocess: Preprocess) -> npt.NDArray[np.flo
     return tensor
 
 
+def _resized_size(size: tuple[int, int], shorter: int) -> tuple[int, int]:
+    """The size with the shorter side ``shorter`` and the aspect ratio kept, rounded the way
+    Pillow's ImageOps.cover rounds it."""
+    width, height = size
+    if width < height:
+        return shorter, round(height / width * shorter)
+    if width > height:
+        return round(width / height * shorter), shorter
+    return shorter, shorter
+
+
 def _resize_and_crop(image: Image.Image, preprocess: Preprocess) -> Image.Image:
-    """Shorter side to ``resize_shorter``, centre crop ``crop``, in one resize of the crop's
-    source box: the same pixels as resizing the whole image first, without ever allocating
-    the resized whole (a 1x8000 strip would otherwise grow to 256x2M pixels, gigabytes)."""
-    width, height = image.size
-    target = preprocess.resize_shorter
-    long_side = round(max(width, height) * target / min(width, height))
-    size = (target, long_side) if width <= height else (long_side, target)
+    """Shorter side to ``resize_shorter``, then the centre ``crop`` x ``crop``.
+
+    The whole picture is resized and then cropped: the reference preprocessing, bit for bit.
+    Resizing only the crop's source box (``resize(box=...)``) is not: Pillow takes the box in
+    single precision, which moves filter taps by ~1e-6 pixel, and since Pillow 13 (which picks
+    the order of its two passes from the sizes) it may run them in the other order for a box
+    than for the whole. On photos that left a pixel value a level off here and there on about
+    half of them, enough to swap two near-tied classes (tests/unit/test_decode_fidelity.py).
+
+    Only a picture whose resized whole would exceed _WHOLE_RESIZE_PIXELS (an aspect ratio past
+    64:1 at a 256 target: a strip, not a photo) is resized through the crop's box, or a 1x8000
+    strip would grow to 256x2M pixels, gigabytes. Its crop is then close to the reference's, not
+    the same bits: within 2 levels on photo content (4 with "nearest"), far more on noise.
+    """
+    size = _resized_size(image.size, preprocess.resize_shorter)
     crop = preprocess.crop
     left, top = (size[0] - crop) // 2, (size[1] - crop) // 2
-    scale_x, scale_y = width / size[0], height / size[1]
+    resampling = _RESAMPLING[preprocess.interpolation]
+    if size[0] * size[1] <= _WHOLE_RESIZE_PIXELS:
+        return image.resize(size, resampling).crop((left, top, left + crop, top + crop))
+    scale_x, scale_y = image.width / size[0], image.height / size[1]
     box = (left * scale_x, top * scale_y, (left + crop) * scale_x, (top + crop) * scale_y)
-    return image.resize((crop, crop), _RESAMPLING[preprocess.interpolation], box=box)
+    return image.resize((crop, crop), resampling, box=box)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -398,7 +416,7 @@ def _jpeg_scan_offsets(data: bytes, deadline: float | None) -> list[int]:
 # ---------------------------------------------------------------------------------------------
 # Memory estimate. Every term is a buffer alive at the peak of some stage of a decode;
 # tests/unit/test_images.py measures the real peak (RSS of a child process) of hostile images
-# against it. "Pixels" are those of the image as decoded (after a JPEG draft).
+# against it. "Pixels" are those of the image as decoded: its full size (nothing is drafted).
 
 _FIXED_BYTES = 16 << 20  # codec state, row buffers, Python objects, the tensor
 
@@ -416,12 +434,11 @@ _WORST_BYTES_PER_PIXEL = 24
 _PAYLOAD_COPIES = {"WEBP": 2, "AVIF": 2}
 
 
-def _peak_bytes(image: ImageFile.ImageFile, data: bytes, draft_to: int, scans: int) -> int:
+def _peak_bytes(image: ImageFile.ImageFile, data: bytes, preprocess: Preprocess, scans: int) -> int:
     decoding = held = 0  # decoder memory beside Pillow's image: at its peak, and kept after
     if image.format in ("JPEG", "MPO"):
         decoding = _jpeg_buffer_bytes(image, scans)
-        image.draft("RGB", (draft_to, draft_to))
-    width, height = image.size  # after the draft
+    width, height = image.size
     pixels = width * height
     if image.format == "WEBP":
         # libwebp's animation decoder (Pillow's only WebP reader) decodes the first frame into
@@ -438,25 +455,48 @@ def _peak_bytes(image: ImageFile.ImageFile, data: bytes, draft_to: int, scans: i
     elif image.format == "TIFF" and getattr(image, "use_load_libtiff", True):
         decoding = _tiff_buffer_bytes(image)
     stored = _STORED_BYTES.get(image.mode, 4) * pixels
-    # Flattening to RGB or L: the result (and strips) beside the decoded image.
+    # Flattening to RGB or L (as _flatten does): the result (and strips) beside the decoded image.
     if image.mode in _DEEP_MODES:
-        flattening = pixels + _STRIP_BYTES
+        flat_mode, flattening = "L", pixels + _STRIP_BYTES
     elif _has_alpha(image):
-        flattening = 4 * pixels + _STRIP_BYTES
-    elif image.mode not in ("RGB", "L"):
-        flattening = (1 if image.mode == "1" else 4) * pixels
+        flat_mode, flattening = "RGB", 4 * pixels + _STRIP_BYTES
+    elif image.mode in ("RGB", "L"):
+        flat_mode, flattening = image.mode, 0
     else:
-        flattening = 0
+        flat_mode = "L" if image.mode == "1" else "RGB"
+        flattening = _STORED_BYTES.get(flat_mode, 4) * pixels
+    converted = 0 if flattening == 0 else _STORED_BYTES.get(flat_mode, 4) * pixels
     # EXIF orientation turns the decoded image into a copy beside it.
-    turning = stored if _may_be_oriented(image, data) else 0
+    oriented = _may_be_oriented(image, data)
+    turning = stored if oriented else 0
+    # Resizing the flattened picture: its intermediate and output beside it (either way up if
+    # the picture may be turned).
+    resizing = _resize_bytes((width, height), flat_mode, preprocess)
+    if oriented:
+        resizing = max(resizing, _resize_bytes((height, width), flat_mode, preprocess))
     copies = _PAYLOAD_COPIES.get(str(image.format), 0) * len(data)
-    peak = copies + max(decoding, held + turning, held + flattening) + stored
+    peak = copies + max(decoding, held + turning, held + flattening, held + converted + resizing) + stored
     return peak + peak // 16  # allocator slack: glibc arenas, page rounding, alignment
 
 
+def _resize_bytes(size: tuple[int, int], mode: str, preprocess: Preprocess) -> int:
+    """What ``_resize_and_crop`` allocates for a ``size`` picture in ``mode`` ("RGB" or "L"):
+    the intermediate of Pillow's first pass (at most the output's width by every row, or every
+    column by the output's height, whichever pass runs first), the output, the crop's copy."""
+    width, height = size
+    resized = _resized_size(size, preprocess.resize_shorter)
+    crop = preprocess.crop
+    if resized[0] * resized[1] <= _WHOLE_RESIZE_PIXELS:
+        first_pass = max(resized[0] * height, width * resized[1])
+        pixels = first_pass + resized[0] * resized[1] + crop * crop
+    else:
+        pixels = crop * max(width, height) + crop * crop
+    return _STORED_BYTES.get(mode, 4) * pixels
+
+
 def _jpeg_buffer_bytes(image: ImageFile.ImageFile, scans: int) -> int:
-    """A progressive or multi-scan JPEG decodes into a coefficient buffer for the whole image at
-    full resolution, whatever the draft: 64 two-byte coefficients per 8x8 block and component.
+    """A progressive or multi-scan JPEG decodes into a coefficient buffer for the whole image:
+    64 two-byte coefficients per 8x8 block and component.
     Add libjpeg's row buffers: a few MCU rows of every component at full width."""
     width, height = image.size
     sampling: list[tuple[int, int]] = [(h, v) for _, h, v, _ in getattr(image, "layer", [])] or [(1, 1)] * 4

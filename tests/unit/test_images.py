@@ -1,5 +1,6 @@
-"""images.py: every mode to the right RGB, orientation, JPEG draft, size limits, broken bytes,
-the scan-count guard, the decode deadline, and the memory estimate against measured peaks."""
+"""images.py: every mode to the right RGB, orientation, JPEGs decoded in full, the resize and crop
+of the reference preprocessing bit for bit, size limits, broken bytes, the scan-count guard, the
+decode deadline, and the memory estimate against measured peaks."""
 
 from __future__ import annotations
 
@@ -250,66 +251,56 @@ def draft_calls(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str | None, tuple
     return calls
 
 
-def test_big_jpeg_is_drafted_and_still_correct(
-    big_jpeg: bytes, draft_calls: list[tuple[str | None, tuple[int, int] | None]]
-) -> None:
-    decoded = decode_image(big_jpeg, Preprocess())
-
-    assert len(draft_calls) == 1
-    mode, size = draft_calls[0]
-    assert mode == "RGB"
-    assert size is not None
-    assert min(size) >= 4 * 256  # four times the resize target, not the target itself
-    assert (decoded.width, decoded.height) == (4000, 3000)  # the original size, not the draft's
-    assert decoded.tensor.shape == (3, 224, 224)
-    np.testing.assert_allclose(decoded.tensor[:, 112, 10], (np.array(RED) - 127) / 128, atol=0.05)
-    np.testing.assert_allclose(decoded.tensor[:, 112, 210], (np.array(BLUE) - 127) / 128, atol=0.05)
-    # libjpeg really decodes at 1/8 scale when asked: 500x375, shorter side still >= 256
-    assert load_rgb(big_jpeg, draft_to=256).size == (500, 375)
-
-
 @pytest.fixture
-def drafted_sizes(monkeypatch: pytest.MonkeyPatch) -> list[tuple[int, int]]:
-    """The size each JPEG is decoded at, after decode_image's draft request."""
+def resized_sizes(monkeypatch: pytest.MonkeyPatch) -> list[tuple[int, int]]:
+    """The size of each picture decode_image hands to the resize."""
     sizes: list[tuple[int, int]] = []
-    original = JpegImagePlugin.JpegImageFile.draft
+    original = images._resize_and_crop
 
-    def spy(self: JpegImagePlugin.JpegImageFile, mode: str | None, size: tuple[int, int] | None) -> Any:
-        result = original(self, mode, size)
-        sizes.append(self.size)
-        return result
+    def spy(image: Image.Image, preprocess: Preprocess) -> Image.Image:
+        sizes.append(image.size)
+        return original(image, preprocess)
 
-    monkeypatch.setattr(JpegImagePlugin.JpegImageFile, "draft", spy)
+    monkeypatch.setattr(images, "_resize_and_crop", spy)
     return sizes
 
 
-@pytest.mark.parametrize(
-    ("resize_shorter", "size", "decoded"),
-    [
-        (256, (4000, 3000), (2000, 1500)),  # 1/2: at 1/4 the shorter side (750) would be < 1024
-        (256, (8000, 6000), (2000, 1500)),  # 1/4
-        (256, (2048, 2048), (1024, 1024)),  # 1/2, just
-        (256, (2047, 4000), (2047, 4000)),  # not drafted: half of 2047 is under 1024
-        (256, (700, 500), (700, 500)),
-        (128, (4096, 4100), (512, 513)),  # 1/8; the rule follows the model's resize target
-        (128, (1024, 768), (1024, 768)),
-        (320, (5200, 2600), (2600, 1300)),
-    ],
-)
-def test_jpeg_is_drafted_only_while_its_shorter_side_stays_four_times_the_resize_target(
-    drafted_sizes: list[tuple[int, int]], resize_shorter: int, size: tuple[int, int], decoded: tuple[int, int]
+def test_a_big_jpeg_is_decoded_in_full(
+    big_jpeg: bytes,
+    draft_calls: list[tuple[str | None, tuple[int, int] | None]],
+    resized_sizes: list[tuple[int, int]],
 ) -> None:
-    # Drafting at 2x the target moved probabilities by up to 0.11 and flipped a top-1; at 4x, by
-    # at most ~0.02 (tests/unit/test_decode_fidelity.py).
-    data = encode(Image.new("RGB", size, RED), "JPEG", quality=50)
-    preprocess = Preprocess(resize_shorter=resize_shorter, crop=resize_shorter)
+    decoded = decode_image(big_jpeg, Preprocess())
 
-    assert images.DRAFT_FACTOR == 4
-    assert preprocess.draft_to == 4 * resize_shorter
-    decode_image(data, preprocess)
+    assert draft_calls == []
+    assert resized_sizes == [(4000, 3000)]
+    assert (decoded.width, decoded.height) == (4000, 3000)
+    assert decoded.tensor.shape == (3, 224, 224)
+    np.testing.assert_allclose(decoded.tensor[:, 112, 10], (np.array(RED) - 127) / 128, atol=0.05)
+    np.testing.assert_allclose(decoded.tensor[:, 112, 210], (np.array(BLUE) - 127) / 128, atol=0.05)
 
-    assert drafted_sizes == [decoded]
-    assert min(decoded) >= min(4 * resize_shorter, *size)
+
+@pytest.mark.parametrize(
+    ("resize_shorter", "size"),
+    [(256, (8000, 6000)), (256, (2048, 2048)), (128, (4096, 4100)), (320, (5200, 2600)), (256, (700, 500))],
+)
+@pytest.mark.parametrize("progressive", [False, True])
+def test_decode_image_never_drafts_a_jpeg(
+    resized_sizes: list[tuple[int, int]], resize_shorter: int, size: tuple[int, int], progressive: bool
+) -> None:
+    # A draft at any scale moves probabilities and reorders near ties
+    # (tests/unit/test_decode_fidelity.py).
+    data = encode(Image.new("RGB", size, RED), "JPEG", quality=50, progressive=progressive)
+
+    decode_image(data, Preprocess(resize_shorter=resize_shorter, crop=resize_shorter))
+
+    assert resized_sizes == [size]
+
+
+def test_load_rgb_still_drafts_for_thumbnails(big_jpeg: bytes) -> None:
+    # report.py's thumbnails: libjpeg decodes at 1/8 scale when asked, shorter side still >= 256.
+    assert load_rgb(big_jpeg, draft_to=256).size == (500, 375)
+    assert load_rgb(big_jpeg).size == (4000, 3000)
 
 
 @pytest.mark.parametrize(
@@ -332,7 +323,7 @@ def test_drafted_jpeg_reports_size_after_orientation() -> None:
     decoded = decode_image(data, Preprocess())
 
     assert (decoded.width, decoded.height) == (1600, 2400)
-    # drafted at 1/4 (600x400), then oriented
+    # load_rgb's draft (thumbnails): 1/4 (600x400), then oriented
     assert load_rgb(data, draft_to=256).size == (400, 600)
 
 
@@ -432,15 +423,20 @@ def test_a_thin_strip_is_not_blown_up_to_its_resized_whole() -> None:
 REFERENCE_DEEP = {"I;16": 257.0, "I;16B": 257.0, "I": 257.0, "F": 1.0}
 
 
-def reference_tensor(
-    data: bytes, preprocess: Preprocess, draft_to: int | None = None
-) -> npt.NDArray[np.float32]:
-    """decode_image the plain way: whole-image conversions to RGB first, then resize and
-    normalise. decode_image saves memory (strips, grey kept grey, in-place float) but must give
-    these very bits."""
+def resized_then_cropped(image: Image.Image, preprocess: Preprocess) -> Image.Image:
+    """The reference resize: the whole picture, shorter side to resize_shorter (Pillow's
+    ImageOps.cover and its rounding), then the centre crop."""
+    target, crop = preprocess.resize_shorter, preprocess.crop
+    resized = ImageOps.cover(image, (target, target), images._RESAMPLING[preprocess.interpolation])
+    left, top = (resized.width - crop) // 2, (resized.height - crop) // 2
+    return resized.crop((left, top, left + crop, top + crop))
+
+
+def reference_tensor(data: bytes, preprocess: Preprocess) -> npt.NDArray[np.float32]:
+    """decode_image the plain way: whole-image conversions to RGB first, then resize the whole
+    and crop, then normalise. decode_image saves memory (strips, grey kept grey, in-place float)
+    but must give these very bits."""
     with Image.open(io.BytesIO(data)) as image:
-        if draft_to is not None:
-            image.draft("RGB", (draft_to, draft_to))
         image.load()
         ImageOps.exif_transpose(image, in_place=True)
     if image.mode in REFERENCE_DEEP:
@@ -453,7 +449,7 @@ def reference_tensor(
         rgb.paste(rgba, mask=rgba.getchannel("A"))
     else:
         rgb = image.convert("RGB")
-    rgb = images._resize_and_crop(rgb, preprocess)
+    rgb = resized_then_cropped(rgb, preprocess)
     pixels = np.asarray(rgb, dtype=np.float32)
     if preprocess.color == "BGR":
         pixels = pixels[:, :, ::-1]
@@ -551,14 +547,100 @@ def test_bgr_gives_the_very_bits_of_the_plain_conversion() -> None:
     np.testing.assert_array_equal(decode_image(data, preprocess).tensor, reference_tensor(data, preprocess))
 
 
-def test_a_drafted_photo_gives_the_very_bits_of_the_plain_drafted_decode(big_jpeg: bytes) -> None:
-    preprocess = Preprocess()
-
-    tensor = decode_image(big_jpeg, preprocess).tensor
-
+def test_a_big_photo_gives_the_very_bits_of_the_plain_full_decode(big_jpeg: bytes) -> None:
     np.testing.assert_array_equal(
-        tensor, reference_tensor(big_jpeg, preprocess, draft_to=preprocess.draft_to)
+        decode_image(big_jpeg, Preprocess()).tensor, reference_tensor(big_jpeg, Preprocess())
     )
+
+
+# Sizes where resizing only the crop's box (Pillow takes the box in float32) leaves pixels 1-2
+# levels off the whole resize, sizes where it happens not to, upscales, squares, portraits, and
+# 457x448 at a target of 224, where ImageOps.cover rounds the longer side's 228.5 up to 229 (the
+# one division long * target / short rounds half to even, to 228).
+RESIZE_SIZES = [(337, 224), (350, 233), (640, 427), (427, 640), (1000, 500), (512, 512), (97, 61), (61, 300)]
+RESIZE_TARGETS = [(256, 224), (320, 288), (224, 224), (299, 255)]
+
+
+@pytest.mark.parametrize("interpolation", ["bicubic", "bilinear", "nearest", "lanczos"])
+@pytest.mark.parametrize("target", RESIZE_TARGETS, ids=[f"{t}-{c}" for t, c in RESIZE_TARGETS])
+def test_resize_and_crop_is_the_whole_resize_then_the_crop(
+    interpolation: str, target: tuple[int, int]
+) -> None:
+    rng = np.random.default_rng(5)
+    preprocess = Preprocess(resize_shorter=target[0], crop=target[1], interpolation=interpolation)
+    sizes = [*RESIZE_SIZES, (457, 448), (448, 457)]
+    for mode, channels in (("RGB", 3), ("L", 1)):
+        for width, height in sizes:
+            shape = (height, width, channels) if channels > 1 else (height, width)
+            image = Image.fromarray(rng.integers(0, 256, shape, dtype=np.uint8), mode)
+
+            produced = images._resize_and_crop(image, preprocess)
+
+            assert produced.size == (target[1], target[1])
+            np.testing.assert_array_equal(
+                np.asarray(produced),
+                np.asarray(resized_then_cropped(image, preprocess)),
+                err_msg=f"{width}x{height}",
+            )
+
+
+def test_the_longer_side_is_rounded_as_pillow_rounds_it() -> None:
+    image = Image.new("RGB", (457, 448))
+
+    assert images._resized_size(image.size, 224) == ImageOps.cover(image, (224, 224)).size == (229, 224)
+    assert images._resized_size((448, 457), 224) == (224, 229)
+    assert images._resized_size((300, 300), 256) == (256, 256)
+
+
+@pytest.fixture
+def box_resizes(monkeypatch: pytest.MonkeyPatch) -> list[bool]:
+    """For each Image.resize, whether it was given a box."""
+    boxed: list[bool] = []
+    original = Image.Image.resize
+
+    def spy(
+        self: Image.Image, size: Any, resample: Any = None, box: Any = None, **kwargs: Any
+    ) -> Image.Image:
+        boxed.append(box is not None)
+        return original(self, size, resample, box, **kwargs)
+
+    monkeypatch.setattr(Image.Image, "resize", spy)
+    return boxed
+
+
+def smooth(size: tuple[int, int]) -> Image.Image:
+    """Photo-like content: slow waves, unlike noise, which no resampler agrees on."""
+    xs, ys = np.meshgrid(np.arange(size[0]), np.arange(size[1]))
+    waves = [128 + 100 * np.sin(xs / 9 + c) * np.cos(ys / 13 - c) for c in (0.0, 1.0, 2.0)]
+    return Image.fromarray(np.stack(waves, axis=-1).astype(np.uint8))
+
+
+@pytest.mark.parametrize(
+    ("size", "boxed"),
+    [
+        ((1024, 16), False),  # resized to 16384x256: 2^22 pixels, the most resized whole
+        ((16, 1024), False),
+        ((1040, 16), True),  # 16640x256: only the crop's box is resized
+        ((16, 1040), True),
+        ((300, 20000), True),
+    ],
+)
+@pytest.mark.parametrize("interpolation", ["bicubic", "lanczos"])
+def test_only_a_strip_is_resized_through_the_crop_box(
+    box_resizes: list[bool], size: tuple[int, int], boxed: bool, interpolation: str
+) -> None:
+    image = smooth(size)
+    preprocess = Preprocess(interpolation=interpolation)
+
+    produced = np.asarray(images._resize_and_crop(image, preprocess), dtype=np.int16)
+
+    assert box_resizes == [boxed]
+    assert images._WHOLE_RESIZE_PIXELS == 1 << 22
+    reference = np.asarray(resized_then_cropped(image, preprocess), dtype=np.int16)
+    if boxed:  # the box's single-precision coordinates: close to the whole resize, not the same bits
+        assert np.abs(produced - reference).max() <= 2
+    else:
+        np.testing.assert_array_equal(produced, reference)
 
 
 # --- Scan-count guard -----------------------------------------------------------------------------
@@ -803,20 +885,32 @@ def palette_with_transparency(side: int) -> bytes:
 
 
 def wide_progressive_444(width: int) -> bytes:
-    # Not drafted (its shorter side, 1000, is under 2 x 256 x 2), progressive 4:4:4 (6 bytes of
-    # coefficients a pixel), turned by its EXIF orientation (a second copy of the picture).
+    # Progressive 4:4:4 (6 bytes of coefficients a pixel), turned by its EXIF orientation (a
+    # second copy of the picture), and resized whole: 25:1, a 6400x256 intermediate.
     exif = Image.Exif()
     exif[ExifTags.Base.Orientation] = 6
     image = Image.new("RGB", (width, 1000), (10, 200, 30))
     return encode(image, "JPEG", progressive=True, subsampling=0, exif=exif)
 
 
-# ~25 MP each: half the cap, so that the per-pixel terms, not the fixed ones, are what is tested.
+def photo_jpeg(size: tuple[int, int], progressive: bool) -> bytes:
+    """A 4:2:0 JPEG of a smooth gradient (its content changes nothing to the memory)."""
+    ramp = np.linspace(0, 255, size[0], dtype=np.float32).astype(np.uint8)
+    pixels = np.broadcast_to(ramp[None, :, None], (size[1], size[0], 3))
+    return encode(Image.fromarray(np.ascontiguousarray(pixels)), "JPEG", quality=85, progressive=progressive)
+
+
+# 25-48 MP each: towards the cap, so that the per-pixel terms, not the fixed ones, are what is
+# tested. The JPEGs decode in full: 4 bytes a pixel of RGB, and for a progressive one its
+# coefficients (3 bytes a pixel at 4:2:0) beside them.
 HOSTILE = {
     "palette-png-transparency": lambda: palette_with_transparency(5000),
     "animated-webp-canvas": lambda: webp_canvas(5000, 5000),
     "wide-progressive-444-jpeg-oriented": lambda: wide_progressive_444(25_000),
     "16-bit-png": lambda: png_16bit_grey(5000, 5000),
+    "48mp-baseline-jpeg": lambda: photo_jpeg((8000, 6000), progressive=False),
+    "48mp-progressive-jpeg": lambda: photo_jpeg((8000, 6000), progressive=True),
+    "64-to-1-panorama-jpeg": lambda: photo_jpeg((44_800, 700), progressive=False),
 }
 
 
