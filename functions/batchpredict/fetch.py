@@ -64,7 +64,11 @@ TRANSIENT_STATUSES = frozenset({408, 429})
 
 _HTTP_SCHEMES = ("http", "https")
 _DEFAULT_PORTS = {"http": 80, "https": 443}
-_READ_CHUNK = 64 * 1024
+_READ_CHUNK = 64 * 1024  # an S3 body's reads (each may take several recvs)
+# An HTTP body's reads: read1 makes at most one recv per call, capped at the time left, so the
+# deadline is checked between recvs whatever this is. 256 KiB takes a 0.7 MB photo in ~4 calls
+# rather than ~13 (64 KiB), ~15% less CPU per loopback fetch.
+_HTTP_READ = 256 * 1024
 _MAX_POOLS = 32  # distinct (address, port, hostname) pools kept; least recently used are closed
 _CONNECTIONS_PER_POOL = 8  # concurrent fetches from one host reuse up to this many connections
 _RESOLVER_THREADS = 4  # concurrent lookups; more wait in line (within their own deadline)
@@ -264,7 +268,10 @@ class _Watchdog:
             if not self._running:
                 self._running = True
                 threading.Thread(target=self._run, name="fetch-watchdog", daemon=True).start()
-            self._wake.notify()
+            elif self._heap[0][2] is deadline:
+                # Only a new earliest deadline changes what the thread waits for; waking it for
+                # every fetch cost a thread switch each (~10% of a loopback fetch's CPU).
+                self._wake.notify()
 
     def wake(self) -> None:
         """Let the thread drop finished fetches (and end, when none is left) now."""
@@ -606,7 +613,7 @@ class Fetcher:
             self._shrink_read_timeout(response, body_deadline, deadline, host)
             try:
                 # read1: at most one recv per call, so the deadline is checked between recvs.
-                chunk = response.read1(_READ_CHUNK)
+                chunk = response.read1(_HTTP_READ)
             except HTTPError as exc:
                 raise self._transport_error(exc, host, in_body=True) from exc
             if not chunk:
