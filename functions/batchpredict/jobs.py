@@ -8,6 +8,7 @@ ADD on the JOB), so a redelivered chunk is never counted twice.
 from __future__ import annotations
 
 import json
+import math
 import random
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -17,7 +18,7 @@ from decimal import Decimal
 from enum import StrEnum
 from typing import Any
 
-from boto3.dynamodb.types import TypeDeserializer, TypeSerializer
+from boto3.dynamodb.types import DYNAMODB_CONTEXT, TypeDeserializer, TypeSerializer
 from botocore.exceptions import ClientError
 
 from batchpredict.costs import TRANSACTION_WRITE_FACTOR, ChunkUsage, write_units
@@ -62,9 +63,55 @@ def utc_now() -> str:
 
 
 def to_dynamo(value: dict[str, Any]) -> dict[str, Any]:
-    """A JSON-able dict as a DynamoDB item (floats become Decimals, as boto3 requires)."""
-    plain = json.loads(json.dumps(value), parse_float=Decimal)
-    return {k: _serializer.serialize(v) for k, v in plain.items()}
+    """A JSON-able dict as a DynamoDB item: what boto3's TypeSerializer makes of the dict after a
+    JSON round trip (floats as their shortest repr, read back as Decimals).
+
+    Items of plain str, int, float, bool, None, dict (str keys), list and tuple are built
+    directly, ~3x faster (an IMG# row is ~50 values); anything else takes the round trip itself,
+    so odd values convert, or fail, exactly as they did.
+    """
+    try:
+        return {_key(k): _attribute(v) for k, v in value.items()}
+    except (_UnusualValueError, RecursionError):
+        plain = json.loads(json.dumps(value), parse_float=Decimal)
+        return {k: _serializer.serialize(v) for k, v in plain.items()}
+
+
+class _UnusualValueError(Exception):
+    """A value the direct conversion leaves to the JSON round trip."""
+
+
+def _key(key: Any) -> str:
+    if type(key) is not str:
+        raise _UnusualValueError
+    return key
+
+
+def _attribute(value: Any) -> dict[str, Any]:
+    kind = type(value)
+    if kind is str:
+        return {"S": value}
+    if value is None:
+        return {"NULL": True}
+    if kind is bool:
+        return {"BOOL": value}
+    if kind is int:
+        return {"N": _number(value)}
+    if kind is float:
+        if not math.isfinite(value):
+            raise _UnusualValueError  # JSON would write NaN/Infinity, which TypeSerializer refuses
+        return {"N": _number(Decimal(float.__repr__(value)))}  # json.dumps writes float.__repr__
+    if kind is dict:
+        return {"M": {_key(k): _attribute(v) for k, v in value.items()}}
+    if kind is list or kind is tuple:
+        return {"L": [_attribute(v) for v in value]}
+    raise _UnusualValueError
+
+
+def _number(value: int | Decimal) -> str:
+    # TypeSerializer's N: the number in DynamoDB's decimal context (38 digits, which traps
+    # rounding and overflow rather than storing something else).
+    return str(DYNAMODB_CONTEXT.create_decimal(value))
 
 
 def _plain(value: Any) -> Any:

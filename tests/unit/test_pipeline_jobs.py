@@ -4,9 +4,13 @@ from __future__ import annotations
 
 import io
 import itertools
+import json
+import random
+from decimal import Decimal
 from typing import Any
 
 import pytest
+from boto3.dynamodb.types import TypeSerializer
 from botocore.exceptions import ClientError
 
 from batchpredict.costs import ChunkUsage
@@ -386,6 +390,76 @@ def test_to_dynamo_of_a_full_record_round_trips() -> None:
     }
 
     assert from_dynamo(to_dynamo(record)) == record
+
+
+def _round_trip_item(value: dict[str, Any]) -> dict[str, Any]:
+    """What to_dynamo was (and still is, for values it does not build directly)."""
+    plain = json.loads(json.dumps(value), parse_float=Decimal)
+    return {k: TypeSerializer().serialize(v) for k, v in plain.items()}
+
+
+def _outcome(convert: Any, value: dict[str, Any]) -> Any:
+    try:
+        return convert(value)
+    except Exception as exc:  # the same failure, for values DynamoDB cannot store
+        return type(exc)
+
+
+def _random_value(rng: random.Random, depth: int = 0) -> Any:
+    kinds = ["str", "int", "float", "bool", "none", "big"] + (["dict", "list", "tuple"] if depth < 3 else [])
+    kind = rng.choice(kinds)
+    if kind == "str":
+        return rng.choice(["", "a", "héllo", "IMG#000000001", "1e5", "0.1"])
+    if kind == "int":
+        return rng.choice([0, -1, 7, 2**53 + 1, 10**37, -(10**38) + 1])
+    if kind == "big":
+        # Not storable: DynamoDB's decimal context refuses them, and so must the conversion.
+        return rng.choice([10**38 + 1, 1e300, -1e-300, 5e-324, float("nan"), float("inf"), 1.7e308])
+    if kind == "float":
+        return rng.choice([0.0, -0.0, 0.1, 1e-05, 1e16, 1.5e-12, 123.456, 0.8123456789012345, -2.5e20]) * (
+            rng.random() if rng.random() < 0.5 else 1
+        )
+    if kind == "bool":
+        return rng.random() < 0.5
+    if kind == "none":
+        return None
+    children = [_random_value(rng, depth + 1) for _ in range(rng.randint(0, 4))]
+    if kind == "list":
+        return children
+    if kind == "tuple":
+        return tuple(children)
+    return {f"k{i}": child for i, child in enumerate(children)}
+
+
+def test_to_dynamo_builds_exactly_what_the_json_round_trip_built() -> None:
+    rng = random.Random(7)
+    values = [{f"a{i}": _random_value(rng) for i in range(rng.randint(1, 6))} for _ in range(3000)]
+    record = _record(3) | {
+        "status": "SUCCEEDED",
+        "predictions": [
+            {
+                "rank": r,
+                "class_index": 280 + r,
+                "wnid": "n02123045",
+                "label": "tabby",
+                "probability": 0.81 / r,
+            }
+            for r in range(1, 6)
+        ],
+        "image": {"width": 640, "height": 480, "bytes": 12345},
+        "timing_ms": {"fetch": 10.25, "preprocess": 3.5, "inference": 20.0},
+    }
+    # Values it leaves to the round trip: str/int/float subclasses, non-str keys, Decimals, sets.
+    odd = [
+        {"status": JobStatus.RUNNING},
+        {"n": ErrorCode.HTTP_ERROR},
+        {"m": {1: "a", "b": 2}},
+        {"d": Decimal("1.5")},
+        {"s": {1, 2}},
+        {"f": float("nan")},
+    ]
+    for value in [*values, record, *odd]:
+        assert _outcome(to_dynamo, value) == _outcome(_round_trip_item, value), value
 
 
 @pytest.mark.parametrize("number", ["1e200", "1e-300", "1" * 40])
