@@ -190,6 +190,49 @@ def test_images_waiting_on_a_slow_fetch_are_inferred_after_the_linger() -> None:
     assert engine.passes[-1] == [3]
 
 
+class TimedEngine(FakeEngine):
+    """Also records when each forward pass started."""
+
+    def __init__(self) -> None:
+        super().__init__(max_batch=32)
+        self.started: list[float] = []
+
+    def run_inference(self, batch: Any, top_k: int) -> list[list[Prediction]]:
+        self.started.append(time.monotonic())
+        return super().run_inference(batch, top_k)
+
+
+class SlowLastDecoder(FakeDecoder):
+    """Decodes image ``slow`` in ``seconds``, every other at once; remembers when that one ended."""
+
+    def __init__(self, slow: int, seconds: float) -> None:
+        super().__init__()
+        self.slow, self.seconds = slow, seconds
+        self.slow_done = 0.0
+
+    def decode(self, payload: bytes, deadline: float) -> DecodedImage:
+        if payload == _img(self.slow):
+            time.sleep(self.seconds)
+            self.slow_done = time.monotonic()
+        return super().decode(payload, deadline)
+
+
+def test_at_the_end_of_a_run_the_engine_infers_by_fours_instead_of_waiting_for_the_last_decode() -> None:
+    fetcher = ScriptedFetcher({_url(i): [_img(i)] for i in range(24)})
+    engine, decoder = TimedEngine(), SlowLastDecoder(slow=23, seconds=0.5)
+    predictor, _ = _stream(fetcher, engine=engine, decoder=decoder, bucket=16)
+
+    done, _, unfinished = _run(predictor, [_items(range(12)), _items(range(12, 24))])
+
+    assert unfinished == set() and sorted(i for p in engine.passes for i in p) == list(range(24))
+    # A full bucket while more than a bucket is left; then, with every fetch in and the rest
+    # fitting in one bucket, passes of 4 while the slow decode runs, and one small pass after it.
+    assert [len(p) for p in engine.passes] == [16, 4, 4]
+    assert 23 in engine.passes[-1]
+    assert all(at < decoder.slow_done for at in engine.started[:-1])
+    assert [r.outcome.predictions[0].class_index for r in done[1]] == list(range(12, 24))
+
+
 # --- streaming and deadlines --------------------------------------------------------------
 
 
