@@ -552,6 +552,8 @@ def ensure_worktree(ref: str) -> tuple[Path, str]:
     link = tree / "build" / "dynamodb-local"
     if not link.exists() and (ROOT / "build" / "dynamodb-local").exists():
         link.parent.mkdir(parents=True, exist_ok=True)
+        if link.is_symlink():  # dangling: the tree was linked from a checkout since removed
+            link.unlink()
         link.symlink_to(ROOT / "build" / "dynamodb-local")
     return tree, sha
 
