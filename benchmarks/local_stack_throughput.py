@@ -28,12 +28,14 @@ REPORT lines) and the current DynamoDB Local JVM flags (``--before-own-jvm`` kee
 ``--tarpit-percent P`` points P% of the lines at a separate server process that accepts
 connections and never answers; those lines must end FAILED fetch_timeout, and the rate printed is
 that of the rest (``--fetch-total-timeout S`` sets the stack's FETCH_TOTAL_TIMEOUT, else the
-function's own applies). ``--repeat N`` runs the legs N times and prints the range.
+function's own applies). ``--clean-peer`` also runs the current code on the same lines with no
+tarpit right before each tarpit run, so the rate of the rest is compared with a peer on the same
+load. ``--repeat N`` runs the legs N times and prints the range.
 
 Usage::
 
     python benchmarks/local_stack_throughput.py [--images 1000] [--photos 300] [--repeat 1]
-        [--before 9ac1592] [--tarpit-percent 2 [--fetch-total-timeout 5]]
+        [--before 9ac1592] [--tarpit-percent 2 [--clean-peer] [--fetch-total-timeout 5]]
         [--model build/model/efficientnet-lite0] [--samples build/samples]
 """
 
@@ -682,7 +684,7 @@ def print_tarpit(result: LegResult, manifest: Manifest) -> None:
 def report(
     args: argparse.Namespace,
     workload: Workload,
-    manifest: Manifest,
+    manifests: dict[str, Manifest],
     reference: Reference,
     legs: dict[str, list[LegResult]],
     machine: dict[str, Any],
@@ -690,6 +692,7 @@ def report(
     print(f"\nmachine: {machine['cpus']} CPUs (os.cpu_count {os.cpu_count()}); load average (1/5/15 min)")
     print(f"  before {machine['load_before']}, after {machine['load_after']}")
     print(f"workload: {workload.describe()}")
+    manifest = manifests[CURRENT]
     tarpit = f", {len(manifest.tarpit)} ({args.tarpit_percent:g}%) at a tarpit" if manifest.tarpit else ""
     print(f"manifest: {len(manifest.photos)} lines{tarpit}, every URL distinct")
     if args.before:
@@ -731,12 +734,16 @@ def report(
     for results in legs.values():
         last = results[-1]
         print()
-        print_tarpit(last, manifest)
+        print_tarpit(last, manifests[last.label])
         print_cpu(last, reference)
         print_cost(last, args.workers, reference.cores)
 
 
 # ============================================================================ main
+
+
+CURRENT = "current (working tree)"
+CLEAN_PEER = "current, no tarpit"
 
 
 def main_parent(args: argparse.Namespace) -> None:
@@ -758,7 +765,9 @@ def main_parent(args: argparse.Namespace) -> None:
         tree, sha = ensure_worktree(args.before)
         name = args.before if sha.startswith(args.before) else f"{args.before} {sha[:7]}"
         trees.append((f"before ({name})", tree))
-    trees.append(("current (working tree)", ROOT))
+    if args.clean_peer:
+        trees.append((CLEAN_PEER, ROOT))
+    trees.append((CURRENT, ROOT))
     environment = dict(args.env)
     if args.fetch_total_timeout is not None:
         environment["FETCH_TOTAL_TIMEOUT"] = str(args.fetch_total_timeout)
@@ -771,6 +780,11 @@ def main_parent(args: argparse.Namespace) -> None:
             tarpit.url if tarpit else None,
             args.tarpit_percent,
         )
+        manifests = {label: manifest for label, _ in trees}
+        if args.clean_peer:
+            manifests[CLEAN_PEER] = write_manifest(
+                run_dir / "bench-clean.txt", workload, args.images, files.url, None, 0
+            )
         say(
             "reference: decode and inference CPU in fresh processes "
             f"({args.reference_seconds:g} s of inference)"
@@ -781,12 +795,12 @@ def main_parent(args: argparse.Namespace) -> None:
         for run in range(1, args.repeat + 1):
             say(f"run {run} of {args.repeat}")
             for label, tree in trees:
-                name = f"{'before' if tree != ROOT else 'current'}-{run}"
+                name = f"{'before' if tree != ROOT else 'clean' if label == CLEAN_PEER else 'current'}-{run}"
                 spec = LegSpec(
                     label=label,
                     tree=str(tree),
                     model=str(args.model.resolve()),
-                    manifest=str(manifest.path),
+                    manifest=str(manifests[label].path),
                     workers=args.workers,
                     threads=args.threads,
                     environment=environment,
@@ -798,11 +812,13 @@ def main_parent(args: argparse.Namespace) -> None:
                 )
                 legs[label].append(job_leg(spec, say, same_jvm=not args.before_own_jvm))
     machine["load_after"] = " ".join(f"{x:.2f}" for x in os.getloadavg())
-    report(args, workload, manifest, reference, legs, machine)
+    report(args, workload, manifests, reference, legs, machine)
     print(f"\nlogs and leg results: {run_dir}")
-    expected = args.images - len(manifest.tarpit)
     short = [
-        f"{r.label}: {r.succeeded}/{expected}" for rs in legs.values() for r in rs if r.succeeded != expected
+        f"{r.label}: {r.succeeded}/{expected}"
+        for rs in legs.values()
+        for r in rs
+        if r.succeeded != (expected := args.images - len(manifests[r.label].tarpit))
     ]
     if short:
         raise SystemExit(f"some lines that should have succeeded did not: {short}")
@@ -845,6 +861,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     add("--seed", type=int, default=0, help="of the workload (default 0)")
     add("--workers", type=int, default=None, help="predict workers (default: one per core)")
     add("--repeat", type=int, default=1, help="runs of the job legs (default 1)")
+    add(
+        "--clean-peer",
+        action="store_true",
+        help="with --tarpit-percent: also run the current code on the same lines with no tarpit, "
+        "right before each tarpit run, and print the ratio of the two rates",
+    )
     add("--before", metavar="REF", help="also run the job on this git ref's code, before each current run")
     add(
         "--before-own-jvm",
@@ -870,6 +892,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         parser.error("--images, --photos and --repeat must be >= 1")
     if not 0 <= args.tarpit_percent < 100:
         parser.error("--tarpit-percent must be in [0, 100)")
+    if args.clean_peer and not args.tarpit_percent:
+        parser.error("--clean-peer needs --tarpit-percent")
     return args
 
 
