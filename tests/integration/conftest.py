@@ -17,8 +17,6 @@ from batchpredict.local.provision import LocalOptions, provision_from_template
 from batchpredict.local.servers import FileServer, MotoServer
 from batchpredict.local.stack import Stack, clear_handler_caches
 
-pytestmark = pytest.mark.integration
-
 
 @pytest.fixture(scope="session")
 def moto_endpoint() -> Iterator[str]:

@@ -11,8 +11,6 @@ import pytest
 
 from batchpredict.local.dynamodb_local import JVM_OPTIONS, DynamoDBLocal, DynamoDBLocalUnavailableError
 
-pytestmark = pytest.mark.integration
-
 
 @pytest.fixture
 def dynamodb_local() -> Iterator[DynamoDBLocal]:

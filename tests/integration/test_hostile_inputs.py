@@ -21,8 +21,6 @@ from batchpredict.records import WorkItem
 
 from .conftest import PipelineStack as Stack
 
-pytestmark = pytest.mark.integration
-
 PHOTOS = ["coffee.png", "chelsea.png", "rocket.jpg", "china.jpg", "flower.jpg"]
 IMAGE_DEADLINE = 2.0  # FETCH_TOTAL_TIMEOUT in these tests
 

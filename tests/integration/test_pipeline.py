@@ -15,8 +15,6 @@ from batchpredict.messages import ManifestObject
 
 from .conftest import PipelineStack as Stack
 
-pytestmark = pytest.mark.integration
-
 PHOTOS = ["coffee.png", "chelsea.png", "astronaut.png", "rocket.jpg", "china.jpg", "flower.jpg"]
 
 

@@ -12,8 +12,6 @@ import pytest
 from batchpredict.handlers import predict_api
 from batchpredict.local.lambda_shim import LocalContext
 
-pytestmark = pytest.mark.integration
-
 
 @pytest.fixture
 def api(bundle_dir: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:

@@ -14,8 +14,6 @@ import pytest
 from batchpredict.local.lambda_shim import parse_report
 from batchpredict.local.runner import Mapping, Runner
 
-pytestmark = pytest.mark.integration
-
 HANDLER = """
 import json, os
 
