@@ -139,7 +139,9 @@ def predict(
 # --- the pipeline commands -----------------------------------------------------------------
 
 F = TypeVar("F", bound=Callable[..., Any])
-STATE_FILE = DEFAULT_BUNDLE.parents[1] / "local" / "stack.json"
+# Where `local up` keeps its state file and the functions' logs; BATCHPREDICT_LOCAL_DIR moves it.
+LOCAL_DIR = Path(os.environ.get("BATCHPREDICT_LOCAL_DIR") or DEFAULT_BUNDLE.parents[1] / "local")
+STATE_FILE = LOCAL_DIR / "stack.json"
 
 
 def _fail(message: str) -> click.ClickException:
@@ -428,7 +430,7 @@ def report(
 # --- the local stack -------------------------------------------------------------------------
 
 PLACEHOLDERS = ("${SAMPLES_URL}", "${SAMPLES_S3}")
-LOG_DIR = STATE_FILE.parent / "logs"
+LOG_DIR = LOCAL_DIR / "logs"
 
 
 @main.group()

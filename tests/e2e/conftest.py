@@ -49,13 +49,23 @@ def photos_url(samples_dir: Path) -> Iterator[str]:
     server.stop()
 
 
+@pytest.fixture(autouse=True)
+def local_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """The local stack's state file and logs in a tmp dir, for this process and the CLI processes
+    it starts: never the repo's build/local/, where a developer's own `local up` may be running."""
+    folder = tmp_path / "local"
+    monkeypatch.setenv("BATCHPREDICT_LOCAL_DIR", str(folder))
+    monkeypatch.setattr(cli, "STATE_FILE", folder / "stack.json")
+    monkeypatch.setattr(cli, "LOG_DIR", folder / "logs")
+    return folder
+
+
 @pytest.fixture
-def run_cli(local_stack: tuple[LocalStack, StackRef], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Any:
+def run_cli(local_stack: tuple[LocalStack, StackRef], local_dir: Path) -> Any:
     """Invoke the CLI as a user would with `batchpredict local up` running in another terminal."""
     _, ref = local_stack
-    state = tmp_path / "stack.json"
-    state.write_text(json.dumps({"pid": os.getpid(), "stack": ref.__dict__}))
-    monkeypatch.setattr(cli, "STATE_FILE", state)
+    local_dir.mkdir()
+    cli.STATE_FILE.write_text(json.dumps({"pid": os.getpid(), "stack": ref.__dict__}))
 
     def run(*args: str) -> Any:
         result = CliRunner().invoke(cli.main, list(args), catch_exceptions=False)

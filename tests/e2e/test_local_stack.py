@@ -57,29 +57,30 @@ def test_unknown_job_and_manifest_are_one_line_errors(run_cli, tmp_path: Path) -
     assert "Traceback" not in missing_job.output + missing_manifest.output
 
 
-def test_2000_lines_with_a_predict_worker_killed_mid_job(
+def test_a_predict_worker_killed_mid_job_costs_no_line_and_counts_none_twice(
     local_stack, photos_url: str, tmp_path: Path
 ) -> None:  # type: ignore[no-untyped-def]
+    # 15 chunks of 16 in invocations of 2: the victim is killed once a first chunk is counted,
+    # with most of the job still to run. Its chunks come back by visibility timeout, to be
+    # written again and counted once. (Throughput: benchmarks/local_stack_throughput.py.)
     stack, ref = local_stack
-    total = 2000
-    manifest = tmp_path / "big.txt"
+    total = 240
+    manifest = tmp_path / "lines.txt"
     manifest.write_text("".join(f"{photos_url}/{PHOTOS[i % len(PHOTOS)]}?n={i}\n" for i in range(total)))
     client = Client(ref)
-    started = time.monotonic()
     job_id = client.submit(manifest)
     client.wait_for_job(job_id)
     killed = None
     deadline = time.monotonic() + 600
     while time.monotonic() < deadline:
         job = client.job(job_id)
-        if killed is None and job.succeeded + job.failed >= 300:
-            victim = stack.runner.workers["PredictFunction"][0]
-            os.kill(victim.pid, signal.SIGKILL)  # its in-flight chunks come back by visibility timeout
-            killed = victim.pid
         if job.status.value.startswith("COMPLETED"):
             break
-        time.sleep(0.5)
-    elapsed = time.monotonic() - started
+        if killed is None and job.succeeded + job.failed > 0:
+            victim = stack.runner.workers["PredictFunction"][0]
+            os.kill(victim.pid, signal.SIGKILL)
+            killed = victim.pid
+        time.sleep(0.2)
     assert killed is not None, "the job finished before a worker could be killed"
     assert stack.runner.replaced >= 1
     job = client.job(job_id)
@@ -92,4 +93,3 @@ def test_2000_lines_with_a_predict_worker_killed_mid_job(
     assert (job.total, job.succeeded, job.failed, job.chunks_done) == (total, total, 0, job.chunks_total)
     rows = list(client.result_lines(job_id, from_table=True))
     assert len(rows) == total and {r["index"] for r in rows} == set(range(total))
-    print(f"\n2000-line job with one SIGKILL: {elapsed:.1f}s end to end, {total / elapsed:.1f} images/s")
