@@ -21,10 +21,8 @@ from batchpredict.messages import Chunk
 from batchpredict.observability import MetricUnit, logger, metrics
 from batchpredict.pipeline import ImageResult, StreamingPredictor
 from batchpredict.records import SUCCEEDED, WorkItem, base_record, failed_record
-from batchpredict.writer import ChunkWriter
+from batchpredict.writer import LEASE_MARGIN_SECONDS, ChunkWriter
 
-# A claim outlives its writer's invocation by this much, so it never lapses mid-write.
-LEASE_MARGIN_SECONDS = 5.0
 WRITER_THREADS = 4  # chunks written at once: S3 and DynamoDB calls, not CPU
 WRITE_RESERVE_SHARE = 0.2  # at most this share of the invocation's time is kept back for writes
 

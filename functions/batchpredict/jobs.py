@@ -1,15 +1,22 @@
-"""DynamoDB adapter: the JOB record, the per-line IMG# rows and the CHUNK# markers.
+"""DynamoDB adapter: the JOB record, its counter shards, the per-line IMG# rows, CHUNK# markers.
 
-One table, ``pk`` = job id, ``sk`` = ``JOB`` | ``IMG#000000042`` | ``CHUNK#000017``.
-Counting a chunk is one transaction (marker put with a not-exists condition + counter
-ADD on the JOB), so a redelivered chunk is never counted twice.
+Nothing a running job writes shares one partition key, so no item or key of a job is hot:
+
+* ``pk = {job}``, ``sk = JOB``: the record (status, manifest, totals of the split, results).
+* ``pk = {job}#S{s:02d}`` (s = chunk % COUNTER_SHARDS), ``sk = COUNT``: one counter shard, and the
+  ``CHUNK#``/``CLAIM#`` items of its chunks. A job's counts are the shards' sum, read with the
+  JOB record in one BatchGetItem (``JobStore.get``).
+* ``pk = {job}#{index // PAGE_LINES}``, ``sk = IMG#000000042``: result rows, a page of 1,000
+  lines a partition key; one Query a page, pages in order = manifest order.
+
+Counting a chunk is one transaction (marker put with a not-exists condition + counter ADD on
+its shard), so a redelivered chunk is never counted twice.
 """
 
 from __future__ import annotations
 
 import json
 import math
-import random
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field, replace
@@ -22,11 +29,23 @@ from boto3.dynamodb.types import DYNAMODB_CONTEXT, TypeDeserializer, TypeSeriali
 from botocore.exceptions import ClientError
 
 from batchpredict.costs import TRANSACTION_WRITE_FACTOR, ChunkUsage, write_units
+from batchpredict.throttling import Backoff, cancellation_reasons
 
 BATCH_WRITE_LIMIT = 25  # items per BatchWriteItem call (AWS limit)
-BATCH_WRITE_ATTEMPTS = 8  # UnprocessedItems re-sent with exponential backoff, then raised
-TRANSACT_ATTEMPTS = 5  # a chunk's counting transaction, retried on TransactionConflict
+BATCH_GET_LIMIT = 100  # keys per BatchGetItem call (AWS limit)
 JOB_SK = "JOB"
+COUNT_SK = "COUNT"
+# Counter shards a job's chunks are spread over (chunk % COUNTER_SHARDS). Fixed: a job's counts
+# are the sum of exactly these items. 16: a shard key takes 5 WCU a chunk (claim 1, marker and
+# counter 2 each in the transaction), so 16 keys hold ~3,200 chunks/s under 1,000 WCU/s each.
+COUNTER_SHARDS = 16
+# Manifest lines a result page (one partition key) holds. Fixed: users compute a line's page.
+# A page's 1,000 rows of <= 1 KiB cost <= 1,000 WCU over their whole life, so no order of
+# chunk deliveries can push one page's key past DynamoDB's 1,000 WCU/s.
+PAGE_LINES = 1000
+# What the shards sum (``Job`` fields); the JOB record's own values are added, so a job counted
+# before the shards existed still reads right.
+COUNTERS = ("succeeded", "failed", "chunks_done", "compute_ms", "compute_mb_ms", "invocations", "write_units")
 IMG_PREFIX = "IMG#"
 CHUNK_PREFIX = "CHUNK#"
 CLAIM_PREFIX = "CLAIM#"
@@ -44,6 +63,24 @@ class JobStatus(StrEnum):
 
 
 FINAL_STATUSES = frozenset({JobStatus.COMPLETED, JobStatus.COMPLETED_WITH_ERRORS, JobStatus.FAILED})
+
+
+def page_of(index: int) -> int:
+    """The result page of manifest line ``index``."""
+    return index // PAGE_LINES
+
+
+def page_pk(job_id: str, page: int) -> str:
+    return f"{job_id}#{page}"
+
+
+def page_count(total: int) -> int:
+    return math.ceil(total / PAGE_LINES)
+
+
+def shard_pk(job_id: str, chunk: int) -> str:
+    """The partition key of a chunk's counter shard, marker and claim."""
+    return f"{job_id}#S{chunk % COUNTER_SHARDS:02d}"
 
 
 def img_sk(index: int) -> str:
@@ -178,7 +215,12 @@ class Job:
 
 
 class JobStore:
-    """Every DynamoDB call of the pipeline. ``client`` is a boto3 DynamoDB client."""
+    """Every DynamoDB call of the pipeline. ``client`` is a boto3 DynamoDB client.
+
+    Writes that DynamoDB throttles are retried with backoff (``throttling.Backoff``) until the
+    call's ``deadline`` (``time.monotonic`` seconds; ``throttling.DEFAULT_BUDGET_SECONDS`` from
+    now when not given), then raised.
+    """
 
     def __init__(
         self,
@@ -188,15 +230,19 @@ class JobStore:
         ttl_seconds: int | None = None,
         sleep: Callable[[float], None] = time.sleep,
         clock: Callable[[], str] = utc_now,
+        monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
         self.client = client
         self.table = table
         self.ttl_seconds = ttl_seconds
-        self._sleep = sleep
         self._clock = clock
+        self.backoff = Backoff(sleep=sleep, clock=monotonic)
 
-    def _key(self, job_id: str, sk: str) -> dict[str, Any]:
-        return {"pk": {"S": job_id}, "sk": {"S": sk}}
+    def _key(self, pk: str, sk: str) -> dict[str, Any]:
+        return {"pk": {"S": pk}, "sk": {"S": sk}}
+
+    def _shard_keys(self, job_id: str) -> list[dict[str, Any]]:
+        return [self._key(shard_pk(job_id, s), COUNT_SK) for s in range(COUNTER_SHARDS)]
 
     def _expiry(self) -> dict[str, Any]:
         return {"expires_at": int(time.time()) + self.ttl_seconds} if self.ttl_seconds else {}
@@ -204,7 +250,8 @@ class JobStore:
     # --- the JOB record ---------------------------------------------------------------------
 
     def create(self, job_id: str, manifest_uri: str, split_message_id: str) -> bool:
-        """Put a new SPLITTING job; False if the job already exists (a duplicate event)."""
+        """Put a new SPLITTING job and its zeroed counter shards, in one transaction; False if the
+        job already exists (a duplicate event)."""
         now = self._clock()
         item = {
             "pk": job_id,
@@ -222,21 +269,71 @@ class JobStore:
             "split_message_id": split_message_id,
             "position": {},
         } | self._expiry()
+        put_job = {
+            "Put": {
+                "TableName": self.table,
+                "Item": to_dynamo(item),
+                "ConditionExpression": "attribute_not_exists(pk)",
+            }
+        }
+        # The shards exist from the start, so counting can require them (a chunk of a job that
+        # is gone fails loudly instead of creating counts nobody reads).
+        shards = [
+            {"Put": {"TableName": self.table, "Item": key | to_dynamo({"updated_at": now} | self._expiry())}}
+            for key in self._shard_keys(job_id)
+        ]
         try:
-            self.client.put_item(
-                TableName=self.table, Item=to_dynamo(item), ConditionExpression="attribute_not_exists(pk)"
-            )
+            self.backoff.call(lambda: self.client.transact_write_items(TransactItems=[put_job, *shards]))
         except ClientError as exc:
-            if exc.response["Error"]["Code"] == "ConditionalCheckFailedException":
+            if cancellation_reasons(exc)[:1] == ["ConditionalCheckFailed"]:
                 return False
             raise
         return True
 
     def get(self, job_id: str) -> Job | None:
-        item = self.client.get_item(
-            TableName=self.table, Key=self._key(job_id, JOB_SK), ConsistentRead=True
-        ).get("Item")
-        return Job.from_item(item) if item else None
+        """The JOB record with its counts summed over the shards (one BatchGetItem)."""
+        items = self._get_items([self._key(job_id, JOB_SK), *self._shard_keys(job_id)])
+        record = items.pop((job_id, JOB_SK), None)
+        return _summed(Job.from_item(record), items.values()) if record else None
+
+    def may_be_done(self, job_id: str, chunk: int) -> bool:
+        """Whether the job could be done, from the JOB record and ``chunk``'s own shard only
+        (2 consistent reads): False while the split goes on or that shard still misses chunks.
+
+        Only True calls for the full read (``get``). The last chunk counted always sees True:
+        its shard is complete once it is, so completion is never missed.
+        """
+        shard_key = self._key(shard_pk(job_id, chunk), COUNT_SK)
+        items = self._get_items([self._key(job_id, JOB_SK), shard_key])
+        record = items.get((job_id, JOB_SK))
+        if record is None:
+            return False
+        job = Job.from_item(record)
+        if not job.split_done or job.status in FINAL_STATUSES:
+            return False
+        shard = from_dynamo(items.get((shard_key["pk"]["S"], COUNT_SK), {}))
+        expected = len(range(chunk % COUNTER_SHARDS, job.chunks_total, COUNTER_SHARDS))
+        return int(shard.get("chunks_done", 0)) >= expected
+
+    def _with_counts(self, job: Job) -> Job:
+        return _summed(job, self._get_items(self._shard_keys(job.job_id)).values())
+
+    def _get_items(self, keys: list[dict[str, Any]]) -> dict[tuple[str, str], dict[str, Any]]:
+        """Strongly consistent BatchGetItem; UnprocessedKeys asked again with backoff."""
+        found: dict[tuple[str, str], dict[str, Any]] = {}
+        deadline = self.backoff.deadline()
+        for start in range(0, len(keys), BATCH_GET_LIMIT):
+            request = {self.table: {"Keys": keys[start : start + BATCH_GET_LIMIT], "ConsistentRead": True}}
+            responses = self.backoff.until_processed(
+                lambda pending: self.client.batch_get_item(RequestItems=pending),
+                request,
+                lambda response: response.get("UnprocessedKeys") or {},
+                deadline,
+            )
+            for response in responses:
+                for item in response.get("Responses", {}).get(self.table, []):
+                    found[(item["pk"]["S"], item["sk"]["S"])] = item
+        return found
 
     def _update(
         self,
@@ -246,7 +343,7 @@ class JobStore:
         condition: str | None = None,
         names: dict[str, str] | None = None,
     ) -> Job | None:
-        """An UpdateItem on the JOB; None when the condition did not hold."""
+        """An UpdateItem on the JOB; the job with its counts, None when the condition did not hold."""
         kwargs: dict[str, Any] = {
             "TableName": self.table,
             "Key": self._key(job_id, JOB_SK),
@@ -259,11 +356,12 @@ class JobStore:
         if names:
             kwargs["ExpressionAttributeNames"] = names
         try:
-            return Job.from_item(self.client.update_item(**kwargs)["Attributes"])
+            attributes = self.backoff.call(lambda: self.client.update_item(**kwargs))["Attributes"]
         except ClientError as exc:
             if exc.response["Error"]["Code"] == "ConditionalCheckFailedException":
                 return None
             raise
+        return self._with_counts(Job.from_item(attributes))
 
     def checkpoint(self, job_id: str, position: dict[str, Any]) -> None:
         """Remember where a long split stopped, for the continuation (and for people looking)."""
@@ -317,7 +415,9 @@ class JobStore:
 
     # --- chunks and rows --------------------------------------------------------------------
 
-    def claim_chunk(self, job_id: str, chunk: int, lease_seconds: float) -> bool:
+    def claim_chunk(
+        self, job_id: str, chunk: int, lease_seconds: float, deadline: float | None = None
+    ) -> bool:
         """Take the right to write a chunk for ``lease_seconds`` (the claimer's remaining time).
 
         Two deliveries of one chunk at once must not both write its part and rows: the loser
@@ -325,13 +425,16 @@ class JobStore:
         whose lease ran out (its invocation ended without counting) can be taken over.
         """
         now = time.time()
-        item = {"pk": job_id, "sk": claim_sk(chunk), "lease_until": now + lease_seconds} | self._expiry()
+        item = {"pk": shard_pk(job_id, chunk), "sk": claim_sk(chunk), "lease_until": now + lease_seconds}
         try:
-            self.client.put_item(
-                TableName=self.table,
-                Item=to_dynamo(item),
-                ConditionExpression="attribute_not_exists(pk) OR lease_until < :now",
-                ExpressionAttributeValues=to_dynamo({":now": now}),
+            self.backoff.call(
+                lambda: self.client.put_item(
+                    TableName=self.table,
+                    Item=to_dynamo(item | self._expiry()),
+                    ConditionExpression="attribute_not_exists(pk) OR lease_until < :now",
+                    ExpressionAttributeValues=to_dynamo({":now": now}),
+                ),
+                deadline,
             )
         except ClientError as exc:
             if exc.response["Error"]["Code"] == "ConditionalCheckFailedException":
@@ -342,7 +445,7 @@ class JobStore:
     def chunk_counted(self, job_id: str, chunk: int) -> bool:
         item = self.client.get_item(
             TableName=self.table,
-            Key=self._key(job_id, chunk_sk(chunk)),
+            Key=self._key(shard_pk(job_id, chunk), chunk_sk(chunk)),
             ConsistentRead=True,
             ProjectionExpression="pk",
         ).get("Item")
@@ -356,11 +459,13 @@ class JobStore:
         failed: int,
         model: str | None,
         usage: ChunkUsage | None = None,
+        deadline: float | None = None,
     ) -> bool:
-        """Marker + counters (and what the chunk cost) in one transaction. False if this chunk
-        was counted before."""
+        """Marker + counters on the chunk's shard (and what the chunk cost) in one transaction.
+        False if this chunk was counted before."""
+        shard = shard_pk(job_id, chunk)
         marker = {
-            "pk": job_id,
+            "pk": shard,
             "sk": chunk_sk(chunk),
             "succeeded": succeeded,
             "failed": failed,
@@ -378,102 +483,116 @@ class JobStore:
         if model:
             values[":m"] = model
             expression += ", model = if_not_exists(model, :m)"
-        for attempt in range(TRANSACT_ATTEMPTS):
-            try:
-                return self._transact_count(job_id, marker, expression, values)
-            except ClientError as exc:
-                reasons = [r.get("Code") for r in exc.response.get("CancellationReasons") or []]
-                # Chunks of one job all update its JOB item, so concurrent ones conflict; the marker's
-                # condition makes a retry safe (it can never count twice).
-                if "TransactionConflict" not in reasons or attempt + 1 == TRANSACT_ATTEMPTS:
-                    raise
-                self._sleep(random.uniform(0.05, 0.2) * 2**attempt)
-        raise AssertionError("unreachable")
-
-    def _transact_count(
-        self, job_id: str, marker: dict[str, Any], expression: str, values: dict[str, Any]
-    ) -> bool:
+        items = [
+            {
+                "Put": {
+                    "TableName": self.table,
+                    "Item": to_dynamo(marker),
+                    "ConditionExpression": "attribute_not_exists(pk)",
+                }
+            },
+            {
+                "Update": {
+                    "TableName": self.table,
+                    "Key": self._key(shard, COUNT_SK),
+                    "UpdateExpression": expression,
+                    "ConditionExpression": "attribute_exists(pk)",  # the job (and its shards) exist
+                    "ExpressionAttributeValues": to_dynamo(values),
+                }
+            },
+        ]
         try:
-            self.client.transact_write_items(
-                TransactItems=[
-                    {
-                        "Put": {
-                            "TableName": self.table,
-                            "Item": to_dynamo(marker),
-                            "ConditionExpression": "attribute_not_exists(pk)",
-                        }
-                    },
-                    {
-                        "Update": {
-                            "TableName": self.table,
-                            "Key": self._key(job_id, JOB_SK),
-                            "UpdateExpression": expression,
-                            "ConditionExpression": "attribute_exists(pk)",
-                            "ExpressionAttributeValues": to_dynamo(values),
-                        }
-                    },
-                ]
-            )
+            # Throttled or conflicting transactions are sent again: the marker's condition makes
+            # that safe (a chunk can never count twice).
+            self.backoff.call(lambda: self.client.transact_write_items(TransactItems=items), deadline)
         except ClientError as exc:
-            reasons = exc.response.get("CancellationReasons") or []
-            if reasons and reasons[0].get("Code") == "ConditionalCheckFailed":
+            if cancellation_reasons(exc)[:1] == ["ConditionalCheckFailed"]:
                 return False
             raise
         return True
 
-    def put_results(self, records: Iterable[dict[str, Any]]) -> int:
-        """IMG# rows, 25 per BatchWriteItem; UnprocessedItems re-sent with backoff, then raised.
+    def put_results(self, records: Iterable[dict[str, Any]], deadline: float | None = None) -> int:
+        """IMG# rows on their pages, 25 per BatchWriteItem; throttled calls and UnprocessedItems
+        re-sent with backoff until ``deadline``, then raised.
 
         Returns the write units the rows cost (one per started KiB of each item, sized as JSON).
         """
+        until = self.backoff.deadline() if deadline is None else deadline
         batch: list[dict[str, Any]] = []
         units = 0
         for record in records:
-            row = {"pk": record["job_id"], "sk": img_sk(record["index"])} | record | self._expiry()
+            row = {"pk": page_pk(record["job_id"], page_of(record["index"])), "sk": img_sk(record["index"])}
+            row |= record | self._expiry()
             units += write_units(len(json.dumps(row)))
             batch.append({"PutRequest": {"Item": to_dynamo(row)}})
             if len(batch) == BATCH_WRITE_LIMIT:
-                self._batch_write(batch)
+                self._batch_write(batch, until)
                 batch = []
         if batch:
-            self._batch_write(batch)
+            self._batch_write(batch, until)
         return units
 
-    def _batch_write(self, requests: list[dict[str, Any]]) -> None:
-        pending = requests
-        for attempt in range(BATCH_WRITE_ATTEMPTS):
-            response = self.client.batch_write_item(RequestItems={self.table: pending})
-            pending = response.get("UnprocessedItems", {}).get(self.table, [])
-            if not pending:
-                return
-            if attempt + 1 < BATCH_WRITE_ATTEMPTS:
-                self._sleep(min(0.05 * 2**attempt, 2.0))
-        raise RuntimeError(
-            f"DynamoDB left {len(pending)} items unprocessed after {BATCH_WRITE_ATTEMPTS} attempts"
+    def _batch_write(self, requests: list[dict[str, Any]], deadline: float) -> None:
+        self.backoff.until_processed(
+            lambda pending: self.client.batch_write_item(RequestItems={self.table: pending}),
+            requests,
+            lambda response: response.get("UnprocessedItems", {}).get(self.table, []),
+            deadline,
         )
 
     def all_jobs(self) -> Iterator[Job]:
-        """Every JOB record. A filtered Scan: it reads the IMG# rows too, so it is fine for a
-        user's table and the CLI's `jobs`, not for a table of millions (that needs an index)."""
+        """Every JOB record, with its counts. A filtered Scan: it reads the IMG# rows too, so it
+        is fine for a user's table and the CLI's `jobs`, not for a table of millions."""
         paginator = self.client.get_paginator("scan")
         pages = paginator.paginate(
             TableName=self.table, FilterExpression="sk = :j", ExpressionAttributeValues={":j": {"S": JOB_SK}}
         )
         for page in pages:
-            yield from (Job.from_item(item) for item in page["Items"])
+            yield from (self._with_counts(Job.from_item(item)) for item in page["Items"])
 
     def query_results(self, job_id: str, page_size: int = 500) -> Iterator[dict[str, Any]]:
-        """The job's result records in manifest order (paginated Query)."""
+        """The job's result records in manifest order: one paginated Query a result page.
+
+        While the job is still splitting its number of lines is unknown: pages are read until
+        the first empty one.
+        """
+        job = self.get(job_id)
+        pages = page_count(job.total) if job is not None and job.split_done else None
+        page = 0
+        while pages is None or page < pages:
+            rows = self._query_page(job_id, page, page_size)
+            first = next(rows, None)
+            if first is None and pages is None:
+                return
+            if first is not None:
+                yield first
+                yield from rows
+            page += 1
+
+    def _query_page(self, job_id: str, page: int, page_size: int) -> Iterator[dict[str, Any]]:
         paginator = self.client.get_paginator("query")
         pages = paginator.paginate(
             TableName=self.table,
-            KeyConditionExpression="pk = :j AND begins_with(sk, :p)",
-            ExpressionAttributeValues={":j": {"S": job_id}, ":p": {"S": IMG_PREFIX}},
+            KeyConditionExpression="pk = :p AND begins_with(sk, :i)",
+            ExpressionAttributeValues={":p": {"S": page_pk(job_id, page)}, ":i": {"S": IMG_PREFIX}},
             PaginationConfig={"PageSize": page_size},
         )
-        for page in pages:
-            for item in page["Items"]:
+        for response in pages:
+            for item in response["Items"]:
                 row = from_dynamo(item)
                 for key in ("pk", "sk", "expires_at"):
                     row.pop(key, None)
                 yield row
+
+
+def _summed(job: Job, shards: Iterable[dict[str, Any]]) -> Job:
+    """``job`` with the counter shards' values added to its own (and their model, latest update)."""
+    totals = {name: getattr(job, name) for name in COUNTERS}
+    model, updated = job.model, job.updated_at
+    for item in shards:
+        shard = from_dynamo(item)
+        for name in COUNTERS:
+            totals[name] += shard.get(name, 0)
+        model = model or shard.get("model")
+        updated = max(updated, shard.get("updated_at", ""))
+    return replace(job, **totals, model=model, updated_at=updated)

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from botocore.config import Config
+
 from batchpredict import aws
 from batchpredict.config import ApiConfig, EngineConfig, PredictConfig, PredictorConfig, Tables
 from batchpredict.fetch import Fetcher, FetchLimits
@@ -40,8 +42,13 @@ def fetcher(limits: FetchLimits) -> Fetcher:
     return Fetcher(limits)
 
 
+# botocore retries a failed DynamoDB call once, quickly; throttling beyond that is retried by
+# JobStore's Backoff, which knows how long the invocation has left (throttling.py).
+DYNAMODB_RETRIES = Config(retries={"mode": "standard", "max_attempts": 2})
+
+
 def job_store(tables: Tables) -> JobStore:
-    return JobStore(aws.client("dynamodb"), tables.table, ttl_seconds=tables.ttl_seconds)
+    return JobStore(aws.client("dynamodb", DYNAMODB_RETRIES), tables.table, ttl_seconds=tables.ttl_seconds)
 
 
 def result_store(bucket: str) -> ResultStore:

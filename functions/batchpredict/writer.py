@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
 from typing import Any
 
 from batchpredict.costs import ComputeMeter, write_units
@@ -18,15 +20,27 @@ class ChunkBusyError(RuntimeError):
 
 # Without a Lambda context (tests, tools): Lambda's longest invocation.
 DEFAULT_LEASE_SECONDS = 900.0
+# A claim outlives its writer's invocation by this much, so it never lapses mid-write.
+LEASE_MARGIN_SECONDS = 5.0
+# Throttled writes are retried until this long before the invocation ends; then the chunk goes
+# back to its queue (its claim lapses with the invocation, and a later delivery takes over).
+WRITE_SAFETY_SECONDS = 1.5
 
 
 class ChunkWriter:
     """Part file + IMG# rows + counted marker; asks for finalize when the job is done."""
 
-    def __init__(self, jobs: JobStore, results: ResultStore, finalize: Queue) -> None:
+    def __init__(
+        self,
+        jobs: JobStore,
+        results: ResultStore,
+        finalize: Queue,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.jobs = jobs
         self.results = results
         self.finalize = finalize
+        self._clock = clock
 
     def write(
         self,
@@ -38,31 +52,39 @@ class ChunkWriter:
     ) -> bool:
         """Returns True if this call counted the chunk (False: counted by an earlier delivery).
 
+        ``lease_seconds`` is the invocation's remaining time + ``LEASE_MARGIN_SECONDS``: the
+        claim lasts that long, and throttled writes are retried until shortly before it ends.
+
         A chunk counted before keeps the part and rows written then: the job may already be
         finalized from them, and results.jsonl and the table must keep telling the same story.
         """
         if self.jobs.chunk_counted(chunk.job_id, chunk.chunk):
-            self.request_finalize_if_done(chunk.job_id)
+            self.request_finalize_if_done(chunk.job_id, chunk.chunk)
             return False
-        if not self.jobs.claim_chunk(chunk.job_id, chunk.chunk, lease_seconds):
+        deadline = self._clock() + lease_seconds - LEASE_MARGIN_SECONDS - WRITE_SAFETY_SECONDS
+        if not self.jobs.claim_chunk(chunk.job_id, chunk.chunk, lease_seconds, deadline):
             raise ChunkBusyError(
                 f"chunk {chunk.chunk} of {chunk.job_id} is being written by another delivery"
             )
         self.results.write_part(chunk.job_id, chunk.chunk, records)
-        units = self.jobs.put_results(records) + write_units(0)  # + the claim
+        units = self.jobs.put_results(records, deadline) + write_units(0)  # + the claim
         succeeded = sum(1 for r in records if r["status"] == SUCCEEDED)
         usage = meter.take(units) if meter else None
         counted = self.jobs.count_chunk(
-            chunk.job_id, chunk.chunk, succeeded, len(records) - succeeded, model, usage
+            chunk.job_id, chunk.chunk, succeeded, len(records) - succeeded, model, usage, deadline=deadline
         )
         if meter is not None and usage is not None and not counted:
             meter.refund(usage)
-        self.request_finalize_if_done(chunk.job_id)
+        self.request_finalize_if_done(chunk.job_id, chunk.chunk)
         return counted
 
-    def request_finalize_if_done(self, job_id: str) -> None:
+    def request_finalize_if_done(self, job_id: str, chunk: int | None = None) -> None:
+        """Send the finalize message if every chunk is counted. With ``chunk``, the job's counts
+        are read in full only once that chunk's counter shard is complete (jobs.may_be_done)."""
         # Checked on every delivery, counted or not: a redelivery after a lost finalize
         # message still completes the job (finalize itself is idempotent).
+        if chunk is not None and not self.jobs.may_be_done(job_id, chunk):
+            return
         job = self.jobs.get(job_id)
         if job is not None and job.all_chunks_done and job.status not in FINAL_STATUSES:
             self.finalize.send(finalize_body(job_id))

@@ -23,13 +23,15 @@ class FakeJobs:
     def chunk_counted(self, job_id: str, chunk: int) -> bool:
         return chunk in self.markers
 
-    def claim_chunk(self, job_id: str, chunk: int, lease_seconds: float) -> bool:
+    def claim_chunk(
+        self, job_id: str, chunk: int, lease_seconds: float, deadline: float | None = None
+    ) -> bool:
         if chunk in self.claims:
             return False
         self.claims.add(chunk)
         return True
 
-    def put_results(self, records: list[dict[str, Any]]) -> int:
+    def put_results(self, records: list[dict[str, Any]], deadline: float | None = None) -> int:
         self.rows.extend(records)
         return len(records)  # a write unit a row
 
@@ -41,6 +43,7 @@ class FakeJobs:
         failed: int,
         model: str | None,
         usage: ChunkUsage | None = None,
+        deadline: float | None = None,
     ) -> bool:
         self.count_calls.append((chunk, succeeded, failed, model))
         self.usages.append(usage)
@@ -55,6 +58,9 @@ class FakeJobs:
             model=self.job.model or model,
         )
         return True
+
+    def may_be_done(self, job_id: str, chunk: int) -> bool:
+        return True  # the writer then reads the whole job, as it does when a shard is complete
 
     def get(self, job_id: str) -> Job | None:
         return self.job if job_id == self.job.job_id else None

@@ -200,3 +200,36 @@ def test_a_chunk_counted_before_hands_its_time_to_the_next_one() -> None:
     refunded, counted = jobs.usages
     assert refunded is not None and counted is not None
     assert (counted.billed_ms, counted.invocations) == (250, 1)
+
+
+def test_writes_are_retried_until_shortly_before_the_invocation_ends() -> None:
+    deadlines: list[float | None] = []
+
+    class Recording(FakeJobs):
+        def claim_chunk(self, job_id: str, chunk: int, lease: float, deadline: float | None = None) -> bool:
+            deadlines.append(deadline)
+            return super().claim_chunk(job_id, chunk, lease)
+
+        def put_results(self, records: list[dict[str, Any]], deadline: float | None = None) -> int:
+            deadlines.append(deadline)
+            return super().put_results(records)
+
+        def count_chunk(self, *args: Any, deadline: float | None = None, **kwargs: Any) -> bool:
+            deadlines.append(deadline)
+            return super().count_chunk(*args, **kwargs)
+
+    job = Job("job-1", JobStatus.RUNNING, "s3://in/manifests/a.txt", total=2, chunks_total=1, split_done=True)
+    writer = ChunkWriter(
+        Recording(job),  # type: ignore[arg-type]
+        ResultStore(FakeS3(), "out"),
+        Queue(FakeSQS(), "https://sqs/finalize"),  # type: ignore[arg-type]
+        clock=lambda: 100.0,
+    )
+    records = [
+        failed_record("job-1", WorkItem(index=i, url=_url(i)), "http_error", "HTTP 404") for i in (0, 1)
+    ]
+
+    # The lease is the invocation's remaining 30 s + the 5 s margin: writes stop 1.5 s before its end.
+    writer.write(Chunk("job-1", 0, []), records, MODEL, lease_seconds=35.0)
+
+    assert deadlines == [128.5, 128.5, 128.5]

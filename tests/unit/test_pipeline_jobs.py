@@ -16,19 +16,23 @@ from botocore.exceptions import ClientError
 from batchpredict.costs import ChunkUsage
 from batchpredict.errors import ErrorCode
 from batchpredict.jobs import (
-    BATCH_WRITE_ATTEMPTS,
     BATCH_WRITE_LIMIT,
+    COUNT_SK,
+    COUNTER_SHARDS,
     Job,
     JobStatus,
     JobStore,
     chunk_sk,
     from_dynamo,
     img_sk,
+    page_pk,
+    shard_pk,
     to_dynamo,
 )
 from batchpredict.manifest import InvalidLine, ManifestFormat, iter_manifest
 from batchpredict.records import WorkItem, failed_record
 from batchpredict.split import work_item
+from batchpredict.throttling import UnprocessedError
 
 TABLE = "jobs"
 NOW = "2025-01-01T00:00:00.000Z"
@@ -39,8 +43,18 @@ def _client_error(code: str, operation: str, **extra: Any) -> ClientError:
 
 
 class SleepLog(list[float]):
+    """A fake sleep and the monotonic clock it moves."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.now = 1000.0
+
     def __call__(self, seconds: float) -> None:
         self.append(seconds)
+        self.now += seconds
+
+    def clock(self) -> float:
+        return self.now
 
 
 class FakeDynamo:
@@ -90,7 +104,17 @@ class FakeDynamo:
         self.transactions.append(TransactItems)
         if self._transact_error:
             raise self._transact_error
+        for operation in TransactItems:
+            if "Put" in operation:
+                item = operation["Put"]["Item"]
+                self.items[(item["pk"]["S"], item["sk"]["S"])] = item
         return {}
+
+    def batch_get_item(self, *, RequestItems: dict[str, Any]) -> dict[str, Any]:
+        request = RequestItems[TABLE]
+        assert request["ConsistentRead"] is True and len(request["Keys"]) <= 100
+        keys = [(k["pk"]["S"], k["sk"]["S"]) for k in request["Keys"]]
+        return {"Responses": {TABLE: [self.items[k] for k in keys if k in self.items]}}
 
     def update_item(self, **kwargs: Any) -> dict[str, Any]:
         self.updates.append(kwargs)
@@ -100,7 +124,7 @@ class FakeDynamo:
 
 def _store(client: FakeDynamo) -> tuple[JobStore, SleepLog]:
     sleeps = SleepLog()
-    return JobStore(client, TABLE, sleep=sleeps, clock=lambda: NOW), sleeps
+    return JobStore(client, TABLE, sleep=sleeps, clock=lambda: NOW, monotonic=sleeps.clock), sleeps
 
 
 def _record(index: int, job_id: str = "job-1") -> dict[str, Any]:
@@ -135,10 +159,27 @@ def test_put_results_row_keys_and_content() -> None:
 
     (request,) = client.batch_calls[0]
     row = _written(request)
-    assert row["pk"] == "job-1"
+    assert row["pk"] == "job-1#0"
     assert row["sk"] == "IMG#000000042"
     assert {k: v for k, v in row.items() if k not in ("pk", "sk")} == record
     assert "expires_at" not in row
+
+
+def test_rows_are_paged_by_1000_lines_and_chunks_sharded() -> None:
+    client = FakeDynamo()
+    store, _ = _store(client)
+
+    store.put_results([_record(999), _record(1000), _record(123_456)])
+
+    assert [_written(r)["pk"] for r in client.batch_calls[0]] == ["job-1#0", "job-1#1", "job-1#123"]
+    assert page_pk("job-1", 7) == "job-1#7"
+    assert [shard_pk("job-1", c) for c in (0, 1, 15, 16, 33)] == [
+        "job-1#S00",
+        "job-1#S01",
+        "job-1#S15",
+        "job-1#S00",
+        "job-1#S01",
+    ]
 
 
 def test_img_and_chunk_sort_keys_are_zero_padded() -> None:
@@ -151,7 +192,7 @@ def test_img_and_chunk_sort_keys_are_zero_padded() -> None:
 
 def test_put_results_with_ttl_sets_expiry() -> None:
     client = FakeDynamo()
-    store = JobStore(client, TABLE, ttl_seconds=3600, sleep=SleepLog(), clock=lambda: NOW)
+    store = JobStore(client, TABLE, ttl_seconds=3600, clock=lambda: NOW)
 
     store.put_results([_record(0)])
 
@@ -169,34 +210,56 @@ def test_unprocessed_items_are_resent_with_growing_backoff() -> None:
     # only the unprocessed item is sent again
     assert all(_written(c[0])["index"] == 4 for c in client.batch_calls[1:])
     assert sorted(k[1] for k in client.items) == [img_sk(i) for i in range(5)]
-    assert sleeps == [pytest.approx(0.05), pytest.approx(0.1), pytest.approx(0.2)]
+    # full jitter over 0.05 * 2^attempt: half to all of it
+    assert [0.5 * b <= s <= b for s, b in zip(sleeps, (0.05, 0.1, 0.2), strict=True)] == [True] * 3
 
 
-def test_unprocessed_items_raise_after_all_attempts() -> None:
+def test_unprocessed_items_raise_when_the_deadline_comes() -> None:
     client = FakeDynamo(unprocessed=-1)
     store, sleeps = _store(client)
+    deadline = sleeps.now + 10.0
 
-    with pytest.raises(RuntimeError, match=f"1 items unprocessed after {BATCH_WRITE_ATTEMPTS} attempts"):
-        store.put_results(_record(i) for i in range(3))
+    with pytest.raises(UnprocessedError, match="unprocessed after"):
+        store.put_results((_record(i) for i in range(3)), deadline=deadline)
 
-    assert len(client.batch_calls) == BATCH_WRITE_ATTEMPTS
-    assert all(later >= earlier for earlier, later in itertools.pairwise(sleeps))
-    assert sleeps[1] == pytest.approx(2 * sleeps[0])
+    assert len(client.batch_calls) == len(sleeps) + 1
+    assert sleeps.now <= deadline and sleeps.now > deadline - 2.0  # slept until the next would overrun
     assert max(sleeps) <= 2.0
+    assert sum(1 for earlier, later in itertools.pairwise(sleeps) if later < earlier / 2) == 0
+
+
+def test_throttled_batch_writes_are_retried() -> None:
+    class Throttled(FakeDynamo):
+        def batch_write_item(self, **kwargs: Any) -> dict[str, Any]:
+            if not self.batch_calls:
+                self.batch_calls.append([])
+                raise _client_error("ProvisionedThroughputExceededException", "BatchWriteItem")
+            return super().batch_write_item(**kwargs)
+
+    client = Throttled()
+    store, sleeps = _store(client)
+
+    store.put_results(_record(i) for i in range(3))
+
+    assert len(sleeps) == 1 and len(client.items) == 3
 
 
 # --- create -----------------------------------------------------------------------------------
 
 
-def test_create_puts_a_splitting_job_with_condition() -> None:
+def test_create_puts_a_splitting_job_with_condition_and_its_shards() -> None:
     client = FakeDynamo()
     store, _ = _store(client)
 
     assert store.create("job-1", "s3://in/manifests/a.txt", "msg-1") is True
 
-    (put,) = client.puts
+    (transaction,) = client.transactions
+    put, *shards = (operation["Put"] for operation in transaction)
     assert put["TableName"] == TABLE
     assert put["ConditionExpression"] == "attribute_not_exists(pk)"
+    assert [from_dynamo(s["Item"]) for s in shards] == [
+        {"pk": f"job-1#S{s:02d}", "sk": COUNT_SK, "updated_at": NOW} for s in range(COUNTER_SHARDS)
+    ]
     job = store.get("job-1")
     assert job == Job(
         job_id="job-1",
@@ -210,18 +273,36 @@ def test_create_puts_a_splitting_job_with_condition() -> None:
 
 
 def test_create_returns_false_when_the_job_exists() -> None:
-    client = FakeDynamo(put_error=_client_error("ConditionalCheckFailedException", "PutItem"))
+    client = FakeDynamo(transact_error=_cancelled("ConditionalCheckFailed", *["None"] * COUNTER_SHARDS))
     store, _ = _store(client)
 
     assert store.create("job-1", "s3://in/manifests/a.txt", "msg-2") is False
 
 
 def test_create_reraises_other_errors() -> None:
-    client = FakeDynamo(put_error=_client_error("ProvisionedThroughputExceededException", "PutItem"))
+    client = FakeDynamo(transact_error=_client_error("ValidationException", "TransactWriteItems"))
     store, _ = _store(client)
 
-    with pytest.raises(ClientError, match="ProvisionedThroughputExceeded"):
+    with pytest.raises(ClientError, match="ValidationException"):
         store.create("job-1", "s3://in/manifests/a.txt", "msg-1")
+
+
+def test_get_sums_the_counter_shards() -> None:
+    client = FakeDynamo()
+    store, _ = _store(client)
+    store.create("job-1", "s3://in/manifests/a.txt", "msg-1")
+    for chunk, model in ((0, None), (1, "resnet-18"), (2, "resnet-18")):
+        shard = to_dynamo({"pk": shard_pk("job-1", chunk), "sk": COUNT_SK, "succeeded": 10 + chunk})
+        shard |= to_dynamo({"failed": 1, "chunks_done": 1, "write_units": 5, "updated_at": f"{NOW}{chunk}"})
+        if model:
+            shard |= to_dynamo({"model": model})
+        client.items[(shard_pk("job-1", chunk), COUNT_SK)] = shard
+
+    job = store.get("job-1")
+
+    assert job is not None
+    assert (job.succeeded, job.failed, job.chunks_done, job.write_units) == (33, 3, 3, 15)
+    assert job.model == "resnet-18" and job.updated_at == f"{NOW}2"
 
 
 def test_get_missing_job_is_none() -> None:
@@ -249,14 +330,15 @@ def test_count_chunk_writes_marker_and_counters_in_one_transaction() -> None:
     (transaction,) = client.transactions
     put, update = transaction[0]["Put"], transaction[1]["Update"]
     assert from_dynamo(put["Item"]) == {
-        "pk": "job-1",
+        "pk": "job-1#S01",
         "sk": "CHUNK#000017",
         "succeeded": 3,
         "failed": 1,
         "counted_at": NOW,
     }
     assert put["ConditionExpression"] == "attribute_not_exists(pk)"
-    assert update["Key"] == {"pk": {"S": "job-1"}, "sk": {"S": "JOB"}}
+    assert update["Key"] == {"pk": {"S": "job-1#S01"}, "sk": {"S": "COUNT"}}
+    assert update["ConditionExpression"] == "attribute_exists(pk)"
     assert update["UpdateExpression"].startswith(
         "ADD succeeded :succeeded, failed :failed, chunks_done :chunks_done SET"
     )
@@ -300,7 +382,7 @@ def test_count_chunk_returns_false_when_the_marker_exists() -> None:
 
 
 def test_count_chunk_reraises_when_the_job_is_missing() -> None:
-    # Marker fine, the JOB update's attribute_exists(pk) failed: not a "counted before".
+    # Marker fine, the shard update's attribute_exists(pk) failed: not a "counted before".
     client = FakeDynamo(transact_error=_cancelled("None", "ConditionalCheckFailed"))
     store, _ = _store(client)
 
@@ -308,12 +390,35 @@ def test_count_chunk_reraises_when_the_job_is_missing() -> None:
         store.count_chunk("job-1", 3, succeeded=1, failed=0, model=None)
 
 
-def test_count_chunk_reraises_a_transaction_conflict() -> None:
-    client = FakeDynamo(transact_error=_cancelled("TransactionConflict", "None"))
-    store, _ = _store(client)
+@pytest.mark.parametrize(
+    "reason", ["TransactionConflict", "ThrottlingError", "ProvisionedThroughputExceeded"]
+)
+def test_count_chunk_retries_until_its_deadline_then_raises(reason: str) -> None:
+    client = FakeDynamo(transact_error=_cancelled("None", reason))
+    store, sleeps = _store(client)
+    deadline = sleeps.now + 30.0
 
     with pytest.raises(ClientError):
-        store.count_chunk("job-1", 3, succeeded=1, failed=0, model=None)
+        store.count_chunk("job-1", 3, succeeded=1, failed=0, model=None, deadline=deadline)
+
+    assert len(client.transactions) == len(sleeps) + 1 > 10
+    assert deadline - 2.0 < sleeps.now <= deadline
+
+
+def test_a_throttled_claim_is_retried() -> None:
+    class Throttled(FakeDynamo):
+        def put_item(self, **kwargs: Any) -> dict[str, Any]:
+            self.puts.append(kwargs)
+            if len(self.puts) < 3:
+                raise _client_error("ThrottlingException", "PutItem")
+            return {}
+
+    client = Throttled()
+    store, sleeps = _store(client)
+
+    assert store.claim_chunk("job-1", 3, lease_seconds=60) is True
+    assert len(sleeps) == 2
+    assert from_dynamo(client.puts[-1]["Item"])["pk"] == "job-1#S03"
 
 
 def test_count_chunk_reraises_other_errors() -> None:
@@ -327,7 +432,7 @@ def test_count_chunk_reraises_other_errors() -> None:
 def test_chunk_counted_reads_the_marker() -> None:
     client = FakeDynamo()
     store, _ = _store(client)
-    client.items[("job-1", chunk_sk(4))] = to_dynamo({"pk": "job-1", "sk": chunk_sk(4)})
+    client.items[("job-1#S04", chunk_sk(4))] = to_dynamo({"pk": "job-1#S04", "sk": chunk_sk(4)})
 
     assert store.chunk_counted("job-1", 4) is True
     assert store.chunk_counted("job-1", 5) is False
@@ -489,8 +594,7 @@ def test_count_chunk_retries_a_transaction_conflict_then_counts() -> None:
             return super().transact_write_items(**kwargs)
 
     client = Conflicting()
-    sleeps: list[float] = []
-    store = JobStore(client, "table", sleep=sleeps.append)
+    store, sleeps = _store(client)
 
     assert store.count_chunk("job-1", 3, succeeded=1, failed=0, model=None) is True
     assert len(attempts) == 3 and len(sleeps) == 2 and sleeps[1] > sleeps[0] * 0.5
@@ -518,3 +622,25 @@ def test_claim_chunk_is_exclusive_until_its_lease_ends() -> None:
     assert client.claim is not None
     client.claim["lease_until"] = 0.0  # its invocation ended without counting
     assert store.claim_chunk("job-1", 7, lease_seconds=60) is True
+
+
+def test_may_be_done_reads_the_job_and_the_chunks_own_shard_only() -> None:
+    client = FakeDynamo()
+    store, _ = _store(client)
+    store.create("job-1", "s3://in/manifests/a.txt", "msg-1")
+    shard = (shard_pk("job-1", 3), COUNT_SK)
+
+    def shard_done(chunks: int) -> None:
+        client.items[shard] = to_dynamo({"pk": shard[0], "sk": COUNT_SK, "chunks_done": chunks})
+
+    shard_done(2)
+    assert store.may_be_done("job-1", 3) is False  # still splitting
+    job = to_dynamo({"status": "RUNNING", "split_done": True, "chunks_total": 20})
+    client.items[("job-1", "JOB")] |= job
+    shard_done(1)
+    assert store.may_be_done("job-1", 19) is False  # shard 3 holds chunks 3 and 19: one counted
+    shard_done(2)
+    assert store.may_be_done("job-1", 19) is True
+    assert store.may_be_done("job-2", 19) is False
+    client.items[("job-1", "JOB")] |= to_dynamo({"status": "COMPLETED"})
+    assert store.may_be_done("job-1", 19) is False
