@@ -567,19 +567,27 @@ def test_to_dynamo_builds_exactly_what_the_json_round_trip_built() -> None:
         assert _outcome(to_dynamo, value) == _outcome(_round_trip_item, value), value
 
 
-@pytest.mark.parametrize("number", ["1e200", "1e-300", "1" * 40])
-def test_a_manifest_line_is_either_rejected_or_storable(number: str) -> None:
+# DynamoDB's numbers: 38 significant digits, magnitudes 1e-130 to below 1e126. A number outside
+# is refused with the line (FAILED invalid_manifest_line), one inside is stored as it is.
+@pytest.mark.parametrize("number", ["1" * 38, "1e125", "1e-130", "0.5"])
+def test_a_manifest_number_dynamodb_can_store_is_stored(number: str) -> None:
     line = f'{{"url": "https://img.example/a.jpg", "metadata": {{"x": {number}}}}}\n'.encode()
     ((item, _),) = list(iter_manifest(io.BytesIO(line), ManifestFormat.JSONL, False))
-    if isinstance(item, InvalidLine):
-        return  # rejected up front as a FAILED line: also fine
+    assert not isinstance(item, InvalidLine), item
     client = FakeDynamo()
     store, _ = _store(client)
-    record = failed_record("job-1", work_item(item), ErrorCode.HTTP_ERROR, "HTTP 404")
 
-    store.put_results([record])
+    store.put_results([failed_record("job-1", work_item(item), ErrorCode.HTTP_ERROR, "HTTP 404")])
 
-    assert len(client.batch_calls) == 1
+    ((request,),) = client.batch_calls
+    assert Decimal(request["PutRequest"]["Item"]["metadata"]["M"]["x"]["N"]) == Decimal(number)
+
+
+@pytest.mark.parametrize("number", ["1" * 39, "1e126", "1e200", "1e-131", "1e-300"])
+def test_a_manifest_number_dynamodb_cannot_store_fails_its_line(number: str) -> None:
+    line = f'{{"url": "https://img.example/a.jpg", "metadata": {{"x": {number}}}}}\n'.encode()
+    ((item, _),) = list(iter_manifest(io.BytesIO(line), ManifestFormat.JSONL, False))
+    assert isinstance(item, InvalidLine) and item.code is ErrorCode.INVALID_MANIFEST_LINE
 
 
 def test_count_chunk_retries_a_transaction_conflict_then_counts() -> None:

@@ -245,6 +245,13 @@ def provision_from_template(
     return LocalPlan(input_bucket, output_bucket, table, queues, functions, mappings)
 
 
+def provision_tables(dynamodb: Any, options: LocalOptions, cfn: dict[str, Any] | None = None) -> list[str]:
+    """Only the template's tables (the DynamoDB adapter's tests against one engine); their names."""
+    p = _Provisioner(None, None, dynamodb, options, cfn or translate(region=REGION))
+    p.tables()
+    return list(p.physical.values())
+
+
 def _named(p: _Provisioner, cfn: dict[str, Any]) -> tuple[tuple[str, str], tuple[str]]:
     outputs = {
         k: p.resolve(v["Value"])
