@@ -30,12 +30,16 @@ connections and never answers; those lines must end FAILED fetch_timeout, and th
 that of the rest (``--fetch-total-timeout S`` sets the stack's FETCH_TOTAL_TIMEOUT, else the
 function's own applies). ``--clean-peer`` also runs the current code on the same lines with no
 tarpit right before each tarpit run, so the rate of the rest is compared with a peer on the same
-load. ``--repeat N`` runs the legs N times and prints the range.
+load. ``--compare-images N`` also runs the current code on a job of N lines right before each
+current run and prints the ratio of the two rates (does the stack slow down with a job's size,
+e.g. ``--images 20000 --compare-images 2000``). ``--repeat N`` runs the legs N times and prints
+the range.
 
 Usage::
 
     python benchmarks/local_stack_throughput.py [--images 1000] [--photos 300] [--repeat 1]
         [--before 9ac1592] [--tarpit-percent 2 [--clean-peer] [--fetch-total-timeout 5]]
+        [--compare-images 2000]
         [--model build/model/efficientnet-lite0] [--samples build/samples]
 """
 
@@ -695,6 +699,8 @@ def report(
     manifest = manifests[CURRENT]
     tarpit = f", {len(manifest.tarpit)} ({args.tarpit_percent:g}%) at a tarpit" if manifest.tarpit else ""
     print(f"manifest: {len(manifest.photos)} lines{tarpit}, every URL distinct")
+    if args.compare_images:
+        print(f"compare leg: {args.compare_images} lines of the same workload, the current code")
     if args.before:
         jvm = "its own JVM flags" if args.before_own_jvm else "the current JVM flags (JDK_JAVA_OPTIONS)"
         print(f"--before leg: that tree's code; the current REPORT accounting; DynamoDB Local with {jvm}")
@@ -744,6 +750,7 @@ def report(
 
 CURRENT = "current (working tree)"
 CLEAN_PEER = "current, no tarpit"
+COMPARE = "current, --compare-images"
 
 
 def main_parent(args: argparse.Namespace) -> None:
@@ -767,6 +774,8 @@ def main_parent(args: argparse.Namespace) -> None:
         trees.append((f"before ({name})", tree))
     if args.clean_peer:
         trees.append((CLEAN_PEER, ROOT))
+    if args.compare_images:
+        trees.append((COMPARE, ROOT))
     trees.append((CURRENT, ROOT))
     environment = dict(args.env)
     if args.fetch_total_timeout is not None:
@@ -785,6 +794,10 @@ def main_parent(args: argparse.Namespace) -> None:
             manifests[CLEAN_PEER] = write_manifest(
                 run_dir / "bench-clean.txt", workload, args.images, files.url, None, 0
             )
+        if args.compare_images:
+            manifests[COMPARE] = write_manifest(
+                run_dir / "bench-compare.txt", workload, args.compare_images, files.url, None, 0
+            )
         say(
             "reference: decode and inference CPU in fresh processes "
             f"({args.reference_seconds:g} s of inference)"
@@ -795,7 +808,8 @@ def main_parent(args: argparse.Namespace) -> None:
         for run in range(1, args.repeat + 1):
             say(f"run {run} of {args.repeat}")
             for label, tree in trees:
-                name = f"{'before' if tree != ROOT else 'clean' if label == CLEAN_PEER else 'current'}-{run}"
+                kind = {CLEAN_PEER: "clean", COMPARE: "compare", CURRENT: "current"}.get(label, "before")
+                name = f"{kind}-{run}"
                 spec = LegSpec(
                     label=label,
                     tree=str(tree),
@@ -818,7 +832,7 @@ def main_parent(args: argparse.Namespace) -> None:
         f"{r.label}: {r.succeeded}/{expected}"
         for rs in legs.values()
         for r in rs
-        if r.succeeded != (expected := args.images - len(manifests[r.label].tarpit))
+        if r.succeeded != (expected := len(manifests[r.label].photos) - len(manifests[r.label].tarpit))
     ]
     if short:
         raise SystemExit(f"some lines that should have succeeded did not: {short}")
@@ -874,6 +888,13 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         help="start the --before leg's DynamoDB Local with that tree's JVM flags, not the current ones",
     )
     add("--tarpit-percent", type=float, default=0.0, help="lines pointing at a server that never answers")
+    add(
+        "--compare-images",
+        type=int,
+        default=None,
+        help="also run the current code on a job of this many lines, right before each current run, "
+        "and print the ratio of the rates",
+    )
     add("--fetch-total-timeout", type=float, default=None, help="FETCH_TOTAL_TIMEOUT of the stack (s)")
     add("--parameter", type=_pair, action="append", default=[], help="template parameter K=V (repeatable)")
     add("--env", type=_pair, action="append", default=[], help="function setting K=V (repeatable)")
@@ -894,6 +915,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         parser.error("--tarpit-percent must be in [0, 100)")
     if args.clean_peer and not args.tarpit_percent:
         parser.error("--clean-peer needs --tarpit-percent")
+    if args.compare_images is not None and (args.compare_images < 1 or args.before or args.clean_peer):
+        parser.error("--compare-images needs a positive count and goes without --before and --clean-peer")
     return args
 
 

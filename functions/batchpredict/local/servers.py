@@ -10,11 +10,15 @@ from typing import Any
 
 from moto.server import ThreadedMotoServer
 
+from batchpredict.local import sqs_depth
+
 
 class MotoServer:
-    """A moto server on 127.0.0.1 (a free port), speaking the real AWS HTTP APIs."""
+    """A moto server on 127.0.0.1 (a free port), speaking the real AWS HTTP APIs; its standard
+    SQS queues do not slow down with depth (``sqs_depth``)."""
 
     def __init__(self) -> None:
+        sqs_depth.install()
         self._server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
 
     def start(self) -> str:
