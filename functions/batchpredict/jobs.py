@@ -482,7 +482,9 @@ class JobStore:
         values[":now"] = self._clock()
         if model:
             values[":m"] = model
-            expression += ", model = if_not_exists(model, :m)"
+            # The job's model is that of its first counted chunk: each shard keeps its first,
+            # and when (``_summed`` takes the earliest).
+            expression += ", model = if_not_exists(model, :m), model_since = if_not_exists(model_since, :now)"
         items = [
             {
                 "Put": {
@@ -586,13 +588,17 @@ class JobStore:
 
 
 def _summed(job: Job, shards: Iterable[dict[str, Any]]) -> Job:
-    """``job`` with the counter shards' values added to its own (and their model, latest update)."""
+    """``job`` with the counter shards' values added to its own, their latest update, and the
+    model of the earliest counted chunk (the JOB's own model first, for a job counted on it)."""
     totals = {name: getattr(job, name) for name in COUNTERS}
-    model, updated = job.model, job.updated_at
+    updated = job.updated_at
+    models: list[tuple[str, str, str]] = []
     for item in shards:
         shard = from_dynamo(item)
         for name in COUNTERS:
             totals[name] += shard.get(name, 0)
-        model = model or shard.get("model")
         updated = max(updated, shard.get("updated_at", ""))
+        if shard.get("model"):
+            models.append((shard.get("model_since", ""), shard["pk"], shard["model"]))
+    model = job.model or (min(models)[2] if models else None)
     return replace(job, **totals, model=model, updated_at=updated)
