@@ -14,9 +14,10 @@ from botocore.config import Config
 RETRIES = Config(retries={"mode": "standard", "max_attempts": 5}, connect_timeout=5, read_timeout=30)
 
 
-def client(service: str, config: Config | None = None) -> Any:
+def client(service: str, config: Config | None = None, session: boto3.session.Session | None = None) -> Any:
     """A client from a fresh session: it reads the credentials and endpoints in the environment
     now, where boto3's default session would keep the ones it saw first. ``config`` is merged
-    onto :data:`RETRIES` (its settings win)."""
+    onto :data:`RETRIES` (its settings win). ``session`` (the CLI's ``--profile``/``--region``)
+    replaces the fresh one."""
     merged = RETRIES.merge(config) if config is not None else RETRIES
-    return boto3.session.Session().client(service, config=merged)  # type: ignore[call-overload]
+    return (session or boto3.session.Session()).client(service, config=merged)  # type: ignore[call-overload]

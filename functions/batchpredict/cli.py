@@ -7,6 +7,7 @@ import json
 import os
 import sys
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -17,7 +18,18 @@ from batchpredict.config import ConfigError, EngineConfig, engine_config
 from batchpredict.errors import BundleError, ErrorCode, PredictionError
 from batchpredict.fetch import Fetcher, FetchLimits, parse_networks
 from batchpredict.model import load_model
-from batchpredict.predictor import Outcome, predict_payloads
+from batchpredict.predictor import predict_payloads
+from batchpredict.render import (
+    OUTPUT_HELP,
+    OUTPUTS,
+    job_view,
+    jobs_view,
+    predictions_view,
+    results_table,
+    results_view,
+)
+
+F = TypeVar("F", bound=Callable[..., Any])
 
 # An editable install (make demo / make test) finds the bundle that `make model` built.
 DEFAULT_BUNDLE = Path(__file__).resolve().parents[2] / "build" / "model" / "efficientnet-lite0"
@@ -51,21 +63,20 @@ def _s3_client() -> object:
     return aws.client("s3")
 
 
-def _print_text(source: str, outcome: Outcome) -> None:
-    click.echo(source)
-    if outcome.error is not None:
-        click.echo(f"  error {outcome.error.code.value}: {outcome.error.message}")
-        return
-    for p in outcome.predictions:
-        click.echo(
-            f"  {p.rank}. {p.label.split(',')[0]:<32} {p.probability:7.2%}  ({p.wnid}, class {p.class_index})"
-        )
+def output_option(default: str, *extra: str, help_extra: str = "") -> Callable[[F], F]:
+    """The one ``--output`` of every command that prints records (see render.py)."""
+    return click.option(
+        "--output",
+        type=click.Choice([*OUTPUTS, *extra]),
+        default=default,
+        show_default=True,
+        help=OUTPUT_HELP + help_extra,
+    )
 
 
-def _as_json(source: str, outcome: Outcome) -> str:
-    if outcome.error is not None:
-        return json.dumps({"source": source, "error": outcome.error.as_dict()})
-    return json.dumps({"source": source, "predictions": [p.as_dict() for p in outcome.predictions]})
+def examples(*lines: str) -> str:
+    """A command's epilog: examples shown by --help as written (\b keeps click from rewrapping)."""
+    return "\b\nExamples:\n" + "\n".join(f"  {line}" for line in lines)
 
 
 @click.group()
@@ -74,7 +85,13 @@ def main() -> None:
     """Batch ImageNet predictions with MXNet: locally, or on AWS Lambda."""
 
 
-@main.command()
+@main.command(
+    epilog=examples(
+        "batchpredict predict build/samples/coffee.png https://example.com/cat.jpg",
+        "batchpredict predict --output json --top-k 3 build/samples/*.jpg | jq .predictions[0].label",
+        "batchpredict predict --model build/model/resnet-18 s3://bucket/photos/cat.jpg",
+    )
+)
 @click.argument("sources", nargs=-1, required=True)
 @click.option(
     "--top-k",
@@ -84,7 +101,7 @@ def main() -> None:
     show_default=True,
     help="How many classes to print per image.",
 )
-@click.option("--json", "as_json", is_flag=True, help="One JSON object a line instead of text.")
+@output_option("table")
 @click.option(
     "--model", help="Model bundle folder or s3:// prefix (default: $MODEL_URI or the built bundle)."
 )
@@ -105,7 +122,7 @@ def main() -> None:
 def predict(
     sources: tuple[str, ...],
     top_k: int,
-    as_json: bool,
+    output: str,
     model: str | None,
     max_batch: int,
     allowed: tuple[str, ...],
@@ -127,18 +144,13 @@ def predict(
     finally:
         fetcher.close()
     outcomes = predict_payloads(engine, payloads, top_k)
-    for source, outcome in zip(sources, outcomes, strict=True):
-        if as_json:
-            click.echo(_as_json(source, outcome))
-        else:
-            _print_text(source, outcome)
+    click.echo(predictions_view(sources, outcomes, output), nl=False)
     if any(outcome.error is not None for outcome in outcomes):
         raise SystemExit(1)
 
 
 # --- the pipeline commands -----------------------------------------------------------------
 
-F = TypeVar("F", bound=Callable[..., Any])
 # Where `local up` keeps its state file and the functions' logs; BATCHPREDICT_LOCAL_DIR moves it.
 LOCAL_DIR = Path(os.environ.get("BATCHPREDICT_LOCAL_DIR") or DEFAULT_BUNDLE.parents[1] / "local")
 STATE_FILE = LOCAL_DIR / "stack.json"
@@ -153,7 +165,13 @@ def friendly_errors(command: F) -> F:
 
     @functools.wraps(command)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
-        from botocore.exceptions import ClientError, EndpointConnectionError, NoCredentialsError
+        from botocore.exceptions import (
+            ClientError,
+            EndpointConnectionError,
+            NoCredentialsError,
+            NoRegionError,
+            ProfileNotFound,
+        )
 
         from batchpredict.client import UserError
 
@@ -163,8 +181,12 @@ def friendly_errors(command: F) -> F:
             raise _fail(str(exc)) from exc
         except NoCredentialsError as exc:
             raise _fail(
-                "no AWS credentials: configure them (aws configure, AWS_PROFILE) or use --local"
+                "no AWS credentials: configure them (aws configure, --profile, AWS_PROFILE) or use --local"
             ) from exc
+        except NoRegionError as exc:
+            raise _fail("no AWS region: pass --region, or set AWS_REGION or the profile's region") from exc
+        except ProfileNotFound as exc:
+            raise _fail(f"{exc} (see `aws configure list-profiles`)") from exc
         except EndpointConnectionError as exc:
             raise _fail(
                 f"cannot reach {exc.kwargs.get('endpoint_url')}: is the stack running? "
@@ -176,17 +198,97 @@ def friendly_errors(command: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
+STACK_ENV = "BATCHPREDICT_STACK"
+JOB = "job-30481560046df9c31196"  # in --help examples
+
+
+@dataclass(frozen=True)
+class StackTarget:
+    """The stack a command talks to, a deployed one by name or (``name`` None) the local one,
+    and the AWS profile and region a deployed one is reached with."""
+
+    name: str | None = None
+    profile: str | None = None
+    region: str | None = None
+
+    @property
+    def local(self) -> bool:
+        return self.name is None
+
+    def session(self) -> Any:
+        """The boto3 session every client of this command is made from."""
+        import boto3
+
+        if self.local:
+            _local_ref()  # points this process at the local stack's endpoints and credentials
+            return boto3.session.Session()
+        return boto3.session.Session(profile_name=self.profile, region_name=self.region)
+
+    def aws_client(self, service: str) -> Any:
+        from batchpredict import aws
+
+        return aws.client(service, session=self.session())
+
+    def client(self) -> Any:
+        from batchpredict.client import Client, StackRef
+
+        if self.local:
+            return Client(_local_ref())
+        assert self.name is not None
+        ref = StackRef.from_cloudformation(self.name, self.aws_client("cloudformation"))
+        return Client(ref, s3=self.aws_client("s3"), dynamodb=self.aws_client("dynamodb"))
+
+
+def _stack_target(
+    stack_name: str | None, use_local: bool, profile: str | None, region: str | None
+) -> StackTarget:
+    from click.core import ParameterSource
+
+    from_env = click.get_current_context().get_parameter_source("stack_name") == ParameterSource.ENVIRONMENT
+    if use_local and stack_name and not from_env:
+        raise _fail("give either --local or --stack NAME, not both")
+    if use_local or not stack_name:
+        if profile or region:
+            raise _fail(f"--profile and --region are for a deployed stack (--stack NAME or ${STACK_ENV})")
+        return StackTarget()
+    return StackTarget(stack_name, profile, region)
+
+
 def stack_options(command: F) -> F:
-    command = click.option(
-        "--stack",
-        "stack_name",
-        metavar="NAME",
-        help="A deployed stack (names from its CloudFormation outputs).",
-    )(command)
-    command = click.option(
-        "--local", "use_local", is_flag=True, help="The local stack (the default when one is running)."
-    )(command)
-    return friendly_errors(command)
+    """--stack/--local/--profile/--region, handed to the command as one ``target: StackTarget``."""
+
+    @functools.wraps(command)
+    def wrapper(
+        *args: Any,
+        stack_name: str | None,
+        use_local: bool,
+        profile: str | None,
+        region: str | None,
+        **kwargs: Any,
+    ) -> Any:
+        return command(*args, target=_stack_target(stack_name, use_local, profile, region), **kwargs)
+
+    options = [
+        click.option(
+            "--stack",
+            "stack_name",
+            metavar="NAME",
+            envvar=STACK_ENV,
+            help=f"A deployed stack (names from its CloudFormation outputs); default ${STACK_ENV}.",
+        ),
+        click.option(
+            "--local",
+            "use_local",
+            is_flag=True,
+            help=f"The local stack (the default unless --stack or ${STACK_ENV} names one).",
+        ),
+        click.option("--profile", metavar="NAME", help="AWS profile for a deployed stack (as the AWS CLI)."),
+        click.option("--region", metavar="REGION", help="AWS region of a deployed stack (as the AWS CLI)."),
+    ]
+    decorated: Any = friendly_errors(wrapper)
+    for option in reversed(options):
+        decorated = option(decorated)
+    return decorated  # type: ignore[no-any-return]
 
 
 def _local_stack_alive() -> bool:
@@ -211,15 +313,6 @@ def _local_ref() -> Any:
     ref = StackRef(**state["stack"])
     os.environ.update(ref.endpoints or {})
     return ref
-
-
-def _client(use_local: bool, stack_name: str | None) -> Any:
-    from batchpredict.client import Client, StackRef
-
-    if stack_name and use_local:
-        raise _fail("give either --local or --stack NAME, not both")
-    ref = StackRef.from_cloudformation(stack_name) if stack_name else _local_ref()
-    return Client(ref)
 
 
 def _progress_line(progress: Any) -> str:
@@ -250,50 +343,20 @@ def _watch(client: Any, job_id: str, timeout: float | None = None) -> Any:
     return job
 
 
-def _print_job(job: Any) -> None:
-    fields = [
-        ("job", job.job_id),
-        ("status", job.status.value),
-        ("manifest", job.manifest_uri),
-        ("lines", job.total if job.split_done else f"{job.position.get('index', 0)}+ (splitting)"),
-        ("succeeded", job.succeeded),
-        ("failed", job.failed),
-        ("chunks", f"{job.chunks_done}/{job.chunks_total}"),
-        ("model", job.model),
-        ("created", job.created_at),
-        ("completed", job.completed_at),
-        ("results", job.results_uri),
-        ("error", job.error),
-    ]
-    for name, value in fields:
-        if value not in (None, ""):
-            click.echo(f"{name:>10}  {value}")
-
-
-def _table(records: list[dict[str, Any]]) -> str:
-    lines = [f"{'#':>5}  {'status':<9} {'top-1':<28} {'p':>6}  source"]
-    for r in records:
-        source = str(r.get("id") or r.get("url") or "")[-60:]
-        if r["status"] == "SUCCEEDED":
-            top = r["predictions"][0]
-            lines.append(
-                f"{r['index']:>5}  {'ok':<9} {top['label'].split(',')[0][:28]:<28} "
-                f"{top['probability']:6.1%}  {source}"
-            )
-        else:
-            code = (r.get("error") or {}).get("code", "")
-            lines.append(f"{r['index']:>5}  {'FAILED':<9} {code:<28} {'':>6}  {source}")
-    return "\n".join(lines)
-
-
-@main.command()
+@main.command(
+    epilog=examples(
+        "batchpredict submit photos.jsonl --wait",
+        "batchpredict submit photos.csv.gz",
+        "BATCHPREDICT_STACK=batchpredict batchpredict submit urls.txt --profile prod --region eu-west-1",
+    )
+)
 @click.argument("manifest", type=click.Path(path_type=Path))
 @click.option("--wait", is_flag=True, help="Show a live progress bar until the job ends.")
 @click.option("--name", help="Object name under manifests/ (default: the file name).")
 @stack_options
-def submit(manifest: Path, wait: bool, name: str | None, use_local: bool, stack_name: str | None) -> None:
+def submit(manifest: Path, wait: bool, name: str | None, target: StackTarget) -> None:
     """Upload MANIFEST under manifests/ and print the job id."""
-    client = _client(use_local, stack_name)
+    client = target.client()
     job_id = client.submit(manifest, name)
     click.echo(job_id)
     if wait:
@@ -302,80 +365,85 @@ def submit(manifest: Path, wait: bool, name: str | None, use_local: bool, stack_
             raise _fail(f"job {job_id} failed: {job.error}")
 
 
-@main.command()
-@click.argument("job_id")
-@stack_options
-def status(job_id: str, use_local: bool, stack_name: str | None) -> None:
-    """Show a job's record."""
-    _print_job(_client(use_local, stack_name).job(job_id))
-
-
-@main.command()
-@click.argument("job_id")
-@stack_options
-def watch(job_id: str, use_local: bool, stack_name: str | None) -> None:
-    """Follow a job with a progress bar until it ends."""
-    _print_job(_watch(_client(use_local, stack_name), job_id))
-
-
-@main.command()
-@click.option("--limit", type=click.IntRange(1, 1000), default=20, show_default=True)
-@stack_options
-def jobs(limit: int, use_local: bool, stack_name: str | None) -> None:
-    """List recent jobs, newest first."""
-    for job in _client(use_local, stack_name).recent_jobs(limit):
-        click.echo(
-            f"{job.job_id}  {job.status.value:<22} {job.succeeded + job.failed:>7}/{job.total:<7} "
-            f"{job.created_at}  {job.manifest_uri}"
-        )
-
-
-@main.command()
-@click.argument("job_id")
-@click.option("-o", "--output", type=click.Path(path_type=Path), help="Write here instead of stdout.")
-@click.option("--failed-only", is_flag=True, help="Only the lines that failed.")
-@click.option(
-    "--format", "fmt", type=click.Choice(["jsonl", "csv", "table"]), default="jsonl", show_default=True
+@main.command(
+    epilog=examples(
+        f"batchpredict status {JOB}",
+        f"batchpredict status {JOB} --output json | jq .succeeded",
+    )
 )
+@click.argument("job_id")
+@output_option("table")
+@stack_options
+def status(job_id: str, output: str, target: StackTarget) -> None:
+    """Show a job's record."""
+    click.echo(job_view(target.client().job(job_id), output), nl=False)
+
+
+@main.command(epilog=examples(f"batchpredict watch {JOB}"))
+@click.argument("job_id")
+@stack_options
+def watch(job_id: str, target: StackTarget) -> None:
+    """Follow a job with a progress bar until it ends."""
+    click.echo(job_view(_watch(target.client(), job_id), "table"), nl=False)
+
+
+@main.command(
+    epilog=examples(
+        "batchpredict jobs --limit 5",
+        "batchpredict jobs --output text | cut -f1,2",
+        "batchpredict jobs --stack batchpredict --profile prod --output json",
+    )
+)
+@click.option("--limit", type=click.IntRange(1, 1000), default=20, show_default=True)
+@output_option("table")
+@stack_options
+def jobs(limit: int, output: str, target: StackTarget) -> None:
+    """List recent jobs, newest first."""
+    click.echo(jobs_view(target.client().recent_jobs(limit), output), nl=False)
+
+
+@main.command(
+    epilog=examples(
+        f"batchpredict results {JOB} --output table",
+        f"batchpredict results {JOB} --failed-only --output csv --file failed.csv",
+        f"batchpredict results {JOB} --from-table | jq -r .predictions[0].label",
+    )
+)
+@click.argument("job_id")
+@click.option("--file", "to_file", type=click.Path(path_type=Path), help="Write here instead of stdout.")
+@click.option("--failed-only", is_flag=True, help="Only the lines that failed.")
+@output_option("json", "csv", help_extra=" csv: a header and one row a line, top-1 only.")
 @click.option("--from-table", is_flag=True, help="Query DynamoDB (manifest order) instead of results.jsonl.")
 @stack_options
 def results(
     job_id: str,
-    output: Path | None,
+    to_file: Path | None,
     failed_only: bool,
-    fmt: str,
+    output: str,
     from_table: bool,
-    use_local: bool,
-    stack_name: str | None,
+    target: StackTarget,
 ) -> None:
     """A job's results, from results.jsonl in S3 or from the table."""
-    from batchpredict.client import to_csv
-
     records = [
         r
-        for r in _client(use_local, stack_name).result_lines(job_id, from_table)
+        for r in target.client().result_lines(job_id, from_table)
         if not failed_only or r["status"] == "FAILED"
     ]
-    if fmt == "jsonl":
-        text = "".join(json.dumps(r) + "\n" for r in records)
-    elif fmt == "csv":
-        text = to_csv(records)
-    else:
-        text = _table(records) + "\n"
-    if output:
-        output.write_text(text)
-        click.echo(f"{len(records)} lines -> {output}", err=True)
+    text = results_view(records, output)
+    if to_file:
+        to_file.write_text(text)
+        click.echo(f"{len(records)} lines -> {to_file}", err=True)
     else:
         click.echo(text, nl=False)
 
 
-@main.command(name="retry-failed")
+@main.command(name="retry-failed", epilog=examples(f"batchpredict retry-failed {JOB} --wait"))
 @click.argument("job_id")
 @click.option("--wait", is_flag=True, help="Follow the new job until it ends.")
 @stack_options
-def retry_failed(job_id: str, wait: bool, use_local: bool, stack_name: str | None) -> None:
+def retry_failed(job_id: str, wait: bool, target: StackTarget) -> None:
     """Submit a job's failed lines as a new job."""
-    client = _client(use_local, stack_name)
+    client = target.client()
     new_id, count = client.retry_failed(job_id)
     click.echo(new_id)
     click.echo(f"{count} failed lines resubmitted", err=True)
@@ -383,9 +451,11 @@ def retry_failed(job_id: str, wait: bool, use_local: bool, stack_name: str | Non
         _watch(client, new_id)
 
 
-def _thumbnails(allowed: tuple[str, ...]) -> Callable[[str], bytes | None]:
+def _thumbnails(
+    allowed: tuple[str, ...], s3_client_factory: Callable[[], Any] = _s3_client
+) -> Callable[[str], bytes | None]:
     fetcher = Fetcher(
-        FetchLimits(allowed_networks=parse_networks(",".join(allowed))), s3_client_factory=_s3_client
+        FetchLimits(allowed_networks=parse_networks(",".join(allowed))), s3_client_factory=s3_client_factory
     )
 
     def fetch(url: str) -> bytes | None:
@@ -397,13 +467,26 @@ def _thumbnails(allowed: tuple[str, ...]) -> Callable[[str], bytes | None]:
     return fetch
 
 
-def write_report(summary: dict[str, Any], records: Any, output: Path, allowed: tuple[str, ...]) -> None:
+def write_report(
+    summary: dict[str, Any],
+    records: Any,
+    output: Path,
+    allowed: tuple[str, ...],
+    s3_client_factory: Callable[[], Any] = _s3_client,
+) -> None:
     from batchpredict.report import render_report
 
-    output.write_text(render_report(summary, records, _thumbnails(allowed)), encoding="utf-8")
+    output.write_text(
+        render_report(summary, records, _thumbnails(allowed, s3_client_factory)), encoding="utf-8"
+    )
 
 
-@main.command()
+@main.command(
+    epilog=examples(
+        f"batchpredict report {JOB} -o report.html",
+        f"batchpredict report {JOB} --stack batchpredict --allow-network 10.0.0.0/8",
+    )
+)
 @click.argument("job_id")
 @click.option(
     "-o", "--output", type=click.Path(path_type=Path), default=Path("report.html"), show_default=True
@@ -416,14 +499,14 @@ def write_report(summary: dict[str, Any], records: Any, output: Path, allowed: t
     help="Networks thumbnails may be fetched from (the local stack adds 127.0.0.0/8).",
 )
 @stack_options
-def report(
-    job_id: str, output: Path, allowed: tuple[str, ...], use_local: bool, stack_name: str | None
-) -> None:
+def report(job_id: str, output: Path, allowed: tuple[str, ...], target: StackTarget) -> None:
     """Write a self-contained HTML page: thumbnails, top-5 bars, failures, summary."""
-    client = _client(use_local, stack_name)
-    if not stack_name:
+    client = target.client()
+    if target.local:
         allowed = (*allowed, "127.0.0.0/8")
-    write_report(client.summary(job_id), client.result_lines(job_id), output, allowed)
+    write_report(
+        client.summary(job_id), client.result_lines(job_id), output, allowed, lambda: target.aws_client("s3")
+    )
     click.echo(str(output))
 
 
@@ -501,7 +584,13 @@ def _expand(manifest: Path, values: dict[str, str], workdir: Path) -> Path:
     return expanded
 
 
-@local.command("run")
+@local.command(
+    "run",
+    epilog=examples(
+        "batchpredict local run sample_manifests/demo.jsonl --serve build/samples -o build/demo",
+        "batchpredict local run urls.txt.gz --model build/model/resnet-18 --workers 2",
+    ),
+)
 @click.argument("manifest", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.option(
     "-o",
@@ -565,7 +654,7 @@ def local_run(
             (output / "_summary.json").write_text(json.dumps(summary, indent=2))
             write_report(summary, records, output / "report.html", ("127.0.0.0/8", *allowed))
             if show:
-                click.echo(_table(records[:show]))
+                click.echo(results_table(records[:show]), nl=False)
                 if len(records) > show:
                     click.echo(f"... {len(records) - show} more lines in {output / 'results.jsonl'}")
             click.echo(
@@ -581,7 +670,14 @@ def local_run(
         stack.stop()
 
 
-@local.command("up")
+@local.command(
+    "up",
+    epilog=examples(
+        "batchpredict local up                 # then, in another terminal:",
+        "batchpredict submit photos.jsonl --wait",
+        "batchpredict local up --model build/model/resnet-18 --allow-network 10.0.0.0/8",
+    ),
+)
 @local_options
 def local_up(model: str | None, workers: int | None, allowed: tuple[str, ...]) -> None:
     """Start the local stack in the foreground (Ctrl-C or `batchpredict local down` stops it)."""
@@ -623,7 +719,7 @@ def local_up(model: str | None, workers: int | None, allowed: tuple[str, ...]) -
         click.echo("stopped", err=True)
 
 
-@local.command("down")
+@local.command("down", epilog=examples("batchpredict local down"))
 @friendly_errors
 def local_down() -> None:
     """Stop the local stack that `batchpredict local up` started."""

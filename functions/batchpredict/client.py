@@ -58,9 +58,10 @@ class StackRef:
         return cls(**json.loads(path.read_text()))
 
     @classmethod
-    def from_cloudformation(cls, stack_name: str) -> StackRef:
+    def from_cloudformation(cls, stack_name: str, cloudformation: Any = None) -> StackRef:
+        cloudformation = cloudformation or aws.client("cloudformation")
         try:
-            stacks = aws.client("cloudformation").describe_stacks(StackName=stack_name)["Stacks"]
+            stacks = cloudformation.describe_stacks(StackName=stack_name)["Stacks"]
         except ClientError as exc:
             raise UserError(f"stack {stack_name!r} not found ({exc.response['Error']['Message']})") from exc
         outputs = {o["OutputKey"]: o["OutputValue"] for o in stacks[0].get("Outputs", [])}

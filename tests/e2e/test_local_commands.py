@@ -93,7 +93,7 @@ def test_local_up_serves_the_cli_the_api_and_stops_on_down(
             photos.stop()
         assert submit.returncode == 0, submit.stderr
         job_id = submit.stdout.splitlines()[0]
-        table = _cli("results", job_id, "--format", "table")
+        table = _cli("results", job_id, "--output", "table")
         assert "espresso" in table.stdout and "missile" in table.stdout
         down = _cli("local", "down")
         assert down.returncode == 0, down.stderr

@@ -28,12 +28,12 @@ def test_submit_watch_results_report(run_cli, photos_url: str, tmp_path: Path) -
     status = run_cli("status", job_id)
     assert "COMPLETED_WITH_ERRORS" in status.stdout and "succeeded  6" in status.stdout
 
-    table = run_cli("results", job_id, "--format", "table")
+    table = run_cli("results", job_id, "--output", "table")
     assert "espresso" in table.stdout and "http_error" in table.stdout
     rows = [json.loads(line) for line in run_cli("results", job_id, "--from-table").stdout.splitlines()]
     lines = [json.loads(line) for line in run_cli("results", job_id).stdout.splitlines()]
     assert rows == lines and [r["index"] for r in rows] == list(range(7))
-    failed = run_cli("results", job_id, "--failed-only", "--format", "csv").stdout.splitlines()
+    failed = run_cli("results", job_id, "--failed-only", "--output", "csv").stdout.splitlines()
     assert len(failed) == 2 and failed[1].startswith("6,gone,")
 
     report = tmp_path / "report.html"

@@ -11,7 +11,7 @@ def test_predict_json_lines_and_exit_status(bundle_dir: Path, samples_dir: Path,
     junk.write_text("not an image")
     sources = [str(samples_dir / "coffee.png"), str(junk), str(tmp_path / "missing.jpg"), "ftp://host/x.jpg"]
     result = CliRunner().invoke(
-        main, ["predict", "--json", "--top-k", "3", "--model", str(bundle_dir), *sources]
+        main, ["predict", "--output", "json", "--top-k", "3", "--model", str(bundle_dir), *sources]
     )
     assert result.exit_code == 1  # some images failed
     lines = [json.loads(line) for line in result.stdout.splitlines() if line.startswith("{")]
@@ -32,6 +32,30 @@ def test_predict_text_output_and_success(bundle_dir: Path, samples_dir: Path) ->
     )
     assert result.exit_code == 0, result.output
     assert "1. daisy" in result.stdout
+
+
+def test_predict_text_output_is_tab_separated(bundle_dir: Path, samples_dir: Path, tmp_path: Path) -> None:
+    photo, missing = str(samples_dir / "coffee.png"), str(tmp_path / "missing.jpg")
+    result = CliRunner().invoke(
+        main, ["predict", "--output", "text", "--top-k", "2", "--model", str(bundle_dir), photo, missing]
+    )
+    rows = [line.split("\t") for line in result.stdout.splitlines()]
+    assert [row[:2] for row in rows] == [[photo, "1"], [photo, "2"], [missing, "error"]]
+    assert rows[0][3:] == ["n07920052", "967", "espresso"] and 0 < float(rows[0][2]) <= 1
+    assert rows[2][2] == "file_not_found"
+
+
+def test_the_old_output_flags_are_gone() -> None:
+    assert CliRunner().invoke(main, ["predict", "--json", "x.jpg"]).exit_code == 2
+    assert CliRunner().invoke(main, ["results", "job-1", "--format", "csv"]).exit_code == 2
+
+
+def test_every_command_has_help_examples() -> None:
+    local = [["local", name] for name in ("run", "up", "down")]
+    commands = [[name] for name in main.commands if name != "local"] + local
+    for command in commands:
+        shown = CliRunner().invoke(main, [*command, "--help"])
+        assert shown.exit_code == 0 and "Examples:\n    batchpredict " in shown.output, command
 
 
 def test_missing_bundle_is_one_clear_line(tmp_path: Path) -> None:
