@@ -512,7 +512,6 @@ def report(job_id: str, output: Path, allowed: tuple[str, ...], target: StackTar
 
 # --- the local stack -------------------------------------------------------------------------
 
-PLACEHOLDERS = ("${SAMPLES_URL}", "${SAMPLES_S3}")
 LOG_DIR = LOCAL_DIR / "logs"
 
 
@@ -571,19 +570,6 @@ def _serve(stack_ref: Any, folder: Path, stoppers: list[Callable[[], None]]) -> 
     return {"${SAMPLES_URL}": url, "${SAMPLES_S3}": f"s3://{bucket}"}
 
 
-def _expand(manifest: Path, values: dict[str, str], workdir: Path) -> Path:
-    text = manifest.read_text(encoding="utf-8")
-    if not values:
-        if any(p in text for p in PLACEHOLDERS):
-            raise _fail(f"{manifest} uses ${{SAMPLES_URL}}/${{SAMPLES_S3}}: pass --serve DIR to fill them in")
-        return manifest
-    for placeholder, value in values.items():
-        text = text.replace(placeholder, value)
-    expanded = workdir / manifest.name
-    expanded.write_text(text, encoding="utf-8")
-    return expanded
-
-
 @local.command(
     "run",
     epilog=examples(
@@ -630,8 +616,11 @@ def local_run(
     import tempfile
 
     from batchpredict.client import Client
+    from batchpredict.local.placeholders import expand, uses_placeholders
     from batchpredict.local.stack import LocalStack
 
+    if not serve and uses_placeholders(manifest):
+        raise _fail(f"{manifest} uses ${{SAMPLES_URL}}/${{SAMPLES_S3}}: pass --serve DIR to fill them in")
     stack = LocalStack(
         _local_options(model, workers, allowed), log_dir=LOG_DIR, warn=lambda m: click.echo(m, err=True)
     )
@@ -642,7 +631,7 @@ def local_run(
         with tempfile.TemporaryDirectory() as workdir:
             values = _serve(ref, serve, stoppers) if serve else {}
             client = Client(ref)
-            job_id = client.submit(_expand(manifest, values, Path(workdir)), manifest.name)
+            job_id = client.submit(expand(manifest, values, Path(workdir)), manifest.name)
             click.echo(f"job {job_id}", err=True)
             job = _watch(client, job_id, timeout=timeout)
             output.mkdir(parents=True, exist_ok=True)

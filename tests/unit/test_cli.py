@@ -63,3 +63,13 @@ def test_missing_bundle_is_one_clear_line(tmp_path: Path) -> None:
     assert result.exit_code == 1
     assert "model bundle folder not found" in result.output
     assert "Traceback" not in result.output
+
+
+def test_local_run_of_a_gzipped_manifest_needing_serve_is_one_line(tmp_path: Path) -> None:
+    import gzip
+
+    manifest = tmp_path / "urls.txt.gz"
+    manifest.write_bytes(gzip.compress(b"${SAMPLES_URL}/coffee.png\n"))
+    result = CliRunner().invoke(main, ["local", "run", str(manifest)])
+    assert result.exit_code == 1 and "pass --serve DIR" in result.output
+    assert "Traceback" not in result.output and "UnicodeDecodeError" not in result.output
