@@ -54,3 +54,29 @@ def samples_dir() -> Path:
 @pytest.fixture(scope="session")
 def wheels_dir() -> Path:
     return _built("BATCHPREDICT_TEST_WHEELS", "build/wheels", "the downloaded wheels")
+
+
+def export_model_zoo_resnet18(folder: Path) -> None:
+    """A randomly initialised Gluon ResNet-18, saved as resnet-18-symbol.json + resnet-18-0000.params
+    with arg:/aux: keys and a SoftmaxOutput named softmax, exactly like the model zoo's files, and a
+    synset.txt of made-up labels ("n00000042 class 42")."""
+    import mxnet as mx
+    from mxnet.gluon.model_zoo import vision
+
+    net = vision.resnet18_v1(pretrained=False, classes=1000)
+    net.initialize(mx.init.Xavier(), ctx=mx.cpu())
+    net.hybridize()
+    net(mx.nd.zeros((1, 3, 224, 224)))
+    net.export(str(folder / "gluon"), epoch=0)
+    sym, args, aux = mx.model.load_checkpoint(str(folder / "gluon"), 0)
+    sym = mx.sym.SoftmaxOutput(sym, name="softmax")
+    mx.model.save_checkpoint(str(folder / "resnet-18"), 0, sym, args, aux)
+    (folder / "synset.txt").write_text("".join(f"n{i:08d} class {i}\n" for i in range(1000)))
+
+
+@pytest.fixture(scope="session")
+def resnet18_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The model-zoo ResNet-18 files (no model.json), made once per session."""
+    folder = tmp_path_factory.mktemp("resnet-18")
+    export_model_zoo_resnet18(folder)
+    return folder

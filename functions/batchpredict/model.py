@@ -19,6 +19,7 @@ of a forward) and was 20-30% slower per image than its AVX2 kernels on this mode
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import threading
@@ -261,3 +262,96 @@ def load_model(spec: BundleSpec, max_batch: int = DEFAULT_MAX_BATCH, threads: in
     if len(spec.labels) == 0:
         raise BundleError(f"{spec.root}: no labels")
     return Engine(spec, max_batch=max_batch, threads=threads)
+
+
+# --- what a classic checkpoint says about itself (``batchpredict model import``) -------------
+
+PROBABILITY_OPS = frozenset({"SoftmaxOutput", "softmax", "SoftmaxActivation"})
+# Input sizes tried, in order, when the symbol does not fix one: the common ImageNet crops.
+IMAGE_SIZES = (224, 299, 331, 256, 320, 384, 240, 260, 300, 192, 160, 128)
+
+
+@dataclass(frozen=True)
+class CheckpointFacts:
+    """What ``inspect_checkpoint`` found; ``size_from_symbol`` tells whether the symbol fixes
+    the input size (a ``__shape__`` attribute) or it is the first size the network accepts."""
+
+    input_name: str
+    image_size: int
+    size_from_symbol: bool
+    output_name: str
+    output_op: str
+    output_kind: str
+    classes: int
+
+
+def _symbol_input_size(symbol: Any, name: str) -> int | None:
+    shape = symbol.attr_dict().get(name, {}).get("__shape__")
+    if not shape:
+        return None
+    dims = [int(d) for d in shape.strip("()[] ").split(",") if d.strip()]
+    return dims[-1] if len(dims) == 4 and dims[-1] and dims[-1] == dims[-2] else None
+
+
+def _output_shape(symbol: Any, name: str, size: int, params: dict[str, Any]) -> tuple[int, ...] | None:
+    """The output shape for a (1, 3, size, size) input, or None if the network refuses it
+    (a shape error, or parameters saved for another size)."""
+    mx = _mxnet(available_cpus())
+    try:
+        arg_shapes, out_shapes, aux_shapes = symbol.infer_shape(**{name: (1, 3, size, size)})
+    except mx.base.MXNetError:
+        return None
+    names = [*symbol.list_arguments(), *symbol.list_auxiliary_states()]
+    for param, shape in zip(names, [*arg_shapes, *aux_shapes], strict=True):
+        if param in params and tuple(params[param].shape) != tuple(shape):
+            return None
+    return tuple(out_shapes[0])
+
+
+def inspect_checkpoint(
+    symbol_file: Path, params_file: Path, input_name: str | None = None, image_size: int | None = None
+) -> CheckpointFacts:
+    """Input name, input size, output name, kind and class count of a model-zoo checkpoint
+    (``NAME-symbol.json`` + ``NAME-0000.params`` with ``arg:``/``aux:`` keys), from the
+    symbol and the parameters' shapes. Given values are checked, not guessed."""
+    mx = _mxnet(available_cpus())
+    try:
+        symbol = mx.sym.load(str(symbol_file))
+    except mx.base.MXNetError as exc:
+        raise BundleError(f"{symbol_file.name}: not a valid MXNet symbol ({exc})") from exc
+    try:
+        params = {k.split(":", 1)[-1]: v for k, v in mx.nd.load(str(params_file)).items()}
+    except mx.base.MXNetError as exc:
+        raise BundleError(f"{params_file.name}: not a valid MXNet params file ({exc})") from exc
+    outputs = symbol.list_outputs()
+    if len(outputs) != 1:
+        raise BundleError(f"{symbol_file.name}: {len(outputs)} outputs {outputs}, expected one")
+    free = [a for a in symbol.list_arguments() if a not in params and not a.endswith("_label")]
+    if input_name is None:
+        if len(free) != 1:
+            raise BundleError(f"{symbol_file.name}: {free} have no parameters: name the input (--input-name)")
+        input_name = free[0]
+    elif input_name not in free:
+        raise BundleError(f"{symbol_file.name}: no input {input_name!r} (inputs without parameters: {free})")
+    fixed = _symbol_input_size(symbol, input_name)
+    sizes = [image_size] if image_size else ([fixed] if fixed else list(IMAGE_SIZES))
+    for size in sizes:
+        shape = _output_shape(symbol, input_name, size, params)
+        if shape is not None:
+            break
+    else:
+        tried = ", ".join(map(str, sizes))
+        raise BundleError(f"{symbol_file.name}: the network takes no (3, N, N) input with N in {tried}")
+    if len(shape) != 2:
+        raise BundleError(f"{symbol_file.name}: output {outputs[0]!r} is {shape}, expected (1, classes)")
+    graph = json.loads(symbol.tojson())
+    op = graph["nodes"][graph["heads"][0][0]]["op"]
+    return CheckpointFacts(
+        input_name=input_name,
+        image_size=size,
+        size_from_symbol=fixed is not None and not image_size,
+        output_name=outputs[0],
+        output_op=op,
+        output_kind="probabilities" if op in PROBABILITY_OPS else "logits",
+        classes=shape[1],
+    )

@@ -126,6 +126,11 @@ def results_view(records: Sequence[dict[str, Any]], output: str) -> str:
 # --- one-off predictions ---------------------------------------------------------------------
 
 
+def prediction_line(p: Any) -> str:
+    """``1. espresso   95.10%  (n07920052, class 967)``."""
+    return f"{p.rank}. {p.label.split(',')[0]:<32} {p.probability:7.2%}  ({p.wnid}, class {p.class_index})"
+
+
 def predictions_view(sources: Sequence[str], outcomes: Sequence[Any], output: str) -> str:
     """``batchpredict predict``: per source, its top-k or its error. ``text``: a line per
     prediction (source, rank, probability, wnid, class index, label) or per error (source,
@@ -154,8 +159,5 @@ def predictions_view(sources: Sequence[str], outcomes: Sequence[Any], output: st
         if outcome.error is not None:
             lines.append(f"  error {outcome.error.code.value}: {outcome.error.message}")
             continue
-        lines.extend(
-            f"  {p.rank}. {p.label.split(',')[0]:<32} {p.probability:7.2%}  ({p.wnid}, class {p.class_index})"
-            for p in outcome.predictions
-        )
+        lines.extend(f"  {prediction_line(p)}" for p in outcome.predictions)
     return _lines(lines)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 import json
 import subprocess
 import sys
@@ -106,3 +107,26 @@ def test_local_up_serves_the_cli_the_api_and_stops_on_down(
         if up.poll() is None:
             up.terminate()
             up.wait(30)
+
+
+def test_local_run_a_gzipped_manifest_with_an_imported_model(
+    bundle_dir: Path, samples_dir: Path, tmp_path: Path
+) -> None:
+    """`local run manifest.txt.gz` used to die reading the manifest as text; the bundle is the one
+    `model import` makes from the built bundle's own checkpoint files."""
+    imported = tmp_path / "lite0"
+    stem = bundle_dir / "efficientnet-lite0"
+    files = [f"{stem}-symbol.json", f"{stem}-0000.params", str(bundle_dir / "synset.txt")]
+    options = ["--name", "lite0", "--mean", "127,127,127", "--std", "128,128,128", "-o", str(imported)]
+    made = CliRunner().invoke(cli.main, ["model", "import", *files, *options])
+    assert made.exit_code == 0, made.output
+    manifest = tmp_path / "example.txt.gz"
+    manifest.write_bytes(gzip.compress((ROOT / "sample_manifests" / "example.txt").read_bytes()))
+    out = tmp_path / "results"
+    args = [str(manifest), "--serve", str(samples_dir), "--model", str(imported), "--workers", "1"]
+    result = CliRunner().invoke(cli.main, ["local", "run", *args, "-o", str(out)])
+    assert result.exit_code == 0, result.output
+    lines = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
+    assert [r["predictions"][0]["label"] for r in lines] == ["espresso", "daisy", "football helmet"]
+    assert {r["model"] for r in lines} == {"lite0:1"}
+    assert lines[2]["url"].startswith("s3://")

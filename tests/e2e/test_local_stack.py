@@ -3,6 +3,7 @@ worker processes provisioned from the SAM template)."""
 
 from __future__ import annotations
 
+import gzip
 import json
 import os
 import signal
@@ -93,3 +94,34 @@ def test_a_predict_worker_killed_mid_job_costs_no_line_and_counts_none_twice(
     assert (job.total, job.succeeded, job.failed, job.chunks_done) == (total, total, 0, job.chunks_total)
     rows = list(client.result_lines(job_id, from_table=True))
     assert len(rows) == total and {r["index"] for r in rows} == set(range(total))
+
+
+FORMATS = {
+    ".jsonl": lambda url: (
+        f'{{"url": "{url}/coffee.png", "id": "a"}}\n{{"url": "{url}/rocket.jpg", "id": "b"}}\n'
+    ),
+    ".csv": lambda url: f"url,id\n{url}/coffee.png,a\n{url}/rocket.jpg,b\n",
+    ".txt": lambda url: f"# two photos\n{url}/coffee.png\n\n{url}/rocket.jpg\n",
+}
+
+
+def test_submit_every_manifest_format_plain_and_gzipped(run_cli, photos_url: str, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    submitted = {}
+    for suffix, body in FORMATS.items():
+        for gz in ("", ".gz"):
+            manifest = tmp_path / f"formats{suffix}{gz}"
+            data = body(photos_url).encode()
+            manifest.write_bytes(gzip.compress(data) if gz else data)
+            result = run_cli("submit", str(manifest))
+            assert result.exit_code == 0, result.output
+            submitted[manifest.name] = result.stdout.strip()
+    assert len(set(submitted.values())) == 6
+    for name, job_id in submitted.items():
+        assert run_cli("watch", job_id).exit_code == 0
+        lines = [
+            json.loads(line) for line in run_cli("results", job_id, "--output", "json").stdout.splitlines()
+        ]
+        assert [(r["index"], r["status"]) for r in lines] == [(0, "SUCCEEDED"), (1, "SUCCEEDED")], name
+        assert [r["predictions"][0]["label"] for r in lines] == ["espresso", "missile"], name
+        if not name.startswith("formats.txt"):
+            assert [r["id"] for r in lines] == ["a", "b"], name

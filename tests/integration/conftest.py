@@ -65,10 +65,8 @@ class PipelineStack(Stack):
 
 
 @pytest.fixture
-def stack(
-    moto_endpoint: str, bundle_dir: Path, samples_dir: Path, monkeypatch: pytest.MonkeyPatch
-) -> Iterator[PipelineStack]:
-    """Buckets, queues (with dead-letter queues), table and handler settings, unique to the test."""
+def moto_env(moto_endpoint: str, monkeypatch: pytest.MonkeyPatch) -> str:
+    """This process's boto3 pointed at the moto server, with test credentials."""
     for name, value in {
         "AWS_ACCESS_KEY_ID": "testing",
         "AWS_SECRET_ACCESS_KEY": "testing",
@@ -85,6 +83,14 @@ def stack(
         "AWS_ENDPOINT_URL_DYNAMODB",
     ):
         monkeypatch.delenv(name, raising=False)
+    return moto_endpoint
+
+
+@pytest.fixture
+def stack(
+    moto_env: str, bundle_dir: Path, samples_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[PipelineStack]:
+    """Buckets, queues (with dead-letter queues), table and handler settings, unique to the test."""
     prefix = f"t{uuid.uuid4().hex[:8]}"
     s3, sqs, dynamodb = boto3.client("s3"), boto3.client("sqs"), boto3.client("dynamodb")
     # Provisioned from the SAM template, as the local stack is. A 0.2 s function timeout gives

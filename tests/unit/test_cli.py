@@ -51,8 +51,12 @@ def test_the_old_output_flags_are_gone() -> None:
 
 
 def test_every_command_has_help_examples() -> None:
-    local = [["local", name] for name in ("run", "up", "down")]
-    commands = [[name] for name in main.commands if name != "local"] + local
+    commands = [
+        [name, *([sub] if sub else [])]
+        for name, command in main.commands.items()
+        for sub in (getattr(command, "commands", None) or [None])
+    ]
+    assert ["model", "import"] in commands and ["local", "run"] in commands
     for command in commands:
         shown = CliRunner().invoke(main, [*command, "--help"])
         assert shown.exit_code == 0 and "Examples:\n    batchpredict " in shown.output, command

@@ -15,6 +15,7 @@ from batchpredict.bundle import resolve_bundle, sha256_file, verify_bundle
 from batchpredict.errors import BundleError
 from batchpredict.images import decode_image
 from batchpredict.model import Engine, bucket_sizes, cpu_info, forward_sizes, load_model, onednn_isa_cap
+from tests.conftest import export_model_zoo_resnet18
 
 
 @pytest.fixture(scope="module")
@@ -205,19 +206,8 @@ def test_label_count_must_match_the_model(bundle_copy: Path) -> None:
 
 
 def _export_model_zoo_resnet18(folder: Path) -> None:
-    """A randomly initialised Gluon ResNet-18, saved as resnet-18-symbol.json + resnet-18-0000.params
-    with arg:/aux: keys and a SoftmaxOutput named softmax, exactly like the model zoo's files."""
-    from mxnet.gluon.model_zoo import vision
-
-    net = vision.resnet18_v1(pretrained=False, classes=1000)
-    net.initialize(mx.init.Xavier(), ctx=mx.cpu())
-    net.hybridize()
-    net(mx.nd.zeros((1, 3, 224, 224)))
-    net.export(str(folder / "gluon"), epoch=0)
-    sym, args, aux = mx.model.load_checkpoint(str(folder / "gluon"), 0)
-    sym = mx.sym.SoftmaxOutput(sym, name="softmax")
-    mx.model.save_checkpoint(str(folder / "resnet-18"), 0, sym, args, aux)
-    (folder / "synset.txt").write_text("".join(f"n{i:08d} class {i}\n" for i in range(1000)))
+    """The model-zoo ResNet-18 (tests/conftest.py) with a hand-written model.json beside it."""
+    export_model_zoo_resnet18(folder)
     files = {
         role: {"path": name, "sha256": sha256_file(folder / name)}
         for role, name in (
