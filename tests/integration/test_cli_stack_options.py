@@ -15,8 +15,6 @@ from click.testing import CliRunner, Result
 from batchpredict import cli
 from batchpredict.jobs import JobStore
 
-pytestmark = pytest.mark.integration
-
 REGION = "eu-west-1"  # the profile's region; the stack exists only there
 TEMPLATE = {
     "Resources": {

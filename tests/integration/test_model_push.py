@@ -12,8 +12,6 @@ from click.testing import CliRunner
 
 from batchpredict.cli import main
 
-pytestmark = pytest.mark.integration
-
 
 def test_push_then_predict_from_s3(
     moto_env: str, bundle_dir: Path, samples_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
