@@ -47,7 +47,6 @@ class Imported:
     spec: BundleSpec
     sources: dict[str, str]  # "input"/"output" -> where model.json's values came from
     check: list[Any]  # the sample photo's top-5 (model.Prediction)
-    probability_sum: float  # of the sample's probabilities (1 unless the output kind is wrong)
 
 
 def _resize(options: ImportOptions, size: int) -> int:
@@ -115,7 +114,7 @@ def _sources(options: ImportOptions, facts: Any) -> dict[str, str]:
     }
 
 
-def _check(spec: BundleSpec, sample: bytes) -> tuple[list[Any], float]:
+def _check(spec: BundleSpec, sample: bytes) -> list[Any]:
     """One forward pass on the sample photo, as the predictor runs it."""
     from batchpredict.model import load_model
 
@@ -128,7 +127,7 @@ def _check(spec: BundleSpec, sample: bytes) -> tuple[list[Any], float]:
             f"output {spec.output_name!r} does not look like probabilities on the sample "
             f"(sum {total:.3g}, min {least:.3g}): pass --output-kind logits"
         )
-    return engine.top_k(probabilities)[0], total
+    return engine.top_k(probabilities)[0]
 
 
 def import_checkpoint(
@@ -169,13 +168,13 @@ def import_checkpoint(
         (staging / MANIFEST_NAME).write_text(
             json.dumps(description, indent=2, sort_keys=True) + "\n", encoding="utf-8"
         )
-        check, total = _check(verify_bundle(staging), sample)
+        check = _check(verify_bundle(staging), sample)
         if out.exists():
             out.rmdir()
         staging.rename(out)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-    return Imported(verify_bundle(out), _sources(options, facts), check, total)
+    return Imported(verify_bundle(out), _sources(options, facts), check)
 
 
 def push_bundle(folder: Path, uri: str, s3: Any) -> list[str]:
