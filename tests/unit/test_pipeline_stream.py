@@ -180,13 +180,14 @@ def test_full_buckets_make_one_forward_pass_each_and_the_rest_one_more() -> None
 def test_images_waiting_on_a_slow_fetch_are_inferred_after_the_linger() -> None:
     scripts: dict[str, list[Any]] = {_url(i): [_img(i)] for i in range(3)}
     scripts[_url(3)] = [_img(3)]
-    fetcher = ScriptedFetcher(scripts, delays={_url(3): 1.0})
+    fetcher = ScriptedFetcher(scripts, delays={_url(3): 2.0})
     predictor, engine = _stream(fetcher, bucket=4, linger=0.05)
 
     _, order, _ = _run(predictor, [_items(range(3)), _items(range(3, 4))])
 
     assert order == [0, 1]  # the fast chunk did not wait for the slow URL
-    assert sorted(engine.passes[0]) == [0, 1, 2]
+    # 0-2 were inferred while 3 was still out (in one pass or, on a stalled machine, several).
+    assert sorted(i for p in engine.passes[:-1] for i in p) == [0, 1, 2]
     assert engine.passes[-1] == [3]
 
 
