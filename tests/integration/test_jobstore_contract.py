@@ -24,9 +24,14 @@ ENGINES = ("dynamodb-local", "moto")
 
 
 @pytest.fixture(scope="module", params=ENGINES)
-def store(request: pytest.FixtureRequest) -> Iterator[JobStore]:
+def engine(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+@pytest.fixture(scope="module")
+def store(engine: str, request: pytest.FixtureRequest) -> Iterator[JobStore]:
     server: DynamoDBLocal | None = None
-    if request.param == "dynamodb-local":
+    if engine == "dynamodb-local":
         try:
             server = DynamoDBLocal()
             endpoint = server.start()
@@ -108,7 +113,12 @@ def test_a_redelivered_chunk_is_not_counted_twice(store: JobStore) -> None:
     assert not job.all_chunks_done
 
 
-def test_concurrent_deliveries_of_one_chunk_count_it_once(store: JobStore) -> None:
+def test_concurrent_deliveries_of_one_chunk_count_it_once(store: JobStore, engine: str) -> None:
+    if engine == "moto":
+        # moto 5.2.5 snapshots each table a transaction touches and restores the snapshot when
+        # the transaction is cancelled, with no lock: a cancelled duplicate running beside the
+        # winner undoes the winner's writes (seen here: counts (10, 0, 0) for (10, 6, 1)).
+        pytest.skip("moto's transactions are not isolated from concurrent ones")
     job_id = _new_job(store)
 
     with ThreadPoolExecutor(4) as pool:
