@@ -12,15 +12,9 @@ from typing import Any
 import pytest
 
 from batchpredict.local.servers import MotoServer
-from tests.infra.cfn import REGION, load_sam, translate
+from tests.aws_env import dummy_aws
+from tests.infra.cfn import load_sam, translate
 from tests.infra.motostack import DeployedStack, deploy
-
-DUMMY_CREDENTIALS = {
-    "AWS_ACCESS_KEY_ID": "testing",
-    "AWS_SECRET_ACCESS_KEY": "testing",
-    "AWS_DEFAULT_REGION": REGION,
-    "AWS_EC2_METADATA_DISABLED": "true",
-}
 
 # A second stack with every parameter that changes the template's shape set away from its
 # default (the conditions' other branches, the mapping and memory settings).
@@ -38,23 +32,11 @@ CUSTOM_PARAMETERS = {
 }
 
 
-# A general endpoint and the per-service ones (which win over it): none may leak in.
-SERVICE_ENDPOINTS = (
-    "AWS_ENDPOINT_URL",
-    "AWS_ENDPOINT_URL_S3",
-    "AWS_ENDPOINT_URL_SQS",
-    "AWS_ENDPOINT_URL_DYNAMODB",
-)
-
-
 @pytest.fixture(scope="package")
 def aws_env() -> Iterator[pytest.MonkeyPatch]:
     """Dummy credentials and a region, no profile: nothing here can reach a real account."""
     with pytest.MonkeyPatch.context() as mp:
-        for name, value in DUMMY_CREDENTIALS.items():
-            mp.setenv(name, value)
-        for name in ("AWS_PROFILE", "AWS_SESSION_TOKEN", *SERVICE_ENDPOINTS):
-            mp.delenv(name, raising=False)
+        dummy_aws(mp)
         yield mp
 
 

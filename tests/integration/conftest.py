@@ -16,6 +16,7 @@ import pytest
 from batchpredict.local.provision import LocalOptions, provision_from_template
 from batchpredict.local.servers import FileServer, MotoServer
 from batchpredict.local.stack import Stack, clear_handler_caches
+from tests.aws_env import dummy_aws
 
 
 @pytest.fixture(scope="session")
@@ -67,22 +68,7 @@ class PipelineStack(Stack):
 @pytest.fixture
 def moto_env(moto_endpoint: str, monkeypatch: pytest.MonkeyPatch) -> str:
     """This process's boto3 pointed at the moto server, with test credentials."""
-    for name, value in {
-        "AWS_ACCESS_KEY_ID": "testing",
-        "AWS_SECRET_ACCESS_KEY": "testing",
-        "AWS_DEFAULT_REGION": "us-east-1",
-        "AWS_ENDPOINT_URL": moto_endpoint,
-    }.items():
-        monkeypatch.setenv(name, value)
-    # Per-service endpoints would win over AWS_ENDPOINT_URL: none may leak in.
-    for name in (
-        "AWS_PROFILE",
-        "AWS_SESSION_TOKEN",
-        "AWS_ENDPOINT_URL_S3",
-        "AWS_ENDPOINT_URL_SQS",
-        "AWS_ENDPOINT_URL_DYNAMODB",
-    ):
-        monkeypatch.delenv(name, raising=False)
+    dummy_aws(monkeypatch, moto_endpoint)
     return moto_endpoint
 
 

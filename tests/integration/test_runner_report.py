@@ -13,6 +13,7 @@ import pytest
 
 from batchpredict.local.lambda_shim import parse_report
 from batchpredict.local.runner import Mapping, Runner
+from tests.aws_env import dummy_aws
 
 HANDLER = """
 import json, os
@@ -34,14 +35,7 @@ def handler(event, context):
 def test_each_invocation_writes_one_report_line(
     moto_endpoint: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    for name, value in {
-        "AWS_ACCESS_KEY_ID": "testing",
-        "AWS_SECRET_ACCESS_KEY": "testing",
-        "AWS_DEFAULT_REGION": "us-east-1",
-        "AWS_ENDPOINT_URL": moto_endpoint,
-    }.items():
-        monkeypatch.setenv(name, value)
-    monkeypatch.delenv("AWS_ENDPOINT_URL_SQS", raising=False)
+    dummy_aws(monkeypatch, moto_endpoint)
     (tmp_path / "reporttest_handler.py").write_text(HANDLER)
     sqs = boto3.client("sqs")
     url = sqs.create_queue(QueueName=f"report-{tmp_path.name[-8:]}")["QueueUrl"]

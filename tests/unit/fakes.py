@@ -1,12 +1,150 @@
-"""In-memory stand-ins shared by the pipeline unit tests."""
+"""In-memory stand-ins shared by the pipeline unit tests: the AWS clients (as boto3 answers),
+the job store, a sleep that only records."""
 
 from __future__ import annotations
 
+import io
+from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import replace
 from typing import Any
 
+from botocore.exceptions import ClientError
+from botocore.response import StreamingBody
+
 from batchpredict.costs import ChunkUsage
 from batchpredict.jobs import FINAL_STATUSES, Job, JobStatus
+
+SQS_BATCH_ENTRIES = 10  # SendMessageBatch: at most 10 entries, distinct ids
+
+
+def client_error(code: str, operation: str, **response: Any) -> ClientError:
+    """The error boto3 raises for an AWS error ``code``; ``response`` adds to the parsed response."""
+    return ClientError({"Error": {"Code": code, "Message": code}, **response}, operation)
+
+
+class SleepLog(list[float]):
+    """A ``sleep`` that records what it was asked to wait instead of waiting, and the monotonic
+    clock (``clock``, from ``now``) that its sleeps move."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.now = 1000.0
+
+    def __call__(self, seconds: float) -> None:
+        self.append(seconds)
+        self.now += seconds
+
+    def clock(self) -> float:
+        return self.now
+
+
+class FakeS3:
+    """S3 in memory: ``objects[bucket][key]``, and ``add``'s versioned objects, which get_object
+    reads by VersionId (and Range ``bytes=N-``) like S3. Records each get_object call (``gets``)
+    and each body handed out (``opened``); raises ``error`` from get_object when set."""
+
+    def __init__(self) -> None:
+        self.objects: defaultdict[str, dict[str, bytes]] = defaultdict(dict)
+        self.versions: dict[tuple[str, str, str], bytes] = {}
+        self.gets: list[dict[str, Any]] = []
+        self.opened: list[io.BytesIO] = []
+        self.error: ClientError | None = None
+
+    def add(self, bucket: str, key: str, data: bytes, version_id: str | None = None) -> None:
+        if version_id is None:
+            self.objects[bucket][key] = data
+        else:
+            self.versions[(bucket, key, version_id)] = data
+
+    def get_object(self, **kwargs: Any) -> dict[str, Any]:
+        self.gets.append(kwargs)
+        if self.error is not None:
+            raise self.error
+        bucket, key, version = kwargs["Bucket"], kwargs["Key"], kwargs.get("VersionId")
+        if version is None:
+            data = self.objects.get(bucket, {}).get(key)
+        else:
+            data = self.versions.get((bucket, key, version))
+        if data is None:
+            raise client_error("NoSuchKey", "GetObject")
+        if "Range" in kwargs:
+            first = kwargs["Range"].removeprefix("bytes=").removesuffix("-")
+            data = data[int(first) :]
+        raw = io.BytesIO(data)
+        self.opened.append(raw)
+        return {"Body": StreamingBody(raw, len(data)), "ContentLength": len(data)}
+
+    def put_object(self, *, Bucket: str, Key: str, Body: bytes, **_: Any) -> dict[str, Any]:
+        self.objects[Bucket][Key] = Body
+        return {}
+
+    def upload_fileobj(self, fileobj: Any, bucket: str, key: str, **_: Any) -> None:
+        self.objects[bucket][key] = fileobj.read()
+
+
+# (call number, entries of that call) -> the Failed list of SendMessageBatch's response
+FailRule = Callable[[int, list[dict[str, str]]], list[dict[str, Any]]]
+
+
+class FakeSQS:
+    """SQS in memory, one client behind any number of queues (keyed by URL).
+
+    Sending: ``sent`` holds every send_message's arguments, ``batches[url]`` every SendMessageBatch's
+    entries, ``delivered[url]`` the bodies that got through, in order. ``fail`` decides a batch's
+    Failed entries; a batch over ``payload_limit`` bytes is refused as SQS refuses it;
+    ``on_batch`` runs after every batch. Receiving: receive_message hands out the ``receive``
+    batches of bodies, one per call; ``deleted`` holds the receipt handles deleted.
+    """
+
+    def __init__(
+        self,
+        *,
+        fail: FailRule | None = None,
+        payload_limit: int | None = None,
+        on_batch: Callable[[], None] = lambda: None,
+        receive: tuple[list[str], ...] = (),
+    ) -> None:
+        self.sent: list[dict[str, Any]] = []
+        self.batches: defaultdict[str, list[list[dict[str, str]]]] = defaultdict(list)
+        self.delivered: defaultdict[str, list[str]] = defaultdict(list)
+        self._fail = fail
+        self._payload_limit = payload_limit
+        self._on_batch = on_batch
+        self._receive = [
+            [{"MessageId": f"m-{body}", "ReceiptHandle": f"r-{body}", "Body": body} for body in batch]
+            for batch in receive
+        ]
+        self.deleted: list[str] = []
+
+    def send_message(self, **kwargs: Any) -> dict[str, Any]:
+        self.sent.append(kwargs)
+        self.delivered[kwargs["QueueUrl"]].append(kwargs["MessageBody"])
+        return {"MessageId": f"m-{len(self.sent)}"}
+
+    def send_message_batch(self, *, QueueUrl: str, Entries: list[dict[str, str]]) -> dict[str, Any]:
+        assert 1 <= len(Entries) <= SQS_BATCH_ENTRIES
+        assert len({e["Id"] for e in Entries}) == len(Entries), "batch entry ids must be distinct"
+        size = sum(len(e["MessageBody"].encode()) for e in Entries)
+        if self._payload_limit is not None and size > self._payload_limit:
+            raise client_error("AWS.SimpleQueueService.BatchRequestTooLong", "SendMessageBatch")
+        batches = self.batches[QueueUrl]
+        batches.append(list(Entries))
+        failed = self._fail(len(batches), Entries) if self._fail else []
+        failed_ids = {f["Id"] for f in failed}
+        successful = [e for e in Entries if e["Id"] not in failed_ids]
+        self.delivered[QueueUrl].extend(e["MessageBody"] for e in successful)
+        self._on_batch()
+        return {
+            "Successful": [{"Id": e["Id"], "MessageId": f"m-{e['Id']}"} for e in successful],
+            "Failed": failed,
+        }
+
+    def receive_message(self, **_: Any) -> dict[str, Any]:
+        return {"Messages": self._receive.pop(0)} if self._receive else {}
+
+    def delete_message_batch(self, Entries: list[dict[str, str]], **_: Any) -> None:
+        self.deleted += [e["ReceiptHandle"] for e in Entries]
 
 
 class FakeJobs:

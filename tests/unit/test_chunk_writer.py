@@ -20,9 +20,11 @@ from batchpredict.queues import Queue
 from batchpredict.records import FAILED, SUCCEEDED, WorkItem, failed_record
 from batchpredict.results import ResultStore, part_key
 from batchpredict.writer import ChunkBusyError, ChunkWriter
-from tests.unit.fakes import FakeJobs
+from tests.unit.fakes import FakeJobs, FakeS3, FakeSQS
 
 MODEL = "efficientnet-lite0@1"
+OUT = "out"
+FINALIZE_URL = "https://sqs/finalize"
 
 
 def _url(index: int) -> str:
@@ -32,24 +34,6 @@ def _url(index: int) -> str:
 # --- ChunkWriter ------------------------------------------------------------------------------
 
 
-class FakeS3:
-    def __init__(self) -> None:
-        self.objects: dict[str, bytes] = {}
-
-    def put_object(self, *, Bucket: str, Key: str, Body: bytes, ContentType: str) -> dict[str, Any]:
-        self.objects[Key] = Body
-        return {}
-
-
-class FakeSQS:
-    def __init__(self) -> None:
-        self.bodies: list[str] = []
-
-    def send_message(self, *, QueueUrl: str, MessageBody: str, DelaySeconds: int) -> dict[str, Any]:
-        self.bodies.append(MessageBody)
-        return {}
-
-
 def _writer(
     chunks_total: int = 2, status: JobStatus = JobStatus.RUNNING, split_done: bool = True
 ) -> tuple[ChunkWriter, FakeJobs, FakeS3, FakeSQS]:
@@ -57,7 +41,7 @@ def _writer(
         "job-1", status, "s3://in/manifests/a.txt", total=4, chunks_total=chunks_total, split_done=split_done
     )
     jobs, s3, sqs = FakeJobs(job), FakeS3(), FakeSQS()
-    writer = ChunkWriter(jobs, ResultStore(s3, "out"), Queue(sqs, "https://sqs/finalize"))  # type: ignore[arg-type]
+    writer = ChunkWriter(jobs, ResultStore(s3, OUT), Queue(sqs, FINALIZE_URL))  # type: ignore[arg-type]
     return writer, jobs, s3, sqs
 
 
@@ -70,7 +54,7 @@ def _rows(chunk: int, statuses: Sequence[str]) -> list[dict[str, Any]]:
 
 
 def _part(s3: FakeS3, chunk: int) -> list[dict[str, Any]]:
-    return [json.loads(line) for line in s3.objects[part_key("job-1", chunk)].splitlines()]
+    return [json.loads(line) for line in s3.objects[OUT][part_key("job-1", chunk)].splitlines()]
 
 
 def test_write_stores_part_rows_and_counts_the_chunk() -> None:
@@ -82,7 +66,7 @@ def test_write_stores_part_rows_and_counts_the_chunk() -> None:
     assert _part(s3, 0) == records
     assert jobs.rows == records
     assert jobs.count_calls == [(0, 1, 1, MODEL)]
-    assert sqs.bodies == []  # one of two chunks done: no finalize yet
+    assert sqs.delivered[FINALIZE_URL] == []  # one of two chunks done: no finalize yet
 
 
 def test_last_chunk_requests_finalize() -> None:
@@ -91,7 +75,7 @@ def test_last_chunk_requests_finalize() -> None:
     writer.write(Chunk("job-1", 0, []), _rows(0, [SUCCEEDED, SUCCEEDED]), MODEL)
     writer.write(Chunk("job-1", 1, []), _rows(1, [SUCCEEDED, FAILED]), MODEL)
 
-    assert [parse_finalize(b) for b in sqs.bodies] == ["job-1"]
+    assert [parse_finalize(b) for b in sqs.delivered[FINALIZE_URL]] == ["job-1"]
 
 
 def test_a_chunk_counted_before_is_not_written_again() -> None:
@@ -106,7 +90,7 @@ def test_a_chunk_counted_before_is_not_written_again() -> None:
     assert jobs.rows == first
     assert len(jobs.count_calls) == 1
     assert (jobs.job.succeeded, jobs.job.failed, jobs.job.chunks_done) == (2, 0, 1)
-    assert sqs.bodies == []
+    assert sqs.delivered[FINALIZE_URL] == []
 
 
 def test_redelivery_of_the_last_chunk_requests_finalize_again() -> None:
@@ -116,7 +100,7 @@ def test_redelivery_of_the_last_chunk_requests_finalize_again() -> None:
 
     assert writer.write(Chunk("job-1", 0, []), _rows(0, [SUCCEEDED]), MODEL) is False
 
-    assert [parse_finalize(b) for b in sqs.bodies] == ["job-1", "job-1"]
+    assert [parse_finalize(b) for b in sqs.delivered[FINALIZE_URL]] == ["job-1", "job-1"]
 
 
 def test_no_finalize_for_a_job_that_is_already_final() -> None:
@@ -126,7 +110,7 @@ def test_no_finalize_for_a_job_that_is_already_final() -> None:
 
     writer.write(Chunk("job-1", 0, []), _rows(0, [SUCCEEDED]), MODEL)
 
-    assert len(sqs.bodies) == 1
+    assert len(sqs.delivered[FINALIZE_URL]) == 1
 
 
 def test_no_finalize_while_the_split_is_still_running() -> None:
@@ -134,7 +118,7 @@ def test_no_finalize_while_the_split_is_still_running() -> None:
 
     writer.write(Chunk("job-1", 0, []), _rows(0, [SUCCEEDED]), MODEL)
 
-    assert sqs.bodies == []
+    assert sqs.delivered[FINALIZE_URL] == []
 
 
 def test_write_reports_false_when_another_delivery_counted_first() -> None:

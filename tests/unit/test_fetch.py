@@ -38,6 +38,7 @@ from moto import mock_aws
 from batchpredict import aws
 from batchpredict.errors import ErrorCode, PredictionError
 from batchpredict.fetch import Fetched, Fetcher, FetchLimits, Resolver, _Deadline, parse_networks
+from tests.aws_env import dummy_aws
 
 IMAGE = b"\x89PNG\r\n\x1a\n" + bytes(range(256)) * 8
 LOOPBACK = parse_networks("127.0.0.0/8")
@@ -987,13 +988,7 @@ def test_https_certificate_for_another_name_is_refused(
 
 @pytest.fixture
 def s3(monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
-    for name, value in {
-        "AWS_ACCESS_KEY_ID": "testing",
-        "AWS_SECRET_ACCESS_KEY": "testing",
-        "AWS_DEFAULT_REGION": "us-east-1",
-    }.items():
-        monkeypatch.setenv(name, value)
-    monkeypatch.delenv("AWS_PROFILE", raising=False)
+    dummy_aws(monkeypatch)
     with mock_aws():
         client = boto3.client("s3", region_name="us-east-1")
         client.create_bucket(Bucket="images")
@@ -1091,13 +1086,7 @@ def test_s3_url_botocore_refuses_is_invalid(url: str, make_fetcher: Callable[...
 def test_default_s3_client_is_built_by_aws_client_with_the_fetch_timeouts(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    for name, value in {
-        "AWS_ACCESS_KEY_ID": "testing",
-        "AWS_SECRET_ACCESS_KEY": "testing",
-        "AWS_DEFAULT_REGION": "us-east-1",
-    }.items():
-        monkeypatch.setenv(name, value)
-    monkeypatch.delenv("AWS_PROFILE", raising=False)
+    dummy_aws(monkeypatch)
     built: list[Any] = []
     real_client = aws.client
 

@@ -8,29 +8,13 @@ from typing import Any
 import pytest
 
 from batchpredict.local.lambda_shim import Report, deliver_once, parse_report
+from tests.unit.fakes import FakeSQS
 
 # The shape of Lambda's own line (a warm invocation), field by field.
 REPORT_SHAPE = re.compile(
     r"REPORT RequestId: [0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}"
     r"\tDuration: \d+\.\d\d ms\tBilled Duration: \d+ ms\tMemory Size: \d+ MB\tMax Memory Used: \d+ MB"
 )
-
-
-class FakeSQS:
-    """receive_message hands out the given batches, one per call; deletes are recorded."""
-
-    def __init__(self, *batches: list[str]) -> None:
-        self.batches = [
-            [{"MessageId": f"m-{body}", "ReceiptHandle": f"r-{body}", "Body": body} for body in batch]
-            for batch in batches
-        ]
-        self.deleted: list[str] = []
-
-    def receive_message(self, **_: Any) -> dict[str, Any]:
-        return {"Messages": self.batches.pop(0)} if self.batches else {}
-
-    def delete_message_batch(self, Entries: list[dict[str, str]], **_: Any) -> None:
-        self.deleted += [e["ReceiptHandle"] for e in Entries]
 
 
 def test_line_has_lambdas_shape_and_bills_whole_milliseconds_rounded_up() -> None:
@@ -67,7 +51,7 @@ def test_deliver_once_reports_every_invocation_with_the_configured_memory(
         seen.append(context.memory_limit_in_mb)
         return {"batchItemFailures": []}
 
-    sqs = FakeSQS(["a", "b"], ["c"])
+    sqs = FakeSQS(receive=(["a", "b"], ["c"]))
     for _ in range(3):  # the third poll finds nothing: no invocation, no line
         deliver_once(sqs, "url", "arn", handler, function_name="f", batch_size=2, memory_mb=3538)
     lines = capsys.readouterr().out.splitlines()
@@ -83,6 +67,6 @@ def test_a_failed_invocation_is_reported_too() -> None:
     def handler(event: dict[str, Any], context: Any) -> None:
         raise RuntimeError("boom")
 
-    sqs = FakeSQS(["a"])
+    sqs = FakeSQS(receive=(["a"],))
     assert deliver_once(sqs, "url", "arn", handler, function_name="f", report=reports.append) == 1
     assert len(reports) == 1 and reports[0].memory_mb == 1024 and sqs.deleted == []

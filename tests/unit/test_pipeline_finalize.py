@@ -5,14 +5,11 @@ A real ResultStore over an in-memory S3 fake and an in-memory job store; no netw
 
 from __future__ import annotations
 
-import io
 import json
 from dataclasses import replace
 from typing import Any
 
 import pytest
-from botocore.exceptions import ClientError
-from botocore.response import StreamingBody
 
 from batchpredict.errors import ErrorCode
 from batchpredict.finalize import Finalizer, reconcile_dead_letter
@@ -22,30 +19,12 @@ from batchpredict.queues import Queue
 from batchpredict.records import FAILED, SUCCEEDED, WorkItem, failed_record
 from batchpredict.results import ResultStore, jsonl, part_key, results_key, summary_key
 from batchpredict.writer import ChunkWriter
-from tests.unit.fakes import FakeJobs
+from tests.unit.fakes import FakeJobs, FakeS3, FakeSQS
 
 OUT = "output-bucket"
 JOB = "job-1"
 MODEL = "efficientnet-lite0@1"
-
-
-class FakeS3:
-    def __init__(self) -> None:
-        self.objects: dict[str, bytes] = {}
-
-    def put_object(self, *, Bucket: str, Key: str, Body: bytes, ContentType: str) -> dict[str, Any]:
-        self.objects[Key] = Body
-        return {}
-
-    def get_object(self, *, Bucket: str, Key: str) -> dict[str, Any]:
-        if Key not in self.objects:
-            raise ClientError({"Error": {"Code": "NoSuchKey", "Message": Key}}, "GetObject")
-        data = self.objects[Key]
-        return {"Body": StreamingBody(io.BytesIO(data), len(data))}
-
-    def upload_fileobj(self, fileobj: Any, bucket: str, key: str, **kwargs: Any) -> None:
-        assert bucket == OUT
-        self.objects[key] = fileobj.read()
+FINALIZE_URL = "https://sqs/finalize"
 
 
 def _job(total: int, chunks: int, done: int | None = None, status: JobStatus = JobStatus.RUNNING) -> Job:
@@ -77,12 +56,12 @@ def _bad(index: int, code: str) -> dict[str, Any]:
 def _setup(job: Job, parts: list[list[dict[str, Any]]]) -> tuple[Finalizer, FakeJobs, FakeS3]:
     s3, jobs = FakeS3(), FakeJobs(job)
     for chunk, records in enumerate(parts):
-        s3.objects[part_key(JOB, chunk)] = jsonl(records)
+        s3.add(OUT, part_key(JOB, chunk), jsonl(records))
     return Finalizer(jobs, ResultStore(s3, OUT)), jobs, s3  # type: ignore[arg-type]
 
 
 def _lines(s3: FakeS3, key: str) -> list[dict[str, Any]]:
-    return [json.loads(line) for line in s3.objects[key].splitlines()]
+    return [json.loads(line) for line in s3.objects[OUT][key].splitlines()]
 
 
 # --- Finalizer --------------------------------------------------------------------------------
@@ -102,7 +81,7 @@ def test_parts_are_merged_in_order_and_the_job_completed_with_errors() -> None:
     assert _lines(s3, results_key(JOB)) == [r for part in parts for r in part]
     assert final is not None and final.status == JobStatus.COMPLETED_WITH_ERRORS
     assert final.results_uri == f"s3://{OUT}/{results_key(JOB)}"
-    summary = json.loads(s3.objects[summary_key(JOB)])
+    summary = json.loads(s3.objects[OUT][summary_key(JOB)])
     assert summary["status"] == "COMPLETED_WITH_ERRORS"
     assert (summary["total"], summary["succeeded"], summary["failed"]) == (5, 2, 3)
     assert summary["errors_by_code"] == {"http_error": 2, "unsupported_scheme": 1}
@@ -117,7 +96,7 @@ def test_the_summary_says_what_predict_measured_it_cost() -> None:
 
     finalizer.finalize(JOB)
 
-    compute = json.loads(s3.objects[summary_key(JOB)])["compute"]
+    compute = json.loads(s3.objects[OUT][summary_key(JOB)])["compute"]
     assert compute["predict_gb_seconds"] == pytest.approx(1.0)
     assert compute["gb_seconds_per_image"] == pytest.approx(0.5)
     assert compute["predict_invocations"] == 1
@@ -130,7 +109,7 @@ def test_all_succeeded_is_completed() -> None:
     final = finalizer.finalize(JOB)
 
     assert final is not None and final.status == JobStatus.COMPLETED
-    assert json.loads(s3.objects[summary_key(JOB)])["errors_by_code"] == {}
+    assert json.loads(s3.objects[OUT][summary_key(JOB)])["errors_by_code"] == {}
 
 
 def test_empty_job_completes_with_an_empty_results_file() -> None:
@@ -139,8 +118,8 @@ def test_empty_job_completes_with_an_empty_results_file() -> None:
     final = finalizer.finalize(JOB)
 
     assert final is not None and final.status == JobStatus.COMPLETED
-    assert s3.objects[results_key(JOB)] == b""
-    assert json.loads(s3.objects[summary_key(JOB)])["total"] == 0
+    assert s3.objects[OUT][results_key(JOB)] == b""
+    assert json.loads(s3.objects[OUT][summary_key(JOB)])["total"] == 0
 
 
 def test_a_part_holding_the_wrong_line_is_a_mismatch() -> None:
@@ -151,7 +130,7 @@ def test_a_part_holding_the_wrong_line_is_a_mismatch() -> None:
     # Retrying cannot mend it: the job fails with the reason, on the record and in the summary.
     assert final is not None and final.status == JobStatus.FAILED
     assert jobs.job.error is not None and "chunk 1 holds line 3, expected 2" in jobs.job.error
-    summary = json.loads(s3.objects[summary_key(JOB)])
+    summary = json.loads(s3.objects[OUT][summary_key(JOB)])
     assert summary["status"] == "FAILED" and "chunk 1 holds line 3" in summary["error"]
 
 
@@ -170,7 +149,7 @@ def test_a_final_job_is_left_alone(status: JobStatus) -> None:
 
     assert finalizer.finalize(JOB) == jobs.job
 
-    assert results_key(JOB) not in s3.objects
+    assert results_key(JOB) not in s3.objects[OUT]
     assert jobs.job.status == status
 
 
@@ -179,7 +158,7 @@ def test_a_job_with_chunks_outstanding_is_not_finalized() -> None:
 
     assert finalizer.finalize(JOB) == jobs.job
 
-    assert results_key(JOB) not in s3.objects
+    assert results_key(JOB) not in s3.objects[OUT]
     assert jobs.job.status == JobStatus.RUNNING
 
 
@@ -191,18 +170,9 @@ def test_unknown_job_is_none() -> None:
 # --- reconcile_dead_letter --------------------------------------------------------------------
 
 
-class FakeSQS:
-    def __init__(self) -> None:
-        self.bodies: list[str] = []
-
-    def send_message(self, *, QueueUrl: str, MessageBody: str, DelaySeconds: int) -> dict[str, Any]:
-        self.bodies.append(MessageBody)
-        return {}
-
-
 def _writer(job: Job) -> tuple[ChunkWriter, FakeJobs, FakeS3, FakeSQS]:
     s3, jobs, sqs = FakeS3(), FakeJobs(job), FakeSQS()
-    writer = ChunkWriter(jobs, ResultStore(s3, OUT), Queue(sqs, "https://sqs/finalize"))  # type: ignore[arg-type]
+    writer = ChunkWriter(jobs, ResultStore(s3, OUT), Queue(sqs, FINALIZE_URL))  # type: ignore[arg-type]
     return writer, jobs, s3, sqs
 
 
@@ -222,7 +192,7 @@ def test_dead_lettered_chunk_becomes_failed_results_and_is_counted() -> None:
 
     assert reconcile_dead_letter(chunk, writer, receive_count=5) is True
 
-    part = [json.loads(line) for line in s3.objects[part_key(JOB, 0)].splitlines()]
+    part = [json.loads(line) for line in s3.objects[OUT][part_key(JOB, 0)].splitlines()]
     assert [r["index"] for r in part] == [0, 1, 2]
     assert all(r["status"] == FAILED for r in part)
     assert [r["error"]["code"] for r in part] == [
@@ -235,7 +205,7 @@ def test_dead_lettered_chunk_becomes_failed_results_and_is_counted() -> None:
     assert part[2]["id"] == "two"
     assert jobs.rows == part
     assert (jobs.job.failed, jobs.job.succeeded, jobs.job.chunks_done) == (3, 0, 1)
-    assert [parse_finalize(b) for b in sqs.bodies] == [JOB]  # that was the last chunk
+    assert [parse_finalize(b) for b in sqs.delivered[FINALIZE_URL]] == [JOB]  # that was the last chunk
 
 
 def test_dead_lettered_chunk_counted_after_all_is_left_alone() -> None:
@@ -246,7 +216,7 @@ def test_dead_lettered_chunk_counted_after_all_is_left_alone() -> None:
 
     assert s3.objects == {}
     assert jobs.rows == []
-    assert [parse_finalize(b) for b in sqs.bodies] == [JOB]  # a lost finalize is made up for
+    assert [parse_finalize(b) for b in sqs.delivered[FINALIZE_URL]] == [JOB]  # a lost finalize is made up for
 
 
 def test_reconcile_message_without_receive_count() -> None:
@@ -254,5 +224,5 @@ def test_reconcile_message_without_receive_count() -> None:
 
     reconcile_dead_letter(Chunk(JOB, 1, [WorkItem(index=4, url="https://a/4.jpg")]), writer)
 
-    (record,) = [json.loads(line) for line in s3.objects[part_key(JOB, 1)].splitlines()]
+    (record,) = [json.loads(line) for line in s3.objects[OUT][part_key(JOB, 1)].splitlines()]
     assert record["error"]["message"] == "chunk 1 could not be processed"

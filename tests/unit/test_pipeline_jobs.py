@@ -33,28 +33,10 @@ from batchpredict.manifest import InvalidLine, ManifestFormat, iter_manifest
 from batchpredict.records import WorkItem, failed_record
 from batchpredict.split import work_item
 from batchpredict.throttling import UnprocessedError
+from tests.unit.fakes import SleepLog, client_error
 
 TABLE = "jobs"
 NOW = "2025-01-01T00:00:00.000Z"
-
-
-def _client_error(code: str, operation: str, **extra: Any) -> ClientError:
-    return ClientError({"Error": {"Code": code, "Message": code}, **extra}, operation)
-
-
-class SleepLog(list[float]):
-    """A fake sleep and the monotonic clock it moves."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.now = 1000.0
-
-    def __call__(self, seconds: float) -> None:
-        self.append(seconds)
-        self.now += seconds
-
-    def clock(self) -> float:
-        return self.now
 
 
 class FakeDynamo:
@@ -233,7 +215,7 @@ def test_throttled_batch_writes_are_retried() -> None:
         def batch_write_item(self, **kwargs: Any) -> dict[str, Any]:
             if not self.batch_calls:
                 self.batch_calls.append([])
-                raise _client_error("ProvisionedThroughputExceededException", "BatchWriteItem")
+                raise client_error("ProvisionedThroughputExceededException", "BatchWriteItem")
             return super().batch_write_item(**kwargs)
 
     client = Throttled()
@@ -280,7 +262,7 @@ def test_create_returns_false_when_the_job_exists() -> None:
 
 
 def test_create_reraises_other_errors() -> None:
-    client = FakeDynamo(transact_error=_client_error("ValidationException", "TransactWriteItems"))
+    client = FakeDynamo(transact_error=client_error("ValidationException", "TransactWriteItems"))
     store, _ = _store(client)
 
     with pytest.raises(ClientError, match="ValidationException"):
@@ -314,7 +296,7 @@ def test_get_missing_job_is_none() -> None:
 
 
 def _cancelled(*codes: str) -> ClientError:
-    return _client_error(
+    return client_error(
         "TransactionCanceledException",
         "TransactWriteItems",
         CancellationReasons=[{"Code": code} for code in codes],
@@ -410,7 +392,7 @@ def test_a_throttled_claim_is_retried() -> None:
         def put_item(self, **kwargs: Any) -> dict[str, Any]:
             self.puts.append(kwargs)
             if len(self.puts) < 3:
-                raise _client_error("ThrottlingException", "PutItem")
+                raise client_error("ThrottlingException", "PutItem")
             return {}
 
     client = Throttled()
@@ -422,7 +404,7 @@ def test_a_throttled_claim_is_retried() -> None:
 
 
 def test_count_chunk_reraises_other_errors() -> None:
-    client = FakeDynamo(transact_error=_client_error("InternalServerError", "TransactWriteItems"))
+    client = FakeDynamo(transact_error=client_error("InternalServerError", "TransactWriteItems"))
     store, _ = _store(client)
 
     with pytest.raises(ClientError, match="InternalServerError"):
@@ -619,7 +601,7 @@ def test_claim_chunk_is_exclusive_until_its_lease_ends() -> None:
             now = float(kwargs["ExpressionAttributeValues"][":now"]["N"])
             assert kwargs["ConditionExpression"] == "attribute_not_exists(pk) OR lease_until < :now"
             if self.claim is not None and not self.claim["lease_until"] < now:
-                raise _client_error("ConditionalCheckFailedException", "PutItem")
+                raise client_error("ConditionalCheckFailedException", "PutItem")
             self.claim = {"lease_until": lease}
             return {}
 

@@ -6,65 +6,21 @@ A fake SQS client records every call; no network, no moto.
 from __future__ import annotations
 
 import itertools
-from collections.abc import Callable
 from typing import Any
 
 import pytest
-from botocore.exceptions import ClientError
 
 from batchpredict.queues import SEND_ATTEMPTS, SEND_BATCH_LIMIT, Queue, QueueSendError
+from tests.unit.fakes import FakeSQS, SleepLog
 
 URL = "https://sqs.local/123456789012/work"
 # SendMessageBatch: the sum of all message bodies of one call may not exceed 1 MiB
 # (256 KiB before August 2025); moto enforces the same with BatchRequestTooLong.
 SQS_BATCH_PAYLOAD_LIMIT = 1_048_576
 
-# (call number, entries of that call) -> the Failed list of the response
-FailRule = Callable[[int, list[dict[str, str]]], list[dict[str, Any]]]
-
-
-class FakeSQS:
-    """Records send_message / send_message_batch; ``fail`` decides each call's ``Failed`` entries."""
-
-    def __init__(self, fail: FailRule | None = None, enforce_payload_limit: bool = False) -> None:
-        self.batches: list[list[dict[str, str]]] = []
-        self.sent: list[dict[str, Any]] = []
-        self.delivered: list[str] = []
-        self._fail = fail
-        self._enforce = enforce_payload_limit
-
-    def send_message(self, **kwargs: Any) -> dict[str, Any]:
-        self.sent.append(kwargs)
-        self.delivered.append(kwargs["MessageBody"])
-        return {"MessageId": f"m-{len(self.sent)}"}
-
-    def send_message_batch(self, *, QueueUrl: str, Entries: list[dict[str, str]]) -> dict[str, Any]:
-        assert QueueUrl == URL
-        assert 1 <= len(Entries) <= SEND_BATCH_LIMIT
-        assert len({e["Id"] for e in Entries}) == len(Entries), "batch entry ids must be distinct"
-        if self._enforce and sum(len(e["MessageBody"].encode()) for e in Entries) > SQS_BATCH_PAYLOAD_LIMIT:
-            raise ClientError(
-                {"Error": {"Code": "AWS.SimpleQueueService.BatchRequestTooLong", "Message": "too long"}},
-                "SendMessageBatch",
-            )
-        self.batches.append(list(Entries))
-        failed = self._fail(len(self.batches), Entries) if self._fail else []
-        failed_ids = {f["Id"] for f in failed}
-        successful = [e for e in Entries if e["Id"] not in failed_ids]
-        self.delivered.extend(e["MessageBody"] for e in successful)
-        return {
-            "Successful": [{"Id": e["Id"], "MessageId": f"m-{e['Id']}"} for e in successful],
-            "Failed": failed,
-        }
-
 
 def _failure(entry_id: str, sender_fault: bool, message: str = "oops") -> dict[str, Any]:
     return {"Id": entry_id, "SenderFault": sender_fault, "Code": "InternalError", "Message": message}
-
-
-class SleepLog(list[float]):
-    def __call__(self, seconds: float) -> None:
-        self.append(seconds)
 
 
 def _queue(client: FakeSQS) -> tuple[Queue, SleepLog]:
@@ -79,9 +35,9 @@ def test_25_bodies_are_sent_in_calls_of_10_10_5_in_order() -> None:
 
     assert queue.send_batch(bodies) == 25
 
-    assert [len(b) for b in client.batches] == [10, 10, 5]
-    assert [e["MessageBody"] for batch in client.batches for e in batch] == bodies
-    assert client.delivered == bodies
+    assert [len(b) for b in client.batches[URL]] == [10, 10, 5]
+    assert [e["MessageBody"] for batch in client.batches[URL] for e in batch] == bodies
+    assert client.delivered[URL] == bodies
     assert sleeps == []
 
 
@@ -90,7 +46,7 @@ def test_exactly_ten_bodies_make_one_call_and_no_empty_call() -> None:
     queue, _ = _queue(client)
 
     assert queue.send_batch(f"b{i}" for i in range(SEND_BATCH_LIMIT)) == SEND_BATCH_LIMIT
-    assert [len(b) for b in client.batches] == [SEND_BATCH_LIMIT]
+    assert [len(b) for b in client.batches[URL]] == [SEND_BATCH_LIMIT]
 
 
 def test_no_bodies_make_no_call() -> None:
@@ -98,7 +54,7 @@ def test_no_bodies_make_no_call() -> None:
     queue, _ = _queue(client)
 
     assert queue.send_batch([]) == 0
-    assert client.batches == []
+    assert client.batches == {} and client.sent == []
 
 
 def test_transiently_failed_entry_is_resent_alone_then_ok() -> None:
@@ -109,10 +65,10 @@ def test_transiently_failed_entry_is_resent_alone_then_ok() -> None:
 
     assert queue.send_batch(bodies) == 10
 
-    assert len(client.batches) == 2
-    assert client.batches[1] == [{"Id": "3", "MessageBody": "body-3"}]
-    assert sorted(client.delivered) == sorted(bodies)
-    assert len(client.delivered) == 10  # nothing sent twice
+    assert len(client.batches[URL]) == 2
+    assert client.batches[URL][1] == [{"Id": "3", "MessageBody": "body-3"}]
+    assert sorted(client.delivered[URL]) == sorted(bodies)
+    assert len(client.delivered[URL]) == 10  # nothing sent twice
     assert sleeps == [pytest.approx(0.1)]
 
 
@@ -129,13 +85,13 @@ def test_only_the_failed_entries_of_a_batch_are_resent_with_growing_backoff() ->
 
     assert queue.send_batch([f"body-{i}" for i in range(10)]) == 10
 
-    assert [[e["Id"] for e in b] for b in client.batches] == [
+    assert [[e["Id"] for e in b] for b in client.batches[URL]] == [
         [str(i) for i in range(10)],
         ["1", "7"],
         ["7"],
     ]
     assert sleeps == [pytest.approx(0.1), pytest.approx(0.2)]
-    assert sorted(client.delivered) == sorted(f"body-{i}" for i in range(10))
+    assert sorted(client.delivered[URL]) == sorted(f"body-{i}" for i in range(10))
 
 
 def test_permanently_failing_entry_raises_after_all_attempts() -> None:
@@ -147,8 +103,8 @@ def test_permanently_failing_entry_raises_after_all_attempts() -> None:
     with pytest.raises(QueueSendError, match=f"after {SEND_ATTEMPTS} attempts"):
         queue.send_batch(["a", "b", "c"])
 
-    assert len(client.batches) == SEND_ATTEMPTS
-    assert all(b == [{"Id": "0", "MessageBody": "a"}] for b in client.batches[1:])
+    assert len(client.batches[URL]) == SEND_ATTEMPTS
+    assert all(b == [{"Id": "0", "MessageBody": "a"}] for b in client.batches[URL][1:])
     assert all(later >= earlier for earlier, later in itertools.pairwise(sleeps))
     assert max(sleeps) <= 2.0
 
@@ -160,7 +116,7 @@ def test_sender_fault_raises_immediately_without_retry() -> None:
     with pytest.raises(QueueSendError, match="message too long"):
         queue.send_batch([f"body-{i}" for i in range(25)])
 
-    assert len(client.batches) == 1  # neither retried nor the next ten sent
+    assert len(client.batches[URL]) == 1  # neither retried nor the next ten sent
     assert sleeps == []
 
 
@@ -174,9 +130,9 @@ def test_send_passes_body_and_delay() -> None:
 
 
 def test_large_bodies_are_split_to_respect_the_batch_payload_limit() -> None:
-    client = FakeSQS(enforce_payload_limit=True)
+    client = FakeSQS(payload_limit=SQS_BATCH_PAYLOAD_LIMIT)
     queue, _ = _queue(client)
     bodies = [f"{i}:" + "x" * 200_000 for i in range(10)]  # each one a valid single message
 
     assert queue.send_batch(bodies) == 10
-    assert sorted(client.delivered) == sorted(bodies)
+    assert sorted(client.delivered[URL]) == sorted(bodies)

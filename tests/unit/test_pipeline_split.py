@@ -8,7 +8,6 @@ with the conditions of the real one. No network, no moto.
 from __future__ import annotations
 
 import gzip
-import io
 import json
 from collections.abc import Callable
 from dataclasses import replace
@@ -16,7 +15,6 @@ from typing import Any
 
 import pytest
 from botocore.exceptions import ClientError
-from botocore.response import StreamingBody
 
 from batchpredict.jobs import FINAL_STATUSES, Job, JobStatus, utc_now
 from batchpredict.messages import Chunk, Continuation, ManifestObject, parse_finalize, parse_manifest_message
@@ -24,6 +22,7 @@ from batchpredict.queues import Queue
 from batchpredict.records import WorkItem
 from batchpredict.results import ResultStore, summary_key
 from batchpredict.split import SplitOutcome, SplitSettings, Splitter
+from tests.unit.fakes import FakeS3, FakeSQS, client_error
 
 IN = "input-bucket"
 OUT = "output-bucket"
@@ -35,69 +34,14 @@ RESERVE_MS = 20_000
 PLENTY = lambda: 900_000  # noqa: E731 - a remaining-time callable with time to spare
 
 
-def _client_error(code: str, operation: str) -> ClientError:
-    return ClientError({"Error": {"Code": code, "Message": code}}, operation)
-
-
-class FakeS3:
-    """Manifests to read (per key and version) and summaries written; records every get_object."""
-
-    def __init__(self) -> None:
-        self.objects: dict[tuple[str, str, str | None], bytes] = {}
-        self.written: dict[str, bytes] = {}
-        self.gets: list[dict[str, Any]] = []
-        self.opened: list[io.BytesIO] = []
-        self.error: ClientError | None = None
-
-    def add(self, key: str, data: bytes, version_id: str | None = None) -> None:
-        self.objects[(IN, key, version_id)] = data
-
-    def get_object(self, **kwargs: Any) -> dict[str, Any]:
-        self.gets.append(kwargs)
-        if self.error is not None:
-            raise self.error
-        data = self.objects.get((kwargs["Bucket"], kwargs["Key"], kwargs.get("VersionId")))
-        if data is None:
-            raise _client_error("NoSuchKey", "GetObject")
-        if "Range" in kwargs:
-            first = kwargs["Range"].removeprefix("bytes=").removesuffix("-")
-            data = data[int(first) :]
-        raw = io.BytesIO(data)
-        self.opened.append(raw)
-        return {"Body": StreamingBody(raw, len(data)), "ContentLength": len(data)}
-
-    def put_object(self, *, Bucket: str, Key: str, Body: bytes, ContentType: str) -> dict[str, Any]:
-        assert Bucket == OUT
-        self.written[Key] = Body
-        return {}
-
-
-class FakeSQS:
-    """One client behind the three queues; ``on_batch`` runs after every SendMessageBatch."""
-
-    def __init__(self, on_batch: Callable[[], None] = lambda: None, payload_limit: int | None = None) -> None:
-        self.payload_limit = payload_limit
-        self.batches: dict[str, list[list[str]]] = {WORK_URL: [], MANIFEST_URL: [], FINALIZE_URL: []}
-        self.messages: dict[str, list[str]] = {WORK_URL: [], MANIFEST_URL: [], FINALIZE_URL: []}
-        self.on_batch = on_batch
-
-    def send_message_batch(self, *, QueueUrl: str, Entries: list[dict[str, str]]) -> dict[str, Any]:
-        assert 1 <= len(Entries) <= 10
-        if self.payload_limit and sum(len(e["MessageBody"].encode()) for e in Entries) > self.payload_limit:
-            raise _client_error("AWS.SimpleQueueService.BatchRequestTooLong", "SendMessageBatch")
-        self.batches[QueueUrl].append([e["MessageBody"] for e in Entries])
-        self.on_batch()
-        return {"Successful": [{"Id": e["Id"]} for e in Entries], "Failed": []}
-
-    def send_message(self, *, QueueUrl: str, MessageBody: str, DelaySeconds: int) -> dict[str, Any]:
-        self.messages[QueueUrl].append(MessageBody)
-        return {}
+class SplitQueues(FakeSQS):
+    """The three queues, read back as the chunks and continuations sent."""
 
     def chunks(self) -> list[Chunk]:
-        return [Chunk.parse(body) for batch in self.batches[WORK_URL] for body in batch]
+        return [Chunk.parse(body) for body in self.delivered[WORK_URL]]
 
     def continuations(self) -> list[Continuation]:
-        found = [parse_manifest_message(body).continuation for body in self.messages[MANIFEST_URL]]
+        found = [parse_manifest_message(body).continuation for body in self.delivered[MANIFEST_URL]]
         return [c for c in found if c is not None]
 
 
@@ -171,7 +115,7 @@ class Stack:
         payload_limit: int | None = None,
     ) -> None:
         self.s3 = FakeS3()
-        self.sqs = FakeSQS(on_batch, payload_limit)
+        self.sqs = SplitQueues(on_batch=on_batch, payload_limit=payload_limit)
         self.jobs = FakeJobStore()
         self.splitter = Splitter(
             jobs=self.jobs,  # type: ignore[arg-type]
@@ -222,7 +166,7 @@ def by_number(chunks: list[Chunk]) -> list[Chunk]:
 
 def uninterrupted(key: str, data: bytes, chunk_size: int = CHUNK) -> list[Chunk]:
     stack = Stack(chunk_size)
-    stack.s3.add(key, data)
+    stack.s3.add(IN, key, data)
     (outcome,) = stack.handle(s3_event(key))
     assert outcome.action == "split"
     return by_number(stack.sqs.chunks())
@@ -239,7 +183,7 @@ def _out_of_time_after_first_batch() -> tuple[Stack, Budget]:
 
 def test_ten_lines_in_chunks_of_four() -> None:
     stack = Stack()
-    stack.s3.add("manifests/a.txt", txt_manifest(10))
+    stack.s3.add(IN, "manifests/a.txt", txt_manifest(10))
 
     (outcome,) = stack.handle(s3_event("manifests/a.txt"))
 
@@ -254,14 +198,14 @@ def test_ten_lines_in_chunks_of_four() -> None:
     job = stack.jobs.jobs[job_id]
     assert (job.status, job.total, job.chunks_total, job.split_done) == (JobStatus.RUNNING, 10, 3, True)
     assert job.manifest_uri == "s3://input-bucket/manifests/a.txt"
-    assert stack.sqs.messages[FINALIZE_URL] == []
-    assert stack.sqs.messages[MANIFEST_URL] == []
+    assert stack.sqs.delivered[FINALIZE_URL] == []
+    assert stack.sqs.delivered[MANIFEST_URL] == []
     assert all(raw.closed for raw in stack.s3.opened)
 
 
 def test_exact_multiple_of_the_chunk_size() -> None:
     stack = Stack()
-    stack.s3.add("manifests/a.txt", txt_manifest(8))
+    stack.s3.add(IN, "manifests/a.txt", txt_manifest(8))
 
     stack.handle(s3_event("manifests/a.txt"))
 
@@ -271,13 +215,13 @@ def test_exact_multiple_of_the_chunk_size() -> None:
 
 def test_chunks_go_out_in_send_batches_of_ten() -> None:
     stack = Stack()
-    stack.s3.add("manifests/a.txt", txt_manifest(4 * 23 + 1))
+    stack.s3.add(IN, "manifests/a.txt", txt_manifest(4 * 23 + 1))
 
     stack.handle(s3_event("manifests/a.txt"))
 
     assert [len(b) for b in stack.sqs.batches[WORK_URL]] == [10, 10, 4]
     assert [c.chunk for c in stack.sqs.chunks()] == list(range(24))
-    assert stack.sqs.messages[MANIFEST_URL] == []  # time to spare: no hand-over
+    assert stack.sqs.delivered[MANIFEST_URL] == []  # time to spare: no hand-over
 
 
 def test_invalid_lines_travel_inside_chunks_with_their_code() -> None:
@@ -293,7 +237,7 @@ def test_invalid_lines_travel_inside_chunks_with_their_code() -> None:
         ]
     )
     stack = Stack()
-    stack.s3.add("manifests/mixed.txt", manifest)
+    stack.s3.add(IN, "manifests/mixed.txt", manifest)
 
     (outcome,) = stack.handle(s3_event("manifests/mixed.txt"))
 
@@ -312,7 +256,7 @@ def test_invalid_lines_travel_inside_chunks_with_their_code() -> None:
 def test_jsonl_ids_and_metadata_travel_with_the_item() -> None:
     manifest = b'{"url": "https://img.example/a.jpg", "id": "a", "metadata": {"k": 1}}\n{"nourl": 1}\n'
     stack = Stack()
-    stack.s3.add("manifests/a.jsonl", manifest)
+    stack.s3.add(IN, "manifests/a.jsonl", manifest)
 
     stack.handle(s3_event("manifests/a.jsonl"))
 
@@ -323,7 +267,7 @@ def test_jsonl_ids_and_metadata_travel_with_the_item() -> None:
 
 def test_the_event_version_is_read() -> None:
     stack = Stack()
-    stack.s3.add("manifests/a.txt", txt_manifest(3), version_id="v2")
+    stack.s3.add(IN, "manifests/a.txt", txt_manifest(3), version_id="v2")
 
     stack.handle(s3_event("manifests/a.txt", version_id="v2"))
 
@@ -333,7 +277,7 @@ def test_the_event_version_is_read() -> None:
 
 def test_url_encoded_key_is_read_decoded() -> None:
     stack = Stack()
-    stack.s3.add("manifests/my file+1.txt", txt_manifest(2))
+    stack.s3.add(IN, "manifests/my file+1.txt", txt_manifest(2))
 
     (outcome,) = stack.handle(s3_event("manifests%2Fmy+file%2B1.txt"))
 
@@ -343,8 +287,8 @@ def test_url_encoded_key_is_read_decoded() -> None:
 
 def test_two_objects_in_one_event_make_two_jobs() -> None:
     stack = Stack()
-    stack.s3.add("manifests/a.txt", txt_manifest(2))
-    stack.s3.add("manifests/b.txt", txt_manifest(5))
+    stack.s3.add(IN, "manifests/a.txt", txt_manifest(2))
+    stack.s3.add(IN, "manifests/b.txt", txt_manifest(5))
     records = [json.loads(s3_event(k))["Records"][0] for k in ("manifests/a.txt", "manifests/b.txt")]
 
     outcomes = stack.handle(json.dumps({"Records": records}))
@@ -358,14 +302,14 @@ def test_two_objects_in_one_event_make_two_jobs() -> None:
 
 def test_empty_manifest_is_finalized_at_once() -> None:
     stack = Stack()
-    stack.s3.add("manifests/empty.txt", b"# nothing here\n\n")
+    stack.s3.add(IN, "manifests/empty.txt", b"# nothing here\n\n")
 
     (outcome,) = stack.handle(s3_event("manifests/empty.txt"))
 
     job_id = job_of("manifests/empty.txt")
     assert outcome == SplitOutcome(job_id, "split", 0)
     assert stack.sqs.batches[WORK_URL] == []
-    assert [parse_finalize(b) for b in stack.sqs.messages[FINALIZE_URL]] == [job_id]
+    assert [parse_finalize(b) for b in stack.sqs.delivered[FINALIZE_URL]] == [job_id]
     job = stack.jobs.jobs[job_id]
     assert (job.status, job.total, job.chunks_total, job.all_chunks_done) == (JobStatus.RUNNING, 0, 0, True)
 
@@ -390,13 +334,13 @@ def test_object_removed_event_is_skipped() -> None:
 def _assert_failed(stack: Stack, job_id: str, *fragments: str) -> None:
     job = stack.jobs.jobs[job_id]
     assert job.status == JobStatus.FAILED
-    summary = json.loads(stack.s3.written[summary_key(job_id)])
+    summary = json.loads(stack.s3.objects[OUT][summary_key(job_id)])
     assert summary["status"] == "FAILED"
     assert summary["job_id"] == job_id
     for fragment in fragments:
         assert job.error is not None and fragment in job.error
         assert fragment in summary["error"]
-    assert stack.sqs.messages[FINALIZE_URL] == []
+    assert stack.sqs.delivered[FINALIZE_URL] == []
 
 
 def test_missing_manifest_fails_the_job_with_a_summary() -> None:
@@ -412,7 +356,7 @@ def test_missing_manifest_fails_the_job_with_a_summary() -> None:
 
 def test_access_denied_fails_the_job() -> None:
     stack = Stack()
-    stack.s3.error = _client_error("AccessDenied", "GetObject")
+    stack.s3.error = client_error("AccessDenied", "GetObject")
 
     (outcome,) = stack.handle(s3_event("manifests/secret.txt"))
 
@@ -422,7 +366,7 @@ def test_access_denied_fails_the_job() -> None:
 
 def test_a_throttled_read_is_raised_for_a_retry_not_failed() -> None:
     stack = Stack()
-    stack.s3.error = _client_error("SlowDown", "GetObject")
+    stack.s3.error = client_error("SlowDown", "GetObject")
 
     with pytest.raises(ClientError, match="SlowDown"):
         stack.handle(s3_event("manifests/a.txt"))
@@ -432,7 +376,7 @@ def test_a_throttled_read_is_raised_for_a_retry_not_failed() -> None:
 
 def test_unsupported_extension_fails_the_job() -> None:
     stack = Stack()
-    stack.s3.add("manifests/a.pdf", b"https://img.example/0.jpg\n")
+    stack.s3.add(IN, "manifests/a.pdf", b"https://img.example/0.jpg\n")
 
     (outcome,) = stack.handle(s3_event("manifests/a.pdf"))
 
@@ -443,7 +387,7 @@ def test_unsupported_extension_fails_the_job() -> None:
 
 def test_binary_manifest_fails_the_job_and_closes_the_body() -> None:
     stack = Stack()
-    stack.s3.add("manifests/a.txt", b"https://img.example/0.jpg\n\x00\x01\x02")
+    stack.s3.add(IN, "manifests/a.txt", b"https://img.example/0.jpg\n\x00\x01\x02")
 
     (outcome,) = stack.handle(s3_event("manifests/a.txt"))
 
@@ -454,7 +398,7 @@ def test_binary_manifest_fails_the_job_and_closes_the_body() -> None:
 
 def test_corrupt_gzip_fails_the_job() -> None:
     stack = Stack()
-    stack.s3.add("manifests/a.txt.gz", gzip.compress(txt_manifest(5))[:-12])
+    stack.s3.add(IN, "manifests/a.txt.gz", gzip.compress(txt_manifest(5))[:-12])
 
     (outcome,) = stack.handle(s3_event("manifests/a.txt.gz"))
 
@@ -466,12 +410,12 @@ def test_a_failed_job_is_not_failed_twice() -> None:
     stack = Stack()
     stack.handle(s3_event("manifests/gone.txt"))
     job_id = job_of("manifests/gone.txt")
-    stack.s3.written.clear()
+    stack.s3.objects[OUT].clear()
 
     (outcome,) = stack.handle(s3_event("manifests/gone.txt"), message_id="msg-1")
 
     assert outcome == SplitOutcome(job_id, "duplicate")
-    assert stack.s3.written == {}
+    assert stack.s3.objects[OUT] == {}
 
 
 # --- hand-over to a continuation --------------------------------------------------------------
@@ -479,7 +423,7 @@ def test_a_failed_job_is_not_failed_twice() -> None:
 
 def test_out_of_time_hands_over_to_a_continuation() -> None:
     stack, budget = _out_of_time_after_first_batch()
-    stack.s3.add("manifests/big.txt", txt_manifest(95))
+    stack.s3.add(IN, "manifests/big.txt", txt_manifest(95))
 
     (outcome,) = stack.handle(s3_event("manifests/big.txt"), remaining=budget.remaining)
 
@@ -502,7 +446,7 @@ def test_hand_over_only_below_the_reserve() -> None:
     # 30 s left, 10 s per SendMessageBatch: 20 s left is not below the reserve, 10 s is.
     budget = Budget(30_000, 10_000)
     stack = Stack(on_batch=budget.spend)
-    stack.s3.add("manifests/big.txt", txt_manifest(95))
+    stack.s3.add(IN, "manifests/big.txt", txt_manifest(95))
 
     (outcome,) = stack.handle(s3_event("manifests/big.txt"), remaining=budget.remaining)
 
@@ -514,7 +458,7 @@ def test_hand_over_only_below_the_reserve() -> None:
 def test_resuming_the_continuation_completes_the_split() -> None:
     stack, budget = _out_of_time_after_first_batch()
     data = txt_manifest(95)
-    stack.s3.add("manifests/big.txt", data)
+    stack.s3.add(IN, "manifests/big.txt", data)
     stack.handle(s3_event("manifests/big.txt"), remaining=budget.remaining)
     (continuation,) = stack.sqs.continuations()
     first = stack.sqs.chunks()
@@ -537,12 +481,12 @@ def test_a_chain_of_continuations_equals_an_uninterrupted_split() -> None:
     # Every invocation runs out of time after one SendMessageBatch.
     stack = Stack()
     data = txt_manifest(4 * 25 + 3)  # 103 lines, chunks 0..25
-    stack.s3.add("manifests/long.txt", data)
+    stack.s3.add(IN, "manifests/long.txt", data)
     out_of_time = lambda: 0  # noqa: E731
 
     outcomes = stack.handle(s3_event("manifests/long.txt"), remaining=out_of_time)
     while outcomes[-1].action == "continued":
-        body = stack.sqs.messages[MANIFEST_URL][-1]
+        body = stack.sqs.delivered[MANIFEST_URL][-1]
         outcomes = stack.handle(body, message_id="msg-next", remaining=out_of_time)
 
     assert len(stack.sqs.continuations()) == 2
@@ -554,7 +498,7 @@ def test_a_chain_of_continuations_equals_an_uninterrupted_split() -> None:
 def test_hand_over_at_the_very_end_of_the_manifest() -> None:
     stack = Stack()
     data = txt_manifest(40)  # exactly ten chunks: time runs out with nothing left to read
-    stack.s3.add("manifests/a.txt", data)
+    stack.s3.add(IN, "manifests/a.txt", data)
 
     (first,) = stack.handle(s3_event("manifests/a.txt"), remaining=lambda: 0)
     (continuation,) = stack.sqs.continuations()
@@ -570,7 +514,7 @@ def test_hand_over_at_the_very_end_of_the_manifest() -> None:
 def test_gzip_manifest_continuation_re_streams_from_the_start() -> None:
     stack = Stack()
     plain = txt_manifest(50)
-    stack.s3.add("manifests/big.txt.gz", gzip.compress(plain))
+    stack.s3.add(IN, "manifests/big.txt.gz", gzip.compress(plain))
 
     stack.handle(s3_event("manifests/big.txt.gz"), remaining=lambda: 0)
     (continuation,) = stack.sqs.continuations()
@@ -588,7 +532,7 @@ def test_csv_manifest_continuation_keeps_the_header() -> None:
     stack = Stack()
     rows = "".join(f"cat-{i},https://img.example/{i}.jpg,album-{i % 3}\n" for i in range(45))
     data = ("id,url,album\n" + rows).encode()
-    stack.s3.add("manifests/a.csv", data)
+    stack.s3.add(IN, "manifests/a.csv", data)
 
     stack.handle(s3_event("manifests/a.csv"), remaining=lambda: 0)
     (continuation,) = stack.sqs.continuations()
@@ -606,7 +550,7 @@ def test_csv_manifest_continuation_keeps_the_header() -> None:
 
 def test_split_finalizes_when_every_chunk_finished_before_it() -> None:
     stack = Stack()
-    stack.s3.add("manifests/a.txt", txt_manifest(44))
+    stack.s3.add(IN, "manifests/a.txt", txt_manifest(44))
     stack.handle(s3_event("manifests/a.txt"), remaining=lambda: 0)
     (continuation,) = stack.sqs.continuations()
     job_id = continuation.job_id
@@ -615,13 +559,13 @@ def test_split_finalizes_when_every_chunk_finished_before_it() -> None:
 
     stack.handle(continuation.body(), message_id="msg-2")
 
-    assert [parse_finalize(b) for b in stack.sqs.messages[FINALIZE_URL]] == [job_id]
+    assert [parse_finalize(b) for b in stack.sqs.delivered[FINALIZE_URL]] == [job_id]
 
 
 @pytest.mark.parametrize("status", [JobStatus.RUNNING, JobStatus.FAILED, JobStatus.COMPLETED])
 def test_continuation_of_a_job_no_longer_splitting_is_stale(status: JobStatus) -> None:
     stack = Stack()
-    stack.s3.add("manifests/a.txt", txt_manifest(50))
+    stack.s3.add(IN, "manifests/a.txt", txt_manifest(50))
     stack.handle(s3_event("manifests/a.txt"), remaining=lambda: 0)
     (continuation,) = stack.sqs.continuations()
     stack.jobs.jobs[continuation.job_id] = replace(stack.jobs.jobs[continuation.job_id], status=status)
@@ -649,7 +593,7 @@ def test_continuation_of_an_unknown_job_is_stale() -> None:
 
 def test_duplicate_event_for_an_existing_job_is_skipped() -> None:
     stack = Stack()
-    stack.s3.add("manifests/a.txt", txt_manifest(10))
+    stack.s3.add(IN, "manifests/a.txt", txt_manifest(10))
     stack.handle(s3_event("manifests/a.txt"), message_id="msg-1")
     sent = len(stack.sqs.chunks())
 
@@ -662,7 +606,7 @@ def test_duplicate_event_for_an_existing_job_is_skipped() -> None:
 
 def test_duplicate_event_while_splitting_is_skipped() -> None:
     stack = Stack()
-    stack.s3.add("manifests/a.txt", txt_manifest(95))
+    stack.s3.add(IN, "manifests/a.txt", txt_manifest(95))
     stack.handle(s3_event("manifests/a.txt"), message_id="msg-1", remaining=lambda: 0)
     sent = len(stack.sqs.chunks())
 
@@ -676,7 +620,7 @@ def test_duplicate_event_while_splitting_is_skipped() -> None:
 def test_redelivery_of_the_same_message_resumes_from_the_checkpoint() -> None:
     stack = Stack()
     data = txt_manifest(95)
-    stack.s3.add("manifests/a.txt", data)
+    stack.s3.add(IN, "manifests/a.txt", data)
     stack.handle(s3_event("manifests/a.txt"), message_id="msg-1", remaining=lambda: 0)
     checkpoint = stack.jobs.jobs[job_of("manifests/a.txt")].position
     assert checkpoint["index"] == 40
@@ -694,7 +638,7 @@ def test_redelivery_of_the_same_message_resumes_from_the_checkpoint() -> None:
 def test_redelivery_before_any_checkpoint_starts_again_from_the_top() -> None:
     stack = Stack()
     data = txt_manifest(10)
-    stack.s3.add("manifests/a.txt", data)
+    stack.s3.add(IN, "manifests/a.txt", data)
     # an earlier attempt created the job and died before handing over
     stack.jobs.create(job_of("manifests/a.txt"), "s3://input-bucket/manifests/a.txt", "msg-1")
 
@@ -707,7 +651,7 @@ def test_redelivery_before_any_checkpoint_starts_again_from_the_top() -> None:
 
 def test_redelivery_after_the_split_finished_is_a_duplicate() -> None:
     stack = Stack()
-    stack.s3.add("manifests/a.txt", txt_manifest(10))
+    stack.s3.add(IN, "manifests/a.txt", txt_manifest(10))
     stack.handle(s3_event("manifests/a.txt"), message_id="msg-1")
     sent = len(stack.sqs.chunks())
 
@@ -719,8 +663,8 @@ def test_redelivery_after_the_split_finished_is_a_duplicate() -> None:
 
 def test_a_new_version_of_the_same_key_is_a_new_job() -> None:
     stack = Stack()
-    stack.s3.add("manifests/a.txt", txt_manifest(3), version_id="v1")
-    stack.s3.add("manifests/a.txt", txt_manifest(5), version_id="v2")
+    stack.s3.add(IN, "manifests/a.txt", txt_manifest(3), version_id="v1")
+    stack.s3.add(IN, "manifests/a.txt", txt_manifest(5), version_id="v2")
 
     (first,) = stack.handle(s3_event("manifests/a.txt", version_id="v1"), message_id="msg-1")
     (second,) = stack.handle(s3_event("manifests/a.txt", version_id="v2", etag="etag-2"), message_id="msg-2")
@@ -734,14 +678,14 @@ def test_a_new_version_of_the_same_key_is_a_new_job() -> None:
 
 def test_items_reported_over_a_chain_of_continuations_add_up_to_the_manifest() -> None:
     stack = Stack()
-    stack.s3.add("manifests/long.txt", txt_manifest(103))
+    stack.s3.add(IN, "manifests/long.txt", txt_manifest(103))
     out_of_time = lambda: 0  # noqa: E731
 
     outcomes = stack.handle(s3_event("manifests/long.txt"), remaining=out_of_time)
     reported = [outcomes[-1].items]
     while outcomes[-1].action == "continued":
         outcomes = stack.handle(
-            stack.sqs.messages[MANIFEST_URL][-1], message_id="next", remaining=out_of_time
+            stack.sqs.delivered[MANIFEST_URL][-1], message_id="next", remaining=out_of_time
         )
         reported.append(outcomes[-1].items)
 
@@ -754,7 +698,7 @@ def test_a_manifest_of_long_lines_can_be_split() -> None:
     url = "https://img.example/" + "a" * 1900 + ".jpg"
     line = json.dumps({"url": url, "metadata": {"note": "n" * 5800}})
     assert len(line) < 8192  # a valid manifest line
-    stack.s3.add("manifests/long-lines.jsonl", (line + "\n").encode() * 160)
+    stack.s3.add(IN, "manifests/long-lines.jsonl", (line + "\n").encode() * 160)
 
     (outcome,) = stack.handle(s3_event("manifests/long-lines.jsonl"))
 
