@@ -1,14 +1,17 @@
 """One image's bytes, with its retries: transient failures are tried again inside the
-image's one deadline (``fetch.Fetcher`` bounds each attempt by what is left of it)."""
+image's one deadline (``fetch.Fetcher`` bounds each attempt by what is left of it), after the
+pipeline's one backoff (``throttling.Backoff``)."""
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
 from batchpredict.errors import PredictionError
 from batchpredict.fetch import Fetcher, FetchPolicy
+from batchpredict.throttling import Backoff
 
 
 @dataclass(frozen=True)
@@ -18,7 +21,8 @@ class FetchResult:
 
 
 class ImageFetcher:
-    """Fetch one URL, retrying transient failures with doubling pauses, all by one deadline.
+    """Fetch one URL, retrying transient failures with doubling, jittered pauses (from
+    ``policy.backoff_seconds``), up to ``policy.attempts`` tries, all by one deadline.
 
     The image's deadline starts when its first attempt starts (not while it queues) and is
     ``total_timeout`` (FETCH_TOTAL_TIMEOUT) later, cut short by ``run_deadline``.
@@ -36,8 +40,8 @@ class ImageFetcher:
         self.fetcher = fetcher
         self.policy = policy
         self.total_timeout = total_timeout
-        self._sleep = sleep
         self._clock = clock
+        self._backoff = Backoff(sleep=sleep, clock=clock, base=policy.backoff_seconds, cap=math.inf)
 
     def fetch(self, url: str, run_deadline: float | None = None) -> FetchResult:
         started = self._clock()
@@ -53,10 +57,8 @@ class ImageFetcher:
                 payload = exc
             if isinstance(payload, bytes) or not payload.transient or attempt >= self.policy.attempts:
                 break
-            pause = self.policy.backoff_seconds * 2 ** (attempt - 1)
-            if self._clock() + pause >= deadline:
+            if not self._backoff.pause(attempt - 1, deadline):
                 break  # no time left for another attempt: the last error stands
-            self._sleep(pause)
         return FetchResult(payload, (self._clock() - started) * 1000)
 
     def close(self) -> None:

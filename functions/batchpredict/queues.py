@@ -1,4 +1,5 @@
-"""SQS adapter: SendMessageBatch in tens and under the payload cap; ``Failed`` entries re-sent."""
+"""SQS adapter: SendMessageBatch in tens and under the payload cap; ``Failed`` entries re-sent
+with the pipeline's one backoff (``throttling.Backoff``) until the call's deadline."""
 
 from __future__ import annotations
 
@@ -6,22 +7,29 @@ import time
 from collections.abc import Callable, Iterable
 from typing import Any
 
+from batchpredict.throttling import Backoff, UnprocessedError
+
 SEND_BATCH_LIMIT = 10  # entries per SendMessageBatch call (AWS limit)
 # Total body bytes per call: SQS caps a batch's payload (256 KiB before 2025-08, 1 MiB since);
 # the lower figure holds everywhere, moto and older regions included.
 SEND_BATCH_MAX_BYTES = 256 * 1024
-SEND_ATTEMPTS = 5
 
 
 class QueueSendError(RuntimeError):
-    """Some messages could not be sent after retries."""
+    """SQS refused messages (the sender's fault), or some still failed at the deadline."""
 
 
 class Queue:
-    def __init__(self, client: Any, url: str, sleep: Callable[[float], None] = time.sleep) -> None:
+    def __init__(
+        self,
+        client: Any,
+        url: str,
+        sleep: Callable[[float], None] = time.sleep,
+        monotonic: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.client = client
         self.url = url
-        self._sleep = sleep
+        self.backoff = Backoff(sleep=sleep, clock=monotonic)
 
     def send(self, body: str, delay_seconds: int = 0) -> None:
         self.client.send_message(QueueUrl=self.url, MessageBody=body, DelaySeconds=delay_seconds)
@@ -43,18 +51,27 @@ class Queue:
         return sent
 
     def _send_ten(self, bodies: list[str]) -> int:
-        pending = {str(i): body for i, body in enumerate(bodies)}
-        for attempt in range(SEND_ATTEMPTS):
-            response = self.client.send_message_batch(
-                QueueUrl=self.url, Entries=[{"Id": i, "MessageBody": b} for i, b in pending.items()]
-            )
-            failed = response.get("Failed", [])
-            permanent = [f for f in failed if f.get("SenderFault")]
+        entries = [{"Id": str(i), "MessageBody": body} for i, body in enumerate(bodies)]
+        try:
+            self.backoff.until_processed(self._send_entries, entries, self._failed_entries(entries))
+        except UnprocessedError as exc:
+            raise QueueSendError(f"SQS kept failing messages: {exc}") from exc
+        return len(bodies)
+
+    def _send_entries(self, entries: list[dict[str, str]]) -> dict[str, Any]:
+        return self.client.send_message_batch(QueueUrl=self.url, Entries=entries)  # type: ignore[no-any-return]
+
+    @staticmethod
+    def _failed_entries(entries: list[dict[str, str]]) -> Callable[[dict[str, Any]], list[dict[str, str]]]:
+        """A response's Failed entries, to send again; one the sender caused (too long, bad
+        attribute) will fail however often it is sent, and is raised."""
+        by_id = {entry["Id"]: entry for entry in entries}
+
+        def failed(response: dict[str, Any]) -> list[dict[str, str]]:
+            failures = response.get("Failed", [])
+            permanent = [f for f in failures if f.get("SenderFault")]
             if permanent:
                 raise QueueSendError(f"SQS refused {len(permanent)} messages: {permanent[0].get('Message')}")
-            pending = {f["Id"]: pending[f["Id"]] for f in failed}
-            if not pending:
-                return len(bodies)
-            if attempt + 1 < SEND_ATTEMPTS:
-                self._sleep(min(0.1 * 2**attempt, 2.0))
-        raise QueueSendError(f"{len(pending)} messages still failing after {SEND_ATTEMPTS} attempts")
+            return [by_id[f["Id"]] for f in failures]
+
+        return failed

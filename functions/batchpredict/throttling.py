@@ -96,8 +96,9 @@ class Backoff:
         leftover: Callable[[dict[str, Any]], T],
         deadline: float | None = None,
     ) -> list[dict[str, Any]]:
-        """A batch call (BatchWriteItem, BatchGetItem) sent again with what it left unprocessed
-        (``leftover(response)``, empty when all is done) until nothing is left; the responses."""
+        """A batch call (BatchWriteItem, BatchGetItem, SendMessageBatch) sent again with what it
+        left unprocessed (``leftover(response)``, empty when all is done) until nothing is left;
+        the responses."""
         until = self.deadline() if deadline is None else deadline
         responses = []
         attempt = 0
@@ -106,6 +107,6 @@ class Backoff:
             responses.append(response)
             pending = leftover(response)
             if pending and not self.pause(attempt, until):
-                raise UnprocessedError(f"DynamoDB left requests unprocessed after {attempt + 1} attempts")
+                raise UnprocessedError(f"requests left unprocessed after {attempt + 1} attempts")
             attempt += 1
         return responses

@@ -4,6 +4,8 @@ the job store, a sleep that only records."""
 from __future__ import annotations
 
 import io
+import threading
+import time
 from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import replace
@@ -13,6 +15,8 @@ from botocore.exceptions import ClientError
 from botocore.response import StreamingBody
 
 from batchpredict.costs import ChunkUsage
+from batchpredict.errors import ErrorCode, PredictionError
+from batchpredict.fetch import Fetched
 from batchpredict.jobs import FINAL_STATUSES, Job, JobStatus
 
 SQS_BATCH_ENTRIES = 10  # SendMessageBatch: at most 10 entries, distinct ids
@@ -214,3 +218,36 @@ class FakeJobs:
             return None
         self.job = replace(self.job, status=JobStatus.FAILED, error=message, completed_at="now")
         return self.job
+
+
+HANG = object()  # script entry: block until the fetch's deadline, then time out
+
+
+class ScriptedFetcher:
+    """``fetch(url, deadline)`` answers from a script per URL: one entry per call, the last
+    repeating. Bytes are returned, exceptions raised; HANG waits out the deadline."""
+
+    def __init__(self, scripts: dict[str, list[Any]], delays: dict[str, float] | None = None) -> None:
+        self.scripts = scripts
+        self.delays = delays or {}
+        self.calls: dict[str, int] = {}
+        self.deadlines: dict[str, float] = {}
+        self._lock = threading.Lock()
+
+    def fetch(self, url: str, deadline: float | None = None) -> Fetched:
+        with self._lock:
+            self.calls[url] = self.calls.get(url, 0) + 1
+            script = self.scripts[url]
+            answer = script[min(self.calls[url], len(script)) - 1]
+            self.deadlines[url] = deadline or 0.0
+        time.sleep(self.delays.get(url, 0.0))
+        if answer is HANG:
+            assert deadline is not None
+            time.sleep(max(deadline - time.monotonic(), 0))
+            raise PredictionError(ErrorCode.FETCH_TIMEOUT, f"{url} took too long", transient=False)
+        if isinstance(answer, BaseException):
+            raise answer
+        return Fetched(answer, url, "image/jpeg")
+
+    def close(self) -> None:
+        pass

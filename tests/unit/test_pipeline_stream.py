@@ -7,7 +7,6 @@ engine answers class N for it and records every forward pass.
 
 from __future__ import annotations
 
-import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -21,7 +20,7 @@ from batchpredict.batch import ChunkBatch, ChunkUnfinishedError, predict_urls
 from batchpredict.budget import MemoryBudget
 from batchpredict.config import StreamSettings
 from batchpredict.errors import ErrorCode, PredictionError
-from batchpredict.fetch import Fetched, FetchPolicy
+from batchpredict.fetch import FetchPolicy
 from batchpredict.fetching import ImageFetcher
 from batchpredict.images import DecodedImage
 from batchpredict.jobs import Job, JobStatus
@@ -29,39 +28,9 @@ from batchpredict.messages import Chunk
 from batchpredict.model import Prediction
 from batchpredict.pipeline import ImageResult, StreamingPredictor
 from batchpredict.records import FAILED, SUCCEEDED, WorkItem
+from tests.unit.fakes import HANG, ScriptedFetcher
 
 MODEL = "efficientnet-lite0@1"
-HANG = object()  # script entry: block until the fetch's deadline, then time out
-
-
-class ScriptedFetcher:
-    """``fetch(url, deadline)`` answers from a script per URL: one entry per call, the last
-    repeating. Bytes are returned, exceptions raised; HANG waits out the deadline."""
-
-    def __init__(self, scripts: dict[str, list[Any]], delays: dict[str, float] | None = None) -> None:
-        self.scripts = scripts
-        self.delays = delays or {}
-        self.calls: dict[str, int] = {}
-        self.deadlines: dict[str, float] = {}
-        self._lock = threading.Lock()
-
-    def fetch(self, url: str, deadline: float | None = None) -> Fetched:
-        with self._lock:
-            self.calls[url] = self.calls.get(url, 0) + 1
-            script = self.scripts[url]
-            answer = script[min(self.calls[url], len(script)) - 1]
-            self.deadlines[url] = deadline or 0.0
-        time.sleep(self.delays.get(url, 0.0))
-        if answer is HANG:
-            assert deadline is not None
-            time.sleep(max(deadline - time.monotonic(), 0))
-            raise PredictionError(ErrorCode.FETCH_TIMEOUT, f"{url} took too long", transient=False)
-        if isinstance(answer, BaseException):
-            raise answer
-        return Fetched(answer, url, "image/jpeg")
-
-    def close(self) -> None:
-        pass
 
 
 class FakeDecoder:
