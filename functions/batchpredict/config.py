@@ -15,6 +15,7 @@ from batchpredict.fetch import FetchLimits, FetchPolicy, parse_networks
 
 if TYPE_CHECKING:
     # Imported where used: predict's cold start has no use for the splitter's modules.
+    from batchpredict.merge import MergeSettings
     from batchpredict.split import SplitSettings
 
 T = TypeVar("T")
@@ -239,13 +240,36 @@ class FinalizeConfig:
     tables: Tables
     output_bucket: str
     finalize_queue_url: str
+    merge: MergeSettings
+
+
+def part_mib(raw: str) -> int:
+    from batchpredict.merge import MIB, S3_MAX_PART_BYTES, S3_MIN_PART_BYTES
+
+    value = positive_int(raw)
+    if not S3_MIN_PART_BYTES <= value * MIB <= S3_MAX_PART_BYTES:
+        raise ValueError("an S3 part is 5 to 5,120 MiB")
+    return value
 
 
 def finalize_config(env: Mapping[str, str]) -> FinalizeConfig:
+    from batchpredict.merge import MIB, MergeSettings
+
+    defaults = MergeSettings()
     return FinalizeConfig(
         tables=_tables(env),
         output_bucket=setting(env, "OUTPUT_BUCKET", str),
         finalize_queue_url=setting(env, "FINALIZE_QUEUE_URL", str),
+        merge=MergeSettings(
+            read_concurrency=setting(
+                env, "FINALIZE_READ_CONCURRENCY", positive_int, defaults.read_concurrency
+            ),
+            prefetch_chunks=setting(env, "FINALIZE_PREFETCH_CHUNKS", positive_int, defaults.prefetch_chunks),
+            part_bytes=setting(env, "FINALIZE_PART_MIB", part_mib, defaults.part_bytes // MIB) * MIB,
+            time_reserve_seconds=setting(
+                env, "FINALIZE_TIME_RESERVE_SECONDS", positive_float, defaults.time_reserve_seconds
+            ),
+        ),
     )
 
 

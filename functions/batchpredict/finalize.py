@@ -1,8 +1,10 @@
 """finalize and reconcile logic.
 
-finalize merges the parts into results.jsonl (streamed, multipart: memory does not grow
-with the job), writes _summary.json and sets the final status. It is idempotent: a job
-that is already final is left alone.
+finalize merges the parts into results.jsonl (merge.py: parallel ordered reads, a multipart
+upload checkpointed after every part, continued in a new invocation before time runs out),
+writes _summary.json and sets the final status. It is idempotent: a job that is already final
+is left alone. A finalize message dead-lettered after failing every delivery ends its job
+FAILED with the reason (``Finalizer.dead_lettered``, run by reconcile).
 
 reconcile turns a dead-lettered chunk into FAILED ``dead_lettered`` results, counted
 like any other chunk, so the job still completes with every line accounted for.
@@ -10,20 +12,22 @@ like any other chunk, so the job still completes with every line accounted for.
 
 from __future__ import annotations
 
-import json
+import math
 from collections import Counter
-from collections.abc import Iterator
-from dataclasses import dataclass, field
+from collections.abc import Callable
 from datetime import datetime
 from typing import Any
 
 from batchpredict.costs import compute_summary
 from batchpredict.errors import ErrorCode
 from batchpredict.jobs import FINAL_STATUSES, Job, JobStatus, JobStore, utc_now
-from batchpredict.messages import Chunk
+from batchpredict.merge import MergeMismatchError, Merger, MergeSettings, MergeState
+from batchpredict.merges import MergeCheckpoint, MergeStore
+from batchpredict.messages import Chunk, finalize_body
 from batchpredict.observability import MetricUnit, logger, metrics
-from batchpredict.records import SUCCEEDED, failed_record
-from batchpredict.results import ResultStore
+from batchpredict.queues import Queue
+from batchpredict.records import failed_record
+from batchpredict.results import ResultStore, results_key
 from batchpredict.writer import DEFAULT_LEASE_SECONDS, ChunkWriter
 
 
@@ -50,88 +54,122 @@ def fail_job(jobs: JobStore, results: ResultStore, job_id: str, reason: str) -> 
     return job
 
 
-class MergeMismatchError(RuntimeError):
-    """The parts do not hold exactly one line per manifest line, in order."""
-
-
-@dataclass
-class _Tally:
-    lines: int = 0
-    succeeded: int = 0
-    errors: Counter[str] = field(default_factory=Counter)
-    models: Counter[str] = field(default_factory=Counter)
-
-
 def _seconds_between(start: str, end: str) -> float:
     parse = datetime.fromisoformat
     return max((parse(end.replace("Z", "+00:00")) - parse(start.replace("Z", "+00:00"))).total_seconds(), 0.0)
 
 
+def _unbounded() -> float:
+    return math.inf
+
+
 class Finalizer:
-    def __init__(self, jobs: JobStore, results: ResultStore) -> None:
+    """Merges a finished job's parts (merge.py, resumable across invocations), then writes
+    _summary.json and the final status. ``finalize`` queue: where it asks for its own
+    continuation."""
+
+    def __init__(
+        self,
+        jobs: JobStore,
+        results: ResultStore,
+        merges: MergeStore,
+        finalize: Queue,
+        settings: MergeSettings | None = None,
+    ) -> None:
         self.jobs = jobs
         self.results = results
+        self.merges = merges
+        self.finalize_queue = finalize
+        self.merger = Merger(results, merges, settings or MergeSettings())
 
-    def finalize(self, job_id: str) -> Job | None:
+    def finalize(self, job_id: str, remaining_seconds: Callable[[], float] = _unbounded) -> Job | None:
         job = self.jobs.get(job_id)
         if job is None or job.status in FINAL_STATUSES or not job.all_chunks_done:
             logger.info("nothing to finalize", extra={"job_id": job_id, "status": job and job.status})
             return job
-        tally = _Tally()
         try:
-            results_uri = self.results.merge(job_id, self._checked_lines(job, tally))
+            outcome = self.merger.run(job, remaining_seconds)
         except MergeMismatchError as exc:
             # Retrying cannot mend missing or misplaced lines: say so on the job, do not loop.
-            return fail_job(self.jobs, self.results, job_id, f"results could not be merged: {exc}")
+            return self._give_up(job_id, f"results could not be merged: {exc}")
+        except Exception as exc:
+            self._record_error(job_id, exc)
+            raise
+        if outcome.state == MergeState.CONTINUED:
+            # Sent before this message is deleted: the merge always has a message on its way.
+            self.finalize_queue.send(finalize_body(job_id))
+            metrics.add_metric(name="FinalizeContinued", unit=MetricUnit.Count, value=1)
+            return job
+        if outcome.state == MergeState.SUPERSEDED:
+            logger.info("another finalizer moved this merge on", extra={"job_id": job_id})
+            return job
+        return self._complete(job, outcome.checkpoint)
+
+    def dead_lettered(self, job_id: str, receive_count: int | None = None) -> Job | None:
+        """A finalize message that failed every delivery: the job ends FAILED, with the reason."""
+        job = self.jobs.get(job_id)
+        if job is None or job.status in FINAL_STATUSES:
+            return job
+        tries = f" ({receive_count} receives)" if receive_count else ""
+        last = self.merges.get(job_id).last_error
+        reason = f"results could not be merged: finalize failed on every delivery{tries}" + (
+            f"; last error: {last}" if last else ""
+        )
+        return self._give_up(job_id, reason)
+
+    def _give_up(self, job_id: str, reason: str) -> Job | None:
+        checkpoint = self.merges.get(job_id)
+        if checkpoint.upload_id:  # the lifecycle rule would, days later
+            self.results.abort_upload(results_key(job_id, checkpoint.file_number), checkpoint.upload_id)
+        return fail_job(self.jobs, self.results, job_id, reason)
+
+    def _record_error(self, job_id: str, exc: Exception) -> None:
+        try:
+            self.merges.record_error(job_id, f"{type(exc).__name__}: {exc}")
+        except Exception:  # the original error matters more
+            logger.exception("could not record the merge error", extra={"job_id": job_id})
+
+    def _complete(self, job: Job, merged: MergeCheckpoint) -> Job | None:
+        job_id = job.job_id
+        files = [
+            {
+                "uri": self.results.uri(f.key),
+                "first_index": f.first_index,
+                "lines": f.lines,
+                "bytes": f.bytes,
+            }
+            for f in merged.files
+        ]
+        results_uri = files[0]["uri"]
         ended = utc_now()
-        status = JobStatus.COMPLETED if tally.succeeded == tally.lines else JobStatus.COMPLETED_WITH_ERRORS
+        lines, succeeded = merged.lines, merged.succeeded
+        status = JobStatus.COMPLETED if succeeded == lines else JobStatus.COMPLETED_WITH_ERRORS
         seconds = _seconds_between(job.created_at, ended)
+        models = Counter(merged.models)
         summary: dict[str, Any] = {
             "job_id": job_id,
             "manifest_uri": job.manifest_uri,
             "status": status.value,
-            "total": tally.lines,
-            "succeeded": tally.succeeded,
-            "failed": tally.lines - tally.succeeded,
-            "errors_by_code": dict(sorted(tally.errors.items())),
-            "model": job.model or (tally.models.most_common(1)[0][0] if tally.models else None),
+            "total": lines,
+            "succeeded": succeeded,
+            "failed": lines - succeeded,
+            "errors_by_code": dict(sorted(merged.errors.items())),
+            "model": job.model or (models.most_common(1)[0][0] if models else None),
             "started_at": job.created_at,
             "ended_at": ended,
             "duration_seconds": round(seconds, 3),
-            "images_per_second": round(tally.lines / seconds, 2) if seconds else None,
+            "images_per_second": round(lines / seconds, 2) if seconds else None,
             "results_uri": results_uri,
+            "results_files": files,
             "chunks": job.chunks_total,
-            "compute": compute_summary(tally.lines, job.chunks_total, job.usage),
+            "compute": compute_summary(lines, job.chunks_total, job.usage),
         }
         self.results.write_summary(job_id, summary)
-        final = self.jobs.complete(job_id, status, results_uri)
+        final = self.jobs.complete(job_id, status, str(results_uri))
         if final is not None:  # None: another finalize completed it first
             metrics.add_metric(name="JobsFinalized", unit=MetricUnit.Count, value=1)
-        logger.info("job finalized", extra={"job_id": job_id, "status": status.value, "total": tally.lines})
+        logger.info("job finalized", extra={"job_id": job_id, "status": status.value, "total": lines})
         return final
-
-    def _checked_lines(self, job: Job, tally: _Tally) -> Iterator[bytes]:
-        expected_index = 0
-        for chunk in range(job.chunks_total):
-            for line in self.results.part_lines(job.job_id, chunk):
-                record = json.loads(line)
-                if record["index"] != expected_index:
-                    raise MergeMismatchError(
-                        f"{job.job_id}: chunk {chunk} holds line {record['index']}, expected {expected_index}"
-                    )
-                expected_index += 1
-                tally.lines += 1
-                if record["status"] == SUCCEEDED:
-                    tally.succeeded += 1
-                else:
-                    tally.errors[record["error"]["code"]] += 1
-                if record.get("model"):
-                    tally.models[record["model"]] += 1
-                yield line
-        if expected_index != job.total:
-            raise MergeMismatchError(
-                f"{job.job_id}: parts hold {expected_index} lines, the manifest {job.total}"
-            )
 
 
 def reconcile_dead_letter(

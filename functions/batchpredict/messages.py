@@ -3,7 +3,11 @@
 * manifest queue: S3 event notifications (``ObjectCreated``), S3's ``s3:TestEvent``,
   and our own continuation messages for manifests too long for one invocation;
 * work queue: chunk messages ``{"job_id", "chunk", "items": [...]}``;
-* finalize queue: ``{"job_id"}``.
+* finalize queue: ``{"job_id"}``, from predict or reconcile when a job's last chunk is counted,
+  and from finalize itself to continue a long merge in a new invocation.
+
+reconcile reads both dead-letter queues (work and finalize): ``parse_dead_letter`` tells
+their messages apart.
 """
 
 from __future__ import annotations
@@ -116,3 +120,9 @@ def finalize_body(job_id: str) -> str:
 
 def parse_finalize(body: str) -> str:
     return str(json.loads(body)["job_id"])
+
+
+def parse_dead_letter(body: str) -> Chunk | str:
+    """A dead-lettered chunk, or the job id of a dead-lettered finalize message."""
+    doc = json.loads(body)
+    return Chunk.parse(body) if "chunk" in doc else str(doc["job_id"])

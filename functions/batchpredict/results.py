@@ -6,60 +6,49 @@ overwrites its part instead of adding a second one.
 
 from __future__ import annotations
 
-import io
+import hashlib
 import json
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from typing import Any
 
-from boto3.s3.transfer import TransferConfig
+from botocore.exceptions import ClientError
 
-# Multipart pieces of 8 MiB, two in flight: merging a job of any size holds ~16 MiB.
-MERGE_TRANSFER = TransferConfig(
-    multipart_threshold=8 * 1024 * 1024,
-    multipart_chunksize=8 * 1024 * 1024,
-    max_concurrency=2,
-    use_threads=True,
-)
+JSONL = "application/x-ndjson"
 
 
 def part_key(job_id: str, chunk: int) -> str:
     return f"results/{job_id}/parts/{chunk:06d}.jsonl"
 
 
-def results_key(job_id: str) -> str:
-    return f"results/{job_id}/results.jsonl"
+def results_key(job_id: str, number: int = 1) -> str:
+    """The job's results file ``number``: ``results.jsonl``, then (past the one-file cap)
+    ``results-2.jsonl``, ``results-3.jsonl``..."""
+    name = "results" if number == 1 else f"results-{number}"
+    return f"results/{job_id}/{name}.jsonl"
 
 
 def summary_key(job_id: str) -> str:
     return f"results/{job_id}/_summary.json"
 
 
+def multipart_etag(etags: list[str]) -> str:
+    """The ETag S3 gives an object completed from parts with these ETags (MD5 of their MD5s)."""
+    digests = b"".join(bytes.fromhex(etag.strip('"')) for etag in etags)
+    return f'"{hashlib.md5(digests).hexdigest()}-{len(etags)}"'
+
+
+class UploadGoneError(RuntimeError):
+    """The multipart upload no longer exists (completed by someone else, or aborted)."""
+
+
+def _missing(exc: ClientError, *codes: str) -> bool:
+    return exc.response.get("Error", {}).get("Code") in codes
+
+
 def jsonl(records: Iterable[dict[str, Any]]) -> bytes:
     return b"".join(
         json.dumps(r, separators=(",", ":"), ensure_ascii=False).encode() + b"\n" for r in records
     )
-
-
-class _IterStream(io.RawIOBase):
-    """A read-only file over an iterator of byte strings, for upload_fileobj's multipart upload."""
-
-    def __init__(self, pieces: Iterator[bytes]) -> None:
-        self._pieces = pieces
-        self._buffer = b""
-
-    def readable(self) -> bool:
-        return True
-
-    def readinto(self, target: Any) -> int:
-        while not self._buffer:
-            try:
-                self._buffer = next(self._pieces)
-            except StopIteration:
-                return 0
-        size = min(len(target), len(self._buffer))
-        target[:size] = self._buffer[:size]
-        self._buffer = self._buffer[size:]
-        return size
 
 
 class ResultStore:
@@ -77,26 +66,72 @@ class ResultStore:
             Bucket=self.bucket,
             Key=part_key(job_id, chunk),
             Body=jsonl(records),
-            ContentType="application/x-ndjson",
+            ContentType=JSONL,
         )
 
-    def part_lines(self, job_id: str, chunk: int) -> Iterator[bytes]:
-        body = self.client.get_object(Bucket=self.bucket, Key=part_key(job_id, chunk))["Body"]
+    def read_part(self, job_id: str, chunk: int) -> bytes | None:
+        """A chunk's part, whole (a few KiB); None if it does not exist."""
         try:
-            for line in body.iter_lines():
-                if line:
-                    yield line
-        finally:
-            body.close()
+            body = self.client.get_object(Bucket=self.bucket, Key=part_key(job_id, chunk))["Body"]
+        except ClientError as exc:
+            if _missing(exc, "NoSuchKey"):
+                return None
+            raise
+        with body:
+            return bytes(body.read())
 
-    def merge(self, job_id: str, lines: Iterator[bytes]) -> str:
-        """Stream ``lines`` (without newlines) into results.jsonl; returns its s3:// URI."""
-        key = results_key(job_id)
-        stream = io.BufferedReader(_IterStream(line + b"\n" for line in lines), buffer_size=1024 * 1024)
-        self.client.upload_fileobj(
-            stream, self.bucket, key, Config=MERGE_TRANSFER, ExtraArgs={"ContentType": "application/x-ndjson"}
+    # --- results files: multipart uploads driven (and checkpointed) by merge.py ----------------
+
+    def put_file(self, key: str, body: bytes) -> None:
+        """A results file small enough for one PUT (no part was cut from it)."""
+        self.client.put_object(Bucket=self.bucket, Key=key, Body=body, ContentType=JSONL)
+
+    def start_upload(self, key: str) -> str:
+        return str(
+            self.client.create_multipart_upload(Bucket=self.bucket, Key=key, ContentType=JSONL)["UploadId"]
         )
-        return self.uri(key)
+
+    def upload_part(self, key: str, upload_id: str, number: int, body: bytes) -> str:
+        """Upload part ``number`` (1-based); returns its ETag. UploadGoneError if the upload is gone."""
+        try:
+            response = self.client.upload_part(
+                Bucket=self.bucket, Key=key, UploadId=upload_id, PartNumber=number, Body=body
+            )
+        except ClientError as exc:
+            if _missing(exc, "NoSuchUpload"):
+                raise UploadGoneError(f"{key}: upload {upload_id} is gone") from exc
+            raise
+        return str(response["ETag"])
+
+    def complete_upload(self, key: str, upload_id: str, etags: list[str]) -> None:
+        """Complete the upload from its parts. Completing it again (a finalize that died right after
+        completing) is fine: S3 no longer knows the upload, but the object is there with the ETag
+        these parts give. UploadGoneError otherwise."""
+        parts = [{"PartNumber": n, "ETag": etag} for n, etag in enumerate(etags, start=1)]
+        try:
+            self.client.complete_multipart_upload(
+                Bucket=self.bucket, Key=key, UploadId=upload_id, MultipartUpload={"Parts": parts}
+            )
+        except ClientError as exc:
+            if not _missing(exc, "NoSuchUpload"):
+                raise
+            if self._etag(key) != multipart_etag(etags):
+                raise UploadGoneError(f"{key}: upload {upload_id} is gone") from exc
+
+    def abort_upload(self, key: str, upload_id: str) -> None:
+        try:
+            self.client.abort_multipart_upload(Bucket=self.bucket, Key=key, UploadId=upload_id)
+        except ClientError as exc:
+            if not _missing(exc, "NoSuchUpload"):
+                raise
+
+    def _etag(self, key: str) -> str | None:
+        try:
+            return str(self.client.head_object(Bucket=self.bucket, Key=key)["ETag"])
+        except ClientError as exc:
+            if _missing(exc, "404", "NoSuchKey", "NotFound"):
+                return None
+            raise
 
     def write_summary(self, job_id: str, summary: dict[str, Any]) -> str:
         key = summary_key(job_id)

@@ -11,15 +11,24 @@ from typing import TYPE_CHECKING, Any
 from botocore.config import Config
 
 from batchpredict import aws
-from batchpredict.config import ApiConfig, EngineConfig, PredictConfig, PredictorConfig, Tables
+from batchpredict.config import (
+    ApiConfig,
+    EngineConfig,
+    FinalizeConfig,
+    PredictConfig,
+    PredictorConfig,
+    Tables,
+)
 from batchpredict.fetch import Fetcher, FetchLimits
 from batchpredict.jobs import JobStore
+from batchpredict.merges import MergeStore
 from batchpredict.queues import Queue
 from batchpredict.results import ResultStore
 from batchpredict.writer import ChunkWriter
 
 if TYPE_CHECKING:
     from batchpredict.batch import ChunkBatch
+    from batchpredict.finalize import Finalizer
     from batchpredict.model import Engine
     from batchpredict.pipeline import StreamingPredictor
 
@@ -51,12 +60,27 @@ def job_store(tables: Tables) -> JobStore:
     return JobStore(aws.client("dynamodb", DYNAMODB_RETRIES), tables.table, ttl_seconds=tables.ttl_seconds)
 
 
-def result_store(bucket: str) -> ResultStore:
-    return ResultStore(s3_client(), bucket)
+def result_store(bucket: str, connections: int | None = None) -> ResultStore:
+    """``connections``: the client's HTTP pool, for callers reading with that many threads."""
+    config = Config(max_pool_connections=connections) if connections else None
+    return ResultStore(aws.client("s3", config), bucket)
 
 
 def queue(url: str) -> Queue:
     return Queue(aws.client("sqs"), url)
+
+
+def finalizer(config: FinalizeConfig) -> Finalizer:
+    from batchpredict.finalize import Finalizer
+
+    tables = config.tables
+    return Finalizer(
+        job_store(tables),
+        result_store(config.output_bucket, connections=config.merge.read_concurrency),
+        MergeStore(aws.client("dynamodb"), tables.table, ttl_seconds=tables.ttl_seconds),
+        queue(config.finalize_queue_url),
+        config.merge,
+    )
 
 
 def chunk_writer(tables: Tables, output_bucket: str, finalize_queue_url: str) -> ChunkWriter:

@@ -38,12 +38,14 @@ CONSUMERS = {
     "WorkQueue": "PredictFunction",
     "FinalizeQueue": "FinalizeFunction",
     "WorkDeadLetterQueue": "ReconcileFunction",
+    "FinalizeDeadLetterQueue": "ReconcileFunction",
 }
 DEAD_LETTER_QUEUES = {
     "ManifestQueue": "ManifestDeadLetterQueue",
     "WorkQueue": "WorkDeadLetterQueue",
     "FinalizeQueue": "FinalizeDeadLetterQueue",
     "WorkDeadLetterQueue": "ReconcileDeadLetterQueue",
+    "FinalizeDeadLetterQueue": "ReconcileDeadLetterQueue",
 }
 
 
@@ -202,7 +204,13 @@ def test_function_sizes_and_roles(stack: DeployedStack) -> None:
 
 
 def test_event_source_mappings(stack: DeployedStack) -> None:
-    batch_sizes = {"ManifestQueue": 1, "WorkQueue": 2, "FinalizeQueue": 1, "WorkDeadLetterQueue": 10}
+    batch_sizes = {
+        "ManifestQueue": 1,
+        "WorkQueue": 2,
+        "FinalizeQueue": 1,
+        "WorkDeadLetterQueue": 10,
+        "FinalizeDeadLetterQueue": 1,
+    }
     for queue, function in CONSUMERS.items():
         mapping = _mapping(stack, queue)
         assert mapping["FunctionArn"] == stack.arn(function)

@@ -24,6 +24,8 @@ from tests.infra.cfn import (
     ZIP_FUNCTIONS,
     iam_problems,
     mapping_problems,
+    mappings_by_queue,
+    policy_statements,
     queue_problems,
     resources,
     translate,
@@ -74,7 +76,7 @@ def test_translation_needs_no_network_and_no_credentials(
         monkeypatch.delenv(name, raising=False)
     cfn = translate(sam)
     assert "AWS::Serverless::Function" not in {r["Type"] for r in cfn["Resources"].values()}
-    assert len(resources(cfn, "AWS::Lambda::EventSourceMapping")) == 4
+    assert len(resources(cfn, "AWS::Lambda::EventSourceMapping")) == 5
 
 
 def test_the_logical_ids_are_the_documented_ones(sam: dict[str, Any]) -> None:
@@ -96,8 +98,13 @@ def _props(sam: dict[str, Any], name: str) -> dict[str, Any]:
     return sam["Resources"][name]["Properties"]  # type: ignore[no-any-return]
 
 
-def _event(sam: dict[str, Any], function: str) -> dict[str, Any]:
-    (event,) = _props(sam, function)["Events"].values()
+def _event(sam: dict[str, Any], function: str, queue: str | None = None) -> dict[str, Any]:
+    """The function's SQS event (the one on ``queue`` when it has several)."""
+    (event,) = [
+        e
+        for e in _props(sam, function)["Events"].values()
+        if queue is None or e["Properties"]["Queue"]["Fn::GetAtt"][0] == queue
+    ]
     return event["Properties"]  # type: ignore[no-any-return]
 
 
@@ -157,7 +164,7 @@ QUEUE_BREAKAGES: dict[str, tuple[Mutation, str]] = {
 MAPPING_BREAKAGES: dict[str, tuple[Mutation, str]] = {
     **{
         f"{function} mapping loses ReportBatchItemFailures": (
-            lambda sam, f=function: _event(sam, f).pop("FunctionResponseTypes"),
+            lambda sam, f=function, q=queue: _event(sam, f, q).pop("FunctionResponseTypes"),
             f"({queue}): FunctionResponseTypes is not [ReportBatchItemFailures]",
         )
         for function, queue in [
@@ -165,6 +172,7 @@ MAPPING_BREAKAGES: dict[str, tuple[Mutation, str]] = {
             ("PredictFunction", "WorkQueue"),
             ("FinalizeFunction", "FinalizeQueue"),
             ("ReconcileFunction", "WorkDeadLetterQueue"),
+            ("ReconcileFunction", "FinalizeDeadLetterQueue"),
         ]
     },
     "work mapping loses MaximumConcurrency": (
@@ -364,3 +372,37 @@ def test_parameters_have_the_documented_defaults(cfn: dict[str, Any]) -> None:
     for name, default in defaults.items():
         shown = f"`{default}`" if default != "" else "empty"
         assert re.search(rf"\| `{name}` \| {re.escape(shown)} \|", section), f"README: {name} {shown}"
+
+
+def _grants(cfn: dict[str, Any], role: str) -> dict[str, set[str]]:
+    """Action -> the logical ids of the resources a role grants it on."""
+    out: dict[str, set[str]] = {}
+    for where, statement in policy_statements(cfn):
+        if where.startswith(f"{role}/"):
+            actions = statement["Action"] if isinstance(statement["Action"], list) else [statement["Action"]]
+            resources_ = (
+                statement["Resource"] if isinstance(statement["Resource"], list) else [statement["Resource"]]
+            )
+            targets = {json.dumps(r) for r in resources_}
+            for action in actions:
+                out.setdefault(action, set()).update(targets)
+    return out
+
+
+def test_a_merge_can_continue_resume_and_end_failed(cfn: dict[str, Any]) -> None:
+    # The output bucket aborts uploads no finalize will complete.
+    rules = cfn["Resources"]["OutputBucket"]["Properties"]["LifecycleConfiguration"]["Rules"]
+    (abort,) = [r for r in rules if isinstance(r, dict) and "AbortIncompleteMultipartUpload" in r]
+    assert abort["Status"] == "Enabled" and "Prefix" not in abort and "Filter" not in abort
+    assert abort["AbortIncompleteMultipartUpload"] == {"DaysAfterInitiation": 1}
+    # finalize sends its own continuation, checkpoints in the table, reads and completes uploads.
+    finalize = _grants(cfn, "FinalizeRole")
+    assert json.dumps({"Fn::GetAtt": ["FinalizeQueue", "Arn"]}) in finalize["sqs:SendMessage"]
+    assert json.dumps({"Fn::GetAtt": ["ResultsTable", "Arn"]}) in finalize["dynamodb:PutItem"]
+    assert {"s3:GetObject", "s3:PutObject", "s3:AbortMultipartUpload"} <= set(finalize)
+    # A dead-lettered finalize message is consumed (by reconcile), which may abort the upload.
+    _, mapping = mappings_by_queue(cfn)["FinalizeDeadLetterQueue"]
+    assert mapping["FunctionName"] == {"Ref": "ReconcileFunction"}
+    reconcile = _grants(cfn, "ReconcileRole")
+    assert json.dumps({"Fn::GetAtt": ["FinalizeDeadLetterQueue", "Arn"]}) in reconcile["sqs:ReceiveMessage"]
+    assert "s3:AbortMultipartUpload" in reconcile

@@ -20,6 +20,7 @@ from batchpredict.errors import ErrorCode
 from batchpredict.finalize import Finalizer
 from batchpredict.jobs import PAGE_LINES, JobStore
 from batchpredict.local.dynamodb_local import DynamoDBLocal, DynamoDBLocalUnavailableError
+from batchpredict.merges import MergeStore
 from batchpredict.messages import Chunk
 from batchpredict.queues import Queue
 from batchpredict.records import SUCCEEDED, WorkItem, base_record, failed_record
@@ -111,7 +112,7 @@ def test_concurrent_redeliveries_count_each_chunk_once(moto_endpoint: str, dynam
     # The last counting delivery (or a later one) asked for finalize; finalize is idempotent.
     messages = sqs.receive_message(QueueUrl=finalize_url, MaxNumberOfMessages=10)["Messages"]
     assert {json.loads(m["Body"])["job_id"] for m in messages} == {job_id}
-    Finalizer(jobs, results).finalize(job_id)
+    Finalizer(jobs, results, MergeStore(dynamodb, name), Queue(sqs, finalize_url)).finalize(job_id)
 
     body = s3.get_object(Bucket=name, Key=f"results/{job_id}/results.jsonl")["Body"].read()
     lines = [json.loads(line) for line in body.splitlines()]

@@ -6,6 +6,7 @@ import os
 from functools import cache
 
 from aws_lambda_powertools.utilities.data_classes.sqs_event import SQSRecord
+from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from batchpredict import wiring
 from batchpredict.config import finalize_config
@@ -17,14 +18,13 @@ from batchpredict.observability import logger
 
 @cache
 def finalizer() -> Finalizer:
-    config = finalize_config(os.environ)
-    return Finalizer(wiring.job_store(config.tables), wiring.result_store(config.output_bucket))
+    return wiring.finalizer(finalize_config(os.environ))
 
 
-def record_handler(record: SQSRecord) -> None:
+def record_handler(record: SQSRecord, lambda_context: LambdaContext) -> None:
     job_id = parse_finalize(record.body)
     logger.append_keys(job_id=job_id)
-    finalizer().finalize(job_id)
+    finalizer().finalize(job_id, lambda: lambda_context.get_remaining_time_in_millis() / 1000)
 
 
 lambda_handler = sqs_batch_handler(record_handler, cold_start=finalizer)

@@ -135,7 +135,9 @@ def clear_handler_caches() -> None:
         split_manifest.splitter,
         predict.service,
         finalize.finalizer,
+        reconcile.config,
         reconcile.writer,
+        reconcile.finalizer,
         predict_api.service,
     ):
         cached.cache_clear()
