@@ -76,8 +76,8 @@ def _with_latency(latency_ms: dict[str, float]) -> None:
 
     make = aws.client
 
-    def client(service: str, config: Any = None) -> Any:
-        made = make(service, config)
+    def client(service: str, config: Any = None, session: Any = None) -> Any:
+        made = make(service, config, session)
         delay = latency_ms.get(service, 0.0) / 1000
         if delay:
             made.meta.events.register(f"before-send.{service}", lambda **_: time.sleep(delay))
