@@ -8,6 +8,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 PACKAGE = "functions/batchpredict/"
+BENCHMARKS = "benchmarks/"
 INDENT = 2  # spaces a folder level
 
 
@@ -31,13 +32,10 @@ def layout_paths(readme: str) -> list[str]:
     return paths
 
 
-def test_layout_lists_every_module_of_the_package() -> None:
+def test_layout_lists_every_module_of_the_package_and_every_benchmark() -> None:
     listed = set(layout_paths((ROOT / "README.md").read_text()))
-    modules = {
-        path.relative_to(ROOT).as_posix()
-        for path in (ROOT / PACKAGE).rglob("*.py")
-        if path.name != "__init__.py"
-    }
+    files = [*(ROOT / PACKAGE).rglob("*.py"), *(ROOT / BENCHMARKS).glob("*.py")]
+    modules = {path.relative_to(ROOT).as_posix() for path in files if path.name != "__init__.py"}
     missing = sorted(modules - listed)
     assert not missing, f"README ## Layout lacks {missing}: add one line for each"
 
