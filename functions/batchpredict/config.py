@@ -148,6 +148,10 @@ def split_config(env: Mapping[str, str]) -> SplitConfig:
         settings=SplitSettings(
             chunk_size=setting(env, "CHUNK_SIZE", chunk_size, defaults.chunk_size),
             max_manifest_lines=setting(env, "MAX_MANIFEST_LINES", positive_int, defaults.max_manifest_lines),
+            max_physical_lines=setting(
+                env, "MAX_MANIFEST_PHYSICAL_LINES", positive_int, defaults.max_physical_lines
+            ),
+            max_manifest_bytes=setting(env, "MAX_MANIFEST_BYTES", positive_int, defaults.max_manifest_bytes),
             time_reserve_ms=setting(env, "SPLIT_TIME_RESERVE_MS", positive_int, defaults.time_reserve_ms),
         ),
     )

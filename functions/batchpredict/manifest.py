@@ -29,7 +29,7 @@ import json
 import math
 import re
 import zlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 from enum import StrEnum
 from typing import Any, BinaryIO, Protocol, cast
@@ -41,6 +41,13 @@ MAX_LINE_BYTES = 8192
 MAX_URL_LENGTH = 2048
 ALLOWED_SCHEMES = ("https", "http", "s3")
 
+# Metadata is stored in every result row: DynamoDB refuses items nested more than 32 levels
+# deep, and a row must stay far below its 400 KB item limit.
+MAX_METADATA_DEPTH = 16
+MAX_METADATA_BYTES = 4096  # compact UTF-8 JSON
+# Every this many physical lines (blank and comment lines included) the caller's ``tick`` runs,
+# so a run of lines that yield no item still lets the caller check its remaining time.
+TICK_EVERY_LINES = 10_000
 RAW_PREVIEW_CHARS = 200  # InvalidLine.raw keeps this much of the line for the error report
 _CHUNK_BYTES = 64 * 1024
 _BOM = b"\xef\xbb\xbf"
@@ -173,9 +180,18 @@ def iter_manifest(
     start: Position = Position(),  # frozen, so a shared default is safe
     stream_is_at_offset: bool = False,
     max_lines: int = 1_000_000,
+    max_physical_lines: int | None = None,
+    max_bytes: int | None = None,
     csv_header: list[str] | None = None,
+    tick: Callable[[Position], None] | None = None,
 ) -> Iterator[tuple[ManifestItem, Position]]:
     """Yield ``(item, position after item)`` for every manifest line from ``start`` on.
+
+    Caps: ``max_lines`` items; ``max_physical_lines`` lines of any kind (blank lines and
+    comments count: a gzip of newlines expands ~1000-fold); ``max_bytes`` of the decompressed
+    stream. Past a cap the manifest as a whole is refused (ManifestError). ``tick(position)``
+    runs every TICK_EVERY_LINES physical lines, with the position after the last such line; it
+    may raise to stop the stream (the caller's own exception passes through).
 
     ``stream_is_at_offset``: the stream already begins at ``start.byte_offset`` (plain objects
     only); otherwise the stream begins at the start of the manifest and the first ``start.line``
@@ -197,10 +213,16 @@ def iter_manifest(
         _open(stream, gzipped),
         offset=start.byte_offset if at_offset else 0,
         line=start.line if at_offset else 0,
+        max_lines=max_physical_lines,
+        max_bytes=max_bytes,
     )
     parser = _CsvParser(header) if fmt is ManifestFormat.CSV else None
     index = start.index
     for raw in reader:
+        if tick is not None and raw.number % TICK_EVERY_LINES == 0 and raw.number - 1 > start.line:
+            header = parser.header if parser else None
+            if parser is None or header is not None:  # a CSV continuation needs its header
+                tick(Position(index, raw.number - 1, raw.start_offset, header))
         if parser is not None and parser.wants_header(raw):
             parser.read_header(raw)
             continue
@@ -234,6 +256,7 @@ class _RawLine:
     number: int  # 1-based physical line number
     data: bytes  # without the line ending; only a preview when ``overlong``
     overlong: bool
+    start_offset: int  # stream offset of this line's first byte
     end_offset: int  # stream offset just after this line's ending
 
 
@@ -262,8 +285,19 @@ class _LineReader:
     preview for the error report.
     """
 
-    def __init__(self, source: ByteStream, *, offset: int, line: int) -> None:
+    def __init__(
+        self,
+        source: ByteStream,
+        *,
+        offset: int,
+        line: int,
+        max_lines: int | None = None,
+        max_bytes: int | None = None,
+    ) -> None:
         self._source = source
+        self._max_lines = max_lines
+        self._max_bytes = max_bytes
+        self._read = offset  # bytes of the (decompressed) stream read so far
         self._buf = b""
         self._pos = 0  # start of unconsumed data in _buf; avoids re-slicing the buffer per line
         self._eof = False
@@ -293,6 +327,9 @@ class _LineReader:
         if not chunk:
             self._eof = True
             return False
+        self._read += len(chunk)
+        if self._max_bytes is not None and self._read > self._max_bytes:
+            raise ManifestError(f"manifest is larger than {self._max_bytes} bytes (decompressed)")
         if self._sniff:
             self._sniff = False
             if b"\0" in chunk:
@@ -310,10 +347,19 @@ class _LineReader:
         self._check_text(content)
         if self.offset == 0:  # a BOM can only be at the very start
             content = content.removeprefix(_BOM)
+        start = self.offset
         self.offset = end
-        self.line += 1
+        self._count_line()
         overlong = len(content) > MAX_LINE_BYTES
-        return _RawLine(self.line, content[: RAW_PREVIEW_CHARS * 4] if overlong else content, overlong, end)
+        preview = content[: RAW_PREVIEW_CHARS * 4] if overlong else content
+        return _RawLine(self.line, preview, overlong, start, end)
+
+    def _count_line(self) -> None:
+        self.line += 1
+        if self._max_lines is not None and self.line > self._max_lines:
+            raise ManifestError(
+                f"manifest has more than {self._max_lines} lines (blank lines and comments included)"
+            )
 
     def _discard_long_line(self) -> _RawLine:
         preview = self._buf[self._pos : self._pos + RAW_PREVIEW_CHARS * 4]
@@ -328,9 +374,10 @@ class _LineReader:
                 break
         if self.offset == 0:
             preview = preview.removeprefix(_BOM)
+        start = self.offset
         self.offset += consumed
-        self.line += 1
-        return _RawLine(self.line, preview, True, self.offset)
+        self._count_line()
+        return _RawLine(self.line, preview, True, start, self.offset)
 
     def _check_text(self, data: bytes) -> None:
         if b"\0" in data:
@@ -512,7 +559,36 @@ def _image(
     if problem is not None:
         code, message = problem
         return replace(_invalid(raw, index, url or text, message, code), id=item_id)
+    if metadata is not None:
+        reason = metadata_problem(metadata)
+        if reason is not None:
+            return replace(_invalid(raw, index, text, reason), id=item_id)
     return ImageLine(index=index, line=raw.number, url=url, id=item_id, metadata=metadata)
+
+
+def metadata_problem(metadata: dict[str, Any]) -> str | None:
+    """Why a line's metadata cannot travel in a result row, or None."""
+    if _deeper_than(metadata, MAX_METADATA_DEPTH):
+        return f'"metadata" is nested more than {MAX_METADATA_DEPTH} levels deep'
+    size = len(json.dumps(metadata, ensure_ascii=False, separators=(",", ":")).encode())
+    if size > MAX_METADATA_BYTES:
+        return f'"metadata" is {size} bytes as JSON, over the {MAX_METADATA_BYTES}-byte limit'
+    return None
+
+
+def _deeper_than(value: Any, limit: int) -> bool:
+    """Objects and arrays nested more than ``limit`` levels (``value`` itself is level 1)."""
+    level = [value]
+    for _ in range(limit):
+        level = [
+            child
+            for node in level
+            for child in (node.values() if isinstance(node, dict) else node if isinstance(node, list) else ())
+            if isinstance(child, dict | list)
+        ]
+        if not level:
+            return False
+    return True
 
 
 def _invalid(

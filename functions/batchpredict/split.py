@@ -35,6 +35,9 @@ from batchpredict.results import ResultStore
 class SplitSettings:
     chunk_size: int = 16
     max_manifest_lines: int = 1_000_000
+    # Bombs: a 1 MB .gz can expand to 1 GB of newlines, which no item count would see.
+    max_physical_lines: int = 2_000_000  # blank lines and comments included
+    max_manifest_bytes: int = 2 * 1024**3  # decompressed
     # Stop and hand over to a continuation when less than this much invocation time is left.
     time_reserve_ms: int = 20_000
 
@@ -56,6 +59,14 @@ def work_item(item: ManifestItem) -> WorkItem:
         )
     assert isinstance(item, ImageLine)
     return WorkItem(index=item.index, url=item.url, id=item.id, metadata=item.metadata)
+
+
+class _OutOfTimeError(Exception):
+    """The split must hand over to a continuation at ``position``."""
+
+    def __init__(self, position: Position) -> None:
+        super().__init__(position)
+        self.position = position
 
 
 class Splitter:
@@ -130,7 +141,14 @@ class Splitter:
         size = self.settings.chunk_size
         chunk_items: list[WorkItem] = []
         bodies: list[str] = []
-        position = start
+        position = whole = start  # whole: just after the last whole chunk
+        settings = self.settings
+
+        def tick(at: Position) -> None:
+            # Lines that yield no item (blank, comments) pass here too, every so many.
+            if remaining_ms() < settings.time_reserve_ms:
+                raise _OutOfTimeError(at)
+
         try:
             for item, position in iter_manifest(
                 body,
@@ -138,20 +156,27 @@ class Splitter:
                 gzipped,
                 start=start,
                 stream_is_at_offset=at_offset,
-                max_lines=self.settings.max_manifest_lines,
+                max_lines=settings.max_manifest_lines,
+                max_physical_lines=settings.max_physical_lines,
+                max_bytes=settings.max_manifest_bytes,
+                tick=tick,
             ):
                 chunk_items.append(work_item(item))
                 if len(chunk_items) < size:
                     continue
                 bodies.append(Chunk(job_id, item.index // size, chunk_items).body())
                 chunk_items = []
+                whole = position
                 if len(bodies) == SEND_BATCH_LIMIT:
                     self.work.send_batch(bodies)
                     bodies = []
-                    if remaining_ms() < self.settings.time_reserve_ms:
+                    if remaining_ms() < settings.time_reserve_ms:
                         return self._hand_over(job_id, obj, position, position.index - start.index)
         except ManifestError as exc:
             return self._fail(job_id, f"manifest {obj.uri} cannot be read: {exc}")
+        except _OutOfTimeError as late:
+            self.work.send_batch(bodies)
+            return self._out_of_time(job_id, obj, start, whole if chunk_items else late.position)
         finally:
             body.close()
         if chunk_items:
@@ -164,6 +189,24 @@ class Splitter:
             # Empty manifest, or every chunk finished before the split did.
             self.finalize.send(finalize_body(job_id))
         return SplitOutcome(job_id, "split", total - start.index)
+
+    def _out_of_time(
+        self, job_id: str, obj: ManifestObject, start: Position, resume: Position
+    ) -> SplitOutcome:
+        """Time ran short between items (the whole chunks are sent): continue from ``resume``.
+
+        A partial chunk is not sent (the continuation would send its number again, fuller):
+        ``resume`` is then just after the last whole chunk, and its lines are read again. When
+        that is no further than ``start``, a continuation would only do the same again: the
+        job fails instead.
+        """
+        if resume.line <= start.line:
+            return self._fail(
+                job_id,
+                f"manifest {obj.uri} cannot be split: not one chunk could be read in an invocation "
+                f"(from line {start.line + 1})",
+            )
+        return self._hand_over(job_id, obj, resume, resume.index - start.index)
 
     def _hand_over(self, job_id: str, obj: ManifestObject, position: Position, items: int) -> SplitOutcome:
         checkpoint = position.to_dict()

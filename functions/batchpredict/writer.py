@@ -7,11 +7,17 @@ from collections.abc import Callable
 from typing import Any
 
 from batchpredict.costs import ComputeMeter, write_units
-from batchpredict.jobs import FINAL_STATUSES, JobStore
+from batchpredict.errors import ErrorCode
+from batchpredict.itemlimits import item_problem
+from batchpredict.jobs import FINAL_STATUSES, JobStore, img_sk, page_of, page_pk
 from batchpredict.messages import Chunk, finalize_body
 from batchpredict.queues import Queue
-from batchpredict.records import SUCCEEDED
+from batchpredict.records import SUCCEEDED, WorkItem, failed_record
 from batchpredict.results import ResultStore
+
+# The TTL JobStore.put_results may add: ten digits at most.
+_LONGEST_EXPIRY = {"expires_at": 9_999_999_999}
+_PREVIEW_CHARS = 200
 
 
 class ChunkBusyError(RuntimeError):
@@ -66,6 +72,7 @@ class ChunkWriter:
             raise ChunkBusyError(
                 f"chunk {chunk.chunk} of {chunk.job_id} is being written by another delivery"
             )
+        records[:] = [storable(record) for record in records]  # the caller's list: its metrics agree
         self.results.write_part(chunk.job_id, chunk.chunk, records)
         units = self.jobs.put_results(records, deadline) + write_units(0)  # + the claim
         succeeded = sum(1 for r in records if r["status"] == SUCCEEDED)
@@ -88,3 +95,32 @@ class ChunkWriter:
         job = self.jobs.get(job_id)
         if job is not None and job.all_chunks_done and job.status not in FINAL_STATUSES:
             self.finalize.send(finalize_body(job_id))
+
+
+def storable(record: dict[str, Any]) -> dict[str, Any]:
+    """``record``, or, if DynamoDB would refuse its row, the line FAILED without its metadata.
+
+    Parse-time limits keep manifests from getting here; a chunk message written by other means
+    (or limits changed between split and predict) still fails only its own line.
+    """
+    index = record["index"]
+    keys = {"pk": page_pk(record.get("job_id") or "", page_of(index)), "sk": img_sk(index)}
+    problem = item_problem(keys | record | _LONGEST_EXPIRY)
+    if problem is None:
+        return record
+    item = WorkItem(
+        index=record["index"],
+        url=_preview(record.get("url")),
+        id=_preview(record.get("id")),
+    )
+    message = f"the result row would be refused by DynamoDB ({problem}); its metadata is left out"
+    return failed_record(
+        record.get("job_id"), item, ErrorCode.INVALID_MANIFEST_LINE, message, record.get("model")
+    )
+
+
+def _preview(value: Any) -> str | None:
+    if value is None:
+        return None
+    text = str(value)
+    return text if len(text) <= _PREVIEW_CHARS else text[:_PREVIEW_CHARS] + "…"

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import boto3
 import pytest
@@ -23,21 +24,17 @@ def dynamodb_local() -> Iterator[DynamoDBLocal]:
     server.stop()
 
 
-def test_starts_with_the_cheap_jvm_and_is_the_real_engine(dynamodb_local: DynamoDBLocal) -> None:
-    process = dynamodb_local._process
-    assert process is not None
-    command = Path(f"/proc/{process.pid}/cmdline").read_bytes().split(b"\0")
-    assert [flag.encode() for flag in JVM_OPTIONS] == command[1 : 1 + len(JVM_OPTIONS)]
-    assert b"-inMemory" in command
+def _table(server: DynamoDBLocal, name: str) -> Any:
+    """A client of ``server`` and a table of the pipeline's key schema in it."""
     client = boto3.client(
         "dynamodb",
-        endpoint_url=dynamodb_local.endpoint,
+        endpoint_url=server.endpoint,
         region_name="us-east-1",
         aws_access_key_id="local",
         aws_secret_access_key="local",
     )
     client.create_table(
-        TableName="results",
+        TableName=name,
         KeySchema=[{"AttributeName": "pk", "KeyType": "HASH"}, {"AttributeName": "sk", "KeyType": "RANGE"}],
         AttributeDefinitions=[
             {"AttributeName": "pk", "AttributeType": "S"},
@@ -45,6 +42,16 @@ def test_starts_with_the_cheap_jvm_and_is_the_real_engine(dynamodb_local: Dynamo
         ],
         BillingMode="PAY_PER_REQUEST",
     )
+    return client
+
+
+def test_starts_with_the_cheap_jvm_and_is_the_real_engine(dynamodb_local: DynamoDBLocal) -> None:
+    process = dynamodb_local._process
+    assert process is not None
+    command = Path(f"/proc/{process.pid}/cmdline").read_bytes().split(b"\0")
+    assert [flag.encode() for flag in JVM_OPTIONS] == command[1 : 1 + len(JVM_OPTIONS)]
+    assert b"-inMemory" in command
+    client = _table(dynamodb_local, "results")
     key = {"pk": {"S": "job"}, "sk": {"S": "JOB"}}
     client.put_item(TableName="results", Item=key | {"n": {"N": "0"}})
     update = {
@@ -64,3 +71,27 @@ def test_starts_with_the_cheap_jvm_and_is_the_real_engine(dynamodb_local: Dynamo
     with pytest.raises(client.exceptions.TransactionCanceledException):
         client.transact_write_items(TransactItems=[update, put_marker])
     assert client.get_item(TableName="results", Key=key, ConsistentRead=True)["Item"]["n"] == {"N": "1"}
+
+
+def test_a_row_the_engine_refuses_is_stored_as_its_failed_line(dynamodb_local: DynamoDBLocal) -> None:
+    # moto takes any nesting; the real engine does not, which is why the writer checks.
+    from botocore.exceptions import ClientError
+
+    from batchpredict.jobs import JobStore
+    from batchpredict.records import WorkItem, base_record
+    from batchpredict.writer import storable
+
+    client = _table(dynamodb_local, "rows")
+    metadata: dict[str, object] = {"leaf": 1}
+    for _ in range(31):
+        metadata = {"a": metadata}
+    record = base_record("job", WorkItem(index=7, url="https://a.example/x.jpg", metadata=metadata), "m")
+    store = JobStore(client, "rows")
+    with pytest.raises(ClientError, match="Nesting Levels"):
+        store.put_results([record])
+
+    store.put_results([storable(record)])
+
+    (row,) = list(store.query_results("job"))
+    assert (row["index"], row["status"], row["error"]["code"]) == (7, "FAILED", "invalid_manifest_line")
+    assert "metadata" not in row

@@ -217,3 +217,56 @@ def test_writes_are_retried_until_shortly_before_the_invocation_ends() -> None:
     writer.write(Chunk("job-1", 0, []), records, MODEL, lease_seconds=35.0)
 
     assert deadlines == [128.5, 128.5, 128.5]
+
+
+# --- rows DynamoDB would refuse -----------------------------------------------------------------
+
+
+def _deep(levels: int) -> dict[str, Any]:
+    value: dict[str, Any] = {"leaf": 1}
+    for _ in range(levels - 1):
+        value = {"a": value}
+    return value
+
+
+@pytest.mark.parametrize(
+    ("metadata", "reason"),
+    [
+        (_deep(32), "nested more than 32 levels deep"),  # the item itself is the first level
+        ({"blob": "x" * 420_000}, "larger than DynamoDB's 400 KB item limit"),
+    ],
+)
+def test_a_row_dynamodb_would_refuse_fails_its_line_alone(metadata: dict[str, Any], reason: str) -> None:
+    writer, jobs, s3, _ = _writer()
+    good = _rows(0, [SUCCEEDED, SUCCEEDED])
+    bad = good[1] | {"id": "k" * 300, "metadata": metadata}
+    records = [good[0], bad]
+
+    assert writer.write(Chunk("job-1", 0, []), records, MODEL) is True
+
+    stored = jobs.rows[1]
+    assert stored["status"] == FAILED and "metadata" not in stored
+    assert stored["error"]["code"] == "invalid_manifest_line"
+    assert reason in stored["error"]["message"]
+    assert (stored["index"], stored["url"], stored["id"]) == (1, _url(1), "k" * 200 + "…")
+    assert jobs.rows[0] == good[0]  # the rest of the chunk is written as it was
+    assert _part(s3, 0) == jobs.rows == records  # part, rows and the caller's records agree
+    assert jobs.count_calls == [(0, 1, 1, MODEL)]
+
+
+def test_item_limits_follow_dynamodb_sizing() -> None:
+    from batchpredict.itemlimits import MAX_ITEM_BYTES, item_problem
+
+    # names + values: "s" 1+3, "n" 1 + (3 digits -> 2) + 1, "b" 1+1, "m" 1 + 3 + ("k" 1 + 1 + 1)
+    # exactly at the limit passes, one byte over does not
+    base = {"s": "abc", "n": 12300, "b": True, "m": {"k": None}}
+    size = 4 + 4 + 2 + 7
+    assert item_problem(base | {"pad": "x" * (MAX_ITEM_BYTES - size - 3)}) is None
+    assert item_problem(base | {"pad": "x" * (MAX_ITEM_BYTES - size - 2)}) is not None
+    # DynamoDB Local takes 31 maps inside an item and refuses 32: the item is the first level.
+    assert item_problem({"deep": _deep(31)}) is None
+    assert item_problem({"deep": [_deep(31)]}) == "nested more than 32 levels deep"
+    very_deep: Any = 1
+    for _ in range(100_000):  # no recursion: measured, not a RecursionError
+        very_deep = [very_deep]
+    assert item_problem({"v": very_deep}) == "nested more than 32 levels deep"

@@ -586,3 +586,69 @@ def test_csv_resume_at_offset_takes_the_header_from_the_position_or_the_argument
 def test_gzip_cannot_resume_at_a_byte_offset() -> None:
     with pytest.raises(ValueError, match="re-stream it from the start"):
         list(iter_manifest(io.BytesIO(b""), TXT, True, start=Position(1, 1, 10), stream_is_at_offset=True))
+
+
+# --- metadata a result row could not carry, and manifest bombs ----------------------------------
+
+
+def _nested(levels: int) -> dict[str, Any]:
+    value: dict[str, Any] = {}
+    for _ in range(levels - 1):
+        value = {"a": value}
+    return value
+
+
+@pytest.mark.parametrize("fmt", [JSONL])
+def test_metadata_depth_is_limited_at_parse_time(fmt: ManifestFormat) -> None:
+    # DynamoDB refuses items nested over 32 levels; moto does not, so this must be caught here.
+    line = {"url": "https://a.example/x.jpg", "id": "deep", "metadata": _nested(17)}
+    bad = invalid(json.dumps(line).encode(), fmt)
+    assert (bad.code, bad.id) == (BAD, "deep")
+    assert bad.message == 'line 1: "metadata" is nested more than 16 levels deep'
+    deep_list = {"url": "https://a.example/x.jpg", "metadata": {"k": [[[[[[[[[[[[[[[[1]]]]]]]]]]]]]]]]}}
+    assert isinstance(only(json.dumps(deep_list).encode(), fmt), InvalidLine)
+    ok = {"url": "https://a.example/x.jpg", "metadata": _nested(16)}
+    assert isinstance(only(json.dumps(ok).encode(), fmt), ImageLine)
+
+
+def test_metadata_size_is_limited_at_parse_time() -> None:
+    # 2,100 two-byte characters: 4.2 KB of UTF-8 on a line well under MAX_LINE_BYTES.
+    big = json.dumps({"url": "https://a.example/x.jpg", "metadata": {"note": "é" * 2100}}, ensure_ascii=False)
+    assert "over the 4096-byte limit" in invalid(big.encode(), JSONL).message
+    fits = json.dumps(
+        {"url": "https://a.example/x.jpg", "metadata": {"note": "é" * 2000}}, ensure_ascii=False
+    )
+    assert isinstance(only(fits.encode(), JSONL), ImageLine)
+    wide_csv = b"url,note\nhttps://a.example/x.jpg," + b"n" * 4100 + b"\n"
+    assert "over the 4096-byte limit" in invalid(wide_csv, CSV).message
+
+
+def test_blank_lines_count_toward_the_physical_line_cap() -> None:
+    data = b"https://a.example/1.jpg\n" + b"\n" * 1000 + b"# comment\n" * 1000
+    assert len(items(data, TXT, True, max_physical_lines=2001)) == 1
+    with pytest.raises(ManifestError, match="more than 2000 lines"):
+        items(data, TXT, True, max_physical_lines=2000)
+
+
+def test_decompressed_bytes_are_capped() -> None:
+    data = b"https://a.example/1.jpg\n" + b"\n" * 200_000
+    with pytest.raises(ManifestError, match="larger than 100000 bytes"):
+        items(data, TXT, True, max_bytes=100_000)
+    assert len(items(data, TXT, True, max_bytes=len(data))) == 1
+
+
+def test_tick_runs_every_so_many_physical_lines_with_a_resumable_position() -> None:
+    data = b"https://a.example/1.jpg\n" + b"\n" * 25_000 + b"https://a.example/2.jpg\n"
+    ticks: list[Position] = []
+    got = items(data, TXT, tick=ticks.append)
+    assert len(got) == 2
+    assert [(p.index, p.line, p.byte_offset) for p in ticks] == [
+        (1, 9_999, 24 + 9_998),
+        (1, 19_999, 24 + 19_998),
+    ]
+    resumed = list(
+        iter_manifest(
+            io.BytesIO(data[ticks[0].byte_offset :]), TXT, False, start=ticks[0], stream_is_at_offset=True
+        )
+    )
+    assert [item for item, _ in resumed] == got[1:]

@@ -113,6 +113,7 @@ class Stack:
         chunk_size: int = CHUNK,
         on_batch: Callable[[], None] = lambda: None,
         payload_limit: int | None = None,
+        **limits: int,
     ) -> None:
         self.s3 = FakeS3()
         self.sqs = SplitQueues(on_batch=on_batch, payload_limit=payload_limit)
@@ -123,7 +124,7 @@ class Stack:
             work=Queue(self.sqs, WORK_URL, sleep=_no_sleep),
             manifests=Queue(self.sqs, MANIFEST_URL, sleep=_no_sleep),
             finalize=Queue(self.sqs, FINALIZE_URL, sleep=_no_sleep),
-            settings=SplitSettings(chunk_size=chunk_size, time_reserve_ms=RESERVE_MS),
+            settings=SplitSettings(chunk_size=chunk_size, time_reserve_ms=RESERVE_MS, **limits),
             results=ResultStore(self.s3, OUT),
         )
 
@@ -704,3 +705,73 @@ def test_a_manifest_of_long_lines_can_be_split() -> None:
 
     assert outcome.action == "split"
     assert len(stack.sqs.chunks()) == 10
+
+
+# --- manifest bombs: blank lines and gzip --------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("limits", "reason"),
+    [
+        ({"max_physical_lines": 50_000}, "more than 50000 lines (blank lines and comments included)"),
+        ({"max_manifest_bytes": 40_000}, "larger than 40000 bytes (decompressed)"),
+    ],
+)
+def test_a_gzip_of_newlines_fails_the_job_at_a_cap(limits: dict[str, int], reason: str) -> None:
+    # Blank lines carry no item, so MAX_MANIFEST_LINES alone never stops them.
+    stack = Stack(**limits)
+    stack.s3.add(IN, "manifests/bomb.txt.gz", gzip.compress(b"https://img.example/0.jpg\n" + b"\n" * 10**6))
+
+    (outcome,) = stack.handle(s3_event("manifests/bomb.txt.gz"))
+
+    assert outcome.action == "failed"
+    _assert_failed(stack, job_of("manifests/bomb.txt.gz"), reason)
+    assert stack.sqs.chunks() == []
+
+
+def test_time_is_checked_between_blank_lines_and_the_split_resumes_after_them() -> None:
+    # 8 items, 30,000 blank lines, 3 items: no SendMessageBatch would ever check the time.
+    data = txt_manifest(8) + b"\n" * 30_000 + b"https://img.example/tail.jpg\n" * 3
+    stack = Stack()
+    stack.s3.add(IN, "manifests/blanks.txt", data)
+
+    (first,) = stack.handle(s3_event("manifests/blanks.txt"), remaining=lambda: 0)
+
+    assert first.action == "continued"
+    (continuation,) = stack.sqs.continuations()
+    assert continuation.position["index"] == 8
+    assert continuation.position["line"] == 9_999  # the first check, 10,000 lines in
+    (second,) = stack.handle(continuation.body(), message_id="msg-2")
+    assert second.action == "split"
+    assert by_number(stack.sqs.chunks()) == uninterrupted("manifests/blanks.txt", data)
+
+
+def test_a_partial_chunk_resumes_after_the_last_whole_one() -> None:
+    data = txt_manifest(6) + b"\n" * 30_000 + txt_manifest(3)
+    stack = Stack()
+    stack.s3.add(IN, "manifests/partial.txt", data)
+
+    (first,) = stack.handle(s3_event("manifests/partial.txt"), remaining=lambda: 0)
+
+    (continuation,) = stack.sqs.continuations()
+    assert (first.action, continuation.position["index"], continuation.position["line"]) == (
+        "continued",
+        4,
+        4,
+    )
+    assert [c.chunk for c in stack.sqs.chunks()] == [0]  # chunk 1 (items 4, 5) is left to the continuation
+    stack.handle(continuation.body(), message_id="msg-2")
+    assert by_number(stack.sqs.chunks()) == uninterrupted("manifests/partial.txt", data)
+
+
+def test_a_split_that_cannot_get_past_one_chunk_fails_the_job() -> None:
+    # Out of time before the first chunk is whole: a continuation would start over forever.
+    data = txt_manifest(2) + b"\n" * 30_000 + txt_manifest(3)
+    stack = Stack()
+    stack.s3.add(IN, "manifests/stuck.txt", data)
+
+    (outcome,) = stack.handle(s3_event("manifests/stuck.txt"), remaining=lambda: 0)
+
+    assert outcome.action == "failed"
+    _assert_failed(stack, job_of("manifests/stuck.txt"), "not one chunk could be read in an invocation")
+    assert stack.sqs.continuations() == []
