@@ -446,6 +446,7 @@ def run_leg(spec: LegSpec) -> None:
     options = LocalOptions(
         model_uri=spec.model,
         prefix="bench",
+        allowed_networks="127.0.0.1",  # the benchmark's image servers (photos, tarpit)
         predict_workers=spec.workers,
         environment={"INFERENCE_THREADS": str(spec.threads)} | spec.environment,
         parameters=spec.parameters,

@@ -65,6 +65,7 @@ def run(args: argparse.Namespace, base_url: str) -> None:
     options = LocalOptions(
         model_uri=str(args.model.resolve()),
         prefix="bench",
+        allowed_networks="127.0.0.1",  # the benchmark's image server
         parameters={"ChunkSize": str(args.chunk_size)},
         environment={"MAX_BATCH": str(args.max_batch)} | LOCAL_QUIET,
     )

@@ -7,7 +7,7 @@ import json
 import os
 import sys
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -16,7 +16,7 @@ import click
 from batchpredict.bundle import resolve_bundle
 from batchpredict.config import ConfigError, EngineConfig, engine_config
 from batchpredict.errors import BundleError, ErrorCode, PredictionError
-from batchpredict.fetch import Fetcher, FetchLimits, parse_networks
+from batchpredict.fetch import Fetcher, FetchLimits, parse_networks, wide_allowances
 from batchpredict.model import load_model
 from batchpredict.predictor import predict_payloads
 from batchpredict.render import (
@@ -120,6 +120,14 @@ def main() -> None:
     metavar="CIDR",
     help="Let URLs reach this private/loopback network (e.g. 127.0.0.0/8). Repeatable.",
 )
+@click.option(
+    "--stack",
+    "stack_name",
+    metavar="NAME",
+    help="Ask this deployed stack's predict API instead, each request signed with SigV4.",
+)
+@click.option("--profile", help="With --stack: the AWS profile to sign with (default: the standard chain).")
+@click.option("--region", help="With --stack: the stack's region (default: the profile's).")
 def predict(
     sources: tuple[str, ...],
     top_k: int,
@@ -127,8 +135,16 @@ def predict(
     model: str | None,
     max_batch: int,
     allowed: tuple[str, ...],
+    stack_name: str | None,
+    profile: str | None,
+    region: str | None,
 ) -> None:
     """Predict the top-k ImageNet classes of image files or URLs (http, https, s3)."""
+    if stack_name:
+        _predict_remote(StackTarget(stack_name, profile, region), sources, top_k, output)
+        return
+    if profile or region:
+        raise _fail("--profile and --region go with --stack NAME")
     try:
         config = _engine_config(model, max_batch)
         engine = load_model(resolve_bundle(config.model_uri, _s3_client), config.max_batch, config.threads)
@@ -290,6 +306,29 @@ def stack_options(command: F) -> F:
     for option in reversed(options):
         decorated = option(decorated)
     return decorated  # type: ignore[no-any-return]
+
+
+@friendly_errors
+def _predict_remote(target: StackTarget, sources: tuple[str, ...], top_k: int, output: str) -> None:
+    """``predict --stack``: the stack's predict API, SigV4-signed with the target's session."""
+    from batchpredict.apiclient import ApiError, outcome_of, predict_remote
+    from batchpredict.client import StackRef
+
+    files = [source for source in sources if not source.startswith(URL_PREFIXES)]
+    if files:
+        raise _fail(f"the API takes URLs, not files: {', '.join(files)}")
+    assert target.name is not None
+    ref = StackRef.from_cloudformation(target.name, target.aws_client("cloudformation"))
+    if not ref.api_url:
+        raise _fail(f"stack {target.name!r} has no PredictApiUrl output")
+    try:
+        records = predict_remote(ref.api_url, list(sources), target.session())
+    except ApiError as exc:
+        raise _fail(str(exc)) from exc
+    outcomes = [outcome_of(record, top_k) for record in records]
+    click.echo(predictions_view(sources, outcomes, output), nl=False)
+    if any(outcome.error is not None for outcome in outcomes):
+        raise SystemExit(1)
 
 
 def _local_stack_alive() -> bool:
@@ -724,8 +763,12 @@ def local() -> None:
     """The embedded local stack: the whole pipeline on loopback, no AWS account."""
 
 
-def _local_options(model: str | None, workers: int | None, allowed: tuple[str, ...]) -> Any:
-    from batchpredict.local.provision import LocalOptions
+def _local_options(
+    model: str | None, workers: int | None, allowed: tuple[str, ...], samples: Any = None
+) -> Any:
+    """The local stack's settings; ``samples`` (a started FileServer) is the one loopback address
+    image URLs may reach, and its bucket the one s3:// source (moto and DynamoDB Local stay out)."""
+    from batchpredict.local.provision import LocalOptions, samples_bucket
     from batchpredict.model import available_cpus
 
     bundle = Path(model) if model else DEFAULT_BUNDLE
@@ -733,11 +776,20 @@ def _local_options(model: str | None, workers: int | None, allowed: tuple[str, .
         raise _fail(f"no model bundle at {bundle} (build it with `make model`, or pass --model DIR)")
     cpus = available_cpus()
     count = workers or cpus  # one predict worker per core, one inference thread each
-    return LocalOptions(
-        model_uri=str(bundle.resolve()),
-        predict_workers=count,
-        allowed_networks=",".join(("127.0.0.0/8", *allowed)),
+    networks = (*([samples.url.removeprefix("http://")] if samples else []), *allowed)
+    try:
+        wide = wide_allowances(parse_networks(",".join(networks)))
+    except ValueError as exc:
+        raise _fail(str(exc)) from exc
+    if wide:
+        click.echo(f"warning: image URLs may reach every host of {', '.join(wide)}", err=True)
+    options = LocalOptions(model_uri=str(bundle.resolve()), predict_workers=count)
+    sources = f"s3://{samples_bucket(options.prefix)}/" if samples else ""
+    return replace(
+        options,
+        allowed_networks=",".join(networks),
         environment={"INFERENCE_THREADS": str(max(1, cpus // count))},
+        parameters={"ImageSourcePrefixes": sources, "ApiImageSourcePrefixes": sources},
     )
 
 
@@ -753,25 +805,19 @@ def local_options(command: F) -> F:
         "allowed",
         multiple=True,
         metavar="CIDR",
-        help="More networks image URLs may reach (127.0.0.0/8 is always allowed).",
+        help="A network or ADDRESS:PORT image URLs may reach (only the --serve server is, by default).",
     )(command)
     return friendly_errors(command)
 
 
-def _serve(stack_ref: Any, folder: Path, stoppers: list[Callable[[], None]]) -> dict[str, str]:
-    """Serve FOLDER over HTTP on loopback and copy it to a samples bucket; the placeholder values."""
-    from batchpredict.local.servers import FileServer
-
-    server = FileServer(folder)
-    url = server.start()
-    stoppers.append(server.stop)
+def _serve(samples: Any, bucket: str, folder: Path) -> dict[str, str]:
+    """Copy FOLDER (served over HTTP by ``samples``) to the samples bucket; the placeholder values."""
     s3 = _s3_client()
-    bucket = f"{stack_ref.input_bucket}-samples"
     s3.create_bucket(Bucket=bucket)  # type: ignore[attr-defined]
     for path in sorted(folder.iterdir()):
         if path.is_file():
             s3.upload_file(str(path), bucket, path.name)  # type: ignore[attr-defined]
-    return {"${SAMPLES_URL}": url, "${SAMPLES_S3}": f"s3://{bucket}"}
+    return {"${SAMPLES_URL}": samples.url, "${SAMPLES_S3}": f"s3://{bucket}"}
 
 
 @local.command(
@@ -821,19 +867,24 @@ def local_run(
 
     from batchpredict.client import Client
     from batchpredict.local.placeholders import expand, uses_placeholders
+    from batchpredict.local.provision import samples_bucket
+    from batchpredict.local.servers import FileServer
     from batchpredict.local.stack import LocalStack
 
     if not serve and uses_placeholders(manifest):
         raise _fail(f"{manifest} uses ${{SAMPLES_URL}}/${{SAMPLES_S3}}: pass --serve DIR to fill them in")
-    stack = LocalStack(
-        _local_options(model, workers, allowed), log_dir=LOG_DIR, warn=lambda m: click.echo(m, err=True)
-    )
+    samples = FileServer(serve) if serve else None
+    options = _local_options(model, workers, allowed, samples)
+    stack = LocalStack(options, log_dir=LOG_DIR, warn=lambda m: click.echo(m, err=True))
     stoppers: list[Callable[[], None]] = []
+    if samples is not None:
+        samples.start()
+        stoppers.append(samples.stop)
     click.echo("starting the local stack (moto server, DynamoDB Local, worker processes)...", err=True)
-    ref = stack.start()
     try:
+        ref = stack.start()
         with tempfile.TemporaryDirectory() as workdir:
-            values = _serve(ref, serve, stoppers) if serve else {}
+            values = _serve(samples, samples_bucket(options.prefix), serve) if serve else {}
             client = Client(ref)
             job_id = client.submit(expand(manifest, values, Path(workdir)), manifest.name)
             click.echo(f"job {job_id}", err=True)
@@ -845,7 +896,7 @@ def local_run(
             summary = client.summary(job_id)
             (output / "results.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
             (output / "_summary.json").write_text(json.dumps(summary, indent=2))
-            write_report(summary, records, output / "report.html", ("127.0.0.0/8", *allowed))
+            write_report(summary, records, output / "report.html", tuple(options.allowed_networks.split(",")))
             if show:
                 click.echo(results_table(records[:show]), nl=False)
                 if len(records) > show:

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, TypeVar
 
 from batchpredict.defaults import DEFAULT_MAX_BATCH, DEFAULT_MAX_PIXELS, DEFAULT_TOP_K
-from batchpredict.fetch import FetchLimits, FetchPolicy, parse_networks
+from batchpredict.fetch import FetchLimits, FetchPolicy, parse_networks, parse_s3_prefixes
 
 if TYPE_CHECKING:
     # Imported where used: predict's cold start has no use for the splitter's modules.
@@ -96,6 +96,8 @@ def fetch_limits(env: Mapping[str, str]) -> FetchLimits:
         total_timeout=setting(env, "FETCH_TOTAL_TIMEOUT", positive_float, defaults.total_timeout),
         max_redirects=setting(env, "MAX_REDIRECTS", non_negative_int, defaults.max_redirects),
         allowed_networks=setting(env, "ALLOWED_NETWORKS", parse_networks, ()),
+        # Empty: no s3:// image at all (the template fills it from ImageSourcePrefixes).
+        s3_prefixes=setting(env, "IMAGE_SOURCE_PREFIXES", parse_s3_prefixes, ()),
     )
 
 

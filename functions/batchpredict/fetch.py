@@ -106,20 +106,44 @@ _S3_INVALID: tuple[type[Exception], ...] = (
 
 
 @dataclass(frozen=True)
+class Allowed:
+    """One entry of the address guard's allow-list: a network, and one port of it or all."""
+
+    network: IPNetwork
+    port: int | None = None  # None: every port
+
+    def covers(self, address: IPAddress, port: int) -> bool:
+        return address in self.network and self.port in (None, port)
+
+    @property
+    def one_host(self) -> bool:
+        return self.network.num_addresses == 1
+
+    def __str__(self) -> str:
+        if self.port is None:
+            return str(self.network)
+        host = self.network.network_address
+        return f"[{host}]:{self.port}" if host.version == 6 else f"{host}:{self.port}"
+
+
+@dataclass(frozen=True)
 class FetchLimits:
     """Limits applied to every fetch.
 
     ``read_timeout`` bounds each socket read and also the whole body read, so a
     server dripping one byte at a time cannot hold a worker. ``allowed_networks``
     is an explicit allow-list that overrides the internal-address guard (the local
-    demo allows ``127.0.0.0/8``).
+    stack allows its samples server's address and port, nothing else on loopback).
+    ``s3_prefixes``: the only ``s3://`` URLs fetched (``s3://bucket/prefix/``); None lets any
+    through, for the CLI on the user's own credentials. The functions always get a tuple.
     """
 
     max_bytes: int = 20 * 1024 * 1024
     connect_timeout: float = 3.0
     read_timeout: float = 10.0
     max_redirects: int = 3
-    allowed_networks: tuple[IPNetwork, ...] = ()
+    allowed_networks: tuple[Allowed, ...] = ()
+    s3_prefixes: tuple[str, ...] | None = None
     # The whole fetch: DNS, connect, TLS, every hop, headers and body. A server dripping its
     # headers a byte at a time passes every per-read timeout; this deadline still ends it.
     total_timeout: float = 30.0
@@ -150,19 +174,54 @@ class _Target:
     request_target: str
 
 
-def parse_networks(spec: str) -> tuple[IPNetwork, ...]:
-    """Parse a comma- or space-separated list such as ``"127.0.0.0/8, ::1/128"``.
+def parse_networks(spec: str) -> tuple[Allowed, ...]:
+    """Parse a comma- or space-separated list such as ``"127.0.0.1:8080, 10.0.0.0/8, [::1]:80"``.
 
-    A bare address means a single host. Host bits set (``127.0.0.1/8``) are an
-    error rather than silently widened, since this list opens the address guard.
+    A bare address means a single host, ``address:port`` (``[v6]:port``) one port of it. Host
+    bits set (``127.0.0.1/8``) are an error rather than silently widened, since this list
+    opens the address guard.
     """
-    networks: list[IPNetwork] = []
+    entries: list[Allowed] = []
     for part in spec.replace(",", " ").split():
         try:
-            networks.append(ipaddress.ip_network(part, strict=True))
+            entries.append(_allowed(part))
         except ValueError as exc:
             raise ValueError(f"Invalid network {part!r} in allowed networks: {exc}") from None
-    return tuple(networks)
+    return tuple(entries)
+
+
+def _allowed(part: str) -> Allowed:
+    host, port = part, None
+    if part.startswith("["):
+        host, _, rest = part[1:].partition("]")
+        if not rest.startswith(":"):
+            raise ValueError("expected [address]:port")
+        port = rest[1:]
+    elif part.count(":") == 1:
+        host, port = part.split(":")
+    network = ipaddress.ip_network(host, strict=True)
+    if port is None:
+        return Allowed(network)
+    if network.num_addresses != 1 or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError("a port goes with one address and is 1-65535")
+    return Allowed(network, int(port))
+
+
+def wide_allowances(allowed: tuple[Allowed, ...]) -> list[str]:
+    """The allow-list entries that open more than one host (worth a warning at start)."""
+    return [str(entry) for entry in allowed if not entry.one_host]
+
+
+def parse_s3_prefixes(spec: str) -> tuple[str, ...]:
+    """``s3://bucket/prefix/`` entries, comma- or space-separated; each gets a trailing ``/`` so
+    ``s3://b/models/x`` cannot also open ``s3://b/models/x-other/``."""
+    prefixes = []
+    for part in spec.replace(",", " ").split():
+        bucket, _, path = part.removeprefix("s3://").partition("/")
+        if not part.startswith("s3://") or not bucket or any(c in part for c in "*?"):
+            raise ValueError(f"{part!r} is not an s3://bucket/prefix/ (no wildcards)")
+        prefixes.append(f"s3://{bucket}/{path.rstrip('/') + '/' if path else ''}")
+    return tuple(prefixes)
 
 
 # -- Deadlines ------------------------------------------------------------------
@@ -574,7 +633,7 @@ class Fetcher:
         resolved = [literal] if literal else self._resolved(host, port, deadline)
         addresses = [_normalised(ip) for ip in resolved]
         for address in addresses:
-            reason = _blocked_reason(address, self._limits.allowed_networks)
+            reason = _blocked_reason(address, port, self._limits.allowed_networks)
             if reason:
                 shown = host if str(address) == host else f"{host} ({address})"
                 raise PredictionError(
@@ -678,8 +737,23 @@ class Fetcher:
 
     def _fetch_s3(self, url: str, deadline: _Deadline) -> Fetched:
         bucket, key = _parse_s3_url(url)
+        self._check_s3_source(url, key)
         client = self._s3()
         return self._within(deadline, lambda: self._get_s3(client, url, bucket, key, deadline))
+
+    def _check_s3_source(self, url: str, key: str) -> None:
+        """Refused before S3 is asked: IAM is not the only guard, and a refusal says nothing about
+        whether the object exists. Dot segments are refused too, under an allowed prefix or not."""
+        prefixes = self._limits.s3_prefixes
+        if prefixes is None:
+            return
+        dotted = any(segment in (".", "..") for segment in key.split("/"))
+        if dotted or not any(url.startswith(prefix) for prefix in prefixes):
+            allowed = ", ".join(prefixes) or "none"
+            raise _refused(
+                ErrorCode.BLOCKED_ADDRESS,
+                f"{url[:200]} is not under an allowed image source prefix (allowed: {allowed})",
+            )
 
     def _get_s3(self, client: Any, url: str, bucket: str, key: str, deadline: _Deadline) -> Fetched:
         # botocore takes no per-call timeout: the request itself is bounded only by the client's
@@ -889,10 +963,10 @@ def _normalised(address: IPAddress) -> IPAddress:
     return address
 
 
-def _blocked_reason(address: IPAddress, allowed: tuple[IPNetwork, ...]) -> str | None:
+def _blocked_reason(address: IPAddress, port: int, allowed: tuple[Allowed, ...]) -> str | None:
     """Why ``address`` must not be fetched, or None. IPv4 inside 6to4/Teredo forms is checked too."""
     for candidate in (address, *_embedded_ipv4(address)):
-        if any(candidate in network for network in allowed):
+        if any(entry.covers(candidate, port) for entry in allowed):
             continue
         reason = _internal_reason(candidate)
         if reason:

@@ -190,8 +190,9 @@ def iter_manifest(
     Caps: ``max_lines`` items; ``max_physical_lines`` lines of any kind (blank lines and
     comments count: a gzip of newlines expands ~1000-fold); ``max_bytes`` of the decompressed
     stream. Past a cap the manifest as a whole is refused (ManifestError). ``tick(position)``
-    runs every TICK_EVERY_LINES physical lines, with the position after the last such line; it
-    may raise to stop the stream (the caller's own exception passes through).
+    runs every TICK_EVERY_LINES physical lines, with the position after the line before (or
+    ``start``, while lines consumed before ``start`` are re-read); it may raise to stop the
+    stream (the caller's own exception passes through).
 
     ``stream_is_at_offset``: the stream already begins at ``start.byte_offset`` (plain objects
     only); otherwise the stream begins at the start of the manifest and the first ``start.line``
@@ -219,9 +220,11 @@ def iter_manifest(
     parser = _CsvParser(header) if fmt is ManifestFormat.CSV else None
     index = start.index
     for raw in reader:
-        if tick is not None and raw.number % TICK_EVERY_LINES == 0 and raw.number - 1 > start.line:
+        if tick is not None and raw.number % TICK_EVERY_LINES == 0:
             header = parser.header if parser else None
-            if parser is None or header is not None:  # a CSV continuation needs its header
+            if raw.number - 1 <= start.line:
+                tick(start)  # still re-reading (gzip) what an earlier call consumed: no progress yet
+            elif parser is None or header is not None:  # a CSV continuation needs its header
                 tick(Position(index, raw.number - 1, raw.start_offset, header))
         if parser is not None and parser.wants_header(raw):
             parser.read_header(raw)

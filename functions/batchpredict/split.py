@@ -197,14 +197,14 @@ class Splitter:
 
         A partial chunk is not sent (the continuation would send its number again, fuller):
         ``resume`` is then just after the last whole chunk, and its lines are read again. When
-        that is no further than ``start``, a continuation would only do the same again: the
-        job fails instead.
+        that is no further than ``start`` (or time ran out while a .gz was re-read up to it), a
+        continuation would only do the same again: the job fails instead.
         """
         if resume.line <= start.line:
             return self._fail(
                 job_id,
-                f"manifest {obj.uri} cannot be split: not one chunk could be read in an invocation "
-                f"(from line {start.line + 1})",
+                f"manifest {obj.uri} cannot be split: an invocation ran out of time before it could "
+                f"send a chunk past line {start.line} (a .gz is re-read from its start)",
             )
         return self._hand_over(job_id, obj, resume, resume.index - start.index)
 

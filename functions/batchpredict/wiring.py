@@ -19,9 +19,10 @@ from batchpredict.config import (
     PredictorConfig,
     Tables,
 )
-from batchpredict.fetch import Fetcher, FetchLimits
+from batchpredict.fetch import Fetcher, FetchLimits, wide_allowances
 from batchpredict.jobs import JobStore
 from batchpredict.merges import MergeStore
+from batchpredict.observability import logger
 from batchpredict.queues import Queue
 from batchpredict.results import ResultStore
 from batchpredict.writer import ChunkWriter
@@ -46,6 +47,9 @@ def engine(config: EngineConfig) -> Engine:
 
 
 def fetcher(limits: FetchLimits) -> Fetcher:
+    wide = wide_allowances(limits.allowed_networks)
+    if wide:
+        logger.warning("ALLOWED_NETWORKS opens more than one host to image URLs", extra={"networks": wide})
     # No client factory: the fetcher builds its own S3 client with the fetch limits' timeouts,
     # so an s3:// image is bounded like an https one.
     return Fetcher(limits)

@@ -25,11 +25,12 @@ FUNCTION_TIMEOUT = 5.0
 # the tests of other folders must not inherit that.
 @pytest.fixture(scope="module")
 def local_stack(
-    bundle_dir: Path, tmp_path_factory: pytest.TempPathFactory
+    bundle_dir: Path, photos_url: str, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[tuple[LocalStack, StackRef]]:
     options = LocalOptions(
         model_uri=str(bundle_dir.resolve()),
         prefix="e2e",
+        allowed_networks=photos_url.removeprefix("http://"),  # that server only, as `local run` does
         predict_workers=2,
         max_function_timeout=FUNCTION_TIMEOUT,
         environment={"INFERENCE_THREADS": "1"},

@@ -63,8 +63,12 @@ def test_local_run_the_demo_manifest(bundle_dir: Path, samples_dir: Path, tmp_pa
 def test_local_up_serves_the_cli_the_api_and_stops_on_down(
     bundle_dir: Path, samples_dir: Path, tmp_path: Path
 ) -> None:
+    from batchpredict.local.servers import FileServer
+
+    photos = FileServer(samples_dir)
+    url = photos.start()
     up = subprocess.Popen(
-        [*COMMAND, "local", "up", "--model", str(bundle_dir)],
+        [*COMMAND, "local", "up", "--model", str(bundle_dir), "--allow-network", url.removeprefix("http://")],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
@@ -79,19 +83,12 @@ def test_local_up_serves_the_cli_the_api_and_stops_on_down(
         assert state["pid"] == up.pid
         api = state["stack"]["api_url"]
         manifest = tmp_path / "one.txt"
-        from batchpredict.local.servers import FileServer
-
-        photos = FileServer(samples_dir)
-        url = photos.start()
-        try:
-            with urllib.request.urlopen(
-                f"{api}?{urllib.parse.urlencode({'url': f'{url}/flower.jpg'})}", timeout=60
-            ) as response:
-                assert json.loads(response.read())["predictions"][0]["label"] == "daisy"
-            manifest.write_text(f"{url}/coffee.png\n{url}/rocket.jpg\n")
-            submit = _cli("submit", str(manifest), "--wait")
-        finally:
-            photos.stop()
+        with urllib.request.urlopen(
+            f"{api}?{urllib.parse.urlencode({'url': f'{url}/flower.jpg'})}", timeout=60
+        ) as response:
+            assert json.loads(response.read())["predictions"][0]["label"] == "daisy"
+        manifest.write_text(f"{url}/coffee.png\n{url}/rocket.jpg\n")
+        submit = _cli("submit", str(manifest), "--wait")
         assert submit.returncode == 0, submit.stderr
         job_id = submit.stdout.splitlines()[0]
         table = _cli("results", job_id, "--output", "table")
@@ -104,6 +101,7 @@ def test_local_up_serves_the_cli_the_api_and_stops_on_down(
         assert after.returncode == 1 and "no local stack is running" in after.stderr
         assert "Traceback" not in after.stderr
     finally:
+        photos.stop()
         if up.poll() is None:
             up.terminate()
             up.wait(30)

@@ -20,7 +20,11 @@ from tests.infra.motostack import DeployedStack, deploy
 # default (the conditions' other branches, the mapping and memory settings).
 CUSTOM_PARAMETERS = {
     "ModelUri": "s3://models-bucket/bundles/efficientnet-lite0/",
-    "ImageSourceArns": "arn:aws:s3:::photo-archive/*,arn:aws:s3:::more-photos/cats/*",
+    "ImageSourcePrefixes": "s3://photo-archive/,s3://more-photos/cats/",
+    "ApiImageSourcePrefixes": "s3://more-photos/public/",
+    "ApiAuth": "JWT",
+    "ApiJwtIssuer": "https://issuer.example.com/",
+    "ApiJwtAudience": "app1,app2",
     "ChunkSize": "8",
     "WorkBatchSize": "4",
     "WorkBatchingWindowSeconds": "5",

@@ -9,7 +9,8 @@ than the template. The fix-ups, by moto gap (moto 5.2):
   taken out of the stack and made by API.
   ``AWS::SQS::QueuePolicy`` -> SetQueueAttributes(Policy); ``AWS::S3::BucketPolicy`` ->
   PutBucketPolicy; ``AWS::CloudWatch::Alarm`` -> PutMetricAlarm; ``AWS::ApiGatewayV2::Api``
-  (SAM's OpenAPI ``Body``) -> CreateApi + ReimportApi (moto serves no ImportApi);
+  (SAM's OpenAPI ``Body``) -> CreateApi + ReimportApi (moto serves no ImportApi, and its
+  import ignores ``security`` and ``securitySchemes``: test_template checks the authorizers);
   ``AWS::ApiGatewayV2::Stage`` -> CreateStage; and the ``AWS::Lambda::Permission``
   resources whose SourceArn names the API -> AddPermission.
 * Properties moto's models drop, applied by API: ``AWS::S3::Bucket`` keeps only
@@ -117,6 +118,7 @@ class _Clients:
         self.ddb = boto3.client("dynamodb")
         self.cw = boto3.client("cloudwatch")
         self.apigw = boto3.client("apigatewayv2")
+        self.logs = boto3.client("logs")
 
 
 def upload_code_artifact(s3: Any) -> None:
@@ -208,6 +210,9 @@ def _attribute(clients: _Clients, cfn: dict[str, Any], physical: dict[str, str],
         return f"arn:{PARTITION}:s3:::{pid}"
     if kind == "AWS::Lambda::Function" and attr == "Arn":
         return clients.lam.get_function_configuration(FunctionName=pid)["FunctionArn"]  # type: ignore[no-any-return]
+    if kind == "AWS::Logs::LogGroup" and attr == "Arn":
+        (group,) = clients.logs.describe_log_groups(logGroupNamePrefix=pid)["logGroups"]
+        return group["arn"]  # type: ignore[no-any-return]
     if kind == "AWS::DynamoDB::Table" and attr == "Arn":
         return clients.ddb.describe_table(TableName=pid)["Table"]["TableArn"]  # type: ignore[no-any-return]
     raise NotImplementedError(f"GetAtt {name}.{attr} ({kind})")
@@ -333,6 +338,10 @@ def _make_by_api(clients: _Clients, stack: DeployedStack) -> None:
                 FailOnWarnings=bool(props.get("FailOnWarnings")),
             )
         elif kind == "AWS::ApiGatewayV2::Stage":
+            # Number parameters resolve to strings; CloudFormation converts them, boto3 does not.
+            for settings in (props.get("DefaultRouteSettings"), *props.get("RouteSettings", {}).values()):
+                if settings:
+                    _typed_throttle(settings)
             clients.apigw.create_stage(**props)
             physical[name] = props["StageName"]
         elif kind == "AWS::Lambda::Permission":
@@ -340,3 +349,9 @@ def _make_by_api(clients: _Clients, stack: DeployedStack) -> None:
             physical[name] = name
         else:
             raise NotImplementedError(f"{name} ({kind}) has no fix-up")
+
+
+def _typed_throttle(settings: dict[str, Any]) -> None:
+    for key, kind in (("ThrottlingRateLimit", float), ("ThrottlingBurstLimit", int)):
+        if key in settings:
+            settings[key] = kind(settings[key])

@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 from cfnlint.api import lint
 
+from batchpredict.local.template import Resolver, parameter_defaults
 from tests.infra.cfn import (
     HANDLERS,
     IMAGE_FUNCTIONS,
@@ -22,6 +23,7 @@ from tests.infra.cfn import (
     ROOT,
     TEMPLATE,
     ZIP_FUNCTIONS,
+    getatt_target,
     iam_problems,
     mapping_problems,
     mappings_by_queue,
@@ -353,7 +355,14 @@ def test_parameters_have_the_documented_defaults(cfn: dict[str, Any]) -> None:
     defaults = {k: p.get("Default") for k, p in cfn["Parameters"].items()}
     assert defaults == {
         "ModelUri": "",
-        "ImageSourceArns": "",
+        "ImageSourcePrefixes": "",
+        "ApiImageSourcePrefixes": "",
+        "ApiAuth": "AWS_IAM",
+        "ApiJwtIssuer": "",
+        "ApiJwtAudience": "",
+        "ApiReservedConcurrency": 5,
+        "ApiRateLimit": 5,
+        "ApiBurstLimit": 10,
         "ChunkSize": 16,
         "WorkBatchSize": 2,
         "WorkBatchingWindowSeconds": 1,
@@ -406,3 +415,217 @@ def test_a_merge_can_continue_resume_and_end_failed(cfn: dict[str, Any]) -> None
     reconcile = _grants(cfn, "ReconcileRole")
     assert json.dumps({"Fn::GetAtt": ["FinalizeDeadLetterQueue", "Arn"]}) in reconcile["sqs:ReceiveMessage"]
     assert "s3:AbortMultipartUpload" in reconcile
+
+
+# --- security: who may call the API, what it may cost, what the predictor may read ---------------
+
+
+def _resolver(cfn: dict[str, Any], **parameters: str) -> Resolver:
+    """Intrinsics evaluated as CloudFormation would with these parameters (the rest default)."""
+    physical = {name: name.lower() for name in cfn["Resources"]}
+    pseudo = {
+        "AWS::Region": REGION,
+        "AWS::AccountId": "123456789012",
+        "AWS::Partition": "aws",
+        "AWS::StackName": "bp",
+        "AWS::URLSuffix": "amazonaws.com",
+    }
+
+    def attribute(name: str, attr: str) -> str:
+        return f"arn:aws:{cfn['Resources'][name]['Type'].split('::')[1].lower()}:::{name.lower()}"
+
+    return Resolver(cfn, parameter_defaults(cfn) | parameters, pseudo, physical, attribute)
+
+
+def api_problems(cfn: dict[str, Any], **parameters: str) -> list[str]:
+    """Every route authorized unless ApiAuth is NONE by name; reserved concurrency; throttled
+    routes; access logs kept for a while; the API's fetch deadline inside its timeout."""
+    resolve = _resolver(cfn, **parameters)
+    public = resolve({"Ref": "ApiAuth"}) == "NONE"
+    problems = []
+    (api,) = resources(cfn, "AWS::ApiGatewayV2::Api").values()
+    body = resolve(api["Properties"]["Body"])
+    schemes = body.get("components", {}).get("securitySchemes", {})
+    for path, methods in body["paths"].items():
+        for method, route in methods.items():
+            security = route.get("security")
+            if not security and not public:
+                problems.append(f"{method.upper()} {path}: no authorization, and ApiAuth is not NONE")
+            for requirement in security or []:
+                for name in requirement:
+                    if name not in schemes:
+                        problems.append(f"{method.upper()} {path}: unknown security scheme {name}")
+    (stage,) = resources(cfn, "AWS::ApiGatewayV2::Stage").values()
+    settings = resolve(stage["Properties"])
+    for route in ("GET /predict", "POST /predict"):
+        throttle = settings.get("RouteSettings", {}).get(route, {})
+        if not {"ThrottlingRateLimit", "ThrottlingBurstLimit"} <= set(throttle):
+            problems.append(f"{route}: no throttle of its own")
+    destination = stage["Properties"].get("AccessLogSettings", {}).get("DestinationArn")
+    group = getatt_target(destination) if destination else None
+    if group is None or "RetentionInDays" not in cfn["Resources"][group]["Properties"]:
+        problems.append("API stage: no access log group with a retention")
+    function = cfn["Resources"]["PredictApiFunction"]["Properties"]
+    if "ReservedConcurrentExecutions" not in function:
+        problems.append("PredictApiFunction: no reserved concurrency")
+    fetch = float(resolve(function["Environment"]["Variables"]).get("FETCH_TOTAL_TIMEOUT", 30))
+    if fetch + API_TIMEOUT_MARGIN > function["Timeout"]:
+        timeout = function["Timeout"]
+        problems.append(
+            f"PredictApiFunction: FETCH_TOTAL_TIMEOUT {fetch:g} s + {API_TIMEOUT_MARGIN} s > its {timeout} s"
+        )
+    return problems
+
+
+API_TIMEOUT_MARGIN = 5  # decode, inference and the reply after the last byte arrives
+
+
+def _api_body(sam: dict[str, Any]) -> dict[str, Any]:
+    return _props(sam, "PredictHttpApi")["DefinitionBody"]  # type: ignore[no-any-return]
+
+
+API_BREAKAGES: dict[str, tuple[Mutation, str]] = {
+    "a route loses its authorization": (
+        lambda sam: _api_body(sam)["paths"]["/predict"]["post"].pop("security"),
+        "POST /predict: no authorization, and ApiAuth is not NONE",
+    ),
+    "public by default": (
+        lambda sam: _api_body(sam)["paths"]["/predict"]["get"].update(security=[]),
+        "GET /predict: no authorization",
+    ),
+    "no reserved concurrency": (
+        lambda sam: _props(sam, "PredictApiFunction").pop("ReservedConcurrentExecutions"),
+        "PredictApiFunction: no reserved concurrency",
+    ),
+    "stage-wide throttle only": (
+        lambda sam: _props(sam, "PredictHttpApi").pop("RouteSettings"),
+        "GET /predict: no throttle of its own",
+    ),
+    "no access logs": (
+        lambda sam: _props(sam, "PredictHttpApi").pop("AccessLogSettings"),
+        "API stage: no access log group",
+    ),
+    "fetch deadline past the timeout": (
+        lambda sam: _props(sam, "PredictApiFunction")["Environment"]["Variables"].update(
+            FETCH_TOTAL_TIMEOUT="30"
+        ),
+        "FETCH_TOTAL_TIMEOUT 30 s + 5 s > its 29 s",
+    ),
+}
+
+
+def test_the_api_is_authorized_limited_and_logged(cfn: dict[str, Any]) -> None:
+    for auth in ("AWS_IAM", "JWT", "NONE"):
+        assert api_problems(cfn, ApiAuth=auth) == [], auth
+
+
+@pytest.mark.parametrize("case", list(API_BREAKAGES))
+def test_api_rules_catch(case: str, sam: dict[str, Any]) -> None:
+    mutation, expected = API_BREAKAGES[case]
+    problems = api_problems(_broken(sam, mutation))
+    assert any(expected in p for p in problems), problems
+
+
+def _route_security(cfn: dict[str, Any], **parameters: str) -> tuple[Any, dict[str, Any]]:
+    (api,) = resources(cfn, "AWS::ApiGatewayV2::Api").values()
+    body = _resolver(cfn, **parameters)(api["Properties"]["Body"])
+    securities = [route["security"] for route in body["paths"]["/predict"].values()]
+    assert all(security == securities[0] for security in securities)
+    return securities[0], body["components"]["securitySchemes"]
+
+
+def test_iam_is_the_default_authorizer_and_none_must_be_named(cfn: dict[str, Any]) -> None:
+    security, schemes = _route_security(cfn)
+    assert security == [{"sigv4": []}]
+    assert schemes["sigv4"]["x-amazon-apigateway-authtype"] == "awsSigv4"
+    assert "Jwt" not in schemes
+    issuer = "https://cognito-idp.us-east-1.amazonaws.com/us-east-1_pool"
+    security, schemes = _route_security(cfn, ApiAuth="JWT", ApiJwtIssuer=issuer, ApiJwtAudience="app1,app2")
+    assert security == [{"Jwt": []}]
+    authorizer = schemes["Jwt"]["x-amazon-apigateway-authorizer"]
+    assert authorizer["type"] == "jwt"
+    assert authorizer["jwtConfiguration"] == {"issuer": issuer, "audience": ["app1", "app2"]}
+    assert _route_security(cfn, ApiAuth="NONE")[0] == []
+    assert cfn["Parameters"]["ApiAuth"]["AllowedValues"] == ["AWS_IAM", "JWT", "NONE"]
+
+
+def test_the_api_function_may_only_be_invoked_by_this_api(cfn: dict[str, Any]) -> None:
+    (permission,) = resources(cfn, "AWS::Lambda::Permission").values()
+    arn = _resolver(cfn)(permission["Properties"]["SourceArn"])
+    assert arn == "arn:aws:execute-api:us-east-1:123456789012:predicthttpapi/*/*/predict"
+
+
+PREDICTOR_ROLES = ("PredictRole", "PredictApiRole")
+
+
+def _s3_grants(cfn: dict[str, Any], role: str, **parameters: str) -> dict[str, set[str]]:
+    """Action -> the S3 resources the role gets it on, with these parameters."""
+    policies = _resolver(cfn, **parameters)(cfn["Resources"][role]["Properties"]["Policies"])
+    grants: dict[str, set[str]] = {}
+    for policy in policies:
+        for statement in _listed(policy["PolicyDocument"]["Statement"]):
+            if statement.get("Effect") != "Allow":
+                continue
+            for action in _listed(statement["Action"]):
+                if action.startswith("s3:"):
+                    grants.setdefault(action, set()).update(_listed(statement["Resource"]))
+    return grants
+
+
+def _listed(value: Any) -> list[Any]:
+    return value if isinstance(value, list) else [value]
+
+
+def test_the_predictors_read_only_the_listed_prefixes_and_the_model(cfn: dict[str, Any]) -> None:
+    parameters = {
+        "ImageSourcePrefixes": "s3://photos/cats/,s3://other-bucket/,s3://photos/dogs/2024/",
+        "ApiImageSourcePrefixes": "s3://photos/public/",
+        "ModelUri": "s3://models-bucket/effnet/v1/",
+    }
+    predict = _s3_grants(cfn, "PredictRole", **parameters)
+    assert predict["s3:GetObject"] == {
+        "arn:aws:s3:::photos/cats/*",
+        "arn:aws:s3:::other-bucket/*",
+        "arn:aws:s3:::photos/dogs/2024/*",
+        "arn:aws:s3:::models-bucket/effnet/v1/*",
+    }
+    api = _s3_grants(cfn, "PredictApiRole", **parameters)
+    assert api == {"s3:GetObject": {"arn:aws:s3:::photos/public/*", "arn:aws:s3:::models-bucket/effnet/v1/*"}}
+    for role in PREDICTOR_ROLES:
+        grants = _s3_grants(cfn, role)  # the defaults: no image source, the model in the image
+        assert "s3:GetObject" not in grants, role
+        assert "s3:ListBucket" not in _s3_grants(cfn, role, **parameters), role  # nothing to probe keys with
+    # the environment carries the same lists, for fetch.py's own check
+    functions = {
+        name: _resolver(cfn, **parameters)(cfn["Resources"][name]["Properties"]) for name in IMAGE_FUNCTIONS
+    }
+    assert (
+        functions["PredictFunction"]["Environment"]["Variables"]["IMAGE_SOURCE_PREFIXES"]
+        == parameters["ImageSourcePrefixes"]
+    )
+    assert (
+        functions["PredictApiFunction"]["Environment"]["Variables"]["IMAGE_SOURCE_PREFIXES"]
+        == "s3://photos/public/"
+    )
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "accepted"),
+    [
+        ("ModelUri", "s3://models-bucket/effnet/v1/", True),
+        ("ModelUri", "s3://models-bucket/effnet/v1", False),  # would also open effnet/v1-other/
+        ("ModelUri", "s3://models-bucket/", True),
+        ("ImageSourcePrefixes", "s3://photos/cats/", True),
+        ("ImageSourcePrefixes", "s3://photos/cats", False),
+        ("ImageSourcePrefixes", "s3://photos/cats/,s3://photos/dogs", False),
+        ("ImageSourcePrefixes", "s3://photos/*/", False),
+        ("ImageSourcePrefixes", "s3://b01/,s3://b02/,s3://b03/,s3://b04/", True),
+        ("ImageSourcePrefixes", "s3://b01/,s3://b02/,s3://b03/,s3://b04/,s3://b05/", False),  # 4 grant slots
+        ("ApiImageSourcePrefixes", "s3://photos/public", False),
+    ],
+)
+def test_prefix_parameters_force_a_trailing_slash(
+    name: str, value: str, accepted: bool, cfn: dict[str, Any]
+) -> None:
+    pattern = cfn["Parameters"][name]["AllowedPattern"]
+    assert bool(re.fullmatch(pattern, value)) is accepted

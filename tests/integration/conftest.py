@@ -85,7 +85,12 @@ def stack(
         model_uri=str(bundle_dir),
         prefix=prefix,
         max_function_timeout=0.2,
-        parameters={"ChunkSize": "4"},
+        # These tests start image servers on 127.0.0.1 ports of their own (moto shares the address;
+        # test_fetch shows a port-level entry keeps it out).
+        allowed_networks="127.0.0.1",
+        # Both lists: the in-process driver runs every function under one merged environment.
+        parameters={"ChunkSize": "4"}
+        | dict.fromkeys(("ImageSourcePrefixes", "ApiImageSourcePrefixes"), f"s3://{prefix}-samples/photos/"),
         environment={
             "MAX_BATCH": "16",
             "FETCH_BACKOFF_SECONDS": "0.05",

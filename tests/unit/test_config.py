@@ -79,3 +79,31 @@ def test_a_missing_setting_fails_the_invocation_not_each_message(monkeypatch: py
     with pytest.raises(ConfigError, match="TABLE_NAME is not set"):
         split_manifest.lambda_handler(event, LocalContext("split"))
     split_manifest.splitter.cache_clear()
+
+
+def test_image_sources_and_allow_list_are_typed_and_closed_by_default() -> None:
+    from batchpredict.config import fetch_limits
+
+    closed = fetch_limits({})
+    assert (closed.s3_prefixes, closed.allowed_networks) == ((), ())  # no s3:// image, no internal address
+    limits = fetch_limits(
+        {"IMAGE_SOURCE_PREFIXES": "s3://photos/cats,s3://more/", "ALLOWED_NETWORKS": "127.0.0.1:8123"}
+    )
+    assert limits.s3_prefixes == ("s3://photos/cats/", "s3://more/")
+    assert [str(entry) for entry in limits.allowed_networks] == ["127.0.0.1:8123"]
+    with pytest.raises(ConfigError, match="IMAGE_SOURCE_PREFIXES='photos/' is invalid"):
+        fetch_limits({"IMAGE_SOURCE_PREFIXES": "photos/"})
+
+
+def test_a_function_warns_at_start_when_its_allow_list_opens_more_than_one_host(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    from batchpredict import wiring
+    from batchpredict.config import fetch_limits
+
+    for spec, warned in (("127.0.0.1:8123, 10.0.0.7", False), ("127.0.0.1:8123, 10.0.0.0/24", True)):
+        caplog.clear()
+        wiring.fetcher(fetch_limits({"ALLOWED_NETWORKS": spec})).close()
+        assert ("more than one host" in caplog.text) is warned, spec
+    (record,) = caplog.records
+    assert record.networks == ["10.0.0.0/24"]  # type: ignore[attr-defined]

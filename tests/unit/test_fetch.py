@@ -37,7 +37,16 @@ from moto import mock_aws
 
 from batchpredict import aws
 from batchpredict.errors import ErrorCode, PredictionError
-from batchpredict.fetch import Fetched, Fetcher, FetchLimits, Resolver, _Deadline, parse_networks
+from batchpredict.fetch import (
+    Fetched,
+    Fetcher,
+    FetchLimits,
+    Resolver,
+    _Deadline,
+    parse_networks,
+    parse_s3_prefixes,
+    wide_allowances,
+)
 from tests.aws_env import dummy_aws
 
 IMAGE = b"\x89PNG\r\n\x1a\n" + bytes(range(256)) * 8
@@ -336,12 +345,22 @@ def assert_error(error: PredictionError, code: ErrorCode, *, transient: bool) ->
 
 
 def test_parse_networks_reads_a_mixed_list() -> None:
-    networks = parse_networks("127.0.0.0/8, ::1/128 10.0.0.7")
-    assert [str(n) for n in networks] == ["127.0.0.0/8", "::1/128", "10.0.0.7/32"]
+    networks = parse_networks("127.0.0.0/8, ::1/128 10.0.0.7 127.0.0.1:8080,[::1]:9000")
+    assert [str(n) for n in networks] == [
+        "127.0.0.0/8",
+        "::1/128",
+        "10.0.0.7/32",
+        "127.0.0.1:8080",
+        "[::1]:9000",
+    ]
     assert parse_networks(" ") == ()
+    assert wide_allowances(networks) == ["127.0.0.0/8"]  # one host, or one port of it, is narrow
 
 
-@pytest.mark.parametrize("spec", ["banana", "127.0.0.1/8", "10.0.0.0/33"])
+@pytest.mark.parametrize(
+    "spec",
+    ["banana", "127.0.0.1/8", "10.0.0.0/33", "127.0.0.0/8:80", "127.0.0.1:0", "127.0.0.1:x", "[::1]9000"],
+)
 def test_parse_networks_rejects_bad_input(spec: str) -> None:
     with pytest.raises(ValueError, match="Invalid network"):
         parse_networks(spec)
@@ -1146,3 +1165,63 @@ def test_s3_fetch_after_the_deadline_sends_nothing(make_fetcher: Callable[..., F
     with pytest.raises(PredictionError) as raised:
         make_fetcher(s3=lambda: fake).fetch("s3://images/cat.png", deadline=time.monotonic() - 1)
     assert_error(raised.value, ErrorCode.FETCH_TIMEOUT, transient=False)
+
+
+# -- allow-lists: one port of loopback, s3:// prefixes ------------------------------------------------
+
+
+def test_a_port_entry_opens_that_port_only(server: Server, make_fetcher: Callable[..., Fetcher]) -> None:
+    # The local stack: its samples server is reachable, moto and DynamoDB Local (other ports) not.
+    with _serving() as other:
+        fetcher = make_fetcher(allowed_networks=parse_networks(f"127.0.0.1:{server.port}"))
+        assert fetcher.fetch(server.url("/image")).data == IMAGE
+        error = fetch_error(fetcher, other.url("/image"))
+        assert_error(error, ErrorCode.BLOCKED_ADDRESS, transient=False)
+        redirected = fetch_error(fetcher, server.url(f"/redirect-to?url={other.url('/image')}"))
+        assert redirected.code is ErrorCode.BLOCKED_ADDRESS  # no way around it through a redirect
+
+
+def test_parse_s3_prefixes_forces_the_trailing_slash() -> None:
+    assert parse_s3_prefixes("s3://photos/cats, s3://photos/dogs/ s3://whole-bucket") == (
+        "s3://photos/cats/",
+        "s3://photos/dogs/",
+        "s3://whole-bucket/",
+    )
+    for bad in ("photos/cats/", "s3:///cats/", "s3://photos/*/", "https://photos/"):
+        with pytest.raises(ValueError, match="not an s3://bucket/prefix/"):
+            parse_s3_prefixes(bad)
+
+
+class RefusingS3:
+    """An S3 client that fails the test if asked anything."""
+
+    def get_object(self, **kwargs: Any) -> Any:
+        raise AssertionError(f"S3 was asked for {kwargs}")
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "s3://images/other/cat.png",  # another prefix of the same bucket
+        "s3://images/cats-private/x.png",  # shares the prefix's letters, not its folder
+        "s3://input-bucket/manifests/secret.jsonl",
+        "s3://images/cats/../manifests/a.jsonl",
+        "s3://images/cats/./x.png",
+    ],
+)
+def test_s3_urls_outside_the_prefixes_are_refused_before_s3_is_asked(
+    url: str, make_fetcher: Callable[..., Fetcher]
+) -> None:
+    fetcher = make_fetcher(s3=RefusingS3, s3_prefixes=parse_s3_prefixes("s3://images/cats"))
+    error = fetch_error(fetcher, url)
+    assert_error(error, ErrorCode.BLOCKED_ADDRESS, transient=False)
+    assert "allowed: s3://images/cats/" in error.message
+
+
+def test_s3_urls_under_a_prefix_are_fetched(s3: Any, make_fetcher: Callable[..., Fetcher]) -> None:
+    s3.put_object(Bucket="images", Key="cats/tabby.png", Body=IMAGE)
+    fetcher = make_fetcher(s3=lambda: s3, s3_prefixes=("s3://images/cats/",))
+    assert fetcher.fetch("s3://images/cats/tabby.png").data == IMAGE
+    assert fetch_error(fetcher, "s3://images/cats/absent.png").code is ErrorCode.S3_NOT_FOUND
+    none = make_fetcher(s3=RefusingS3, s3_prefixes=())  # a function with no IMAGE_SOURCE_PREFIXES
+    assert "allowed: none" in fetch_error(none, "s3://images/cats/tabby.png").message

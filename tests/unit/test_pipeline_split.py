@@ -773,5 +773,25 @@ def test_a_split_that_cannot_get_past_one_chunk_fails_the_job() -> None:
     (outcome,) = stack.handle(s3_event("manifests/stuck.txt"), remaining=lambda: 0)
 
     assert outcome.action == "failed"
-    _assert_failed(stack, job_of("manifests/stuck.txt"), "not one chunk could be read in an invocation")
+    _assert_failed(stack, job_of("manifests/stuck.txt"), "ran out of time before it could send a chunk")
     assert stack.sqs.continuations() == []
+
+
+def test_a_gzip_continuation_out_of_time_while_re_reading_fails_the_job() -> None:
+    # A .gz is re-read from its start: time spent skipping what was consumed counts too, and a
+    # continuation that cannot even get back to its checkpoint would only be sent again.
+    data = gzip.compress(txt_manifest(8) + b"\n" * 30_000 + txt_manifest(3))
+    stack = Stack()
+    stack.s3.add(IN, "manifests/blanks.txt.gz", data)
+    (first,) = stack.handle(s3_event("manifests/blanks.txt.gz"), remaining=lambda: 0)
+    (continuation,) = stack.sqs.continuations()
+    assert (first.action, continuation.position["line"]) == ("continued", 9_999)
+
+    (second,) = stack.handle(continuation.body(), message_id="msg-2", remaining=lambda: 0)
+
+    assert second.action == "failed"
+    _assert_failed(
+        stack, job_of("manifests/blanks.txt.gz"), "past line 9999 (a .gz is re-read from its start)"
+    )
+    (late,) = stack.handle(continuation.body(), message_id="msg-3")  # a redelivery changes nothing
+    assert late.action == "stale"

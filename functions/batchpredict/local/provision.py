@@ -29,7 +29,9 @@ ACCOUNT = "000000000000"
 class LocalOptions:
     model_uri: str
     prefix: str = "batchpredict"
-    allowed_networks: str = "127.0.0.0/8"
+    # ALLOWED_NETWORKS of every function: nothing on loopback unless named (moto and DynamoDB
+    # Local listen there), e.g. the samples server's 127.0.0.1:PORT.
+    allowed_networks: str = ""
     predict_workers: int = 1
     # Lambda scales out while messages wait: the local predict pool may grow to this many
     # workers (None: 4 x predict_workers, capped by the template's MaximumConcurrency).
@@ -56,6 +58,11 @@ class LocalPlan:
     queues: dict[str, tuple[str, str]]  # logical id -> (url, arn)
     functions: dict[str, FunctionSpec]
     mappings: list[Mapping]
+
+
+def samples_bucket(prefix: str) -> str:
+    """The bucket `local run --serve` copies its folder to."""
+    return f"{prefix}-samples"
 
 
 def image_command() -> str:

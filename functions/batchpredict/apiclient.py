@@ -1,0 +1,76 @@
+"""Calls to a deployed stack's predict API (``ApiAuth`` AWS_IAM, the default), signed with
+SigV4 by botocore's own signer from the standard credential chain (environment, profile,
+SSO, instance role), as the AWS CLI signs its calls."""
+
+from __future__ import annotations
+
+import json
+import re
+import urllib.error
+import urllib.request
+from typing import Any
+
+import boto3
+from botocore.auth import SigV4Auth
+from botocore.awsrequest import AWSRequest
+
+from batchpredict.errors import ErrorCode, PredictionError
+from batchpredict.model import Prediction
+from batchpredict.predictor import Outcome
+
+# predict_api's API_MAX_URLS default: URLs per request.
+URLS_PER_REQUEST = 8
+# API Gateway ends a request at 30 s; a little more, so its own answer (504) is what we see.
+TIMEOUT_SECONDS = 35.0
+_REGION_IN_HOST = re.compile(r"\.execute-api\.([a-z0-9-]+)\.amazonaws\.com")
+
+
+class ApiError(Exception):
+    """The API refused the call or answered with something other than results."""
+
+
+def signed_request(api_url: str, body: bytes, session: boto3.session.Session) -> AWSRequest:
+    """A POST of ``body`` to ``api_url`` with its SigV4 Authorization header."""
+    credentials = session.get_credentials()
+    if credentials is None:
+        raise ApiError("no AWS credentials: configure them (aws configure, AWS_PROFILE) to call the API")
+    found = _REGION_IN_HOST.search(api_url)
+    region = found.group(1) if found else session.region_name
+    if not region:
+        raise ApiError(f"cannot tell the region of {api_url}: set AWS_REGION")
+    request = AWSRequest(method="POST", url=api_url, data=body, headers={"Content-Type": "application/json"})
+    SigV4Auth(credentials.get_frozen_credentials(), "execute-api", region).add_auth(request)
+    return request
+
+
+def predict_remote(
+    api_url: str, urls: list[str], session: boto3.session.Session | None = None
+) -> list[dict[str, Any]]:
+    """One result record per URL, in order, from the API at ``api_url``."""
+    session = session or boto3.session.Session()
+    records: list[dict[str, Any]] = []
+    for start in range(0, len(urls), URLS_PER_REQUEST):
+        body = json.dumps({"urls": urls[start : start + URLS_PER_REQUEST]}).encode()
+        prepared = signed_request(api_url, body, session).prepare()
+        call = urllib.request.Request(prepared.url, data=body, headers=dict(prepared.headers), method="POST")
+        try:
+            with urllib.request.urlopen(call, timeout=TIMEOUT_SECONDS) as response:
+                records.extend(json.loads(response.read())["results"])
+        except urllib.error.HTTPError as exc:
+            detail = exc.read().decode("utf-8", errors="replace")[:300]
+            raise ApiError(f"the predict API answered {exc.code}: {detail}") from exc
+        except (urllib.error.URLError, OSError) as exc:
+            raise ApiError(f"cannot reach the predict API at {api_url}: {exc}") from exc
+    return records
+
+
+def outcome_of(record: dict[str, Any], top_k: int) -> Outcome:
+    """An API record as the local predictor's Outcome, so both print alike."""
+    error = record.get("error")
+    if error:
+        try:
+            code = ErrorCode(error.get("code"))
+        except ValueError:  # a newer stack's code this client does not know yet
+            code = ErrorCode.INTERNAL_ERROR
+        return Outcome(error=PredictionError(code, str(error.get("message", ""))))
+    return Outcome([Prediction(**p) for p in (record.get("predictions") or [])[:top_k]])
