@@ -125,3 +125,18 @@ def test_local_http_endpoint_speaks_like_api_gateway(api: None, image_server: st
         assert json.loads(caught.value.read())["error"]["code"] == "unsupported_scheme"
     finally:
         server.stop()
+
+
+def test_s3_urls_are_refused_unless_the_api_lists_their_prefix(
+    api: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # No S3 client is ever built: the refusal comes first, so it says nothing about the object.
+    monkeypatch.setenv("AWS_ENDPOINT_URL_S3", "http://127.0.0.1:9")  # nothing listens there
+    status, body, _ = _call("GET", {"url": "s3://input-bucket/manifests/private.jsonl"})
+    assert (status, body["error"]["code"]) == (422, "blocked_address")
+    assert "allowed: none" in body["error"]["message"]
+    monkeypatch.setenv("IMAGE_SOURCE_PREFIXES", "s3://photos/public/")
+    predict_api.service.cache_clear()
+    status, body, _ = _call("GET", {"url": "s3://photos/private/cat.jpg"})
+    assert (status, body["error"]["code"]) == (422, "blocked_address")
+    assert "allowed: s3://photos/public/" in body["error"]["message"]
