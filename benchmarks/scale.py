@@ -36,7 +36,6 @@ import itertools
 import json
 import multiprocessing as mp
 import os
-import resource
 import threading
 import time
 import traceback
@@ -67,7 +66,12 @@ def _rss_mb() -> float:
 
 
 def _peak_rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    """This process's own peak (VmHWM). Not getrusage's ru_maxrss: Linux carries that over exec,
+    so a spawned stage would report the parent's RSS at fork when it is larger."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
 
 
 def _with_latency(latency_ms: dict[str, float]) -> None:
