@@ -17,18 +17,22 @@ from typing import Any
 
 from batchpredict.costs import ComputeMeter
 from batchpredict.errors import ErrorCode
+from batchpredict.jobs import STOPPED_STATUSES
 from batchpredict.messages import Chunk
 from batchpredict.observability import MetricUnit, logger, metrics
 from batchpredict.pipeline import ImageResult, StreamingPredictor
 from batchpredict.records import SUCCEEDED, WorkItem, base_record, failed_record
-from batchpredict.writer import LEASE_MARGIN_SECONDS, ChunkWriter
+from batchpredict.writer import LEASE_MARGIN_SECONDS, ChunkWriter, stopped_records
 
 WRITER_THREADS = 4  # chunks written at once: S3 and DynamoDB calls, not CPU
 WRITE_RESERVE_SHARE = 0.2  # at most this share of the invocation's time is kept back for writes
 
 
-def image_record(job_id: str | None, result: ImageResult, model: str) -> dict[str, Any]:
-    """The result record of one line: failed at split time, or through fetch, decode, predict."""
+def image_record(
+    job_id: str | None, result: ImageResult, model: str, top_k: int | None = None
+) -> dict[str, Any]:
+    """The result record of one line: failed at split time, or through fetch, decode, predict.
+    ``top_k``: the job's option, when it asks for fewer classes than this run inferred."""
     item, outcome = result.item, result.outcome
     if item.error is not None or not item.url:  # no fetch, no model
         error = item.error or {"code": ErrorCode.INVALID_MANIFEST_LINE.value, "message": "no url"}
@@ -38,7 +42,7 @@ def image_record(job_id: str | None, result: ImageResult, model: str) -> dict[st
     else:
         record = base_record(job_id, item, model) | {
             "status": SUCCEEDED,
-            "predictions": [p.as_dict() for p in outcome.predictions],
+            "predictions": [p.as_dict() for p in outcome.predictions[:top_k]],
         }
     if outcome.image is not None:
         record["image"] = {
@@ -110,13 +114,24 @@ class ChunkBatch:
                 outcomes[message_id] = ChunkOutcome(None, error=ValueError(f"not a chunk message: {exc}"))
         writes: dict[str, Future[bool]] = {}
 
-        def write(group: int, results: list[ImageResult]) -> None:
-            message_id, chunk = chunks[group]
-            records = [image_record(chunk.job_id, r, self.predictor.model_id) for r in results]
+        def write(message_id: str, chunk: Chunk, records: list[dict[str, Any]]) -> None:
             outcomes[message_id] = ChunkOutcome(chunk, records)
             writes[message_id] = self._writes.submit(self._write, chunk, records, remaining, meter)
 
-        unfinished = self.predictor.run([chunk.items for _, chunk in chunks], deadline, write)
+        # Chunks of a cancelled, stopped or failed job are not fetched: written at once, cancelled.
+        stopped = self._stopped_jobs({chunk.job_id for _, chunk in chunks})
+        for message_id, chunk in chunks:
+            if chunk.job_id in stopped:
+                write(message_id, chunk, stopped_records(chunk))
+        chunks = [(message_id, chunk) for message_id, chunk in chunks if chunk.job_id not in stopped]
+
+        def predicted(group: int, results: list[ImageResult]) -> None:
+            message_id, chunk = chunks[group]
+            model = self.predictor.model_id
+            write(message_id, chunk, [image_record(chunk.job_id, r, model, chunk.top_k) for r in results])
+
+        top_k = max((chunk.top_k or self.predictor.top_k for _, chunk in chunks), default=None)
+        unfinished = self.predictor.run([chunk.items for _, chunk in chunks], deadline, predicted, top_k)
         for group in unfinished:
             message_id, chunk = chunks[group]
             error = ChunkUnfinishedError(f"chunk {chunk.chunk} of {chunk.job_id} not done in time")
@@ -132,6 +147,19 @@ class ChunkBatch:
             else:
                 outcome.counted = future.result()
         return outcomes
+
+    def _stopped_jobs(self, job_ids: set[str]) -> set[str]:
+        """The jobs (of this batch) no longer to predict: one consistent read of the status of
+        each, once per invocation. A read that fails predicts the chunk (harmless: it is
+        written and counted like any other)."""
+        stopped = set()
+        for job_id in job_ids:
+            try:
+                if self.writer.jobs.status(job_id) in STOPPED_STATUSES:
+                    stopped.add(job_id)
+            except Exception:
+                logger.exception("job status unavailable: predicting its chunks", extra={"job_id": job_id})
+        return stopped
 
     def _write(
         self, chunk: Chunk, records: list[dict[str, Any]], remaining: Callable[[], float], meter: ComputeMeter

@@ -17,6 +17,7 @@ from batchpredict.bundle import resolve_bundle
 from batchpredict.config import ConfigError, EngineConfig, engine_config
 from batchpredict.errors import BundleError, ErrorCode, PredictionError
 from batchpredict.fetch import Fetcher, FetchLimits, parse_networks, wide_allowances
+from batchpredict.jobs import JobStatus
 from batchpredict.model import load_model
 from batchpredict.predictor import predict_payloads
 from batchpredict.render import (
@@ -383,21 +384,64 @@ def _watch(client: Any, job_id: str, timeout: float | None = None) -> Any:
     return job
 
 
+def _job_options(
+    name: str | None, tags: tuple[str, ...], top_k: int | None, max_failures: str | None, notify: str | None
+) -> Any:
+    """The job's options, checked as the splitter will check them (options.parse_options)."""
+    from batchpredict.options import OptionError, parse_options
+
+    metadata = {
+        "name": name,
+        "tags": ",".join(tags) or None,
+        "top-k": str(top_k) if top_k is not None else None,
+        "max-failures": max_failures,
+        "notify": notify,
+    }
+    try:
+        return parse_options({k: v for k, v in metadata.items() if v is not None})
+    except OptionError as exc:
+        raise _fail(str(exc)) from exc
+
+
 @main.command(
     epilog=examples(
         "batchpredict submit photos.jsonl --wait",
-        "batchpredict submit photos.csv.gz",
+        "batchpredict submit photos.csv.gz --key nightly/photos.csv.gz",
+        "batchpredict submit urls.txt --name nightly --tag team=vision --top-k 3 --max-failures 5%",
         "BATCHPREDICT_STACK=batchpredict batchpredict submit urls.txt --profile prod --region eu-west-1",
     )
 )
 @click.argument("manifest", type=click.Path(path_type=Path))
 @click.option("--wait", is_flag=True, help="Show a live progress bar until the job ends.")
-@click.option("--name", help="Object name under manifests/ (default: the file name).")
+@click.option("--key", help="Object name under manifests/ (default: the file name).")
+@click.option("--name", help="The job's name (x-amz-meta-name): shown by status/jobs, in events.")
+@click.option("--tag", "tags", multiple=True, metavar="K=V", help="A tag (x-amz-meta-tags). Repeatable.")
+@click.option("--top-k", "top_k", type=int, help="Classes per image for this job (1-100; default TOP_K).")
+@click.option(
+    "--max-failures",
+    metavar="N|P%",
+    help="Stop the job (FAILED tolerated_failures_exceeded) once more than N lines, or P%, failed.",
+)
+@click.option(
+    "--notify", type=click.Choice(["email"]), help="Mail this job's end (the stack's NotificationEmail)."
+)
 @stack_options
-def submit(manifest: Path, wait: bool, name: str | None, target: StackTarget) -> None:
-    """Upload MANIFEST under manifests/ and print the job id."""
+def submit(
+    manifest: Path,
+    wait: bool,
+    key: str | None,
+    name: str | None,
+    tags: tuple[str, ...],
+    top_k: int | None,
+    max_failures: str | None,
+    notify: str | None,
+    target: StackTarget,
+) -> None:
+    """Upload MANIFEST under manifests/ and print the job id; the options travel as the
+    object's S3 user metadata (as `aws s3 cp --metadata name=…,top-k=3` would send them)."""
+    options = _job_options(name, tags, top_k, max_failures, notify)
     client = target.client()
-    job_id = client.submit(manifest, name)
+    job_id = client.submit(manifest, key, options)
     click.echo(job_id)
     if wait:
         job = _watch(client, job_id)
@@ -419,27 +463,100 @@ def status(job_id: str, output: str, target: StackTarget) -> None:
     click.echo(job_view(target.client().job(job_id), output), nl=False)
 
 
-@main.command(epilog=examples(f"batchpredict watch {JOB}"))
-@click.argument("job_id")
+@main.command(epilog=examples(f"batchpredict watch {JOB}", "batchpredict watch --events --idle 5"))
+@click.argument("job_id", required=False)
+@click.option(
+    "--events", is_flag=True, help="Print job state change events (JSON) as they arrive (local stack)."
+)
+@click.option(
+    "--idle",
+    type=click.IntRange(1, 3600),
+    default=60,
+    show_default=True,
+    help="With --events: stop after this many seconds without one.",
+)
 @stack_options
-def watch(job_id: str, target: StackTarget) -> None:
-    """Follow a job with a progress bar until it ends."""
-    click.echo(job_view(_watch(target.client(), job_id), "table"), nl=False)
+def watch(job_id: str | None, events: bool, idle: int, target: StackTarget) -> None:
+    """Follow a job with a progress bar until it ends; or, with --events, the job state change
+    events of the local stack as they arrive (each event is read once)."""
+    client = target.client()
+    if events:
+        for event in client.events(idle):
+            click.echo(json.dumps(event))
+        return
+    if not job_id:
+        raise _fail("give a JOB to follow, or --events")
+    click.echo(job_view(_watch(client, job_id), "table"), nl=False)
+
+
+@main.command(epilog=examples(f"batchpredict cancel {JOB}", f"batchpredict cancel {JOB} --wait"))
+@click.argument("job_id")
+@click.option("--wait", is_flag=True, help="Follow the job until it has ended.")
+@stack_options
+def cancel(job_id: str, wait: bool, target: StackTarget) -> None:
+    """Cancel a SPLITTING or RUNNING job: no more images are fetched; every line not yet done
+    ends FAILED `cancelled`, and the job CANCELLED with a complete results.jsonl."""
+    client = target.client()
+    job = client.cancel(job_id)
+    click.echo(f"{job.job_id} {job.status.value}")
+    if wait:
+        click.echo(job_view(_watch(client, job_id), "table"), nl=False)
+
+
+def _since(value: str | None) -> str | None:
+    """An ISO time as is, or a duration back from now (30m, 12h, 7d)."""
+    import re
+    from datetime import UTC, datetime, timedelta
+
+    if not value:
+        return None
+    match = re.fullmatch(r"(\d+)([mhd])", value)
+    if not match:
+        return value
+    unit = {"m": "minutes", "h": "hours", "d": "days"}[match.group(2)]
+    then = datetime.now(UTC) - timedelta(**{unit: int(match.group(1))})
+    return then.isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 @main.command(
     epilog=examples(
         "batchpredict jobs --limit 5",
+        "batchpredict jobs --status RUNNING --status CANCELLING --since 2h --name nightly",
+        "batchpredict jobs --manifest s3://INPUT-BUCKET/manifests/photos.txt",
         "batchpredict jobs --output text | cut -f1,2",
         "batchpredict jobs --stack batchpredict --profile prod --output json",
     )
 )
 @click.option("--limit", type=click.IntRange(1, 1000), default=20, show_default=True)
+@click.option(
+    "--status",
+    "statuses",
+    multiple=True,
+    type=click.Choice([s.value for s in JobStatus], case_sensitive=False),
+    help="Only jobs in this status. Repeatable.",
+)
+@click.option("--name", help="Only jobs of this name.")
+@click.option("--since", metavar="TIME", help="Only jobs created since: an ISO time, or 30m / 12h / 7d ago.")
+@click.option("--manifest", metavar="S3_URI", help="The jobs of one manifest (s3://bucket/manifests/key).")
 @output_option("table")
 @stack_options
-def jobs(limit: int, output: str, target: StackTarget) -> None:
-    """List recent jobs, newest first."""
-    click.echo(jobs_view(target.client().recent_jobs(limit), output), nl=False)
+def jobs(
+    limit: int,
+    statuses: tuple[str, ...],
+    name: str | None,
+    since: str | None,
+    manifest: str | None,
+    output: str,
+    target: StackTarget,
+) -> None:
+    """List recent jobs, newest first (from the table's by-status index: no scan)."""
+    client = target.client()
+    if manifest:
+        found = client.jobs_of_manifest(manifest)[:limit]
+    else:
+        wanted = tuple(JobStatus(s.upper()) for s in statuses)
+        found = client.recent_jobs(limit, wanted, _since(since), name)
+    click.echo(jobs_view(found, output), nl=False)
 
 
 @main.command(

@@ -20,9 +20,10 @@ from botocore.exceptions import ClientError
 
 from batchpredict import aws
 from batchpredict.errors import ErrorCode
-from batchpredict.jobs import FINAL_STATUSES, Job, JobStore
+from batchpredict.jobs import FINAL_STATUSES, Job, JobStatus, JobStore
 from batchpredict.manifest import ManifestError, detect_format
 from batchpredict.messages import ManifestObject
+from batchpredict.options import JobOptions
 from batchpredict.records import FAILED
 from batchpredict.results import results_key, summary_key
 
@@ -48,6 +49,7 @@ class StackRef:
     table: str
     endpoints: dict[str, str] | None = None  # local stack only: AWS_ENDPOINT_URL_* settings
     api_url: str | None = None
+    events_queue: str | None = None  # local stack only: a copy of every job state change event
 
     def save(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -102,16 +104,22 @@ class Client:
         self.s3 = s3 or aws.client("s3")
         self.jobs = JobStore(dynamodb or aws.client("dynamodb"), stack.table)
 
-    def submit(self, manifest: Path, name: str | None = None) -> str:
-        """Upload under manifests/ and return the job id the pipeline will give it."""
+    def submit(self, manifest: Path, key: str | None = None, options: JobOptions | None = None) -> str:
+        """Upload under manifests/ (as ``key``, default the file name) with the job's options as
+        the object's user metadata; return the job id the pipeline will give it."""
         if not manifest.is_file():
             raise UserError(f"manifest not found: {manifest}")
-        key = f"manifests/{name or manifest.name}"
+        key = f"manifests/{key or manifest.name}"
         try:
             detect_format(key)  # refuse an extension the splitter would refuse, before uploading
         except ManifestError as exc:
             raise UserError(f"{manifest}: {exc}") from exc
-        response = self.s3.put_object(Bucket=self.stack.input_bucket, Key=key, Body=manifest.read_bytes())
+        response = self.s3.put_object(
+            Bucket=self.stack.input_bucket,
+            Key=key,
+            Body=manifest.read_bytes(),
+            Metadata=(options or JobOptions()).as_metadata(),
+        )
         return ManifestObject(
             self.stack.input_bucket,
             key,
@@ -153,8 +161,47 @@ class Client:
                 raise UserError(f"job {job_id} still {job.status.value} after {timeout:.0f}s")
             time.sleep(interval)
 
-    def recent_jobs(self, limit: int = 20) -> list[Job]:
-        return sorted(self.jobs.all_jobs(), key=lambda j: j.created_at, reverse=True)[:limit]
+    def recent_jobs(
+        self,
+        limit: int = 20,
+        statuses: tuple[JobStatus, ...] = (),
+        since: str | None = None,
+        name: str | None = None,
+    ) -> list[Job]:
+        """Newest first, from the table's by-status index (no scan)."""
+        return self.jobs.list_jobs(statuses or tuple(JobStatus), since=since, name=name, limit=limit)
+
+    def jobs_of_manifest(self, uri: str) -> list[Job]:
+        return self.jobs.jobs_of_manifest(uri)
+
+    def cancel(self, job_id: str) -> Job:
+        """SPLITTING/RUNNING -> CANCELLING; a job in any other state is a UserError saying which."""
+        job = self.jobs.cancel(job_id)
+        if job is None:
+            status = self.job(job_id).status.value
+            raise UserError(f"job {job_id} is {status}: only SPLITTING or RUNNING jobs can be cancelled")
+        return job
+
+    def events(self, wait_seconds: int = 20) -> Iterator[dict[str, Any]]:
+        """Job state change events as they arrive (the local stack's events queue; each is read
+        once, by whoever reads it first). Ends after ``wait_seconds`` without one."""
+        if not self.stack.events_queue:
+            raise UserError(
+                "job events are read here from the local stack only; on AWS they go to the stack's "
+                "EventBridge bus (output JobEventBusName): subscribe a rule, NotificationEmail or WebhookUrl"
+            )
+        sqs = aws.client("sqs")
+        while True:
+            messages = sqs.receive_message(
+                QueueUrl=self.stack.events_queue,
+                MaxNumberOfMessages=10,
+                WaitTimeSeconds=min(wait_seconds, 20),
+            ).get("Messages", [])
+            if not messages:
+                return
+            for m in messages:
+                yield json.loads(m["Body"])
+                sqs.delete_message(QueueUrl=self.stack.events_queue, ReceiptHandle=m["ReceiptHandle"])
 
     def result_lines(self, job_id: str, from_table: bool = False) -> Iterator[dict[str, Any]]:
         if from_table:

@@ -134,6 +134,7 @@ class SplitConfig:
     work_queue_url: str
     manifest_queue_url: str
     finalize_queue_url: str
+    event_bus: str
     settings: SplitSettings
 
 
@@ -147,6 +148,7 @@ def split_config(env: Mapping[str, str]) -> SplitConfig:
         work_queue_url=setting(env, "WORK_QUEUE_URL", str),
         manifest_queue_url=setting(env, "MANIFEST_QUEUE_URL", str),
         finalize_queue_url=setting(env, "FINALIZE_QUEUE_URL", str),
+        event_bus=_event_bus(env),
         settings=SplitSettings(
             chunk_size=setting(env, "CHUNK_SIZE", chunk_size, defaults.chunk_size),
             max_manifest_lines=setting(env, "MAX_MANIFEST_LINES", positive_int, defaults.max_manifest_lines),
@@ -247,6 +249,7 @@ class FinalizeConfig:
     output_bucket: str
     finalize_queue_url: str
     merge: MergeSettings
+    event_bus: str
 
 
 def part_mib(raw: str) -> int:
@@ -256,6 +259,10 @@ def part_mib(raw: str) -> int:
     if not S3_MIN_PART_BYTES <= value * MIB <= S3_MAX_PART_BYTES:
         raise ValueError("an S3 part is 5 to 5,120 MiB")
     return value
+
+
+def _event_bus(env: Mapping[str, str]) -> str:
+    return setting(env, "EVENT_BUS_NAME", str, help_text="the EventBridge bus job state changes go to")
 
 
 def finalize_config(env: Mapping[str, str]) -> FinalizeConfig:
@@ -276,6 +283,7 @@ def finalize_config(env: Mapping[str, str]) -> FinalizeConfig:
                 env, "FINALIZE_TIME_RESERVE_SECONDS", positive_float, defaults.time_reserve_seconds
             ),
         ),
+        event_bus=_event_bus(env),
     )
 
 

@@ -27,6 +27,7 @@ class ErrorCode(StrEnum):
     DECODE_TIMEOUT = "decode_timeout"
     IMAGE_TOO_COMPLEX = "image_too_complex"
     INTERNAL_ERROR = "internal_error"
+    CANCELLED = "cancelled"  # the job was cancelled, stopped or failed before this line was predicted
 
 
 # Worth another attempt: the same request may succeed later.

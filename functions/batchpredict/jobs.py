@@ -57,12 +57,25 @@ _deserializer = TypeDeserializer()
 class JobStatus(StrEnum):
     SPLITTING = "SPLITTING"
     RUNNING = "RUNNING"
+    CANCELLING = "CANCELLING"  # stopping (cancel, or max-failures passed): finalize ends it
     COMPLETED = "COMPLETED"
     COMPLETED_WITH_ERRORS = "COMPLETED_WITH_ERRORS"
     FAILED = "FAILED"
+    CANCELLED = "CANCELLED"
 
 
-FINAL_STATUSES = frozenset({JobStatus.COMPLETED, JobStatus.COMPLETED_WITH_ERRORS, JobStatus.FAILED})
+FINAL_STATUSES = frozenset(
+    {JobStatus.COMPLETED, JobStatus.COMPLETED_WITH_ERRORS, JobStatus.FAILED, JobStatus.CANCELLED}
+)
+# Jobs whose chunks are no longer fetched or predicted: their lines end FAILED `cancelled`.
+STOPPED_STATUSES = frozenset({JobStatus.CANCELLING, JobStatus.CANCELLED, JobStatus.FAILED})
+# A job may be cancelled (or stopped by its failure threshold) only from these.
+CANCELLABLE_STATUSES = frozenset({JobStatus.SPLITTING, JobStatus.RUNNING})
+
+# Global secondary indexes (template.yaml and the local stack): sparse, only JOB records carry
+# both key attributes (IMG# rows have a status but no created_at).
+STATUS_INDEX = "by-status"  # status + created_at: `jobs --status/--since/--name`
+MANIFEST_INDEX = "by-manifest"  # manifest_uri + created_at: the jobs of one manifest
 
 
 def page_of(index: int) -> int:
@@ -184,6 +197,19 @@ class Job:
     error: str | None = None
     split_message_id: str | None = None
     position: dict[str, Any] = field(default_factory=dict)
+    manifest_version: str | None = None
+    # Per-job options (options.JobOptions, from the manifest's S3 user metadata).
+    name: str | None = None
+    tags: dict[str, str] = field(default_factory=dict)
+    top_k: int | None = None
+    max_failures: str | None = None
+    notify: list[str] = field(default_factory=list)
+    # Why a CANCELLING job stops (None: a user's cancel) and what finalize should say.
+    stop_reason: str | None = None
+    stop_detail: str | None = None
+    stop_requested_at: str | None = None
+    # The final status whose event is still to be put (events.announce).
+    event_due: str | None = None
     # What predict measured (costs.ChunkUsage, summed over the counted chunks).
     compute_ms: int = 0
     compute_mb_ms: int = 0
@@ -249,26 +275,42 @@ class JobStore:
 
     # --- the JOB record ---------------------------------------------------------------------
 
-    def create(self, job_id: str, manifest_uri: str, split_message_id: str) -> bool:
+    def create(
+        self,
+        job_id: str,
+        manifest_uri: str,
+        split_message_id: str,
+        *,
+        manifest_version: str | None = None,
+        options: dict[str, Any] | None = None,
+    ) -> bool:
         """Put a new SPLITTING job and its zeroed counter shards, in one transaction; False if the
-        job already exists (a duplicate event)."""
+        job already exists (a duplicate event).
+
+        ``options``: the JOB attributes of the job's options (options.JobOptions.as_item).
+        """
         now = self._clock()
-        item = {
-            "pk": job_id,
-            "sk": JOB_SK,
-            "status": JobStatus.SPLITTING.value,
-            "manifest_uri": manifest_uri,
-            "total": 0,
-            "succeeded": 0,
-            "failed": 0,
-            "chunks_total": 0,
-            "chunks_done": 0,
-            "split_done": False,
-            "created_at": now,
-            "updated_at": now,
-            "split_message_id": split_message_id,
-            "position": {},
-        } | self._expiry()
+        item = (
+            (options or {})
+            | {
+                "pk": job_id,
+                "sk": JOB_SK,
+                "status": JobStatus.SPLITTING.value,
+                "manifest_uri": manifest_uri,
+                "total": 0,
+                "succeeded": 0,
+                "failed": 0,
+                "chunks_total": 0,
+                "chunks_done": 0,
+                "split_done": False,
+                "created_at": now,
+                "updated_at": now,
+                "split_message_id": split_message_id,
+                "position": {},
+            }
+            | ({"manifest_version": manifest_version} if manifest_version else {})
+            | self._expiry()
+        )
         put_job = {
             "Put": {
                 "TableName": self.table,
@@ -368,48 +410,117 @@ class JobStore:
         self._update(
             job_id,
             "SET #p = :p, updated_at = :now",
-            {":p": position, ":s": JobStatus.SPLITTING.value},
-            condition="#st = :s",
+            {":p": position, ":s": JobStatus.SPLITTING.value, ":x": JobStatus.CANCELLING.value},
+            condition="#st IN (:s, :x)",
             names={"#p": "position", "#st": "status"},
         )
 
     def finish_split(self, job_id: str, total: int, chunks_total: int) -> Job | None:
-        return self._update(
+        """SPLITTING -> RUNNING with the totals; a job cancelled meanwhile gets its totals and
+        stays CANCELLING."""
+        values = {":t": total, ":c": chunks_total, ":y": True}
+        names = {"#t": "total", "#st": "status"}
+        running = self._update(
             job_id,
             "SET #t = :t, chunks_total = :c, split_done = :y, #st = :r, updated_at = :now",
-            {
-                ":t": total,
-                ":c": chunks_total,
-                ":y": True,
-                ":r": JobStatus.RUNNING.value,
-                ":s": JobStatus.SPLITTING.value,
-            },
+            values | {":r": JobStatus.RUNNING.value, ":s": JobStatus.SPLITTING.value},
             condition="#st = :s",
-            names={"#t": "total", "#st": "status"},
+            names=names,
+        )
+        return running or self._update(
+            job_id,
+            "SET #t = :t, chunks_total = :c, split_done = :y, updated_at = :now",
+            values | {":x": JobStatus.CANCELLING.value},
+            condition="#st = :x",
+            names=names,
         )
 
+    def status(self, job_id: str) -> JobStatus | None:
+        """Just the status (a consistent read of one attribute): predict asks once per job and
+        invocation whether to fetch its chunks at all."""
+        item = self.client.get_item(
+            TableName=self.table,
+            Key=self._key(job_id, JOB_SK),
+            ConsistentRead=True,
+            ProjectionExpression="#st",
+            ExpressionAttributeNames={"#st": "status"},
+        ).get("Item")
+        return JobStatus(item["status"]["S"]) if item else None
+
+    def cancel(self, job_id: str, reason: str | None = None, detail: str | None = None) -> Job | None:
+        """SPLITTING/RUNNING -> CANCELLING (conditional); None if the job was not cancellable.
+
+        ``reason`` None is a user's cancel (ends CANCELLED); a reason (e.g. the failure
+        threshold) ends the job FAILED with it.
+        """
+        values: dict[str, Any] = {
+            ":x": JobStatus.CANCELLING.value,
+            ":s": JobStatus.SPLITTING.value,
+            ":r": JobStatus.RUNNING.value,
+        }
+        expression = "SET #st = :x, stop_requested_at = :now, updated_at = :now"
+        if reason:
+            values |= {":why": reason, ":d": detail or reason}
+            expression += ", stop_reason = :why, stop_detail = :d"
+        return self._update(job_id, expression, values, condition="#st IN (:s, :r)", names={"#st": "status"})
+
     def fail(self, job_id: str, message: str) -> Job | None:
-        """Mark a job FAILED (a manifest that cannot be read at all); final jobs stay as they are."""
+        """Mark a job FAILED (a manifest that cannot be read at all); final jobs stay as they are.
+
+        The same update marks the FAILED event as due (events.announce puts it once)."""
         return self._update(
             job_id,
-            "SET #st = :f, #e = :e, updated_at = :now, completed_at = :now",
+            "SET #st = :f, #e = :e, event_due = :f, updated_at = :now, completed_at = :now",
             {
                 ":f": JobStatus.FAILED.value,
                 ":e": message,
                 ":c1": JobStatus.COMPLETED.value,
                 ":c2": JobStatus.COMPLETED_WITH_ERRORS.value,
+                ":c3": JobStatus.CANCELLED.value,
             },
-            condition="attribute_exists(pk) AND NOT #st IN (:f, :c1, :c2)",
+            condition="attribute_exists(pk) AND NOT #st IN (:f, :c1, :c2, :c3)",
             names={"#st": "status", "#e": "error"},
         )
 
-    def complete(self, job_id: str, status: JobStatus, results_uri: str) -> Job | None:
-        """RUNNING -> COMPLETED[_WITH_ERRORS]; None if another finalize got there first."""
-        return self._update(
+    def complete(
+        self, job_id: str, status: JobStatus, results_uri: str, error: str | None = None
+    ) -> Job | None:
+        """RUNNING/CANCELLING -> ``status`` (final), marking its event due; None if another
+        finalize got there first."""
+        values = {
+            ":st": status.value,
+            ":u": results_uri,
+            ":r": JobStatus.RUNNING.value,
+            ":x": JobStatus.CANCELLING.value,
+        }
+        expression = (
+            "SET #st = :st, results_uri = :u, event_due = :st, completed_at = :now, updated_at = :now"
+        )
+        names = {"#st": "status"}
+        if error:
+            values[":e"] = error
+            names["#e"] = "error"
+            expression += ", #e = :e"
+        return self._update(job_id, expression, values, condition="#st IN (:r, :x)", names=names)
+
+    def claim_event(self, job_id: str, status: JobStatus) -> bool:
+        """Take the right to put the ``status`` event (conditional REMOVE of event_due): of two
+        deliveries at once, one wins."""
+        claimed = self._update(
             job_id,
-            "SET #st = :st, results_uri = :u, completed_at = :now, updated_at = :now",
-            {":st": status.value, ":u": results_uri, ":r": JobStatus.RUNNING.value},
-            condition="#st = :r",
+            "REMOVE event_due SET event_claimed_at = :now",
+            {":st": status.value},
+            condition="event_due = :st",
+        )
+        return claimed is not None
+
+    def release_event(self, job_id: str, status: JobStatus) -> None:
+        """The event could not be put: mark it due again, for the redelivery to put."""
+        self._update(
+            job_id,
+            "SET event_due = :st, updated_at = :now",
+            {":st": status.value},
+            condition="#st = :st",
             names={"#st": "status"},
         )
 
@@ -541,6 +652,64 @@ class JobStore:
             lambda response: response.get("UnprocessedItems", {}).get(self.table, []),
             deadline,
         )
+
+    def list_jobs(
+        self,
+        statuses: Iterable[JobStatus] = tuple(JobStatus),
+        *,
+        since: str | None = None,
+        name: str | None = None,
+        limit: int = 20,
+    ) -> list[Job]:
+        """The newest ``limit`` jobs in ``statuses`` (created at or after ``since``, named
+        ``name``), from the by-status index: one Query per status, no table scan."""
+        found: list[tuple[str, str]] = []
+        for status in statuses:
+            found += self._query_index(status, since, name, limit)
+        found.sort(reverse=True)
+        jobs = (self.get(job_id) for _, job_id in found[:limit])
+        return [job for job in jobs if job is not None]
+
+    def _query_index(
+        self, status: JobStatus, since: str | None, name: str | None, limit: int
+    ) -> list[tuple[str, str]]:
+        condition = "#st = :st" + (" AND created_at >= :since" if since else "")
+        values: dict[str, Any] = {":st": status.value} | ({":since": since} if since else {})
+        names = {"#st": "status"}
+        kwargs: dict[str, Any] = {}
+        if name:
+            values[":n"] = name
+            names["#n"] = "name"
+            kwargs["FilterExpression"] = "#n = :n"
+        paginator = self.client.get_paginator("query")
+        pages = paginator.paginate(
+            TableName=self.table,
+            IndexName=STATUS_INDEX,
+            KeyConditionExpression=condition,
+            ExpressionAttributeValues=to_dynamo(values),
+            ExpressionAttributeNames=names,
+            ScanIndexForward=False,
+            **kwargs,
+        )
+        found: list[tuple[str, str]] = []
+        for page in pages:
+            found += [(item["created_at"]["S"], item["pk"]["S"]) for item in page["Items"]]
+            if len(found) >= limit:
+                break
+        return found[:limit]
+
+    def jobs_of_manifest(self, manifest_uri: str) -> list[Job]:
+        """Every job of one manifest (s3://bucket/key: each uploaded version is a job), newest
+        first, from the by-manifest index."""
+        items = self.client.query(
+            TableName=self.table,
+            IndexName=MANIFEST_INDEX,
+            KeyConditionExpression="manifest_uri = :u",
+            ExpressionAttributeValues={":u": {"S": manifest_uri}},
+            ScanIndexForward=False,
+        )["Items"]
+        jobs = (self.get(item["pk"]["S"]) for item in items)
+        return [job for job in jobs if job is not None]
 
     def all_jobs(self) -> Iterator[Job]:
         """Every JOB record, with its counts. A filtered Scan: it reads the IMG# rows too, so it

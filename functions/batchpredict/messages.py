@@ -98,20 +98,31 @@ class Chunk:
     job_id: str
     chunk: int
     items: list[WorkItem]
+    top_k: int | None = None  # the job's top-k option (None: the function's TOP_K)
+    max_failures: str | None = None  # the job's max-failures: its writer then judges the threshold
 
     def body(self) -> str:
         # UTF-8 as is (ensure_ascii=False): escaping would grow a non-ASCII line up to 6x, and a
         # chunk of MAX_CHUNK_SIZE lines of MAX_LINE_BYTES must stay under SQS's message size.
-        return json.dumps(
-            {"job_id": self.job_id, "chunk": self.chunk, "items": [item.as_message() for item in self.items]},
-            separators=(",", ":"),
-            ensure_ascii=False,
-        )
+        doc: dict[str, Any] = {"job_id": self.job_id, "chunk": self.chunk}
+        if self.top_k is not None:
+            doc["top_k"] = self.top_k
+        if self.max_failures is not None:
+            doc["max_failures"] = self.max_failures
+        doc["items"] = [item.as_message() for item in self.items]
+        return json.dumps(doc, separators=(",", ":"), ensure_ascii=False)
 
     @classmethod
     def parse(cls, body: str) -> Chunk:
         doc = json.loads(body)
-        return cls(str(doc["job_id"]), int(doc["chunk"]), [WorkItem.from_message(i) for i in doc["items"]])
+        top_k = doc.get("top_k")
+        return cls(
+            str(doc["job_id"]),
+            int(doc["chunk"]),
+            [WorkItem.from_message(i) for i in doc["items"]],
+            int(top_k) if top_k is not None else None,
+            doc.get("max_failures"),
+        )
 
 
 def finalize_body(job_id: str) -> str:

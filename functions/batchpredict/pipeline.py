@@ -109,6 +109,7 @@ class _Run:
     fetching: int = 0
     decoding: int = 0
     closed: bool = False  # past the deadline: late work is dropped, not recorded
+    top_k: int = 5
 
     def finish(self, group: int, position: int, result: ImageResult) -> None:
         with self.cond:
@@ -157,9 +158,16 @@ class StreamingPredictor:
     def model_id(self) -> str:
         return self.engine.model_id
 
-    def run(self, groups: Sequence[Sequence[WorkItem]], deadline: float, on_done: GroupDone) -> set[int]:
+    def run(
+        self,
+        groups: Sequence[Sequence[WorkItem]],
+        deadline: float,
+        on_done: GroupDone,
+        top_k: int | None = None,
+    ) -> set[int]:
         """Predict every item; ``on_done(group, results)`` as each group completes (on this
         thread). Items with an error (failed at split time) or no URL are done at once.
+        ``top_k``: classes per image this run (None: the predictor's).
 
         Returns the groups not completed by ``deadline``.
         """
@@ -167,6 +175,7 @@ class StreamingPredictor:
             deadline=deadline,
             results=[[None] * len(items) for items in groups],
             pending=[len(items) for items in groups],
+            top_k=top_k or self.top_k,
         )
         for g, items in enumerate(groups):
             if not items:
@@ -239,7 +248,7 @@ class StreamingPredictor:
         tensors = np.stack([r.outcome.image.tensor for r in batch])  # type: ignore[union-attr]
         started = time.perf_counter()
         try:
-            predictions = self.engine.run_inference(tensors, self.top_k)
+            predictions = self.engine.run_inference(tensors, run.top_k)
         except Exception:
             # Not one image's fault (every tensor has the engine's shape): leave these images
             # unfinished so their chunks come back, rather than failing lines that may be fine.

@@ -40,11 +40,19 @@ def _done(job: Any) -> str:
     return f"{job.succeeded + job.failed}/{job.total if job.split_done else '?'}"
 
 
-JOB_COLUMNS = ("job", "status", "done", "failed", "created", "manifest")
+JOB_COLUMNS = ("job", "status", "done", "failed", "created", "name", "manifest")
 
 
 def _job_row(job: Any) -> tuple[Any, ...]:
-    return (job.job_id, job.status.value, _done(job), job.failed, job.created_at, job.manifest_uri)
+    return (
+        job.job_id,
+        job.status.value,
+        _done(job),
+        job.failed,
+        job.created_at,
+        job.name or "-",
+        job.manifest_uri,
+    )
 
 
 def jobs_view(jobs: Sequence[Any], output: str) -> str:
@@ -61,12 +69,18 @@ def jobs_view(jobs: Sequence[Any], output: str) -> str:
     )
 
 
+def _options(job: Any) -> list[tuple[str, Any]]:
+    return [("top-k", job.top_k), ("max-failures", job.max_failures), ("notify", ",".join(job.notify))]
+
+
 def job_view(job: Any, output: str) -> str:
     """``batchpredict status``: the JOB record; as a table, one field a line."""
     if output != "table":
         return jobs_view([job], output)
     fields = [
         ("job", job.job_id),
+        ("name", job.name),
+        ("tags", ",".join(f"{k}={v}" for k, v in job.tags.items())),
         ("status", job.status.value),
         ("manifest", job.manifest_uri),
         ("lines", job.total if job.split_done else f"{job.position.get('index', 0)}+ (splitting)"),
@@ -77,6 +91,8 @@ def job_view(job: Any, output: str) -> str:
         ("created", job.created_at),
         ("completed", job.completed_at),
         ("results", job.results_uri),
+        ("options", " ".join(f"{k}={v}" for k, v in _options(job) if v)),
+        ("stopping", job.stop_detail if job.status.value == "CANCELLING" else None),
         ("error", job.error),
     ]
     return _lines(f"{name:>10}  {value}" for name, value in fields if value not in (None, ""))

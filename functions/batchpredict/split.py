@@ -8,13 +8,15 @@ the same chunks, which the chunk markers then count once.
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from batchpredict.events import JobEvents
 from batchpredict.finalize import fail_job
 from batchpredict.inputs import ManifestStore, ManifestUnreadableError
-from batchpredict.jobs import JobStatus, JobStore
+from batchpredict.jobs import STOPPED_STATUSES, JobStatus, JobStore
 from batchpredict.manifest import (
     ImageLine,
     InvalidLine,
@@ -26,9 +28,11 @@ from batchpredict.manifest import (
 )
 from batchpredict.messages import Chunk, Continuation, ManifestObject, finalize_body, parse_manifest_message
 from batchpredict.observability import logger
+from batchpredict.options import JobOptions, OptionError, parse_options
 from batchpredict.queues import SEND_BATCH_LIMIT, Queue
 from batchpredict.records import WorkItem
 from batchpredict.results import ResultStore
+from batchpredict.writer import ChunkWriter
 
 
 @dataclass(frozen=True)
@@ -40,6 +44,8 @@ class SplitSettings:
     max_manifest_bytes: int = 2 * 1024**3  # decompressed
     # Stop and hand over to a continuation when less than this much invocation time is left.
     time_reserve_ms: int = 20_000
+    # How often a split asks whether its job was cancelled meanwhile.
+    status_check_seconds: float = 1.0
 
 
 @dataclass(frozen=True)
@@ -79,14 +85,20 @@ class Splitter:
         finalize: Queue,
         settings: SplitSettings,
         results: ResultStore,
+        events: JobEvents | None = None,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.jobs = jobs
         self.results = results
+        self.events = events
         self.inputs = ManifestStore(s3)
         self.work = work
         self.manifests = manifests
         self.finalize = finalize
         self.settings = settings
+        # Chunks of a job cancelled mid-split are written here as cancelled instead of sent.
+        self.writer = ChunkWriter(jobs, results, finalize)
+        self._clock = clock
 
     def handle(self, message_id: str, body: str, remaining_ms: Callable[[], int]) -> list[SplitOutcome]:
         message = parse_manifest_message(body)
@@ -103,26 +115,49 @@ class Splitter:
         job_id = obj.job_id
         logger.append_keys(job_id=job_id, manifest=obj.uri)
         position = Position()
-        if not self.jobs.create(job_id, obj.uri, message_id):
+        options, bad_option = self._options(obj)
+        created = self.jobs.create(
+            job_id, obj.uri, message_id, manifest_version=obj.version_id, options=options.as_item()
+        )
+        if not created:
             job = self.jobs.get(job_id)
             # The same SQS message again means our earlier attempt died mid-split: resume.
             # Any other message for the same object version is a duplicate S3 event.
-            if job is None or job.status != JobStatus.SPLITTING or job.split_message_id != message_id:
+            resumable = job is not None and job.status in (JobStatus.SPLITTING, JobStatus.CANCELLING)
+            if job is None or not resumable or job.split_message_id != message_id:
                 logger.info("duplicate event for an existing job", extra={"status": job and job.status})
                 return SplitOutcome(job_id, "duplicate")
             position = Position.from_dict(job.position) if job.position else Position()
-        return self._split(job_id, obj, position, remaining_ms)
+        if bad_option:
+            # Never silently ignored: the job fails at once, naming the option.
+            return self._fail(job_id, f"manifest {obj.uri}: {bad_option}")
+        item = options.as_item()
+        return self._split(
+            job_id, obj, position, remaining_ms, _chunk_options(item.get("top_k"), item.get("max_failures"))
+        )
+
+    def _options(self, obj: ManifestObject) -> tuple[JobOptions, str | None]:
+        """The job's options from the manifest's user metadata, read once, and what is wrong with
+        them. A manifest that cannot be read has none: the split then fails it with the reason."""
+        try:
+            return parse_options(self.inputs.metadata(obj.bucket, obj.key, obj.version_id)), None
+        except OptionError as exc:
+            return JobOptions(), str(exc)
+        except ManifestUnreadableError:
+            return JobOptions(), None
 
     def _continue(self, continuation: Continuation, remaining_ms: Callable[[], int]) -> SplitOutcome:
         logger.append_keys(job_id=continuation.job_id, manifest=continuation.manifest.uri)
         job = self.jobs.get(continuation.job_id)
-        if job is None or job.status != JobStatus.SPLITTING:
+        # A job cancelled mid-split is split to the end all the same: its lines are written cancelled.
+        if job is None or job.status not in (JobStatus.SPLITTING, JobStatus.CANCELLING):
             return SplitOutcome(continuation.job_id, "stale")
         return self._split(
             continuation.job_id,
             continuation.manifest,
             Position.from_dict(continuation.position),
             remaining_ms,
+            _chunk_options(job.top_k, job.max_failures),
         )
 
     def _open(self, obj: ManifestObject, gzipped: bool, start: Position) -> tuple[Any, bool]:
@@ -131,7 +166,12 @@ class Splitter:
         return body, at_offset
 
     def _split(
-        self, job_id: str, obj: ManifestObject, start: Position, remaining_ms: Callable[[], int]
+        self,
+        job_id: str,
+        obj: ManifestObject,
+        start: Position,
+        remaining_ms: Callable[[], int],
+        chunk_options: dict[str, Any],
     ) -> SplitOutcome:
         try:
             fmt, gzipped = detect_format(obj.key)
@@ -140,9 +180,10 @@ class Splitter:
             return self._fail(job_id, str(exc))
         size = self.settings.chunk_size
         chunk_items: list[WorkItem] = []
-        bodies: list[str] = []
+        chunks: list[Chunk] = []
         position = whole = start  # whole: just after the last whole chunk
         settings = self.settings
+        dispatch = _Dispatcher(self, job_id, remaining_ms)
 
         def tick(at: Position) -> None:
             # Lines that yield no item (blank, comments) pass here too, every so many.
@@ -164,24 +205,24 @@ class Splitter:
                 chunk_items.append(work_item(item))
                 if len(chunk_items) < size:
                     continue
-                bodies.append(Chunk(job_id, item.index // size, chunk_items).body())
+                chunks.append(Chunk(job_id, item.index // size, chunk_items, **chunk_options))
                 chunk_items = []
                 whole = position
-                if len(bodies) == SEND_BATCH_LIMIT:
-                    self.work.send_batch(bodies)
-                    bodies = []
+                if len(chunks) == SEND_BATCH_LIMIT:
+                    dispatch(chunks)
+                    chunks = []
                     if remaining_ms() < settings.time_reserve_ms:
                         return self._hand_over(job_id, obj, position, position.index - start.index)
         except ManifestError as exc:
             return self._fail(job_id, f"manifest {obj.uri} cannot be read: {exc}")
         except _OutOfTimeError as late:
-            self.work.send_batch(bodies)
+            dispatch(chunks)
             return self._out_of_time(job_id, obj, start, whole if chunk_items else late.position)
         finally:
             body.close()
         if chunk_items:
-            bodies.append(Chunk(job_id, chunk_items[0].index // size, chunk_items).body())
-        self.work.send_batch(bodies)
+            chunks.append(Chunk(job_id, chunk_items[0].index // size, chunk_items, **chunk_options))
+        dispatch(chunks)
         total = position.index
         job = self.jobs.finish_split(job_id, total, math.ceil(total / size))
         logger.info("manifest split", extra={"total": total, "chunks": math.ceil(total / size)})
@@ -216,5 +257,42 @@ class Splitter:
         return SplitOutcome(job_id, "continued", items)
 
     def _fail(self, job_id: str, reason: str) -> SplitOutcome:
-        fail_job(self.jobs, self.results, job_id, reason)
+        fail_job(self.jobs, self.results, job_id, reason, self.events)
         return SplitOutcome(job_id, "failed")
+
+
+def _chunk_options(top_k: int | None, max_failures: str | None) -> dict[str, Any]:
+    """The job's options every chunk message carries, so predict needs no lookup for them."""
+    return {"top_k": top_k, "max_failures": max_failures}
+
+
+class _Dispatcher:
+    """Sends a split's chunks to the work queue until the job is found cancelled (asked at most
+    once per ``status_check_seconds``); from then on writes them as cancelled, so every line
+    still ends as one result and predict never sees them."""
+
+    def __init__(self, splitter: Splitter, job_id: str, remaining_ms: Callable[[], int]) -> None:
+        self.splitter = splitter
+        self.job_id = job_id
+        self.remaining_ms = remaining_ms
+        self.stopped = False
+        self._next_check = 0.0
+
+    def __call__(self, chunks: list[Chunk]) -> None:
+        if not chunks:
+            return
+        if self._stopped():
+            for chunk in chunks:
+                # The claim lasts as long as this invocation can, as predict's does.
+                self.splitter.writer.write_stopped(chunk, self.remaining_ms() / 1000 + 5.0)
+            return
+        self.splitter.work.send_batch([chunk.body() for chunk in chunks])
+
+    def _stopped(self) -> bool:
+        now = self.splitter._clock()
+        if not self.stopped and now >= self._next_check:
+            self._next_check = now + self.splitter.settings.status_check_seconds
+            self.stopped = self.splitter.jobs.status(self.job_id) in STOPPED_STATUSES
+            if self.stopped:
+                logger.info("job stopped mid-split: the rest of its lines are written cancelled")
+        return self.stopped

@@ -19,6 +19,7 @@ from batchpredict.config import (
     PredictorConfig,
     Tables,
 )
+from batchpredict.events import JobEvents
 from batchpredict.fetch import Fetcher, FetchLimits, wide_allowances
 from batchpredict.jobs import JobStore
 from batchpredict.merges import MergeStore
@@ -64,6 +65,10 @@ def job_store(tables: Tables) -> JobStore:
     return JobStore(aws.client("dynamodb", DYNAMODB_RETRIES), tables.table, ttl_seconds=tables.ttl_seconds)
 
 
+def job_events(bus: str) -> JobEvents:
+    return JobEvents(aws.client("events"), bus)
+
+
 def result_store(bucket: str, connections: int | None = None) -> ResultStore:
     """``connections``: the client's HTTP pool, for callers reading with that many threads."""
     config = Config(max_pool_connections=connections) if connections else None
@@ -84,6 +89,7 @@ def finalizer(config: FinalizeConfig) -> Finalizer:
         MergeStore(aws.client("dynamodb"), tables.table, ttl_seconds=tables.ttl_seconds),
         queue(config.finalize_queue_url),
         config.merge,
+        job_events(config.event_bus),
     )
 
 

@@ -9,8 +9,10 @@ from typing import Any
 from batchpredict.costs import ComputeMeter, write_units
 from batchpredict.errors import ErrorCode
 from batchpredict.itemlimits import item_problem
-from batchpredict.jobs import FINAL_STATUSES, JobStore, img_sk, page_of, page_pk
+from batchpredict.jobs import CANCELLABLE_STATUSES, FINAL_STATUSES, JobStore, img_sk, page_of, page_pk
 from batchpredict.messages import Chunk, finalize_body
+from batchpredict.observability import logger
+from batchpredict.options import TOLERATED_FAILURES_EXCEEDED, MaxFailures
 from batchpredict.queues import Queue
 from batchpredict.records import SUCCEEDED, WorkItem, failed_record
 from batchpredict.results import ResultStore
@@ -31,6 +33,24 @@ LEASE_MARGIN_SECONDS = 5.0
 # Throttled writes are retried until this long before the invocation ends; then the chunk goes
 # back to its queue (its claim lapses with the invocation, and a later delivery takes over).
 WRITE_SAFETY_SECONDS = 1.5
+STOPPED_MESSAGE = "the job was stopped before this line was predicted"
+
+
+def failed_chunk_records(chunk: Chunk, code: ErrorCode, message: str) -> list[dict[str, Any]]:
+    """Every line of ``chunk`` as a FAILED result with ``code``; lines already invalid at split
+    time keep their own, more useful error."""
+    return [
+        failed_record(chunk.job_id, item, item.error["code"], item.error["message"])
+        if item.error
+        else failed_record(chunk.job_id, item, code, message)
+        for item in chunk.items
+    ]
+
+
+def stopped_records(chunk: Chunk) -> list[dict[str, Any]]:
+    """A chunk of a cancelled, stopped or failed job: every line FAILED ``cancelled``, to be
+    counted like any other chunk so the job's counts still close."""
+    return failed_chunk_records(chunk, ErrorCode.CANCELLED, STOPPED_MESSAGE)
 
 
 class ChunkWriter:
@@ -82,8 +102,14 @@ class ChunkWriter:
         )
         if meter is not None and usage is not None and not counted:
             meter.refund(usage)
+        if counted and chunk.max_failures and succeeded < len(records):
+            self._stop_if_too_many_failures(chunk)
         self.request_finalize_if_done(chunk.job_id, chunk.chunk)
         return counted
+
+    def write_stopped(self, chunk: Chunk, lease_seconds: float = DEFAULT_LEASE_SECONDS) -> bool:
+        """A chunk of a cancelled, stopped or failed job, written without fetching anything."""
+        return self.write(chunk, stopped_records(chunk), model=None, lease_seconds=lease_seconds)
 
     def request_finalize_if_done(self, job_id: str, chunk: int | None = None) -> None:
         """Send the finalize message if every chunk is counted. With ``chunk``, the job's counts
@@ -95,6 +121,25 @@ class ChunkWriter:
         job = self.jobs.get(job_id)
         if job is not None and job.all_chunks_done and job.status not in FINAL_STATUSES:
             self.finalize.send(finalize_body(job_id))
+
+    def _stop_if_too_many_failures(self, chunk: Chunk) -> None:
+        """Past its max-failures (after MIN_FINISHED_FOR_THRESHOLD lines), a job stops through
+        the cancel path and ends FAILED ``tolerated_failures_exceeded``. Judged after each
+        counted chunk with failures of a job that has a threshold (the chunk carries it), so
+        only those read the job's counts in full."""
+        job = self.jobs.get(chunk.job_id)
+        if job is None or not job.max_failures or job.status not in CANCELLABLE_STATUSES:
+            return
+        threshold = MaxFailures.parse(job.max_failures)
+        finished = job.succeeded + job.failed
+        if not threshold.exceeded(job.failed, finished):
+            return
+        detail = (
+            f"{TOLERATED_FAILURES_EXCEEDED}: {job.failed} of {finished} finished lines failed,"
+            f" more than max-failures {threshold}"
+        )
+        logger.warning("failure threshold passed: stopping", extra={"job_id": job.job_id, "detail": detail})
+        self.jobs.cancel(job.job_id, TOLERATED_FAILURES_EXCEEDED, detail)
 
 
 def storable(record: dict[str, Any]) -> dict[str, Any]:

@@ -13,6 +13,8 @@ than the template. The fix-ups, by moto gap (moto 5.2):
   import ignores ``security`` and ``securitySchemes``: test_template checks the authorizers);
   ``AWS::ApiGatewayV2::Stage`` -> CreateStage; and the ``AWS::Lambda::Permission``
   resources whose SourceArn names the API -> AddPermission.
+* ``Ref`` of an ``AWS::Events::EventBus`` gives moto's model object, not the bus name (the
+  functions' EVENT_BUS_NAME then breaks Lambda's API): replaced by the bus's own ``Name``.
 * Properties moto's models drop, applied by API: ``AWS::S3::Bucket`` keeps only
   BucketEncryption and Tags -> PutPublicAccessBlock, PutBucketOwnershipControls,
   PutBucketVersioning, PutBucketLifecycleConfiguration and PutBucketNotificationConfiguration
@@ -63,7 +65,7 @@ URL_SUFFIX = "amazonaws.com"
 def split_for_moto(cfn: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
     """The template moto's create_stack gets, and the logical ids left for the API fix-ups:
     the MADE_BY_API types, and whatever refers to one of them."""
-    moto_cfn = copy.deepcopy(cfn)
+    moto_cfn = _bus_refs_by_name(copy.deepcopy(cfn))
     removed = [name for name, r in cfn["Resources"].items() if r["Type"] in MADE_BY_API]
     changed = True
     while changed:
@@ -86,9 +88,28 @@ def split_for_moto(cfn: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
             else:
                 del resource["DependsOn"]
     moto_cfn["Outputs"] = {
-        k: v for k, v in cfn.get("Outputs", {}).items() if not set(references(v)) & set(removed)
+        k: v for k, v in moto_cfn.get("Outputs", {}).items() if not set(references(v)) & set(removed)
     }
     return moto_cfn, removed
+
+
+def _bus_refs_by_name(cfn: dict[str, Any]) -> dict[str, Any]:
+    names = {
+        n: r["Properties"]["Name"]
+        for n, r in cfn["Resources"].items()
+        if r["Type"] == "AWS::Events::EventBus"
+    }
+
+    def walk(value: Any) -> Any:
+        if isinstance(value, dict):
+            if len(value) == 1 and value.get("Ref") in names:
+                return copy.deepcopy(names[value["Ref"]])
+            return {k: walk(v) for k, v in value.items()}
+        if isinstance(value, list):
+            return [walk(v) for v in value]
+        return value
+
+    return walk(cfn)  # type: ignore[no-any-return]
 
 
 @dataclass
@@ -103,6 +124,7 @@ class DeployedStack:
     moto_outputs: dict[str, str]
     made_by_api: list[str]
     resolve: Resolver = field(repr=False)
+    active: set[str] = field(default_factory=set)  # the resources whose Condition holds
     outputs: dict[str, str] = field(default_factory=dict)
 
     def arn(self, logical_id: str) -> str:
@@ -164,13 +186,20 @@ def deploy(
         failed = [e for e in events if e["ResourceStatus"].endswith("FAILED")]
         raise AssertionError(f"{name}: {stack['StackStatus']} {stack.get('StackStatusReason')} {failed}")
     summaries = clients.cfn.list_stack_resources(StackName=name)["StackResourceSummaries"]
-    created = {s["LogicalResourceId"]: s for s in summaries}
-    missing = sorted(set(moto_cfn["Resources"]) - set(created))
-    assert not missing, f"moto did not create {missing}"
-    assert all(s["ResourceStatus"] == "CREATE_COMPLETE" for s in created.values()), summaries
-
+    # moto lists each resource it skipped for a false Condition as an empty summary.
+    created = {s["LogicalResourceId"]: s for s in summaries if s["LogicalResourceId"]}
     defaults = {k: str(p.get("Default", "")) for k, p in cfn.get("Parameters", {}).items()}
     values = defaults | given
+    # Resources whose Condition is false (e.g. no NotificationEmail) are rightly not made.
+    conditions = Resolver(cfn, values, {}, {}, lambda n, a: "")
+    expected = {
+        n
+        for n, r in moto_cfn["Resources"].items()
+        if "Condition" not in r or conditions.condition(r["Condition"])
+    }
+    missing = sorted(expected - set(created))
+    assert not missing, f"moto did not create {missing}"
+    assert all(s["ResourceStatus"] == "CREATE_COMPLETE" for s in created.values()), summaries
     stack_id = stack["StackId"]
     pseudo = {
         "AWS::Region": clients.cfn.meta.region_name,
@@ -181,6 +210,11 @@ def deploy(
         "AWS::StackId": stack_id,
     }
     physical = {k: s["PhysicalResourceId"] for k, s in created.items()}
+    for bus in (n for n in created if cfn["Resources"][n]["Type"] == "AWS::Events::EventBus"):
+        # moto gives an event bus no physical id: it is its Name.
+        physical[bus] = str(
+            Resolver(cfn, values, pseudo, {}, lambda n, a: "")(cfn["Resources"][bus]["Properties"]["Name"])
+        )
     resolver = Resolver(cfn, values, pseudo, physical, lambda n, a: _attribute(clients, cfn, physical, n, a))
     deployed = DeployedStack(
         name=name,
@@ -191,6 +225,7 @@ def deploy(
         moto_outputs={o["OutputKey"]: o["OutputValue"] for o in stack.get("Outputs", [])},
         made_by_api=made_by_api,
         resolve=resolver,
+        active=expected | set(made_by_api),
     )
     _apply_fixups(clients, deployed)
     deployed.outputs = {k: str(resolver(o["Value"])) for k, o in cfn.get("Outputs", {}).items()}

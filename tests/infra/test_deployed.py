@@ -16,6 +16,7 @@ import boto3
 import pytest
 
 from batchpredict.config import api_config, finalize_config, predict_config, split_config
+from batchpredict.jobs import MANIFEST_INDEX, STATUS_INDEX
 from tests.infra.cfn import (
     DLQ_RETENTION,
     MIN_MAX_RECEIVE_COUNT,
@@ -117,15 +118,23 @@ def test_every_resource_is_deployed(stack: DeployedStack, cfn: dict[str, Any]) -
     summaries = boto3.client("cloudformation").list_stack_resources(StackName=stack.name)[
         "StackResourceSummaries"
     ]
-    by_create_stack = {s["LogicalResourceId"] for s in summaries if s["ResourceStatus"] == "CREATE_COMPLETE"}
+    by_create_stack = {
+        s["LogicalResourceId"]
+        for s in summaries
+        if s["ResourceStatus"] == "CREATE_COMPLETE" and s["LogicalResourceId"]
+    }
     # Everything but the types moto's CloudFormation lacks (and what names them) came from create_stack...
-    assert by_create_stack == set(cfn["Resources"]) - set(stack.made_by_api)
+    assert by_create_stack == stack.active - set(stack.made_by_api)
     assert {cfn["Resources"][n]["Type"] for n in stack.made_by_api} == {
         *MADE_BY_API,
         "AWS::Lambda::Permission",
     }
     # ...and every resource of the template now exists.
-    assert set(stack.physical) == set(cfn["Resources"])
+    assert set(stack.physical) == stack.active
+    # Only the optional notification resources are left out with the default parameters.
+    assert {n for n, r in cfn["Resources"].items() if "Condition" in r} == set(
+        cfn["Resources"]
+    ) - stack.active
 
 
 def test_queues_have_dead_letter_queues_and_long_enough_visibility(stack: DeployedStack) -> None:
@@ -156,7 +165,21 @@ def test_table_keys_billing_recovery_and_ttl(stack: DeployedStack) -> None:
     assert {a["AttributeName"]: a["AttributeType"] for a in table["AttributeDefinitions"]} == {
         "pk": "S",
         "sk": "S",
+        "status": "S",
+        "created_at": "S",
+        "manifest_uri": "S",
     }
+    # The indexes the code queries (jobs.STATUS_INDEX, jobs.MANIFEST_INDEX), counters not projected.
+    indexes = {i["IndexName"]: i for i in table["GlobalSecondaryIndexes"]}
+    assert {n: [k["AttributeName"] for k in i["KeySchema"]] for n, i in indexes.items()} == {
+        STATUS_INDEX: ["status", "created_at"],
+        MANIFEST_INDEX: ["manifest_uri", "created_at"],
+    }
+    for index in indexes.values():
+        assert index["Projection"]["ProjectionType"] == "INCLUDE"
+        assert not {"succeeded", "failed", "chunks_done", "updated_at"} & set(
+            index["Projection"]["NonKeyAttributes"]
+        )
     assert table["BillingModeSummary"]["BillingMode"] == "PAY_PER_REQUEST"
     # (Encryption: moto's CloudFormation drops SSESpecification; test_template checks it.)
     backups = ddb.describe_continuous_backups(TableName=name)["ContinuousBackupsDescription"]

@@ -375,6 +375,10 @@ def test_parameters_have_the_documented_defaults(cfn: dict[str, Any]) -> None:
         "LogRetentionDays": 30,
         "LogLevel": "INFO",
         "AlarmEmail": "",
+        "NotificationEmail": "",
+        "WebhookUrl": "",
+        "WebhookApiKeyHeader": "x-api-key",
+        "WebhookApiKey": "unset",
     }
     readme = (ROOT / "README.md").read_text(encoding="utf-8")
     section = readme[readme.index("## Deploying to AWS") :]
@@ -629,3 +633,90 @@ def test_prefix_parameters_force_a_trailing_slash(
 ) -> None:
     pattern = cfn["Parameters"][name]["AllowedPattern"]
     assert bool(re.fullmatch(pattern, value)) is accepted
+
+
+def _role_statements(cfn: dict[str, Any], role: str) -> list[dict[str, Any]]:
+    policies = cfn["Resources"][role]["Properties"].get("Policies", [])
+    found = [s for p in policies for s in p["PolicyDocument"]["Statement"]]
+    return [s for s in found if "Action" in s]  # (Fn::If branches hold no events action)
+
+
+def test_table_indexes_are_the_ones_the_code_queries(cfn: dict[str, Any]) -> None:
+    from batchpredict.jobs import MANIFEST_INDEX, STATUS_INDEX
+
+    table = cfn["Resources"]["ResultsTable"]["Properties"]
+    indexes = {i["IndexName"]: i for i in table["GlobalSecondaryIndexes"]}
+    assert {n: [k["AttributeName"] for k in i["KeySchema"]] for n, i in indexes.items()} == {
+        STATUS_INDEX: ["status", "created_at"],
+        MANIFEST_INDEX: ["manifest_uri", "created_at"],
+    }
+    # No counter is projected, so counting a chunk never writes to an index.
+    for index in indexes.values():
+        assert not {"succeeded", "failed", "chunks_done", "updated_at"} & set(
+            index["Projection"]["NonKeyAttributes"]
+        )
+
+
+def test_job_events_go_to_the_stacks_bus_and_only_there(cfn: dict[str, Any]) -> None:
+    bus_arn = {"Fn::GetAtt": ["JobEventBus", "Arn"]}
+    assert cfn["Resources"]["JobEventBus"]["Type"] == "AWS::Events::EventBus"
+    putters = {}
+    for name in resources(cfn, "AWS::IAM::Role"):
+        for statement in _role_statements(cfn, name):
+            actions = statement["Action"] if isinstance(statement["Action"], list) else [statement["Action"]]
+            if any(a.startswith("events:Put") or a == "events:*" for a in actions):
+                putters[name] = statement
+    # split and finalize end jobs; reconcile too (a dead-lettered finalize message fails its job).
+    assert set(putters) == {"SplitManifestRole", "FinalizeRole", "ReconcileRole"}
+    for statement in putters.values():
+        assert (statement["Action"], statement["Resource"], statement["Effect"]) == (
+            "events:PutEvents",
+            bus_arn,
+            "Allow",
+        )
+    for function in ("SplitManifestFunction", "FinalizeFunction", "ReconcileFunction"):
+        env = cfn["Resources"][function]["Properties"]["Environment"]["Variables"]
+        assert env["EVENT_BUS_NAME"] == {"Ref": "JobEventBus"}
+
+
+def test_notification_email_is_an_sns_topic_fed_by_a_rule_for_jobs_that_ask(cfn: dict[str, Any]) -> None:
+    r = cfn["Resources"]
+    topic, rule, policy = r["JobNotificationTopic"], r["JobEmailRule"], r["JobNotificationTopicPolicy"]
+    assert {topic["Condition"], rule["Condition"], policy["Condition"]} == {"HasNotificationEmail"}
+    assert topic["Properties"]["Subscription"] == [
+        {"Protocol": "email", "Endpoint": {"Ref": "NotificationEmail"}}
+    ]
+    props = rule["Properties"]
+    assert props["EventBusName"] == {"Ref": "JobEventBus"}
+    assert props["EventPattern"] == {
+        "source": ["batchpredict"],
+        "detail-type": ["Batchpredict Job State Change"],
+        "detail": {"notify": ["email"]},
+    }
+    assert [t["Arn"] for t in props["Targets"]] == [{"Ref": "JobNotificationTopic"}]
+    (statement,) = policy["Properties"]["PolicyDocument"]["Statement"]
+    assert (
+        statement["Principal"] == {"Service": "events.amazonaws.com"} and statement["Action"] == "sns:Publish"
+    )
+    assert statement["Condition"] == {"ArnEquals": {"aws:SourceArn": {"Fn::GetAtt": ["JobEmailRule", "Arn"]}}}
+
+
+def test_the_webhook_is_an_api_destination_fed_by_a_rule(cfn: dict[str, Any]) -> None:
+    from batchpredict.events import DETAIL_TYPE, SOURCE
+
+    r = cfn["Resources"]
+    names = ("WebhookConnection", "WebhookDestination", "WebhookRole", "WebhookRule")
+    assert {r[n]["Condition"] for n in names} == {"HasWebhook"}
+    destination = r["WebhookDestination"]["Properties"]
+    assert destination["InvocationEndpoint"] == {"Ref": "WebhookUrl"} and destination["HttpMethod"] == "POST"
+    assert destination["ConnectionArn"] == {"Fn::GetAtt": ["WebhookConnection", "Arn"]}
+    rule = r["WebhookRule"]["Properties"]
+    assert rule["EventPattern"] == {"source": [SOURCE], "detail-type": [DETAIL_TYPE]}
+    (target,) = rule["Targets"]
+    assert target["Arn"] == {"Fn::GetAtt": ["WebhookDestination", "Arn"]}
+    assert target["RoleArn"] == {"Fn::GetAtt": ["WebhookRole", "Arn"]}
+    (statement,) = _role_statements(cfn, "WebhookRole")
+    assert (statement["Action"], statement["Resource"]) == (
+        "events:InvokeApiDestination",
+        {"Fn::GetAtt": ["WebhookDestination", "Arn"]},
+    )

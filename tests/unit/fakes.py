@@ -17,7 +17,7 @@ from botocore.response import StreamingBody
 from batchpredict.costs import ChunkUsage
 from batchpredict.errors import ErrorCode, PredictionError
 from batchpredict.fetch import Fetched
-from batchpredict.jobs import FINAL_STATUSES, Job, JobStatus
+from batchpredict.jobs import CANCELLABLE_STATUSES, FINAL_STATUSES, Job, JobStatus
 
 SQS_BATCH_ENTRIES = 10  # SendMessageBatch: at most 10 entries, distinct ids
 
@@ -54,6 +54,7 @@ class FakeS3:
         self.gets: list[dict[str, Any]] = []
         self.opened: list[io.BytesIO] = []
         self.error: ClientError | None = None
+        self.metadata: dict[str, dict[str, str]] = {}  # key -> user metadata (x-amz-meta-*)
 
     def add(self, bucket: str, key: str, data: bytes, version_id: str | None = None) -> None:
         if version_id is None:
@@ -61,8 +62,7 @@ class FakeS3:
         else:
             self.versions[(bucket, key, version_id)] = data
 
-    def get_object(self, **kwargs: Any) -> dict[str, Any]:
-        self.gets.append(kwargs)
+    def _data(self, kwargs: dict[str, Any], operation: str) -> bytes:
         if self.error is not None:
             raise self.error
         bucket, key, version = kwargs["Bucket"], kwargs["Key"], kwargs.get("VersionId")
@@ -71,10 +71,21 @@ class FakeS3:
         else:
             data = self.versions.get((bucket, key, version))
         if data is None:
-            raise client_error("NoSuchKey", "GetObject")
+            raise client_error("NoSuchKey" if operation == "GetObject" else "404", operation)
+        return data
+
+    def head_object(self, **kwargs: Any) -> dict[str, Any]:
+        self._data(kwargs, "HeadObject")
+        return {"Metadata": self.metadata.get(kwargs["Key"], {})}
+
+    def get_object(self, **kwargs: Any) -> dict[str, Any]:
+        self.gets.append(kwargs)
+        data = self._data(kwargs, "GetObject")
         if "Range" in kwargs:
-            first = kwargs["Range"].removeprefix("bytes=").removesuffix("-")
-            data = data[int(first) :]
+            first = int(kwargs["Range"].removeprefix("bytes=").removesuffix("-"))
+            if first >= len(data):  # as S3 answers a range that starts at or past the end
+                raise client_error("InvalidRange", "GetObject")
+            data = data[first:]
         raw = io.BytesIO(data)
         self.opened.append(raw)
         return {"Body": StreamingBody(raw, len(data)), "ContentLength": len(data)}
@@ -207,16 +218,45 @@ class FakeJobs:
     def get(self, job_id: str) -> Job | None:
         return self.job if job_id == self.job.job_id else None
 
-    def complete(self, job_id: str, status: JobStatus, results_uri: str) -> Job | None:
-        if self.job.status != JobStatus.RUNNING:
+    def complete(
+        self, job_id: str, status: JobStatus, results_uri: str, error: str | None = None
+    ) -> Job | None:
+        if self.job.status not in (JobStatus.RUNNING, JobStatus.CANCELLING):
             return None
-        self.job = replace(self.job, status=status, results_uri=results_uri, completed_at="now")
+        self.job = replace(
+            self.job,
+            status=status,
+            results_uri=results_uri,
+            completed_at="now",
+            error=error or self.job.error,
+            event_due=status.value,
+        )
         return self.job
+
+    def status(self, job_id: str) -> JobStatus | None:
+        return self.job.status if job_id == self.job.job_id else None
+
+    def cancel(self, job_id: str, reason: str | None = None, detail: str | None = None) -> Job | None:
+        if self.job.status not in CANCELLABLE_STATUSES:
+            return None
+        self.job = replace(self.job, status=JobStatus.CANCELLING, stop_reason=reason, stop_detail=detail)
+        return self.job
+
+    def claim_event(self, job_id: str, status: JobStatus) -> bool:
+        if self.job.event_due != status.value:
+            return False
+        self.job = replace(self.job, event_due=None)
+        return True
+
+    def release_event(self, job_id: str, status: JobStatus) -> None:
+        self.job = replace(self.job, event_due=status.value)
 
     def fail(self, job_id: str, message: str) -> Job | None:
         if self.job.status in FINAL_STATUSES:
             return None
-        self.job = replace(self.job, status=JobStatus.FAILED, error=message, completed_at="now")
+        self.job = replace(
+            self.job, status=JobStatus.FAILED, error=message, completed_at="now", event_due="FAILED"
+        )
         return self.job
 
 

@@ -35,6 +35,7 @@ def test_chunk_size_is_capped_so_a_chunk_fits_in_one_sqs_message() -> None:
         "WORK_QUEUE_URL": "w",
         "MANIFEST_QUEUE_URL": "m",
         "FINALIZE_QUEUE_URL": "f",
+        "EVENT_BUS_NAME": "e",
     }
     assert split_config(env | {"CHUNK_SIZE": "25"}).settings.chunk_size == 25
     with pytest.raises(ConfigError, match="CHUNK_SIZE='26' is invalid: at most 25"):

@@ -424,7 +424,7 @@ def test_chunk_counted_reads_the_marker() -> None:
 # --- checkpoint -------------------------------------------------------------------------------
 
 
-def test_checkpoint_stores_the_position_only_while_splitting() -> None:
+def test_checkpoint_stores_the_position_only_while_splitting_or_cancelling() -> None:
     client = FakeDynamo()
     store, _ = _store(client)
     store.create("job-1", "s3://in/manifests/a.csv", "msg-1")
@@ -433,10 +433,10 @@ def test_checkpoint_stores_the_position_only_while_splitting() -> None:
     store.checkpoint("job-1", position)
 
     (update,) = client.updates
-    assert update["ConditionExpression"] == "#st = :s"
+    assert update["ConditionExpression"] == "#st IN (:s, :x)"
     values = from_dynamo(update["ExpressionAttributeValues"])
     assert values[":p"] == position
-    assert values[":s"] == "SPLITTING"
+    assert (values[":s"], values[":x"]) == ("SPLITTING", "CANCELLING")
 
 
 # --- to_dynamo / from_dynamo ------------------------------------------------------------------

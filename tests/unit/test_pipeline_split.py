@@ -52,7 +52,15 @@ class FakeJobStore:
         self.jobs: dict[str, Job] = {}
         self.checkpoints: list[dict[str, Any]] = []
 
-    def create(self, job_id: str, manifest_uri: str, split_message_id: str) -> bool:
+    def create(
+        self,
+        job_id: str,
+        manifest_uri: str,
+        split_message_id: str,
+        *,
+        manifest_version: str | None = None,
+        options: dict[str, Any] | None = None,
+    ) -> bool:
         if job_id in self.jobs:
             return False
         now = utc_now()
@@ -63,8 +71,14 @@ class FakeJobStore:
             created_at=now,
             updated_at=now,
             split_message_id=split_message_id,
+            manifest_version=manifest_version,
+            **(options or {}),
         )
         return True
+
+    def status(self, job_id: str) -> JobStatus | None:
+        job = self.jobs.get(job_id)
+        return job.status if job else None
 
     def get(self, job_id: str) -> Job | None:
         return self.jobs.get(job_id)
@@ -372,7 +386,8 @@ def test_a_throttled_read_is_raised_for_a_retry_not_failed() -> None:
     with pytest.raises(ClientError, match="SlowDown"):
         stack.handle(s3_event("manifests/a.txt"))
 
-    assert stack.jobs.jobs[job_of("manifests/a.txt")].status == JobStatus.SPLITTING
+    # The options are read (HeadObject) before the job is made: nothing failed, the message comes back.
+    assert job_of("manifests/a.txt") not in stack.jobs.jobs
 
 
 def test_unsupported_extension_fails_the_job() -> None:

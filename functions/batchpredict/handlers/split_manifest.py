@@ -27,6 +27,7 @@ def splitter() -> Splitter:
         finalize=wiring.queue(config.finalize_queue_url),
         settings=config.settings,
         results=wiring.result_store(config.output_bucket),
+        events=wiring.job_events(config.event_bus),
     )
 
 

@@ -58,6 +58,10 @@ class LocalPlan:
     queues: dict[str, tuple[str, str]]  # logical id -> (url, arn)
     functions: dict[str, FunctionSpec]
     mappings: list[Mapping]
+    event_bus: str = ""
+    # Locally every job state change event also lands here (a rule on the bus -> this queue),
+    # for `batchpredict watch --events` and the tests to read.
+    events_queue: str = ""
 
 
 def samples_bucket(prefix: str) -> str:
@@ -74,8 +78,10 @@ def image_command() -> str:
 
 
 class _Provisioner:
-    def __init__(self, s3: Any, sqs: Any, dynamodb: Any, options: LocalOptions, cfn: dict[str, Any]) -> None:
-        self.s3, self.sqs, self.dynamodb = s3, sqs, dynamodb
+    def __init__(
+        self, s3: Any, sqs: Any, dynamodb: Any, events: Any, options: LocalOptions, cfn: dict[str, Any]
+    ) -> None:
+        self.s3, self.sqs, self.dynamodb, self.events = s3, sqs, dynamodb, events
         self.options = options
         self.cfn = cfn
         self.physical: dict[str, str] = {}
@@ -133,14 +139,13 @@ class _Provisioner:
                 attributes["VisibilityTimeout"] = str(math.ceil(float(visibility)))
                 if redrive:
                     attributes["RedrivePolicy"] = json.dumps(self.resolve(redrive))
-                url = self.sqs.create_queue(QueueName=self._name(logical_id), Attributes=attributes)[
-                    "QueueUrl"
-                ]
-                self.physical[logical_id] = url
-                self.arns[logical_id] = self.sqs.get_queue_attributes(
-                    QueueUrl=url, AttributeNames=["QueueArn"]
-                )["Attributes"]["QueueArn"]
+                self.physical[logical_id], self.arns[logical_id] = self._queue(logical_id, attributes)
                 del pending[logical_id]
+
+    def _queue(self, logical_id: str, attributes: dict[str, str]) -> tuple[str, str]:
+        url = self.sqs.create_queue(QueueName=self._name(logical_id), Attributes=attributes)["QueueUrl"]
+        arn = self.sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["QueueArn"])["Attributes"]
+        return url, arn["QueueArn"]
 
     def buckets(self) -> None:
         for logical_id in resources(self.cfn, "AWS::S3::Bucket"):
@@ -173,17 +178,38 @@ class _Provisioner:
         for logical_id, resource in resources(self.cfn, "AWS::DynamoDB::Table").items():
             props = self.resolve(resource["Properties"])
             name = self._name(logical_id)
+            indexes = {"GlobalSecondaryIndexes": props["GlobalSecondaryIndexes"]}
             self.dynamodb.create_table(
                 TableName=name,
                 KeySchema=props["KeySchema"],
                 AttributeDefinitions=props["AttributeDefinitions"],
                 BillingMode=props.get("BillingMode", "PAY_PER_REQUEST"),
+                **(indexes if "GlobalSecondaryIndexes" in props else {}),
             )
             ttl = props.get("TimeToLiveSpecification")
             if ttl and ttl.get("Enabled"):
                 self.dynamodb.update_time_to_live(TableName=name, TimeToLiveSpecification=ttl)
             self.physical[logical_id] = name
             self.arns[logical_id] = f"arn:aws:dynamodb:{REGION}:{ACCOUNT}:table/{name}"
+
+    def event_buses(self) -> tuple[str, str]:
+        """The template's event bus, and (local only) a queue every job event is copied to by a
+        rule on the bus: moto's EventBridge delivers to SQS targets. The template's email and
+        webhook rules are not made: SNS mail and API destinations cannot be emulated here."""
+        bus_name = ""
+        for logical_id, resource in resources(self.cfn, "AWS::Events::EventBus").items():
+            bus_name = str(self.resolve(resource["Properties"]["Name"]))
+            self.arns[logical_id] = self.events.create_event_bus(Name=bus_name)["EventBusArn"]
+            self.physical[logical_id] = bus_name
+        if not bus_name:
+            return "", ""
+        url, arn = self._queue("events", {})
+        rule = self._name("events-to-queue")
+        self.events.put_rule(
+            Name=rule, EventBusName=bus_name, EventPattern=json.dumps({"source": ["batchpredict"]})
+        )
+        self.events.put_targets(Rule=rule, EventBusName=bus_name, Targets=[{"Id": "queue", "Arn": arn}])
+        return bus_name, url
 
     def environment(self, resource: dict[str, Any]) -> dict[str, str]:
         variables = self.resolve(resource["Properties"].get("Environment", {}).get("Variables", {}))
@@ -200,10 +226,18 @@ class _Provisioner:
 
 
 def provision_from_template(
-    s3: Any, sqs: Any, dynamodb: Any, options: LocalOptions, cfn: dict[str, Any] | None = None
+    s3: Any,
+    sqs: Any,
+    dynamodb: Any,
+    options: LocalOptions,
+    cfn: dict[str, Any] | None = None,
+    events: Any = None,
 ) -> LocalPlan:
+    """``events``: an EventBridge client (None: one from the environment, beside ``sqs``)."""
+    from batchpredict import aws
+
     cfn = cfn or translate(region=REGION)
-    p = _Provisioner(s3, sqs, dynamodb, options, cfn)
+    p = _Provisioner(s3, sqs, dynamodb, events or aws.client("events"), options, cfn)
     specs = p.function_specs()
     event_mappings = {
         name: p.resolve({k: v for k, v in r["Properties"].items() if k != "EventSourceArn"})
@@ -220,6 +254,7 @@ def provision_from_template(
     p.buckets()
     p.notifications()
     p.tables()
+    event_bus, events_queue = p.event_buses()
     functions = {}
     for logical_id, spec in specs.items():
         env = p.environment(cfn["Resources"][logical_id])
@@ -249,12 +284,12 @@ def provision_from_template(
         )
     queues = {name: (p.physical[name], p.arns[name]) for name in resources(cfn, "AWS::SQS::Queue")}
     (input_bucket, output_bucket), (table,) = _named(p, cfn)
-    return LocalPlan(input_bucket, output_bucket, table, queues, functions, mappings)
+    return LocalPlan(input_bucket, output_bucket, table, queues, functions, mappings, event_bus, events_queue)
 
 
 def provision_tables(dynamodb: Any, options: LocalOptions, cfn: dict[str, Any] | None = None) -> list[str]:
     """Only the template's tables (the DynamoDB adapter's tests against one engine); their names."""
-    p = _Provisioner(None, None, dynamodb, options, cfn or translate(region=REGION))
+    p = _Provisioner(None, None, dynamodb, None, options, cfn or translate(region=REGION))
     p.tables()
     return list(p.physical.values())
 

@@ -205,6 +205,7 @@ class LocalStack:
                 "AWS_ENDPOINT_URL_S3": endpoint,
                 "AWS_ENDPOINT_URL_SQS": endpoint,
                 "AWS_ENDPOINT_URL_DYNAMODB": dynamodb_endpoint,
+                "AWS_ENDPOINT_URL_EVENTBRIDGE": endpoint,  # moto's EventBridge (service id EventBridge)
             } | LOCAL_CREDENTIALS
             self._set_environment(env | {"AWS_PROFILE": None})
             self.plan = provision_from_template(
@@ -221,7 +222,12 @@ class LocalStack:
             self.stop()
             raise
         return StackRef(
-            self.plan.input_bucket, self.plan.output_bucket, self.plan.table, endpoints=env, api_url=api_url
+            self.plan.input_bucket,
+            self.plan.output_bucket,
+            self.plan.table,
+            endpoints=env,
+            api_url=api_url,
+            events_queue=self.plan.events_queue,
         )
 
     def _start_api(self, env: dict[str, str]) -> str:
