@@ -199,7 +199,12 @@ class _Provisioner:
         bus_name = ""
         for logical_id, resource in resources(self.cfn, "AWS::Events::EventBus").items():
             bus_name = str(self.resolve(resource["Properties"]["Name"]))
-            self.arns[logical_id] = self.events.create_event_bus(Name=bus_name)["EventBusArn"]
+            try:
+                self.arns[logical_id] = self.events.create_event_bus(Name=bus_name)["EventBusArn"]
+            except self.events.exceptions.ResourceAlreadyExistsException:
+                # moto's backends live in the process: a second local stack of one prefix meets
+                # the first one's bus (its queues and buckets are simply made again).
+                self.arns[logical_id] = self.events.describe_event_bus(Name=bus_name)["Arn"]
             self.physical[logical_id] = bus_name
         if not bus_name:
             return "", ""
