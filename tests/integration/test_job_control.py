@@ -15,7 +15,9 @@ from batchpredict.events import DETAIL_TYPE, SOURCE, JobEvents
 from batchpredict.finalize import Finalizer
 from batchpredict.handlers import finalize, predict, split_manifest
 from batchpredict.jobs import JobStatus, JobStore
+from batchpredict.merges import MergeStore
 from batchpredict.messages import finalize_body
+from batchpredict.queues import Queue
 from batchpredict.results import ResultStore
 
 from .conftest import PipelineStack as Stack
@@ -289,7 +291,11 @@ def test_an_event_that_could_not_be_put_is_put_by_the_redelivery(stack: Stack) -
                 raise ConnectionError("EventBridge unreachable")
             return real.put_events(**kwargs)
 
-    finalizer = Finalizer(jobs, results, JobEvents(Flaky(), stack.plan.event_bus))
+    merges = MergeStore(stack.dynamodb, stack.table)
+    finalize_queue = Queue(stack.sqs, stack.queue("FinalizeQueue")[0])
+    finalizer = Finalizer(
+        jobs, results, merges, finalize_queue, events=JobEvents(Flaky(), stack.plan.event_bus)
+    )
     with pytest.raises(ConnectionError):
         finalizer.finalize(job_id)
     assert stack.job(job_id).status == JobStatus.COMPLETED_WITH_ERRORS and _events(stack) == []
