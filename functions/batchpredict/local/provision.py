@@ -197,8 +197,8 @@ class _Provisioner:
         rule on the bus: moto's EventBridge delivers to SQS targets. The template's email and
         webhook rules are not made: SNS mail and API destinations cannot be emulated here."""
         bus_name = ""
-        for logical_id, resource in resources(self.cfn, "AWS::Events::EventBus").items():
-            bus_name = str(self.resolve(resource["Properties"]["Name"]))
+        for logical_id in resources(self.cfn, "AWS::Events::EventBus"):
+            bus_name = self._name(logical_id)  # named locally as the buckets and queues are
             try:
                 self.arns[logical_id] = self.events.create_event_bus(Name=bus_name)["EventBusArn"]
             except self.events.exceptions.ResourceAlreadyExistsException:
