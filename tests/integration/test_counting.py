@@ -20,6 +20,7 @@ from batchpredict.errors import ErrorCode
 from batchpredict.finalize import Finalizer
 from batchpredict.jobs import PAGE_LINES, JobStore
 from batchpredict.local.dynamodb_local import DynamoDBLocal, DynamoDBLocalUnavailableError
+from batchpredict.local.provision import LocalOptions, provision_tables
 from batchpredict.merges import MergeStore
 from batchpredict.messages import Chunk
 from batchpredict.queues import Queue
@@ -72,18 +73,10 @@ def test_concurrent_redeliveries_count_each_chunk_once(moto_endpoint: str, dynam
     s3 = boto3.client("s3", **_clients(moto_endpoint))
     sqs = boto3.client("sqs", **_clients(moto_endpoint))
     name = f"count-{uuid.uuid4().hex[:8]}"
-    dynamodb.create_table(
-        TableName=name,
-        KeySchema=[{"AttributeName": "pk", "KeyType": "HASH"}, {"AttributeName": "sk", "KeyType": "RANGE"}],
-        AttributeDefinitions=[
-            {"AttributeName": "pk", "AttributeType": "S"},
-            {"AttributeName": "sk", "AttributeType": "S"},
-        ],
-        BillingMode="PAY_PER_REQUEST",
-    )
+    (table,) = provision_tables(dynamodb, LocalOptions(model_uri="", prefix=name))
     s3.create_bucket(Bucket=name)
     finalize_url = sqs.create_queue(QueueName=name)["QueueUrl"]
-    jobs = JobStore(dynamodb, name)
+    jobs = JobStore(dynamodb, table)
     results = ResultStore(s3, name)
     writer = ChunkWriter(jobs, results, Queue(sqs, finalize_url))
     job_id = f"job-{name}"
@@ -112,7 +105,7 @@ def test_concurrent_redeliveries_count_each_chunk_once(moto_endpoint: str, dynam
     # The last counting delivery (or a later one) asked for finalize; finalize is idempotent.
     messages = sqs.receive_message(QueueUrl=finalize_url, MaxNumberOfMessages=10)["Messages"]
     assert {json.loads(m["Body"])["job_id"] for m in messages} == {job_id}
-    Finalizer(jobs, results, MergeStore(dynamodb, name), Queue(sqs, finalize_url)).finalize(job_id)
+    Finalizer(jobs, results, MergeStore(dynamodb, table), Queue(sqs, finalize_url)).finalize(job_id)
 
     body = s3.get_object(Bucket=name, Key=f"results/{job_id}/results.jsonl")["Body"].read()
     lines = [json.loads(line) for line in body.splitlines()]
@@ -127,7 +120,7 @@ def test_concurrent_redeliveries_count_each_chunk_once(moto_endpoint: str, dynam
     assert rows == lines
     # The rows really are on two pages: the first page alone holds PAGE_LINES of them.
     first_page = dynamodb.query(
-        TableName=name,
+        TableName=table,
         KeyConditionExpression="pk = :p",
         ExpressionAttributeValues={":p": {"S": f"{job_id}#0"}},
         Select="COUNT",
