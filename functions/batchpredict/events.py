@@ -10,10 +10,13 @@ process that dies between the claim and PutEvents loses the event: the one gap l
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from batchpredict.jobs import Job, JobStatus, JobStore
 from batchpredict.observability import logger
+
+if TYPE_CHECKING:
+    from mypy_boto3_events import EventBridgeClient
 
 SOURCE = "batchpredict"
 DETAIL_TYPE = "Batchpredict Job State Change"
@@ -24,9 +27,9 @@ class EventPutError(RuntimeError):
 
 
 class JobEvents:
-    """``client`` is a boto3 EventBridge client; ``bus`` the event bus name or ARN."""
+    """``bus``: the event bus name or ARN."""
 
-    def __init__(self, client: Any, bus: str) -> None:
+    def __init__(self, client: EventBridgeClient, bus: str) -> None:
         self.client = client
         self.bus = bus
 

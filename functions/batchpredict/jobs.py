@@ -18,18 +18,33 @@ from __future__ import annotations
 import json
 import math
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from decimal import Decimal
 from enum import StrEnum
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeAlias
 
 from boto3.dynamodb.types import DYNAMODB_CONTEXT, TypeDeserializer, TypeSerializer
 from botocore.exceptions import ClientError
 
 from batchpredict.costs import TRANSACTION_WRITE_FACTOR, ChunkUsage, write_units
 from batchpredict.throttling import Backoff, cancellation_reasons
+
+if TYPE_CHECKING:
+    from mypy_boto3_dynamodb import DynamoDBClient
+    from mypy_boto3_dynamodb.type_defs import (
+        AttributeValueTypeDef,
+        KeysAndAttributesUnionTypeDef,
+        QueryInputPaginateTypeDef,
+        TransactWriteItemTypeDef,
+        UpdateItemInputTypeDef,
+        WriteRequestTypeDef,
+        WriteRequestUnionTypeDef,
+    )
+
+    # An item as the low-level client sends and returns it: {"pk": {"S": "job-1"}, ...}.
+    Item: TypeAlias = dict[str, AttributeValueTypeDef]
 
 BATCH_WRITE_LIMIT = 25  # items per BatchWriteItem call (AWS limit)
 BATCH_GET_LIMIT = 100  # keys per BatchGetItem call (AWS limit)
@@ -112,7 +127,7 @@ def utc_now() -> str:
     return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
-def to_dynamo(value: dict[str, Any]) -> dict[str, Any]:
+def to_dynamo(value: Mapping[str, Any]) -> Item:
     """A JSON-able dict as a DynamoDB item: what boto3's TypeSerializer makes of the dict after a
     JSON round trip (floats as their shortest repr, read back as Decimals).
 
@@ -137,7 +152,7 @@ def _key(key: Any) -> str:
     return key
 
 
-def _attribute(value: Any) -> dict[str, Any]:
+def _attribute(value: Any) -> AttributeValueTypeDef:
     kind = type(value)
     if kind is str:
         return {"S": value}
@@ -174,7 +189,7 @@ def _plain(value: Any) -> Any:
     return value
 
 
-def from_dynamo(item: dict[str, Any]) -> dict[str, Any]:
+def from_dynamo(item: Mapping[str, AttributeValueTypeDef]) -> dict[str, Any]:
     return {k: _plain(_deserializer.deserialize(v)) for k, v in item.items()}
 
 
@@ -230,7 +245,7 @@ class Job:
         return self.split_done and self.chunks_done >= self.chunks_total
 
     @classmethod
-    def from_item(cls, item: dict[str, Any]) -> Job:
+    def from_item(cls, item: Mapping[str, AttributeValueTypeDef]) -> Job:
         data = from_dynamo(item)
         known = {f for f in cls.__dataclass_fields__}
         values = {k: v for k, v in data.items() if k in known}
@@ -241,7 +256,7 @@ class Job:
 
 
 class JobStore:
-    """Every DynamoDB call of the pipeline. ``client`` is a boto3 DynamoDB client.
+    """Every DynamoDB call of the pipeline.
 
     Writes that DynamoDB throttles are retried with backoff (``throttling.Backoff``) until the
     call's ``deadline`` (``time.monotonic`` seconds; ``throttling.DEFAULT_BUDGET_SECONDS`` from
@@ -250,7 +265,7 @@ class JobStore:
 
     def __init__(
         self,
-        client: Any,
+        client: DynamoDBClient,
         table: str,
         *,
         ttl_seconds: int | None = None,
@@ -264,10 +279,10 @@ class JobStore:
         self._clock = clock
         self.backoff = Backoff(sleep=sleep, clock=monotonic)
 
-    def _key(self, pk: str, sk: str) -> dict[str, Any]:
+    def _key(self, pk: str, sk: str) -> Item:
         return {"pk": {"S": pk}, "sk": {"S": sk}}
 
-    def _shard_keys(self, job_id: str) -> list[dict[str, Any]]:
+    def _shard_keys(self, job_id: str) -> list[Item]:
         return [self._key(shard_pk(job_id, s), COUNT_SK) for s in range(COUNTER_SHARDS)]
 
     def _expiry(self) -> dict[str, Any]:
@@ -311,7 +326,7 @@ class JobStore:
             | ({"manifest_version": manifest_version} if manifest_version else {})
             | self._expiry()
         )
-        put_job = {
+        put_job: TransactWriteItemTypeDef = {
             "Put": {
                 "TableName": self.table,
                 "Item": to_dynamo(item),
@@ -320,7 +335,7 @@ class JobStore:
         }
         # The shards exist from the start, so counting can require them (a chunk of a job that
         # is gone fails loudly instead of creating counts nobody reads).
-        shards = [
+        shards: list[TransactWriteItemTypeDef] = [
             {"Put": {"TableName": self.table, "Item": key | to_dynamo({"updated_at": now} | self._expiry())}}
             for key in self._shard_keys(job_id)
         ]
@@ -360,12 +375,14 @@ class JobStore:
     def _with_counts(self, job: Job) -> Job:
         return _summed(job, self._get_items(self._shard_keys(job.job_id)).values())
 
-    def _get_items(self, keys: list[dict[str, Any]]) -> dict[tuple[str, str], dict[str, Any]]:
+    def _get_items(self, keys: list[Item]) -> dict[tuple[str, str], Item]:
         """Strongly consistent BatchGetItem; UnprocessedKeys asked again with backoff."""
-        found: dict[tuple[str, str], dict[str, Any]] = {}
+        found: dict[tuple[str, str], Item] = {}
         deadline = self.backoff.deadline()
         for start in range(0, len(keys), BATCH_GET_LIMIT):
-            request = {self.table: {"Keys": keys[start : start + BATCH_GET_LIMIT], "ConsistentRead": True}}
+            request: Mapping[str, KeysAndAttributesUnionTypeDef] = {
+                self.table: {"Keys": keys[start : start + BATCH_GET_LIMIT], "ConsistentRead": True}
+            }
             responses = self.backoff.until_processed(
                 lambda pending: self.client.batch_get_item(RequestItems=pending),
                 request,
@@ -386,7 +403,7 @@ class JobStore:
         names: dict[str, str] | None = None,
     ) -> Job | None:
         """An UpdateItem on the JOB; the job with its counts, None when the condition did not hold."""
-        kwargs: dict[str, Any] = {
+        kwargs: UpdateItemInputTypeDef = {
             "TableName": self.table,
             "Key": self._key(job_id, JOB_SK),
             "UpdateExpression": expression,
@@ -596,7 +613,7 @@ class JobStore:
             # The job's model is that of its first counted chunk: each shard keeps its first,
             # and when (``_summed`` takes the earliest).
             expression += ", model = if_not_exists(model, :m), model_since = if_not_exists(model_since, :now)"
-        items = [
+        items: list[TransactWriteItemTypeDef] = [
             {
                 "Put": {
                     "TableName": self.table,
@@ -631,7 +648,7 @@ class JobStore:
         Returns the write units the rows cost (one per started KiB of each item, sized as JSON).
         """
         until = self.backoff.deadline() if deadline is None else deadline
-        batch: list[dict[str, Any]] = []
+        batch: list[WriteRequestTypeDef] = []
         units = 0
         for record in records:
             row = {"pk": page_pk(record["job_id"], page_of(record["index"])), "sk": img_sk(record["index"])}
@@ -645,7 +662,7 @@ class JobStore:
             self._batch_write(batch, until)
         return units
 
-    def _batch_write(self, requests: list[dict[str, Any]], deadline: float) -> None:
+    def _batch_write(self, requests: Sequence[WriteRequestUnionTypeDef], deadline: float) -> None:
         self.backoff.until_processed(
             lambda pending: self.client.batch_write_item(RequestItems={self.table: pending}),
             requests,
@@ -676,21 +693,19 @@ class JobStore:
         condition = "#st = :st" + (" AND created_at >= :since" if since else "")
         values: dict[str, Any] = {":st": status.value} | ({":since": since} if since else {})
         names = {"#st": "status"}
-        kwargs: dict[str, Any] = {}
+        request: QueryInputPaginateTypeDef = {
+            "TableName": self.table,
+            "IndexName": STATUS_INDEX,
+            "KeyConditionExpression": condition,
+            "ExpressionAttributeNames": names,
+            "ScanIndexForward": False,
+        }
         if name:
             values[":n"] = name
             names["#n"] = "name"
-            kwargs["FilterExpression"] = "#n = :n"
-        paginator = self.client.get_paginator("query")
-        pages = paginator.paginate(
-            TableName=self.table,
-            IndexName=STATUS_INDEX,
-            KeyConditionExpression=condition,
-            ExpressionAttributeValues=to_dynamo(values),
-            ExpressionAttributeNames=names,
-            ScanIndexForward=False,
-            **kwargs,
-        )
+            request["FilterExpression"] = "#n = :n"
+        request["ExpressionAttributeValues"] = to_dynamo(values)
+        pages = self.client.get_paginator("query").paginate(**request)
         found: list[tuple[str, str]] = []
         for page in pages:
             found += [(item["created_at"]["S"], item["pk"]["S"]) for item in page["Items"]]
@@ -756,7 +771,7 @@ class JobStore:
                 yield row
 
 
-def _summed(job: Job, shards: Iterable[dict[str, Any]]) -> Job:
+def _summed(job: Job, shards: Iterable[Item]) -> Job:
     """``job`` with the counter shards' values added to its own, their latest update, and the
     model of the earliest counted chunk (the JOB's own model first, for a job counted on it)."""
     totals = {name: getattr(job, name) for name in COUNTERS}

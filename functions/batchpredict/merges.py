@@ -10,12 +10,19 @@ duplicate finalize message) can never both move the merge on; the one that loses
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from botocore.exceptions import ClientError
 
 from batchpredict.jobs import from_dynamo, to_dynamo
+
+if TYPE_CHECKING:
+    from mypy_boto3_dynamodb import DynamoDBClient
+    from mypy_boto3_dynamodb.type_defs import AttributeValueTypeDef, PutItemInputTypeDef
+
+    from batchpredict.jobs import Item
 
 MERGE_SK = "MERGE"
 
@@ -51,7 +58,7 @@ class MergeCheckpoint:
     last_error: str | None = None
 
     @classmethod
-    def from_item(cls, item: dict[str, Any]) -> MergeCheckpoint:
+    def from_item(cls, item: Mapping[str, AttributeValueTypeDef]) -> MergeCheckpoint:
         data = from_dynamo(item)
         known = set(cls.__dataclass_fields__)
         values = {k: v for k, v in data.items() if k in known}
@@ -64,14 +71,14 @@ class MergeCheckpoint:
 
 
 class MergeStore:
-    """``client`` is a boto3 DynamoDB client; the table is the pipeline's one table."""
+    """``table``: the pipeline's one table."""
 
-    def __init__(self, client: Any, table: str, *, ttl_seconds: int | None = None) -> None:
+    def __init__(self, client: DynamoDBClient, table: str, *, ttl_seconds: int | None = None) -> None:
         self.client = client
         self.table = table
         self.ttl_seconds = ttl_seconds
 
-    def _key(self, job_id: str) -> dict[str, Any]:
+    def _key(self, job_id: str) -> Item:
         return {"pk": {"S": job_id}, "sk": {"S": MERGE_SK}}
 
     def get(self, job_id: str) -> MergeCheckpoint:
@@ -90,15 +97,15 @@ class MergeStore:
             if checkpoint.version == 0
             else ("version = :v", {":v": {"N": str(checkpoint.version)}})
         )
-        kwargs: dict[str, Any] = {
+        request: PutItemInputTypeDef = {
             "TableName": self.table,
             "Item": to_dynamo(saved.item() | expiry),
             "ConditionExpression": condition,
         }
         if values:
-            kwargs["ExpressionAttributeValues"] = values
+            request["ExpressionAttributeValues"] = values
         try:
-            self.client.put_item(**kwargs)
+            self.client.put_item(**request)
         except ClientError as exc:
             if exc.response["Error"]["Code"] == "ConditionalCheckFailedException":
                 return None

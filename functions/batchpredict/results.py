@@ -9,9 +9,13 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Iterable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from botocore.exceptions import ClientError
+
+if TYPE_CHECKING:
+    from mypy_boto3_s3 import S3Client
+    from mypy_boto3_s3.type_defs import CompletedPartTypeDef
 
 JSONL = "application/x-ndjson"
 
@@ -52,9 +56,9 @@ def jsonl(records: Iterable[dict[str, Any]]) -> bytes:
 
 
 class ResultStore:
-    """Every output-bucket call of the pipeline. ``client`` is a boto3 S3 client."""
+    """Every output-bucket call of the pipeline."""
 
-    def __init__(self, client: Any, bucket: str) -> None:
+    def __init__(self, client: S3Client, bucket: str) -> None:
         self.client = client
         self.bucket = bucket
 
@@ -78,7 +82,7 @@ class ResultStore:
                 return None
             raise
         with body:
-            return bytes(body.read())
+            return body.read()
 
     # --- results files: multipart uploads driven (and checkpointed) by merge.py ----------------
 
@@ -87,9 +91,7 @@ class ResultStore:
         self.client.put_object(Bucket=self.bucket, Key=key, Body=body, ContentType=JSONL)
 
     def start_upload(self, key: str) -> str:
-        return str(
-            self.client.create_multipart_upload(Bucket=self.bucket, Key=key, ContentType=JSONL)["UploadId"]
-        )
+        return self.client.create_multipart_upload(Bucket=self.bucket, Key=key, ContentType=JSONL)["UploadId"]
 
     def upload_part(self, key: str, upload_id: str, number: int, body: bytes) -> str:
         """Upload part ``number`` (1-based); returns its ETag. UploadGoneError if the upload is gone."""
@@ -101,13 +103,15 @@ class ResultStore:
             if _missing(exc, "NoSuchUpload"):
                 raise UploadGoneError(f"{key}: upload {upload_id} is gone") from exc
             raise
-        return str(response["ETag"])
+        return response["ETag"]
 
     def complete_upload(self, key: str, upload_id: str, etags: list[str]) -> None:
         """Complete the upload from its parts. Completing it again (a finalize that died right after
         completing) is fine: S3 no longer knows the upload, but the object is there with the ETag
         these parts give. UploadGoneError otherwise."""
-        parts = [{"PartNumber": n, "ETag": etag} for n, etag in enumerate(etags, start=1)]
+        parts: list[CompletedPartTypeDef] = [
+            {"PartNumber": n, "ETag": etag} for n, etag in enumerate(etags, start=1)
+        ]
         try:
             self.client.complete_multipart_upload(
                 Bucket=self.bucket, Key=key, UploadId=upload_id, MultipartUpload={"Parts": parts}
@@ -127,7 +131,7 @@ class ResultStore:
 
     def _etag(self, key: str) -> str | None:
         try:
-            return str(self.client.head_object(Bucket=self.bucket, Key=key)["ETag"])
+            return self.client.head_object(Bucket=self.bucket, Key=key)["ETag"]
         except ClientError as exc:
             if _missing(exc, "404", "NoSuchKey", "NotFound"):
                 return None
@@ -143,5 +147,6 @@ class ResultStore:
         )
         return self.uri(key)
 
-    def read_json(self, key: str) -> Any:
-        return json.loads(self.client.get_object(Bucket=self.bucket, Key=key)["Body"].read())
+    def read_json(self, key: str) -> dict[str, Any]:
+        doc: dict[str, Any] = json.loads(self.client.get_object(Bucket=self.bucket, Key=key)["Body"].read())
+        return doc

@@ -16,11 +16,12 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
-from typing import Any, TypeVar
+from typing import TypeVar
 
 from botocore.exceptions import ClientError
 
 T = TypeVar("T")
+R = TypeVar("R")  # a batch call's response
 
 # Error codes of a throttled request (DynamoDB and the generic AWS ones).
 THROTTLE_CODES = frozenset(
@@ -91,11 +92,11 @@ class Backoff:
 
     def until_processed(
         self,
-        send: Callable[[T], dict[str, Any]],
+        send: Callable[[T], R],
         pending: T,
-        leftover: Callable[[dict[str, Any]], T],
+        leftover: Callable[[R], T],
         deadline: float | None = None,
-    ) -> list[dict[str, Any]]:
+    ) -> list[R]:
         """A batch call (BatchWriteItem, BatchGetItem, SendMessageBatch) sent again with what it
         left unprocessed (``leftover(response)``, empty when all is done) until nothing is left;
         the responses."""
