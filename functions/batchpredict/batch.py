@@ -4,10 +4,17 @@ counted and charged as soon as its last image is done.
 A chunk is the unit of exactly-once (claim, part, rows, count): a chunk whose images were
 not all done by the invocation's deadline, or whose write failed, is reported as a batch
 item failure and comes back; every other chunk of the batch is unaffected.
+
+Refill: while the run's fetches stall (a server that accepts and never answers holds its
+line up to FETCH_TOTAL_TIMEOUT), the invocation takes more chunks from the work queue itself,
+as many as its event brought, hidden until just after it ends; it deletes those it has
+written, and the others come back then. The cores work instead of waiting, and Lambda bills
+work, not idle time. The claim and marker keep a chunk counted once however it arrived.
 """
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -21,6 +28,7 @@ from batchpredict.jobs import STOPPED_STATUSES
 from batchpredict.messages import Chunk
 from batchpredict.observability import MetricUnit, logger, metrics
 from batchpredict.pipeline import ImageResult, StreamingPredictor
+from batchpredict.queues import Queue
 from batchpredict.records import SUCCEEDED, WorkItem, base_record, failed_record
 from batchpredict.writer import LEASE_MARGIN_SECONDS, ChunkWriter, stopped_records
 
@@ -86,10 +94,12 @@ class ChunkBatch:
         *,
         memory_mb: int,
         write_reserve_seconds: float,
+        work_queue: Queue | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.predictor = predictor
         self.writer = writer
+        self.work_queue = work_queue  # None: no refill
         self.memory_mb = memory_mb
         self.write_reserve_seconds = write_reserve_seconds
         self._clock = clock
@@ -104,34 +114,47 @@ class ChunkBatch:
         # A short invocation keeps a share of its time for writes, never all of it.
         deadline = self._clock() + left - min(self.write_reserve_seconds, left * WRITE_RESERVE_SHARE)
         outcomes: dict[str, ChunkOutcome] = {}
-        chunks: list[tuple[str, Chunk]] = []
-        for message_id, body in messages:
-            try:
-                chunks.append((message_id, Chunk.parse(body)))
-            except (KeyError, ValueError, TypeError) as exc:
-                # -> DLQ -> reconcile, which reports what it cannot parse
-                logger.exception("malformed chunk message", extra={"message_id": message_id})
-                outcomes[message_id] = ChunkOutcome(None, error=ValueError(f"not a chunk message: {exc}"))
+        chunks: list[tuple[str, Chunk]] = []  # the predictor's groups, in order
+        taken: dict[str, str] = {}  # refill: message id -> receipt handle
         writes: dict[str, Future[bool]] = {}
 
         def write(message_id: str, chunk: Chunk, records: list[dict[str, Any]]) -> None:
             outcomes[message_id] = ChunkOutcome(chunk, records)
             writes[message_id] = self._writes.submit(self._write, chunk, records, remaining, meter)
 
-        # Chunks of a cancelled, stopped or failed job are not fetched: written at once, cancelled.
-        stopped = self._stopped_jobs({chunk.job_id for _, chunk in chunks})
-        for message_id, chunk in chunks:
-            if chunk.job_id in stopped:
-                write(message_id, chunk, stopped_records(chunk))
-        chunks = [(message_id, chunk) for message_id, chunk in chunks if chunk.job_id not in stopped]
+        def admit(received: Sequence[tuple[str, str]]) -> list[Chunk]:
+            """Parse; chunks of a cancelled, stopped or failed job are not fetched: written at
+            once, cancelled. The rest become the predictor's next groups."""
+            parsed = self._parse(received, outcomes)
+            stopped = self._stopped_jobs({chunk.job_id for _, chunk in parsed})
+            for message_id, chunk in parsed:
+                if chunk.job_id in stopped:
+                    write(message_id, chunk, stopped_records(chunk))
+            live = [(message_id, chunk) for message_id, chunk in parsed if chunk.job_id not in stopped]
+            chunks.extend(live)
+            return [chunk for _, chunk in live]
 
         def predicted(group: int, results: list[ImageResult]) -> None:
             message_id, chunk = chunks[group]
-            model = self.predictor.model_id
-            write(message_id, chunk, [image_record(chunk.job_id, r, model, chunk.top_k) for r in results])
+            model, top_k = self.predictor.model_id, chunk.top_k or self.predictor.top_k
+            write(message_id, chunk, [image_record(chunk.job_id, r, model, top_k) for r in results])
 
-        top_k = max((chunk.top_k or self.predictor.top_k for _, chunk in chunks), default=None)
-        unfinished = self.predictor.run([chunk.items for _, chunk in chunks], deadline, predicted, top_k)
+        def refill() -> tuple[list[list[WorkItem]], int | None]:
+            assert self.work_queue is not None
+            hidden = math.ceil(remaining() + LEASE_MARGIN_SECONDS)  # back soon if this run fails
+            received = self.work_queue.receive(len(messages), hidden)
+            taken.update({r.message_id: r.receipt_handle for r in received})
+            new = admit([(r.message_id, r.body) for r in received])
+            return [chunk.items for chunk in new], self._top_k(new)
+
+        first = admit(messages)
+        unfinished = self.predictor.run(
+            [chunk.items for chunk in first],
+            deadline,
+            predicted,
+            self._top_k(first),
+            refill if self.work_queue is not None and messages else None,
+        )
         for group in unfinished:
             message_id, chunk = chunks[group]
             error = ChunkUnfinishedError(f"chunk {chunk.chunk} of {chunk.job_id} not done in time")
@@ -146,7 +169,36 @@ class ChunkBatch:
                 logger.error("chunk write failed", extra={"message_id": message_id}, exc_info=outcome.error)
             else:
                 outcome.counted = future.result()
+        self._delete_taken(taken, outcomes)
         return outcomes
+
+    def _top_k(self, chunks: Sequence[Chunk]) -> int | None:
+        return max((chunk.top_k or self.predictor.top_k for chunk in chunks), default=None)
+
+    @staticmethod
+    def _parse(
+        received: Sequence[tuple[str, str]], outcomes: dict[str, ChunkOutcome]
+    ) -> list[tuple[str, Chunk]]:
+        chunks = []
+        for message_id, body in received:
+            try:
+                chunks.append((message_id, Chunk.parse(body)))
+            except (KeyError, ValueError, TypeError) as exc:
+                # -> DLQ -> reconcile, which reports what it cannot parse
+                logger.exception("malformed chunk message", extra={"message_id": message_id})
+                outcomes[message_id] = ChunkOutcome(None, error=ValueError(f"not a chunk message: {exc}"))
+        return chunks
+
+    def _delete_taken(self, taken: dict[str, str], outcomes: dict[str, ChunkOutcome]) -> None:
+        """The refill's messages that are written (or were before) leave the queue; the others
+        come back when their visibility ends, like an event's batch item failures."""
+        done = [handle for message_id, handle in taken.items() if outcomes[message_id].error is None]
+        if not done or self.work_queue is None:
+            return
+        try:
+            self.work_queue.delete(done)
+        except Exception:  # they come back, and the chunk markers make them no-ops
+            logger.exception("deleting refilled messages failed", extra={"messages": len(done)})
 
     def _stopped_jobs(self, job_ids: set[str]) -> set[str]:
         """The jobs (of this batch) no longer to predict: one consistent read of the status of

@@ -169,11 +169,14 @@ class StreamSettings:
     ``linger_seconds``: with fetches still out and no decode running, how long the oldest
     ready image waits for company before a smaller pass runs.
     ``decode_seconds``: the time budget of one decode. ``decoders``: None = one per CPU.
+    ``refill_after_seconds``: with only fetches out and nothing finished for this long, the
+    run takes more work (a stalled server should not leave the cores idle).
     """
 
     bucket: int = 16
     linger_seconds: float = 0.05
     decode_seconds: float = 10.0
+    refill_after_seconds: float = 1.0
     decoders: int | None = None
     max_pixels: int = DEFAULT_MAX_PIXELS
 
@@ -184,6 +187,9 @@ def stream_settings(env: Mapping[str, str]) -> StreamSettings:
         bucket=setting(env, "INFERENCE_BUCKET", positive_int, defaults.bucket),
         linger_seconds=setting(env, "INFERENCE_LINGER_SECONDS", positive_float, defaults.linger_seconds),
         decode_seconds=setting(env, "DECODE_TIMEOUT", positive_float, defaults.decode_seconds),
+        refill_after_seconds=setting(
+            env, "REFILL_AFTER_SECONDS", positive_float, defaults.refill_after_seconds
+        ),
         decoders=setting(env, "DECODERS", positive_int, None),
         max_pixels=setting(env, "MAX_IMAGE_PIXELS", positive_int, DEFAULT_MAX_PIXELS),
     )
@@ -231,6 +237,8 @@ class PredictConfig:
     predictor: PredictorConfig
     # Kept back from the invocation's time for the last chunks' writes.
     write_reserve_seconds: float
+    # The queue the function's chunks come from: refilled from while fetches stall (None: never).
+    work_queue_url: str | None = None
 
 
 def predict_config(env: Mapping[str, str]) -> PredictConfig:
@@ -240,6 +248,7 @@ def predict_config(env: Mapping[str, str]) -> PredictConfig:
         finalize_queue_url=setting(env, "FINALIZE_QUEUE_URL", str),
         predictor=predictor_config(env, fetch_policy(env)),
         write_reserve_seconds=setting(env, "WRITE_RESERVE_SECONDS", positive_float, 10.0),
+        work_queue_url=setting(env, "WORK_QUEUE_URL", str, None),
     )
 
 

@@ -8,7 +8,10 @@
   (no fetch out, the rest fits in one bucket) it takes ``TAIL_PASS`` images at a time rather
   than wait for the last decodes to fill the bucket, so that its last pass is a small one;
 * a group (a chunk) is handed on as soon as its last image is done, while later images
-  are still in flight.
+  are still in flight;
+* when the CPU has had nothing to do for ``refill_after_seconds`` while fetches are still out
+  (slow or stalled servers), the run asks its ``refill`` for more groups, so that a stalled
+  fetch costs its own line's wait, not the invocation's idle cores (see batch.ChunkBatch).
 
 One URL or payload can only fail its own result: whatever a fetch or decode raises
 becomes that image's error. Work not done by the run's deadline is left out (its group
@@ -61,6 +64,9 @@ class ImageResult:
 
 
 GroupDone = Callable[[int, list[ImageResult]], None]
+# More groups for a run whose fetches are stalled, and the classes per image they need (None:
+# the predictor's); no groups: nothing more to do.
+Refill = Callable[[], tuple[Sequence[Sequence[WorkItem]], int | None]]
 
 
 class Decoder(Protocol):
@@ -101,8 +107,9 @@ class _Run:
     """The state of one ``run``: shared by the fetch and decode threads and the engine loop."""
 
     deadline: float
-    results: list[list[ImageResult | None]]
-    pending: list[int]
+    groups: list[Sequence[WorkItem]] = field(default_factory=list)
+    results: list[list[ImageResult | None]] = field(default_factory=list)
+    pending: list[int] = field(default_factory=list)
     cond: threading.Condition = field(default_factory=threading.Condition)
     ready: deque[_Ready] = field(default_factory=deque)
     completed: deque[int] = field(default_factory=deque)
@@ -110,12 +117,15 @@ class _Run:
     decoding: int = 0
     closed: bool = False  # past the deadline: late work is dropped, not recorded
     top_k: int = 5
+    last_event: float = 0.0  # when a fetch, decode or image last finished
+    next_refill: float = 0.0  # no refill before this time
 
-    def finish(self, group: int, position: int, result: ImageResult) -> None:
+    def finish(self, group: int, position: int, result: ImageResult, now: float) -> None:
         with self.cond:
             if self.closed or self.results[group][position] is not None:
                 return
             self.results[group][position] = result
+            self.last_event = now
             self.pending[group] -= 1
             if self.pending[group] == 0:
                 self.completed.append(group)
@@ -164,43 +174,50 @@ class StreamingPredictor:
         deadline: float,
         on_done: GroupDone,
         top_k: int | None = None,
+        refill: Refill | None = None,
     ) -> set[int]:
         """Predict every item; ``on_done(group, results)`` as each group completes (on this
         thread). Items with an error (failed at split time) or no URL are done at once.
-        ``top_k``: classes per image this run (None: the predictor's).
+        ``top_k``: classes per image this run (None: the predictor's). ``refill``: asked for
+        more groups while fetches stall (their indices follow the ones before).
 
         Returns the groups not completed by ``deadline``.
         """
-        run = _Run(
-            deadline=deadline,
-            results=[[None] * len(items) for items in groups],
-            pending=[len(items) for items in groups],
-            top_k=top_k or self.top_k,
-        )
-        for g, items in enumerate(groups):
-            if not items:
-                run.completed.append(g)
-            for p, item in enumerate(items):
-                if item.error is not None or not item.url:
-                    run.finish(g, p, ImageResult(item, Outcome()))  # failed at split time
-                else:
-                    with run.cond:
-                        run.fetching += 1
-                    self._fetchers.submit(self._fetch, run, g, p, item)
+        now = self._clock()
+        run = _Run(deadline=deadline, top_k=top_k or self.top_k, last_event=now, next_refill=now)
+        self._add(run, groups)
         try:
-            self._loop(run, groups, on_done)
+            self._loop(run, on_done, refill)
         finally:
             with run.cond:
                 run.closed = True
         return {g for g, left in enumerate(run.pending) if left}
 
+    def _add(self, run: _Run, groups: Sequence[Sequence[WorkItem]]) -> None:
+        for items in groups:
+            with run.cond:
+                g = len(run.groups)
+                run.groups.append(items)
+                run.results.append([None] * len(items))
+                run.pending.append(len(items))
+                if not items:
+                    run.completed.append(g)
+            for p, item in enumerate(items):
+                if item.error is not None or not item.url:
+                    run.finish(g, p, ImageResult(item, Outcome()), self._clock())  # failed at split time
+                else:
+                    with run.cond:
+                        run.fetching += 1
+                    self._fetchers.submit(self._fetch, run, g, p, item)
+
     # -- the engine loop (the calling thread) -------------------------------------------
 
-    def _loop(self, run: _Run, groups: Sequence[Sequence[WorkItem]], on_done: GroupDone) -> None:
+    def _loop(self, run: _Run, on_done: GroupDone, refill: Refill | None) -> None:
         done_groups = 0
-        while done_groups < len(groups):
+        while done_groups < len(run.groups):
             batch: list[_Ready] = []
             finished: list[int] = []
+            refilling = False
             with run.cond:
                 while True:
                     now = self._clock()
@@ -214,12 +231,40 @@ class StreamingPredictor:
                     if take:
                         batch = [run.ready.popleft() for _ in range(take)]
                         break
-                    run.cond.wait(self._wait_seconds(run, now))
+                    if refill is not None and self._stalled(run, now):
+                        refilling = True
+                        run.next_refill = now + self.settings.refill_after_seconds
+                        break
+                    run.cond.wait(self._wait_seconds(run, now, refill is not None))
             for g in finished:
                 done_groups += 1
                 on_done(g, [r for r in run.results[g] if r is not None])
             if batch:
-                self._infer(run, groups, batch)
+                self._infer(run, batch)
+            if refilling and refill is not None:
+                self._refill(run, refill)
+
+    def _stalled(self, run: _Run, now: float) -> bool:
+        """Only fetches are out, each on a thread of its own, and nothing has finished for
+        ``refill_after_seconds``: the CPU waits on servers. Not near the deadline: new work
+        must have a whole fetch deadline (and its decode) before the run ends."""
+        return (
+            0 < run.fetching < self.fetcher.policy.concurrency
+            and not run.ready
+            and not run.decoding
+            and now >= max(run.last_event + self.settings.refill_after_seconds, run.next_refill)
+            and run.deadline - now >= self.fetcher.total_timeout + self.settings.decode_seconds
+        )
+
+    def _refill(self, run: _Run, refill: Refill) -> None:
+        try:
+            groups, top_k = refill()
+        except Exception:  # the run goes on with what it has
+            logger.exception("refill failed")
+            return
+        with run.cond:
+            run.top_k = max(run.top_k, top_k or self.top_k)
+        self._add(run, groups)
 
     def _batch_size(self, run: _Run, now: float) -> int:
         """How many ready images to infer now (0: wait for more)."""
@@ -238,13 +283,16 @@ class StreamingPredictor:
         # Nothing is decoding: wait for fetches still out only a little, the CPU is idle meanwhile.
         return ready if lingered or not run.fetching else 0
 
-    def _wait_seconds(self, run: _Run, now: float) -> float:
+    def _wait_seconds(self, run: _Run, now: float, refills: bool) -> float:
         until = run.deadline - now
         if run.ready and not run.decoding:
             until = min(until, run.ready[0].since + self.settings.linger_seconds - now)
+        if refills and run.fetching:
+            stall = max(run.last_event + self.settings.refill_after_seconds, run.next_refill)
+            until = min(until, stall - now)
         return max(until, 0.001)
 
-    def _infer(self, run: _Run, groups: Sequence[Sequence[WorkItem]], batch: list[_Ready]) -> None:
+    def _infer(self, run: _Run, batch: list[_Ready]) -> None:
         tensors = np.stack([r.outcome.image.tensor for r in batch])  # type: ignore[union-attr]
         started = time.perf_counter()
         try:
@@ -259,8 +307,9 @@ class StreamingPredictor:
         for ready, preds in zip(batch, predictions, strict=True):
             ready.outcome.predictions = preds
             ready.outcome.inference_ms = share
-            item = groups[ready.group][ready.position]
-            run.finish(ready.group, ready.position, ImageResult(item, ready.outcome, ready.fetch_ms))
+            item = run.groups[ready.group][ready.position]
+            result = ImageResult(item, ready.outcome, ready.fetch_ms)
+            run.finish(ready.group, ready.position, result, self._clock())
 
     # -- fetch and decode (pool threads) -----------------------------------------------
 
@@ -275,6 +324,7 @@ class StreamingPredictor:
         finally:
             with run.cond:
                 run.fetching -= 1
+                run.last_event = self._clock()
                 if fetched is not None and isinstance(fetched.payload, bytes) and not run.closed:
                     run.decoding += 1
                 run.cond.notify()
@@ -283,7 +333,8 @@ class StreamingPredictor:
         if isinstance(fetched.payload, PredictionError):
             if self._cut_by_deadline(run, fetched.payload):
                 return  # the run, not the image, ran out of time: the chunk comes back
-            run.finish(group, position, ImageResult(item, Outcome(error=fetched.payload), fetched.fetch_ms))
+            result = ImageResult(item, Outcome(error=fetched.payload), fetched.fetch_ms)
+            run.finish(group, position, result, self._clock())
             return
         if not run.closed:
             self._decoders.submit(self._decode, run, group, position, item, fetched)
@@ -308,11 +359,12 @@ class StreamingPredictor:
             outcome.preprocess_ms = (time.perf_counter() - started) * 1000
             with run.cond:
                 run.decoding -= 1
+                run.last_event = self._clock()
                 if outcome.image is not None and not run.closed:
                     run.ready.append(_Ready(group, position, outcome, fetched.fetch_ms, self._clock()))
                 run.cond.notify()
         if outcome.error is not None and not self._cut_by_deadline(run, outcome.error):
-            run.finish(group, position, ImageResult(item, outcome, fetched.fetch_ms))
+            run.finish(group, position, ImageResult(item, outcome, fetched.fetch_ms), self._clock())
 
     def _cut_by_deadline(self, run: _Run, error: PredictionError) -> bool:
         timed_out = error.code in (ErrorCode.FETCH_TIMEOUT, ErrorCode.DECODE_TIMEOUT)

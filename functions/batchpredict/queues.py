@@ -1,10 +1,13 @@
 """SQS adapter: SendMessageBatch in tens and under the payload cap; ``Failed`` entries re-sent
-with the pipeline's one backoff (``throttling.Backoff``) until the call's deadline."""
+with the pipeline's one backoff (``throttling.Backoff``) until the call's deadline. A consumer
+that takes messages itself (predict's refill) receives and deletes them here."""
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 from batchpredict.throttling import Backoff, UnprocessedError
@@ -17,6 +20,13 @@ SEND_BATCH_MAX_BYTES = 256 * 1024
 
 class QueueSendError(RuntimeError):
     """SQS refused messages (the sender's fault), or some still failed at the deadline."""
+
+
+@dataclass(frozen=True)
+class Received:
+    message_id: str
+    receipt_handle: str
+    body: str
 
 
 class Queue:
@@ -33,6 +43,27 @@ class Queue:
 
     def send(self, body: str, delay_seconds: int = 0) -> None:
         self.client.send_message(QueueUrl=self.url, MessageBody=body, DelaySeconds=delay_seconds)
+
+    def receive(self, max_messages: int, visibility_seconds: int) -> list[Received]:
+        """What is there now (no long poll), hidden from other consumers for ``visibility_seconds``."""
+        response = self.client.receive_message(
+            QueueUrl=self.url,
+            MaxNumberOfMessages=max(1, min(max_messages, SEND_BATCH_LIMIT)),
+            VisibilityTimeout=visibility_seconds,
+            WaitTimeSeconds=0,
+        )
+        return [Received(m["MessageId"], m["ReceiptHandle"], m["Body"]) for m in response.get("Messages", [])]
+
+    def delete(self, receipt_handles: Sequence[str]) -> None:
+        """DeleteMessageBatch in tens; entries it fails are sent again until the call's deadline."""
+        for start in range(0, len(receipt_handles), SEND_BATCH_LIMIT):
+            batch = receipt_handles[start : start + SEND_BATCH_LIMIT]
+            entries = [{"Id": str(i), "ReceiptHandle": handle} for i, handle in enumerate(batch)]
+            by_id = {entry["Id"]: entry for entry in entries}
+            self.backoff.until_processed(self._delete_entries, entries, partial(_failed, by_id))
+
+    def _delete_entries(self, entries: list[dict[str, str]]) -> dict[str, Any]:
+        return self.client.delete_message_batch(QueueUrl=self.url, Entries=entries)  # type: ignore[no-any-return]
 
     def send_batch(self, bodies: Iterable[str]) -> int:
         """Send every body, in calls of at most 10 entries and SEND_BATCH_MAX_BYTES; returns the count."""
@@ -75,3 +106,8 @@ class Queue:
             return [by_id[f["Id"]] for f in failures]
 
         return failed
+
+
+def _failed(by_id: dict[str, dict[str, str]], response: dict[str, Any]) -> list[dict[str, str]]:
+    """A delete response's Failed entries, to send again."""
+    return [by_id[f["Id"]] for f in response.get("Failed", [])]

@@ -118,6 +118,7 @@ def chunk_batch(config: PredictConfig) -> ChunkBatch:
         chunk_writer(config.tables, config.output_bucket, config.finalize_queue_url),
         memory_mb=config.predictor.memory_mb or 0,
         write_reserve_seconds=config.write_reserve_seconds,
+        work_queue=queue(config.work_queue_url) if config.work_queue_url else None,
     )
 
 

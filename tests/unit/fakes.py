@@ -109,7 +109,8 @@ class FakeSQS:
     entries, ``delivered[url]`` the bodies that got through, in order. ``fail`` decides a batch's
     Failed entries; a batch over ``payload_limit`` bytes is refused as SQS refuses it;
     ``on_batch`` runs after every batch. Receiving: receive_message hands out the ``receive``
-    batches of bodies, one per call; ``deleted`` holds the receipt handles deleted.
+    batches of bodies, one per call (``receives`` holds the calls' arguments); ``deleted`` holds
+    the receipt handles deleted.
     """
 
     def __init__(
@@ -131,6 +132,7 @@ class FakeSQS:
             for batch in receive
         ]
         self.deleted: list[str] = []
+        self.receives: list[dict[str, Any]] = []
 
     def send_message(self, **kwargs: Any) -> dict[str, Any]:
         self.sent.append(kwargs)
@@ -155,11 +157,14 @@ class FakeSQS:
             "Failed": failed,
         }
 
-    def receive_message(self, **_: Any) -> dict[str, Any]:
+    def receive_message(self, **kwargs: Any) -> dict[str, Any]:
+        self.receives.append(kwargs)
         return {"Messages": self._receive.pop(0)} if self._receive else {}
 
-    def delete_message_batch(self, Entries: list[dict[str, str]], **_: Any) -> None:
+    def delete_message_batch(self, Entries: list[dict[str, str]], **_: Any) -> dict[str, Any]:
+        assert 1 <= len(Entries) <= SQS_BATCH_ENTRIES
         self.deleted += [e["ReceiptHandle"] for e in Entries]
+        return {"Successful": [{"Id": e["Id"]} for e in Entries], "Failed": []}
 
 
 class FakeJobs:

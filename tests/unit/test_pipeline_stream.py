@@ -64,11 +64,13 @@ class FakeEngine:
     model_id: str = MODEL
     spec: Any = field(default_factory=lambda: SimpleNamespace(preprocess=None))
     passes: list[list[int]] = field(default_factory=list)
+    top_ks: list[int] = field(default_factory=list)
     fail: bool = False
 
     def run_inference(self, batch: Any, top_k: int) -> list[list[Prediction]]:
         ids = [int(t[0, 0, 0]) for t in batch]
         self.passes.append(ids)
+        self.top_ks.append(top_k)
         if self.fail:
             raise RuntimeError("engine broke")
         return [[Prediction(1, i, f"n{i:08d}", f"label {i}", 0.9)] for i in ids]
@@ -92,6 +94,8 @@ def _stream(
     total_timeout: float = 30.0,
     attempts: int = 1,
     concurrency: int = 8,
+    refill_after: float = 1.0,
+    decode_seconds: float = 10.0,
 ) -> tuple[StreamingPredictor, FakeEngine]:
     engine = engine or FakeEngine()
     images = ImageFetcher(
@@ -99,7 +103,13 @@ def _stream(
         FetchPolicy(concurrency=concurrency, attempts=attempts, backoff_seconds=0.01),
         total_timeout,
     )
-    settings = StreamSettings(bucket=bucket, linger_seconds=linger, decoders=2)
+    settings = StreamSettings(
+        bucket=bucket,
+        linger_seconds=linger,
+        decoders=2,
+        refill_after_seconds=refill_after,
+        decode_seconds=decode_seconds,
+    )
     predictor = StreamingPredictor(
         engine,  # type: ignore[arg-type]
         images,
