@@ -261,21 +261,38 @@ def write_manifest(
 # ============================================================================ server processes
 
 
+TARPIT_LOG = BENCH / "tarpit-connections.log"
+
+
 def serve_tarpit() -> None:
-    """Accept every connection and never answer (nor read): a server that hangs its clients."""
+    """Accept every connection, read its request line and never answer: a server that hangs its
+    clients. Each request's line number (``?n=``) and wall time go to TARPIT_LOG, so that the
+    report knows when each tarpit line's fetch started (and so its earliest possible end)."""
     import socket
+    import threading
 
     listener = socket.socket()
     listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     listener.bind(("127.0.0.1", 0))
     listener.listen(1024)
     print(listener.getsockname()[1], flush=True)
-    held: list[socket.socket] = []
+    lock = threading.Lock()
+
+    def hold(connection: socket.socket) -> None:
+        connection.settimeout(60)
+        try:
+            request = connection.recv(4096).decode("latin-1")
+        except OSError:
+            return
+        match = re.search(r"[?&]n=(\d+)", request.partition("\r\n")[0])
+        if match:
+            with lock, TARPIT_LOG.open("a") as log:
+                log.write(f"{time.time():.3f} {match[1]}\n")
+        threading.Event().wait()  # never answer; the client's deadline ends it
+
     while True:
         connection, _ = listener.accept()
-        held.append(connection)
-        if len(held) > 10_000:
-            held.pop(0).close()
+        threading.Thread(target=hold, args=(connection,), daemon=True).start()
 
 
 @dataclass
@@ -476,7 +493,7 @@ def run_leg(spec: LegSpec) -> None:
 
         before = snapshot()
         java_start = before["DynamoDB Local"]  # its start and the provisioning, before the clock
-        t0 = time.perf_counter()
+        t0, submitted_at = time.perf_counter(), time.time()
         job_id = client.submit(Path(spec.manifest))
         while True:
             job = client.jobs.get(job_id)
@@ -506,6 +523,7 @@ def run_leg(spec: LegSpec) -> None:
             "cpu": cpu,
             "replaced": stack.runner.replaced,
             "java_start": java_start,
+            "submitted_at": submitted_at,
         }
     finally:
         stack.stop()  # workers finish their invocation and flush their REPORT lines
@@ -524,6 +542,7 @@ class LegResult:
     cpu: dict[str, float]
     replaced: int
     java_start: float  # CPU s of DynamoDB Local up to the submit (start, provisioning)
+    submitted_at: float = 0.0  # wall-clock time of the upload (time.time())
     reports: dict[str, list[Any]] = field(default_factory=dict)  # function -> Report
 
     @property
@@ -678,12 +697,51 @@ def print_cost(result: LegResult, workers: int, cores: int) -> None:
         )
 
 
-def print_tarpit(result: LegResult, manifest: Manifest) -> None:
+def fetch_total_timeout(args: argparse.Namespace) -> float:
+    """The per-image deadline the legs ran with: the option, else the function's default."""
+    from batchpredict.fetch import FetchLimits
+
+    return float(args.fetch_total_timeout or FetchLimits().total_timeout)
+
+
+def tarpit_floor(result: LegResult, manifest: Manifest, fetch_total_timeout: float) -> float | None:
+    """The earliest the job could complete, in s after the upload: the last tarpit line's first
+    request + FETCH_TOTAL_TIMEOUT (the line cannot fail sooner, whatever the design)."""
+    if not manifest.tarpit or not TARPIT_LOG.is_file():
+        return None
+    first: dict[int, float] = {}
+    for line in TARPIT_LOG.read_text().splitlines():
+        at, n = float(line.split()[0]), int(line.split()[1])
+        if at >= result.submitted_at and at <= result.submitted_at + result.wall:
+            first[n] = min(first.get(n, at), at)
+    if len(first) < len(manifest.tarpit):
+        return None
+    return max(first.values()) - result.submitted_at + fetch_total_timeout
+
+
+def print_tarpit(
+    results: list[LegResult], manifest: Manifest, peers: list[LegResult], fetch_total_timeout: float
+) -> None:
+    """Each tarpit run against its floor and its clean peer: the best a design could do is the
+    peer's time for the rest, or the floor if later; ``of best`` is the run's rate against that."""
     if not manifest.tarpit:
         return
-    codes = Counter(result.failed.get(i, "SUCCEEDED") for i in manifest.tarpit)
+    last = results[-1]
+    codes = Counter(last.failed.get(i, "SUCCEEDED") for i in manifest.tarpit)
     verdict = "all FAILED fetch_timeout" if codes == {"fetch_timeout": len(manifest.tarpit)} else "NOT all"
-    print(f"  tarpit lines ({result.label}): {len(manifest.tarpit)}, {verdict}: {dict(codes)}")
+    print(f"  tarpit lines ({last.label}): {len(manifest.tarpit)}, {verdict}: {dict(codes)}")
+    rest = len(manifest.photos) - len(manifest.tarpit)
+    for i, (run, peer) in enumerate(zip(results, peers, strict=False), 1):
+        floor = tarpit_floor(run, manifest, fetch_total_timeout)
+        if floor is None:
+            print(f"  run {i}: no floor (the tarpit's log misses lines)")
+            continue
+        peer_rest = peer.wall * rest / len(manifest.photos)  # the peer's time for as many lines
+        best = max(peer_rest, floor)
+        print(
+            f"  run {i}: floor {floor:5.1f} s (last tarpit request + {fetch_total_timeout:g} s), peer's time "
+            f"for the rest {peer_rest:5.1f} s, this run {run.wall:5.1f} s: {best / run.wall:.2f}x of best"
+        )
 
 
 def report(
@@ -741,7 +799,7 @@ def report(
     for results in legs.values():
         last = results[-1]
         print()
-        print_tarpit(last, manifests[last.label])
+        print_tarpit(results, manifests[last.label], legs.get(CLEAN_PEER, []), fetch_total_timeout(args))
         print_cpu(last, reference)
         print_cost(last, args.workers, reference.cores)
 
@@ -843,6 +901,7 @@ def main_parent(args: argparse.Namespace) -> None:
 def servers(folder: Path, with_tarpit: bool) -> Iterator[tuple[Server, Server | None]]:
     files = start_file_server(folder)
     tarpit = None
+    TARPIT_LOG.unlink(missing_ok=True)
     try:
         tarpit = start_tarpit() if with_tarpit else None
         yield files, tarpit

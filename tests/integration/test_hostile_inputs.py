@@ -88,6 +88,24 @@ def _hostile_urls(image_server: str, tarpit: str, bad_redirect: str) -> list[str
     ]
 
 
+def _sqs_event(chunks: dict[str, Chunk]) -> dict[str, Any]:
+    """The SQS event of a predict invocation: one record a chunk, keyed by message id."""
+    return {
+        "Records": [
+            {
+                "messageId": message_id,
+                "body": chunk.body(),
+                "receiptHandle": f"r-{message_id}",
+                "attributes": {},
+                "eventSource": "aws:sqs",
+                "eventSourceARN": "arn:aws:sqs:us-east-1:1:q",
+                "awsRegion": "us-east-1",
+            }
+            for message_id, chunk in chunks.items()
+        ]
+    }
+
+
 def test_a_hostile_chunk_fails_only_its_own_lines_and_the_invocation_returns(
     stack: Stack, image_server: str, tarpit: str, bad_redirect: str, quick_deadline: None
 ) -> None:
@@ -99,18 +117,7 @@ def test_a_hostile_chunk_fails_only_its_own_lines_and_the_invocation_returns(
     hostile = Chunk(job_id, 0, [WorkItem(index=i, url=u) for i, u in enumerate(urls)])
     neighbour = Chunk("job-neighbour", 0, [WorkItem(index=0, url=f"{image_server}/coffee.png")])
     JobStore(stack.dynamodb, stack.table).create("job-neighbour", "s3://in/manifests/n.txt", "m-1")
-    event = {
-        "Records": [
-            {"messageId": "hostile", "body": hostile.body(), "receiptHandle": "r0", "attributes": {}},
-            {"messageId": "neighbour", "body": neighbour.body(), "receiptHandle": "r1", "attributes": {}},
-        ]
-    }
-    for record in event["Records"]:
-        record |= {
-            "eventSource": "aws:sqs",
-            "eventSourceARN": "arn:aws:sqs:us-east-1:1:q",
-            "awsRegion": "us-east-1",
-        }
+    event = _sqs_event({"hostile": hostile, "neighbour": neighbour})
 
     started = time.monotonic()
     response = predict.lambda_handler(event, LocalContext("PredictFunction", timeout_seconds=60))
@@ -147,3 +154,39 @@ def test_a_hostile_manifest_completes_with_one_result_per_line(
     summary = stack.summary(job_id)
     assert summary["status"] == "COMPLETED_WITH_ERRORS"
     assert summary["compute"]["predict_invocations"] >= 1
+
+
+def test_a_stalled_invocation_takes_more_chunks_from_the_work_queue_and_deletes_them(
+    stack: Stack, image_server: str, tarpit: str, quick_deadline: None
+) -> None:
+    jobs = JobStore(stack.dynamodb, stack.table)
+    for job_id in ("job-stalled", "job-waiting"):
+        jobs.create(job_id, f"s3://in/manifests/{job_id}.txt", f"m-{job_id}")
+    stalled = Chunk("job-stalled", 0, [WorkItem(index=0, url=f"{tarpit}/never.jpg")])
+    waiting = [
+        Chunk("job-waiting", i, [WorkItem(index=i, url=f"{image_server}/{photo}")])
+        for i, photo in enumerate(PHOTOS[:2])
+    ]
+    work_queue = stack.queue("WorkQueue")[0]
+    for chunk in waiting:  # queued behind the invocation's own batch
+        stack.sqs.send_message(QueueUrl=work_queue, MessageBody=chunk.body())
+
+    response = predict.lambda_handler(
+        _sqs_event({"stalled": stalled}), LocalContext("PredictFunction", timeout_seconds=60)
+    )
+
+    assert response == {"batchItemFailures": []}
+    (row,) = jobs.query_results("job-stalled")
+    assert row["error"]["code"] == "fetch_timeout"
+    # The stall (2 s) left time for one refill of as many chunks as the event had (one): that
+    # chunk was predicted and written while line 0 of job-stalled hung, then deleted; the
+    # other is still queued, untouched.
+    (done,) = jobs.query_results("job-waiting")
+    assert done["status"] == "SUCCEEDED"
+    attributes = stack.sqs.get_queue_attributes(
+        QueueUrl=work_queue,
+        AttributeNames=["ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisible"],
+    )["Attributes"]
+    assert attributes == {"ApproximateNumberOfMessages": "1", "ApproximateNumberOfMessagesNotVisible": "0"}
+    (left,) = stack.sqs.receive_message(QueueUrl=work_queue)["Messages"]
+    assert Chunk.parse(left["Body"]).chunk != done["index"]
