@@ -31,7 +31,7 @@ from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import quote, urljoin, urlsplit
 
 import urllib3
@@ -53,6 +53,9 @@ from urllib3.exceptions import (
 
 from batchpredict import aws
 from batchpredict.errors import ErrorCode, PredictionError
+
+if TYPE_CHECKING:
+    from botocore.response import StreamingBody
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -661,26 +664,19 @@ class Fetcher:
         return [_resolved_ip(name, host) for name in names]
 
     def _read_body(self, response: urllib3.BaseHTTPResponse, host: str, deadline: _Deadline) -> bytes:
-        limit = self._limits.max_bytes
-        declared = _content_length(response)
-        if declared is not None and declared > limit:
-            raise _too_large(f"{host} declares {declared} bytes, over the {limit}-byte limit")
         body_deadline = time.monotonic() + self._limits.read_timeout
-        chunks: list[bytes] = []
-        size = 0
-        while True:
+
+        def next_chunk() -> bytes:
             self._shrink_read_timeout(response, body_deadline, deadline, host)
             try:
                 # read1: at most one recv per call, so the deadline is checked between recvs.
-                chunk = response.read1(_HTTP_READ)
+                return response.read1(_HTTP_READ)
             except HTTPError as exc:
                 raise self._transport_error(exc, host, in_body=True) from exc
-            if not chunk:
-                return b"".join(chunks)
-            size += len(chunk)
-            if size > limit:
-                raise _too_large(f"Body from {host} exceeds the {limit}-byte limit")
-            chunks.append(chunk)
+
+        return _read_capped(
+            next_chunk, _content_length(response), self._limits.max_bytes, f"Body from {host}"
+        )
 
     def _shrink_read_timeout(
         self, response: urllib3.BaseHTTPResponse, body_deadline: float, deadline: _Deadline, host: str
@@ -774,28 +770,21 @@ class Fetcher:
             body.close()
         return Fetched(data, url, response.get("ContentType"))
 
-    def _read_s3_body(self, body: Any, declared: int | None, url: str, deadline: _Deadline) -> bytes:
-        limit = self._limits.max_bytes
-        if declared is not None and declared > limit:
-            raise _too_large(f"{url} is {declared} bytes, over the {limit}-byte limit")
+    def _read_s3_body(
+        self, body: StreamingBody, declared: int | None, url: str, deadline: _Deadline
+    ) -> bytes:
         sock = _s3_body_socket(body)
         if sock is not None:
             deadline.watch(sock)
-        chunks: list[bytes] = []
-        size = 0
-        while True:
+
+        def next_chunk() -> bytes:
             timeout = deadline.cap(self._limits.read_timeout)
             if sock is not None:
                 with contextlib.suppress(OSError):  # closed: the read will say so
                     sock.settimeout(timeout)
-            chunk: bytes = body.read(_READ_CHUNK)
-            if not chunk:
-                return b"".join(chunks)
-            # Past the limit is caught even when the object is bigger than it claimed.
-            size += len(chunk)
-            if size > limit:
-                raise _too_large(f"{url} exceeds the {limit}-byte limit")
-            chunks.append(chunk)
+            return body.read(_READ_CHUNK)
+
+        return _read_capped(next_chunk, declared, self._limits.max_bytes, url)
 
     def _s3(self) -> Any:
         with self._s3_lock:
@@ -814,7 +803,22 @@ class Fetcher:
         )
 
 
-def _s3_body_socket(body: Any) -> socket.socket | None:
+def _read_capped(next_chunk: Callable[[], bytes], declared: int | None, limit: int, what: str) -> bytes:
+    """The body ``next_chunk`` returns piece by piece until an empty one, joined; too_large as soon
+    as its declared size or the bytes received pass ``limit`` (a body longer than declared too)."""
+    if declared is not None and declared > limit:
+        raise _too_large(f"{what} is {declared} bytes, over the {limit}-byte limit")
+    chunks: list[bytes] = []
+    size = 0
+    while chunk := next_chunk():
+        size += len(chunk)
+        if size > limit:
+            raise _too_large(f"{what} exceeds the {limit}-byte limit")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _s3_body_socket(body: object) -> socket.socket | None:
     """The socket under a botocore StreamingBody, or None (a fake, or botocore changed).
 
     botocore exposes no socket; its own ``set_socket_timeout`` reaches into the body the same

@@ -5,7 +5,7 @@ from __future__ import annotations
 import io
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 from botocore.exceptions import ClientError
 
@@ -23,6 +23,12 @@ class ManifestUnreadableError(Exception):
     """The manifest object is gone or may not be read."""
 
 
+class ManifestBody(ByteStream, Protocol):
+    """An open manifest object (a StreamingBody), read to its end and closed."""
+
+    def close(self) -> None: ...
+
+
 class ManifestStore:
     def __init__(self, client: S3Client) -> None:
         self.client = client
@@ -32,7 +38,7 @@ class ManifestStore:
         with _readable(bucket, key):
             return dict(self.client.head_object(**_where(bucket, key, version_id)).get("Metadata") or {})
 
-    def open(self, bucket: str, key: str, version_id: str | None, start_byte: int = 0) -> ByteStream:
+    def open(self, bucket: str, key: str, version_id: str | None, start_byte: int = 0) -> ManifestBody:
         """A streaming body of the object (the version the event named), from ``start_byte``."""
         request: GetObjectRequestTypeDef = {**_where(bucket, key, version_id)}
         if start_byte:

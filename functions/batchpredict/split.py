@@ -11,11 +11,11 @@ import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from batchpredict.events import JobEvents
 from batchpredict.finalize import fail_job
-from batchpredict.inputs import ManifestStore, ManifestUnreadableError
+from batchpredict.inputs import ManifestBody, ManifestStore, ManifestUnreadableError
 from batchpredict.jobs import STOPPED_STATUSES, JobStatus, JobStore
 from batchpredict.manifest import (
     ImageLine,
@@ -33,6 +33,9 @@ from batchpredict.queues import SEND_BATCH_LIMIT, Queue
 from batchpredict.records import WorkItem
 from batchpredict.results import ResultStore
 from batchpredict.writer import ChunkWriter
+
+if TYPE_CHECKING:
+    from mypy_boto3_s3 import S3Client
 
 
 @dataclass(frozen=True)
@@ -79,7 +82,7 @@ class Splitter:
     def __init__(
         self,
         jobs: JobStore,
-        s3: Any,
+        s3: S3Client,
         work: Queue,
         manifests: Queue,
         finalize: Queue,
@@ -160,7 +163,7 @@ class Splitter:
             _chunk_options(job.top_k, job.max_failures),
         )
 
-    def _open(self, obj: ManifestObject, gzipped: bool, start: Position) -> tuple[Any, bool]:
+    def _open(self, obj: ManifestObject, gzipped: bool, start: Position) -> tuple[ManifestBody, bool]:
         at_offset = not gzipped and start.byte_offset > 0  # gzip cannot start mid-stream: re-read and skip
         body = self.inputs.open(obj.bucket, obj.key, obj.version_id, start.byte_offset if at_offset else 0)
         return body, at_offset

@@ -6,7 +6,7 @@ module and must not load numpy, Pillow or MXNet.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from botocore.config import Config
 
@@ -29,13 +29,15 @@ from batchpredict.results import ResultStore
 from batchpredict.writer import ChunkWriter
 
 if TYPE_CHECKING:
+    from mypy_boto3_s3 import S3Client
+
     from batchpredict.batch import ChunkBatch
     from batchpredict.finalize import Finalizer
     from batchpredict.model import Engine
     from batchpredict.pipeline import StreamingPredictor
 
 
-def s3_client() -> Any:
+def s3_client() -> S3Client:
     return aws.client("s3")
 
 

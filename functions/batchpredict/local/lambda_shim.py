@@ -15,9 +15,13 @@ import resource
 import sys
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from mypy_boto3_sqs import SQSClient
+    from mypy_boto3_sqs.type_defs import MessageTypeDef
 
 Handler = Callable[[dict[str, Any], Any], Any]  # (event, context) -> response
 
@@ -108,7 +112,9 @@ class LocalContext:
         return max(0, int((self._deadline - time.monotonic()) * 1000))
 
 
-def sqs_event(messages: list[dict[str, Any]], queue_arn: str, region: str = "us-east-1") -> dict[str, Any]:
+def sqs_event(
+    messages: Sequence[MessageTypeDef], queue_arn: str, region: str = "us-east-1"
+) -> dict[str, Any]:
     """The event an SQS event-source mapping sends, from ReceiveMessage results."""
     records = []
     for m in messages:
@@ -137,7 +143,7 @@ def sqs_event(messages: list[dict[str, Any]], queue_arn: str, region: str = "us-
 
 
 def deliver_once(
-    sqs: Any,
+    sqs: SQSClient,
     queue_url: str,
     queue_arn: str,
     handler: Handler,
@@ -159,7 +165,7 @@ def deliver_once(
     billed duration, ``memory_mb`` as configured and the process's peak RSS. Returns how
     many messages were delivered.
     """
-    messages: list[dict[str, Any]] = []
+    messages: list[MessageTypeDef] = []
     window_ends = 0.0
     while len(messages) < batch_size:
         got = sqs.receive_message(

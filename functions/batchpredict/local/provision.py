@@ -14,10 +14,18 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from batchpredict.local.runner import Mapping
 from batchpredict.local.template import TEMPLATE, Resolver, parameter_defaults, resources, translate
+
+if TYPE_CHECKING:
+    from mypy_boto3_dynamodb import DynamoDBClient
+    from mypy_boto3_events import EventBridgeClient
+    from mypy_boto3_s3 import S3Client
+    from mypy_boto3_s3.type_defs import QueueConfigurationTypeDef
+    from mypy_boto3_sqs import SQSClient
+    from mypy_boto3_sqs.literals import QueueAttributeNameType
 
 DOCKERFILE = TEMPLATE.parent / "Dockerfile"
 VISIBILITY_FACTOR = 6
@@ -78,10 +86,10 @@ def image_command() -> str:
 
 
 class _Provisioner:
-    def __init__(
-        self, s3: Any, sqs: Any, dynamodb: Any, events: Any, options: LocalOptions, cfn: dict[str, Any]
-    ) -> None:
-        self.s3, self.sqs, self.dynamodb, self.events = s3, sqs, dynamodb, events
+    """The template's resources made through the clients each step is given; names and ARNs kept
+    for the references of later steps."""
+
+    def __init__(self, options: LocalOptions, cfn: dict[str, Any]) -> None:
         self.options = options
         self.cfn = cfn
         self.physical: dict[str, str] = {}
@@ -122,7 +130,7 @@ class _Provisioner:
             )
         return specs
 
-    def queues(self, consumers: dict[str, float]) -> None:
+    def queues(self, sqs: SQSClient, consumers: dict[str, float]) -> None:
         """Create every queue, dead-letter targets first; ``consumers`` gives the visibility timeouts."""
         pending = dict(resources(self.cfn, "AWS::SQS::Queue"))
         while pending:
@@ -132,34 +140,36 @@ class _Provisioner:
                 target = redrive["deadLetterTargetArn"]["Fn::GetAtt"][0] if redrive else None
                 if target and target not in self.arns:
                     continue
-                attributes: dict[str, str] = {}
+                attributes: dict[QueueAttributeNameType, str] = {}
                 if "MessageRetentionPeriod" in props:
                     attributes["MessageRetentionPeriod"] = str(self.resolve(props["MessageRetentionPeriod"]))
                 visibility = consumers.get(logical_id, self.resolve(props.get("VisibilityTimeout", 30)))
                 attributes["VisibilityTimeout"] = str(math.ceil(float(visibility)))
                 if redrive:
                     attributes["RedrivePolicy"] = json.dumps(self.resolve(redrive))
-                self.physical[logical_id], self.arns[logical_id] = self._queue(logical_id, attributes)
+                self.physical[logical_id], self.arns[logical_id] = self._queue(sqs, logical_id, attributes)
                 del pending[logical_id]
 
-    def _queue(self, logical_id: str, attributes: dict[str, str]) -> tuple[str, str]:
-        url = self.sqs.create_queue(QueueName=self._name(logical_id), Attributes=attributes)["QueueUrl"]
-        arn = self.sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["QueueArn"])["Attributes"]
+    def _queue(
+        self, sqs: SQSClient, logical_id: str, attributes: dict[QueueAttributeNameType, str]
+    ) -> tuple[str, str]:
+        url = sqs.create_queue(QueueName=self._name(logical_id), Attributes=attributes)["QueueUrl"]
+        arn = sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["QueueArn"])["Attributes"]
         return url, arn["QueueArn"]
 
-    def buckets(self) -> None:
+    def buckets(self, s3: S3Client) -> None:
         for logical_id in resources(self.cfn, "AWS::S3::Bucket"):
             name = self._name(logical_id)
-            self.s3.create_bucket(Bucket=name)
+            s3.create_bucket(Bucket=name)
             self.physical[logical_id] = name
             self.arns[logical_id] = f"arn:aws:s3:::{name}"
 
-    def notifications(self) -> None:
+    def notifications(self, s3: S3Client) -> None:
         for logical_id, resource in resources(self.cfn, "AWS::S3::Bucket").items():
             config = resource["Properties"].get("NotificationConfiguration")
             if not config:
                 continue
-            queue_configs = []
+            queue_configs: list[QueueConfigurationTypeDef] = []
             for entry in self.resolve(config).get("QueueConfigurations", []):
                 rules = entry.get("Filter", {}).get("S3Key", {}).get("Rules", [])
                 queue_configs.append(
@@ -169,17 +179,17 @@ class _Provisioner:
                         "Filter": {"Key": {"FilterRules": rules}},
                     }
                 )
-            self.s3.put_bucket_notification_configuration(
+            s3.put_bucket_notification_configuration(
                 Bucket=self.physical[logical_id],
                 NotificationConfiguration={"QueueConfigurations": queue_configs},
             )
 
-    def tables(self) -> None:
+    def tables(self, dynamodb: DynamoDBClient) -> None:
         for logical_id, resource in resources(self.cfn, "AWS::DynamoDB::Table").items():
             props = self.resolve(resource["Properties"])
             name = self._name(logical_id)
             indexes = {"GlobalSecondaryIndexes": props["GlobalSecondaryIndexes"]}
-            self.dynamodb.create_table(
+            dynamodb.create_table(
                 TableName=name,
                 KeySchema=props["KeySchema"],
                 AttributeDefinitions=props["AttributeDefinitions"],
@@ -188,11 +198,11 @@ class _Provisioner:
             )
             ttl = props.get("TimeToLiveSpecification")
             if ttl and ttl.get("Enabled"):
-                self.dynamodb.update_time_to_live(TableName=name, TimeToLiveSpecification=ttl)
+                dynamodb.update_time_to_live(TableName=name, TimeToLiveSpecification=ttl)
             self.physical[logical_id] = name
             self.arns[logical_id] = f"arn:aws:dynamodb:{REGION}:{ACCOUNT}:table/{name}"
 
-    def event_buses(self) -> tuple[str, str]:
+    def event_buses(self, events: EventBridgeClient, sqs: SQSClient) -> tuple[str, str]:
         """The template's event bus, and (local only) a queue every job event is copied to by a
         rule on the bus: moto's EventBridge delivers to SQS targets. The template's email and
         webhook rules are not made: SNS mail and API destinations cannot be emulated here."""
@@ -200,20 +210,20 @@ class _Provisioner:
         for logical_id in resources(self.cfn, "AWS::Events::EventBus"):
             bus_name = self._name(logical_id)  # named locally as the buckets and queues are
             try:
-                self.arns[logical_id] = self.events.create_event_bus(Name=bus_name)["EventBusArn"]
-            except self.events.exceptions.ResourceAlreadyExistsException:
+                self.arns[logical_id] = events.create_event_bus(Name=bus_name)["EventBusArn"]
+            except events.exceptions.ResourceAlreadyExistsException:
                 # moto's backends live in the process: a second local stack of one prefix meets
                 # the first one's bus (its queues and buckets are simply made again).
-                self.arns[logical_id] = self.events.describe_event_bus(Name=bus_name)["Arn"]
+                self.arns[logical_id] = events.describe_event_bus(Name=bus_name)["Arn"]
             self.physical[logical_id] = bus_name
         if not bus_name:
             return "", ""
-        url, arn = self._queue("events", {})
+        url, arn = self._queue(sqs, "events", {})
         rule = self._name("events-to-queue")
-        self.events.put_rule(
+        events.put_rule(
             Name=rule, EventBusName=bus_name, EventPattern=json.dumps({"source": ["batchpredict"]})
         )
-        self.events.put_targets(Rule=rule, EventBusName=bus_name, Targets=[{"Id": "queue", "Arn": arn}])
+        events.put_targets(Rule=rule, EventBusName=bus_name, Targets=[{"Id": "queue", "Arn": arn}])
         return bus_name, url
 
     def environment(self, resource: dict[str, Any]) -> dict[str, str]:
@@ -231,18 +241,18 @@ class _Provisioner:
 
 
 def provision_from_template(
-    s3: Any,
-    sqs: Any,
-    dynamodb: Any,
+    s3: S3Client,
+    sqs: SQSClient,
+    dynamodb: DynamoDBClient,
     options: LocalOptions,
     cfn: dict[str, Any] | None = None,
-    events: Any = None,
+    events: EventBridgeClient | None = None,
 ) -> LocalPlan:
     """``events``: an EventBridge client (None: one from the environment, beside ``sqs``)."""
     from batchpredict import aws
 
     cfn = cfn or translate(region=REGION)
-    p = _Provisioner(s3, sqs, dynamodb, events or aws.client("events"), options, cfn)
+    p = _Provisioner(options, cfn)
     specs = p.function_specs()
     event_mappings = {
         name: p.resolve({k: v for k, v in r["Properties"].items() if k != "EventSourceArn"})
@@ -255,11 +265,11 @@ def provision_from_template(
         + float(m.get("MaximumBatchingWindowInSeconds", 0))
         for m in event_mappings.values()
     }
-    p.queues(consumers)
-    p.buckets()
-    p.notifications()
-    p.tables()
-    event_bus, events_queue = p.event_buses()
+    p.queues(sqs, consumers)
+    p.buckets(s3)
+    p.notifications(s3)
+    p.tables(dynamodb)
+    event_bus, events_queue = p.event_buses(events or aws.client("events"), sqs)
     functions = {}
     for logical_id, spec in specs.items():
         env = p.environment(cfn["Resources"][logical_id])
@@ -292,10 +302,12 @@ def provision_from_template(
     return LocalPlan(input_bucket, output_bucket, table, queues, functions, mappings, event_bus, events_queue)
 
 
-def provision_tables(dynamodb: Any, options: LocalOptions, cfn: dict[str, Any] | None = None) -> list[str]:
+def provision_tables(
+    dynamodb: DynamoDBClient, options: LocalOptions, cfn: dict[str, Any] | None = None
+) -> list[str]:
     """Only the template's tables (the DynamoDB adapter's tests against one engine); their names."""
-    p = _Provisioner(None, None, dynamodb, None, options, cfn or translate(region=REGION))
-    p.tables()
+    p = _Provisioner(options, cfn or translate(region=REGION))
+    p.tables(dynamodb)
     return list(p.physical.values())
 
 
