@@ -8,9 +8,18 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from functools import partial
-from typing import Any
+from typing import TYPE_CHECKING
 
 from batchpredict.throttling import Backoff, UnprocessedError
+
+if TYPE_CHECKING:
+    from mypy_boto3_sqs import SQSClient
+    from mypy_boto3_sqs.type_defs import (
+        DeleteMessageBatchRequestEntryTypeDef,
+        DeleteMessageBatchResultTypeDef,
+        SendMessageBatchRequestEntryTypeDef,
+        SendMessageBatchResultTypeDef,
+    )
 
 SEND_BATCH_LIMIT = 10  # entries per SendMessageBatch call (AWS limit)
 # Total body bytes per call: SQS caps a batch's payload (256 KiB before 2025-08, 1 MiB since);
@@ -32,7 +41,7 @@ class Received:
 class Queue:
     def __init__(
         self,
-        client: Any,
+        client: SQSClient,
         url: str,
         sleep: Callable[[float], None] = time.sleep,
         monotonic: Callable[[], float] = time.monotonic,
@@ -58,12 +67,16 @@ class Queue:
         """DeleteMessageBatch in tens; entries it fails are sent again until the call's deadline."""
         for start in range(0, len(receipt_handles), SEND_BATCH_LIMIT):
             batch = receipt_handles[start : start + SEND_BATCH_LIMIT]
-            entries = [{"Id": str(i), "ReceiptHandle": handle} for i, handle in enumerate(batch)]
+            entries: list[DeleteMessageBatchRequestEntryTypeDef] = [
+                {"Id": str(i), "ReceiptHandle": handle} for i, handle in enumerate(batch)
+            ]
             by_id = {entry["Id"]: entry for entry in entries}
             self.backoff.until_processed(self._delete_entries, entries, partial(_failed, by_id))
 
-    def _delete_entries(self, entries: list[dict[str, str]]) -> dict[str, Any]:
-        return self.client.delete_message_batch(QueueUrl=self.url, Entries=entries)  # type: ignore[no-any-return]
+    def _delete_entries(
+        self, entries: list[DeleteMessageBatchRequestEntryTypeDef]
+    ) -> DeleteMessageBatchResultTypeDef:
+        return self.client.delete_message_batch(QueueUrl=self.url, Entries=entries)
 
     def send_batch(self, bodies: Iterable[str]) -> int:
         """Send every body, in calls of at most 10 entries and SEND_BATCH_MAX_BYTES; returns the count."""
@@ -82,23 +95,29 @@ class Queue:
         return sent
 
     def _send_ten(self, bodies: list[str]) -> int:
-        entries = [{"Id": str(i), "MessageBody": body} for i, body in enumerate(bodies)]
+        entries: list[SendMessageBatchRequestEntryTypeDef] = [
+            {"Id": str(i), "MessageBody": body} for i, body in enumerate(bodies)
+        ]
         try:
             self.backoff.until_processed(self._send_entries, entries, self._failed_entries(entries))
         except UnprocessedError as exc:
             raise QueueSendError(f"SQS kept failing messages: {exc}") from exc
         return len(bodies)
 
-    def _send_entries(self, entries: list[dict[str, str]]) -> dict[str, Any]:
-        return self.client.send_message_batch(QueueUrl=self.url, Entries=entries)  # type: ignore[no-any-return]
+    def _send_entries(
+        self, entries: list[SendMessageBatchRequestEntryTypeDef]
+    ) -> SendMessageBatchResultTypeDef:
+        return self.client.send_message_batch(QueueUrl=self.url, Entries=entries)
 
     @staticmethod
-    def _failed_entries(entries: list[dict[str, str]]) -> Callable[[dict[str, Any]], list[dict[str, str]]]:
+    def _failed_entries(
+        entries: list[SendMessageBatchRequestEntryTypeDef],
+    ) -> Callable[[SendMessageBatchResultTypeDef], list[SendMessageBatchRequestEntryTypeDef]]:
         """A response's Failed entries, to send again; one the sender caused (too long, bad
         attribute) will fail however often it is sent, and is raised."""
         by_id = {entry["Id"]: entry for entry in entries}
 
-        def failed(response: dict[str, Any]) -> list[dict[str, str]]:
+        def failed(response: SendMessageBatchResultTypeDef) -> list[SendMessageBatchRequestEntryTypeDef]:
             failures = response.get("Failed", [])
             permanent = [f for f in failures if f.get("SenderFault")]
             if permanent:
@@ -108,6 +127,8 @@ class Queue:
         return failed
 
 
-def _failed(by_id: dict[str, dict[str, str]], response: dict[str, Any]) -> list[dict[str, str]]:
+def _failed(
+    by_id: dict[str, DeleteMessageBatchRequestEntryTypeDef], response: DeleteMessageBatchResultTypeDef
+) -> list[DeleteMessageBatchRequestEntryTypeDef]:
     """A delete response's Failed entries, to send again."""
     return [by_id[f["Id"]] for f in response.get("Failed", [])]
