@@ -456,7 +456,7 @@ def run_leg(spec: LegSpec) -> None:
     import inspect
     import resource
 
-    from batchpredict.client import Client
+    from batchpredict.cli.client import Client
     from batchpredict.local.provision import LocalOptions
     from batchpredict.local.stack import LocalStack
 

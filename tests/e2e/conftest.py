@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -12,7 +11,8 @@ import pytest
 from click.testing import CliRunner
 
 from batchpredict import cli
-from batchpredict.client import StackRef
+from batchpredict.cli.client import StackRef
+from batchpredict.cli.targets import LOCAL_DIR_ENV, local_state
 from batchpredict.local.provision import LocalOptions
 from batchpredict.local.servers import FileServer
 from batchpredict.local.stack import LocalStack
@@ -55,9 +55,8 @@ def local_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """The local stack's state file and logs in a tmp dir, for this process and the CLI processes
     it starts: never the repo's build/local/, where a developer's own `local up` may be running."""
     folder = tmp_path / "local"
-    monkeypatch.setenv("BATCHPREDICT_LOCAL_DIR", str(folder))
-    monkeypatch.setattr(cli, "STATE_FILE", folder / "stack.json")
-    monkeypatch.setattr(cli, "LOG_DIR", folder / "logs")
+    monkeypatch.setenv(LOCAL_DIR_ENV, str(folder))
+    assert local_state().folder == folder
     return folder
 
 
@@ -65,8 +64,7 @@ def local_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 def run_cli(local_stack: tuple[LocalStack, StackRef], local_dir: Path) -> Any:
     """Invoke the CLI as a user would with `batchpredict local up` running in another terminal."""
     _, ref = local_stack
-    local_dir.mkdir()
-    cli.STATE_FILE.write_text(json.dumps({"pid": os.getpid(), "stack": ref.__dict__}))
+    local_state().save(ref, os.getpid())
 
     def run(*args: str) -> Any:
         result = CliRunner().invoke(cli.main, list(args), catch_exceptions=False)

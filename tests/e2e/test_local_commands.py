@@ -14,6 +14,7 @@ from pathlib import Path
 from click.testing import CliRunner
 
 from batchpredict import cli
+from batchpredict.cli.targets import local_state
 
 ROOT = Path(__file__).resolve().parents[2]
 COMMAND = [sys.executable, "-m", "batchpredict.cli"]
@@ -74,14 +75,14 @@ def test_local_up_serves_the_cli_the_api_and_stops_on_down(
         text=True,
         cwd=ROOT,
     )
+    state = local_state()  # in the test's BATCHPREDICT_LOCAL_DIR (conftest.local_dir), as for `local up`
     try:
         deadline = time.monotonic() + 60
-        while not cli.STATE_FILE.is_file() and time.monotonic() < deadline:
+        while state.pid() is None and time.monotonic() < deadline:
             assert up.poll() is None, up.stdout.read() if up.stdout else ""
             time.sleep(0.2)
-        state = json.loads(cli.STATE_FILE.read_text())
-        assert state["pid"] == up.pid
-        api = state["stack"]["api_url"]
+        assert state.pid() == up.pid and state.alive()
+        api = state.load().api_url
         manifest = tmp_path / "one.txt"
         with urllib.request.urlopen(
             f"{api}?{urllib.parse.urlencode({'url': f'{url}/flower.jpg'})}", timeout=60
@@ -96,7 +97,7 @@ def test_local_up_serves_the_cli_the_api_and_stops_on_down(
         down = _cli("local", "down")
         assert down.returncode == 0, down.stderr
         assert up.wait(30) == 0
-        assert not cli.STATE_FILE.exists()
+        assert not state.path.exists() and not state.alive()
         after = _cli("status", job_id)
         assert after.returncode == 1 and "no local stack is running" in after.stderr
         assert "Traceback" not in after.stderr

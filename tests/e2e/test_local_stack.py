@@ -11,7 +11,7 @@ import time
 from collections import Counter
 from pathlib import Path
 
-from batchpredict.client import Client
+from batchpredict.cli.client import Client
 
 PHOTOS = ["coffee.png", "chelsea.png", "astronaut.png", "rocket.jpg", "china.jpg", "flower.jpg"]
 

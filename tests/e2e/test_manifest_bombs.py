@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from batchpredict.client import Client, StackRef
+from batchpredict.cli.client import Client, StackRef
 from batchpredict.local.lambda_shim import Report, parse_report
 from batchpredict.local.provision import LocalOptions
 from batchpredict.local.stack import LocalStack

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from batchpredict.client import Client
+from batchpredict.cli.client import Client
 
 pytestmark = pytest.mark.integration
 

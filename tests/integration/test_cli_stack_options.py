@@ -12,7 +12,8 @@ import boto3
 import pytest
 from click.testing import CliRunner, Result
 
-from batchpredict import cli
+from batchpredict.cli import main
+from batchpredict.cli.targets import LOCAL_DIR_ENV, STACK_ENV
 from batchpredict.jobs import JobStore
 
 REGION = "eu-west-1"  # the profile's region; the stack exists only there
@@ -60,7 +61,7 @@ def deployed(moto_endpoint: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
     monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "config"))
     monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "credentials"))
     monkeypatch.setenv("AWS_ENDPOINT_URL", moto_endpoint)
-    monkeypatch.delenv(cli.STACK_ENV, raising=False)
+    monkeypatch.delenv(STACK_ENV, raising=False)
     session = boto3.session.Session(profile_name="bp-test")
     cfn = session.client("cloudformation")
     name = f"bp-cli-{uuid.uuid4().hex[:8]}"
@@ -70,13 +71,13 @@ def deployed(moto_endpoint: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 
 
 def _run(*args: str, env: dict[str, str] | None = None) -> Result:
-    return CliRunner().invoke(cli.main, list(args), env=env)
+    return CliRunner().invoke(main, list(args), env=env)
 
 
 def test_submit_and_status_with_profile_and_default_stack(deployed: str, tmp_path: Path) -> None:
     manifest = tmp_path / "urls.txt"
     manifest.write_text("https://example.com/a.jpg\n")
-    submitted = _run("submit", str(manifest), "--profile", "bp-test", env={cli.STACK_ENV: deployed})
+    submitted = _run("submit", str(manifest), "--profile", "bp-test", env={STACK_ENV: deployed})
     assert submitted.exit_code == 0, submitted.output
     job_id = submitted.stdout.strip()
     session = boto3.session.Session(profile_name="bp-test")
@@ -108,9 +109,9 @@ def test_region_overrides_the_profile_and_missing_things_are_one_line(deployed: 
 def test_local_wins_over_the_environment_and_refuses_a_profile(
     deployed: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(cli, "STATE_FILE", tmp_path / "no-stack.json")
+    monkeypatch.setenv(LOCAL_DIR_ENV, str(tmp_path / "no-stack"))
     # BATCHPREDICT_STACK names a deployed stack, --local asks for the local one (none runs here).
-    local = _run("jobs", "--local", env={cli.STACK_ENV: deployed})
+    local = _run("jobs", "--local", env={STACK_ENV: deployed})
     assert local.exit_code == 1 and "no local stack is running" in local.output
     both = _run("jobs", "--local", "--stack", deployed)
     assert both.exit_code == 1 and "either --local or --stack" in both.output

@@ -18,7 +18,7 @@ from botocore.credentials import Credentials
 from click.testing import CliRunner
 
 from batchpredict.cli import main
-from batchpredict.client import StackRef
+from batchpredict.cli.client import StackRef
 from batchpredict.local.servers import LoopbackHTTPServer
 
 KEY_ID, SECRET, TOKEN = "AKIDEXAMPLE", "wJalrXUtnFEMI/K7MDENG+bPxRfiCYEXAMPLEKEY", "session-token"

@@ -83,23 +83,23 @@ def test_local_run_of_a_gzipped_manifest_needing_serve_is_one_line(tmp_path: Pat
 def test_local_stack_reaches_only_the_samples_server_and_bucket(
     bundle_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from batchpredict import cli
+    from batchpredict.cli import local_commands
     from batchpredict.local.servers import FileServer
 
     samples = FileServer(tmp_path)
     samples.start()
     try:
-        options = cli._local_options(str(bundle_dir), 1, (), samples)
+        options = local_commands.local_settings(str(bundle_dir), 1, (), samples)
         host_port = samples.url.removeprefix("http://")
         # not 127.0.0.0/8: moto and DynamoDB Local listen on loopback too
         assert options.allowed_networks == host_port
         assert options.parameters["ImageSourcePrefixes"] == f"s3://{options.prefix}-samples/"
         assert options.parameters["ApiImageSourcePrefixes"] == f"s3://{options.prefix}-samples/"
         assert "warning" not in capsys.readouterr().err
-        wide = cli._local_options(str(bundle_dir), 1, ("10.0.0.0/8",), samples)
+        wide = local_commands.local_settings(str(bundle_dir), 1, ("10.0.0.0/8",), samples)
         assert wide.allowed_networks == f"{host_port},10.0.0.0/8"
         assert "warning: image URLs may reach every host of 10.0.0.0/8" in capsys.readouterr().err
-        up = cli._local_options(str(bundle_dir), 1, ())  # `local up`: nothing unless asked
+        up = local_commands.local_settings(str(bundle_dir), 1, ())  # `local up`: nothing unless asked
         assert (up.allowed_networks, up.parameters["ImageSourcePrefixes"]) == ("", "")
     finally:
         samples.stop()

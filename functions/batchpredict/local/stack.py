@@ -183,7 +183,7 @@ class LocalStack:
 
     def start(self) -> Any:
         from batchpredict import aws
-        from batchpredict.client import StackRef
+        from batchpredict.cli.client import StackRef
         from batchpredict.local.dynamodb_local import DynamoDBLocal, DynamoDBLocalUnavailableError
         from batchpredict.local.provision import provision_from_template
         from batchpredict.local.runner import Runner

@@ -1,8 +1,8 @@
 """What a user does with a stack (local or deployed): submit, follow, fetch results, retry.
 
 A ``StackRef`` names the stack's buckets and table; it comes from the local stack's state
-file or from a deployed stack's CloudFormation outputs. Clients use the standard boto3
-credential chain and endpoint settings.
+file (``LocalState``) or from a deployed stack's CloudFormation outputs. Clients use the
+standard boto3 credential chain and endpoint settings.
 """
 
 from __future__ import annotations
@@ -10,6 +10,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import os
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
@@ -51,14 +52,6 @@ class StackRef:
     api_url: str | None = None
     events_queue: str | None = None  # local stack only: a copy of every job state change event
 
-    def save(self, path: Path) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(asdict(self), indent=2))
-
-    @classmethod
-    def load(cls, path: Path) -> StackRef:
-        return cls(**json.loads(path.read_text()))
-
     @classmethod
     def from_cloudformation(cls, stack_name: str, cloudformation: Any = None) -> StackRef:
         cloudformation = cloudformation or aws.client("cloudformation")
@@ -76,6 +69,57 @@ class StackRef:
             **{field: outputs[key] for field, key in OUTPUT_KEYS.items()},
             api_url=outputs.get("PredictApiUrl"),
         )
+
+
+@dataclass(frozen=True)
+class LocalState:
+    """The folder of a running ``batchpredict local up``: ``stack.json`` (its pid and its
+    StackRef, for the commands of other terminals) and the functions' logs."""
+
+    folder: Path
+
+    @property
+    def path(self) -> Path:
+        return self.folder / "stack.json"
+
+    @property
+    def log_dir(self) -> Path:
+        return self.folder / "logs"
+
+    def save(self, ref: StackRef, pid: int) -> None:
+        self.folder.mkdir(parents=True, exist_ok=True)
+        self.path.write_text(json.dumps({"pid": pid, "stack": asdict(ref)}, indent=2))
+
+    def pid(self) -> int | None:
+        """The pid of the process that saved the state; None when there is no (readable) state."""
+        try:
+            return int(json.loads(self.path.read_text())["pid"])
+        except (OSError, KeyError, TypeError, ValueError):
+            return None
+
+    def alive(self) -> bool:
+        """A state whose process still runs (a stale one, after kill -9, does not count)."""
+        pid = self.pid()
+        if pid is None:
+            return False
+        try:
+            os.kill(pid, 0)
+        except OSError:
+            return False
+        return True
+
+    def load(self) -> StackRef:
+        """The running local stack; a UserError saying what to do when there is none."""
+        if not self.path.is_file():
+            raise UserError(
+                "no local stack is running: start one with `batchpredict local up`, or pass --stack NAME"
+            )
+        if not self.alive():
+            raise UserError("the local stack is not running any more: start it with `batchpredict local up`")
+        return StackRef(**json.loads(self.path.read_text())["stack"])
+
+    def clear(self) -> None:
+        self.path.unlink(missing_ok=True)
 
 
 @dataclass(frozen=True)

@@ -98,6 +98,21 @@ def job_view(job: Any, output: str) -> str:
     return _lines(f"{name:>10}  {value}" for name, value in fields if value not in (None, ""))
 
 
+def progress_line(progress: Any) -> str:
+    """``submit --wait``, ``watch``: a bar, done/total, failures, rate, ETA and status, drawn
+    over itself (it starts with a carriage return)."""
+    job = progress.job
+    total = job.total if job.split_done else None
+    done = progress.done
+    width = 30
+    filled = int(width * done / total) if total else 0
+    bar = "#" * filled + "." * (width - filled)
+    eta = f"{progress.eta_seconds:4.0f}s" if progress.eta_seconds is not None else "   ?"
+    count = f"{done}/{total if total is not None else '?'}"
+    rate = f"{progress.rate:5.1f} images/s"
+    return f"\r[{bar}] {count}  failed {job.failed}  {rate}  ETA {eta}  {job.status.value:<22}"
+
+
 # --- result lines ----------------------------------------------------------------------------
 
 
@@ -133,7 +148,7 @@ def results_view(records: Sequence[dict[str, Any]], output: str) -> str:
     if output == "text":
         return _lines(_tsv(_result_row(r)) for r in records)
     if output == "csv":
-        from batchpredict.client import to_csv
+        from batchpredict.cli.client import to_csv
 
         return to_csv(list(records))
     return results_table(records)

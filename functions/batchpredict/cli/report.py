@@ -6,9 +6,11 @@ import base64
 import html
 import io
 from collections.abc import Callable, Iterable
+from pathlib import Path
 from typing import Any
 
 from batchpredict.errors import PredictionError
+from batchpredict.fetch import Fetcher, FetchLimits, parse_networks
 from batchpredict.images import load_rgb
 
 THUMBNAIL_PX = 160
@@ -109,4 +111,32 @@ def render_report(
         f"<div class='muted'>{e(str(summary.get('manifest_uri', '')))} · {when}</div>"
         f"<div class='summary'>{boxes}</div>{failures}"
         f"<div class='grid'>{''.join(cards)}</div>{more}</body></html>"
+    )
+
+
+def fetch_thumbnails(allowed: tuple[str, ...], s3_client_factory: Callable[[], Any]) -> Thumbnailer:
+    """A Thumbnailer that fetches behind the address guard (``allowed``: the networks it may
+    reach); a URL that cannot be fetched gets no thumbnail."""
+    fetcher = Fetcher(
+        FetchLimits(allowed_networks=parse_networks(",".join(allowed))), s3_client_factory=s3_client_factory
+    )
+
+    def fetch(url: str) -> bytes | None:
+        try:
+            return fetcher.fetch(url).data
+        except PredictionError:
+            return None
+
+    return fetch
+
+
+def write_report(
+    summary: dict[str, Any],
+    records: Iterable[dict[str, Any]],
+    output: Path,
+    allowed: tuple[str, ...],
+    s3_client_factory: Callable[[], Any],
+) -> None:
+    output.write_text(
+        render_report(summary, records, fetch_thumbnails(allowed, s3_client_factory)), encoding="utf-8"
     )

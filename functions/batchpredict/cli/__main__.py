@@ -1,0 +1,5 @@
+"""``python -m batchpredict.cli``: the ``batchpredict`` console script."""
+
+from batchpredict.cli import main
+
+main()
