@@ -51,8 +51,9 @@ LAMBDA_MARKERS = {
     "platform_system": "Linux",
 }
 UNZIPPED_LIMIT = 250 * 1024 * 1024  # Lambda's limit for a zip function, layers included
-# Not shipped: caches, and the local stack (it needs moto; Lambda never imports it).
-EXCLUDED_DIRS = frozenset({"__pycache__", "local"})
+# Not shipped: caches, the local stack (it needs moto) and the user's side (the CLI, its stack
+# client, report and model import: it needs click); no function imports either.
+EXCLUDED_DIRS = frozenset({"__pycache__", "local", "cli"})
 ZIP_EPOCH = (1980, 1, 1, 0, 0, 0)
 
 
@@ -98,7 +99,7 @@ def _package_files(source: Path) -> Iterator[Path]:
 
 
 def copy_package(dest: Path, source: Path = PACKAGE) -> None:
-    """functions/batchpredict into ``dest/batchpredict``, without caches and the local stack."""
+    """functions/batchpredict into ``dest/batchpredict``, without caches, the local stack and the CLI."""
     target = dest / "batchpredict"
     for relative in _package_files(source):
         (target / relative).parent.mkdir(parents=True, exist_ok=True)

@@ -3,8 +3,11 @@ of both artefacts, and ``make package``'s staging (infrastructure/package.py).""
 
 from __future__ import annotations
 
+import ast
 import importlib.util
 import json
+import subprocess
+import sys
 import tomllib
 import zipfile
 from pathlib import Path
@@ -155,6 +158,94 @@ def test_staged_image_context_has_everything_the_dockerfile_copies(
     }
     assert {"handlers/predict.py", "handlers/predict_api.py", "model.py"} <= shipped
     assert not any(p.startswith("local") or "__pycache__" in p for p in shipped)
+
+
+def _top_level_names(tree: ast.Module) -> set[str]:
+    names: set[str] = set()
+    for node in tree.body:
+        if isinstance(node, ast.FunctionDef | ast.ClassDef):
+            names.add(node.name)
+        elif isinstance(node, ast.Assign | ast.AnnAssign):
+            targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+            names.update(t.id for t in targets if isinstance(t, ast.Name))
+        elif isinstance(node, ast.Import | ast.ImportFrom):
+            names.update((alias.asname or alias.name).split(".")[0] for alias in node.names)
+    return names
+
+
+def _unresolved(root: Path) -> dict[str, list[str]]:
+    """Per file under ``root/batchpredict``, what it imports of ``batchpredict`` (at the top or
+    inside a function) that nothing beside it provides: no such module, or no such name in it."""
+    paths = sorted((root / "batchpredict").rglob("*.py"))
+    names = [".".join(p.relative_to(root).with_suffix("").parts).removesuffix(".__init__") for p in paths]
+    trees = {name: (path, ast.parse(path.read_text())) for name, path in zip(names, paths, strict=True)}
+    missing: dict[str, list[str]] = {}
+    for path, tree in trees.values():
+        wanted: list[str] = []
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Import):
+                wanted += [alias.name for alias in node.names if alias.name.split(".")[0] == "batchpredict"]
+            elif isinstance(node, ast.ImportFrom) and (node.module or "").split(".")[0] == "batchpredict":
+                module = str(node.module)
+                if module not in trees:
+                    wanted.append(module)
+                    continue
+                defined = _top_level_names(trees[module][1])
+                wanted += [
+                    f"{module}.{alias.name}"
+                    for alias in node.names
+                    if f"{module}.{alias.name}" not in trees and alias.name not in defined
+                ]
+        if unresolved := sorted({name for name in wanted if name not in trees}):
+            missing[path.relative_to(root).as_posix()] = unresolved
+    return missing
+
+
+def test_the_user_side_is_not_shipped_and_no_function_needs_it(
+    package: ModuleType, bundle_dir: Path, tmp_path: Path
+) -> None:
+    context = package.stage_image(tmp_path, bundle_dir)
+    code = tmp_path / "zip"
+    package.copy_package(code)  # the code build_zip puts beside the zip functions' dependencies
+    archive = tmp_path / "code.zip"
+    package.write_zip(code, archive)
+    with zipfile.ZipFile(archive) as zf:
+        zipped = {name for name in zf.namelist() if name.endswith(".py")}
+    imaged = {p.relative_to(context).as_posix() for p in (context / "batchpredict").rglob("*.py")}
+    assert zipped == imaged and {"batchpredict/handlers/predict.py", "batchpredict/wiring.py"} <= zipped
+    assert not [name for name in zipped if name.startswith(("batchpredict/cli/", "batchpredict/local/"))]
+    assert (package.PACKAGE / "cli" / "group.py").is_file()  # there is a CLI to leave out
+
+    assert _unresolved(code) == {}
+    # The same code imported for real, on its own: every handler of the template.
+    handlers = sorted({handler.rpartition(".")[0] for handler in HANDLERS.values()})
+    script = (
+        "import importlib, sys\n"
+        f"sys.path.insert(0, {str(code)!r})\n"
+        f"for name in {handlers!r}: importlib.import_module(name)\n"
+        "print(sys.modules['batchpredict'].__file__)\n"
+        "print(sorted(m for m in sys.modules if m.startswith(('batchpredict.cli', 'batchpredict.local'))))\n"
+    )
+    run = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, cwd=tmp_path, check=False
+    )
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.splitlines() == [str(code / "batchpredict" / "__init__.py"), "[]"]
+
+
+def test_the_import_walk_finds_an_import_of_the_cli(tmp_path: Path) -> None:
+    (tmp_path / "batchpredict" / "handlers").mkdir(parents=True)
+    (tmp_path / "batchpredict" / "__init__.py").write_text("")
+    (tmp_path / "batchpredict" / "jobs.py").write_text("X = 1\n")
+    (tmp_path / "batchpredict" / "handlers" / "split.py").write_text(
+        "from batchpredict import jobs\nfrom batchpredict.jobs import X\nimport batchpredict.jobs\n"
+        "def handler():\n"
+        "    from batchpredict.cli.client import StackRef\n"
+        "    from batchpredict import local\n"
+        "    from batchpredict.jobs import Y\n"
+    )
+    unresolved = ["batchpredict.cli.client", "batchpredict.jobs.Y", "batchpredict.local"]
+    assert _unresolved(tmp_path) == {"batchpredict/handlers/split.py": unresolved}
 
 
 def test_zip_archives_are_deterministic(package: ModuleType, tmp_path: Path) -> None:
