@@ -43,7 +43,10 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from mypy_boto3_s3 import S3Client
 
 MIB = 1024 * 1024
 INPUT_KEY = "manifests/scale.txt"
@@ -80,7 +83,7 @@ def _with_latency(latency_ms: dict[str, float]) -> None:
 
     make = aws.client
 
-    def client(service: str, config: Any = None, session: Any = None) -> Any:
+    def client(service: aws.Service, config: Any = None, session: Any = None) -> Any:
         made = make(service, config, session)
         delay = latency_ms.get(service, 0.0) / 1000
         if delay:
@@ -371,7 +374,7 @@ def run_job(lines: int, latency: dict[str, float], opts: argparse.Namespace) -> 
         server.join()
 
 
-def _check(s3: Any, bucket: str, lines: int) -> None:
+def _check(s3: S3Client, bucket: str, lines: int) -> None:
     """The summary agrees with N, and the results files add up to N lines."""
     listed = s3.list_objects_v2(Bucket=bucket, Prefix="results/", Delimiter="/")
     for prefix in listed.get("CommonPrefixes", []):

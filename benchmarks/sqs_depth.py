@@ -19,9 +19,13 @@ import statistics
 import time
 import uuid
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import boto3
+
+if TYPE_CHECKING:
+    from mypy_boto3_sqs import SQSClient
+    from mypy_boto3_sqs.type_defs import MessageTypeDef, SendMessageBatchRequestEntryTypeDef
 
 BODY = "x" * 2000  # about a chunk message of 16 lines
 
@@ -35,16 +39,18 @@ def _median_ms(call: Callable[[], Any], repeats: int) -> float:
     return statistics.median(times)
 
 
-def measure(sqs: Any, depth: int, repeats: int) -> dict[str, float]:
+def measure(sqs: SQSClient, depth: int, repeats: int) -> dict[str, float]:
     url = sqs.create_queue(
         QueueName=f"depth-{uuid.uuid4().hex[:8]}", Attributes={"VisibilityTimeout": "300"}
     )["QueueUrl"]
-    entries = [{"Id": str(i), "MessageBody": BODY} for i in range(10)]
+    entries: list[SendMessageBatchRequestEntryTypeDef] = [
+        {"Id": str(i), "MessageBody": BODY} for i in range(10)
+    ]
     started = time.perf_counter()
     for _ in range(depth // 10):
         sqs.send_message_batch(QueueUrl=url, Entries=entries)
     fill_s = time.perf_counter() - started
-    received: list[dict[str, Any]] = []
+    received: list[MessageTypeDef] = []
 
     def receive() -> None:
         received[:] = sqs.receive_message(QueueUrl=url, MaxNumberOfMessages=10).get("Messages", [])

@@ -9,7 +9,7 @@ they are imported for the type checker only, so the Lambda zips run without them
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Literal, cast, overload
+from typing import TYPE_CHECKING, Literal, overload
 
 import boto3
 from botocore.config import Config
@@ -48,13 +48,10 @@ def client(
 def client(
     service: Literal["sqs"], config: Config | None = None, session: Session | None = None
 ) -> SQSClient: ...
-# The CLI's one generic caller (a str) until it names a Service; this goes with that change.
-@overload
-def client(service: str, config: Config | None = None, session: Session | None = None) -> BaseClient: ...
-def client(service: str, config: Config | None = None, session: Session | None = None) -> BaseClient:
+def client(service: Service, config: Config | None = None, session: Session | None = None) -> BaseClient:
     """A client from a fresh session: it reads the credentials and endpoints in the environment
     now, where boto3's default session would keep the ones it saw first. ``config`` is merged
     onto :data:`RETRIES` (its settings win). ``session`` (the CLI's ``--profile``/``--region``)
     replaces the fresh one."""
     merged = RETRIES.merge(config) if config is not None else RETRIES
-    return (session or Session()).client(cast(Service, service), config=merged)
+    return (session or Session()).client(service, config=merged)

@@ -14,10 +14,13 @@ import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from batchpredict.errors import BundleError
 from batchpredict.images import Preprocess
+
+if TYPE_CHECKING:
+    from mypy_boto3_s3 import S3Client
 
 MANIFEST_NAME = "model.json"
 SCHEMA_VERSION = 1
@@ -154,7 +157,7 @@ def cache_dir_for(uri: str, cache_root: Path | None = None) -> Path:
     return root / hashlib.sha256(uri.encode()).hexdigest()[:16]
 
 
-def fetch_bundle(uri: str, s3_client_factory: Callable[[], Any], cache_root: Path | None = None) -> Path:
+def fetch_bundle(uri: str, s3_client_factory: Callable[[], S3Client], cache_root: Path | None = None) -> Path:
     """Download an ``s3://bucket/prefix`` bundle into a local cache folder (files already
     there with the right hash are kept), returning the folder to verify."""
     bucket, prefix = split_s3_uri(uri)
@@ -176,7 +179,7 @@ def fetch_bundle(uri: str, s3_client_factory: Callable[[], Any], cache_root: Pat
     return target
 
 
-def _download(client: Any, bucket: str, key: str, dest: Path, uri: str) -> None:
+def _download(client: S3Client, bucket: str, key: str, dest: Path, uri: str) -> None:
     from botocore.exceptions import ClientError
 
     partial = dest.with_suffix(dest.suffix + ".part")
@@ -188,7 +191,7 @@ def _download(client: Any, bucket: str, key: str, dest: Path, uri: str) -> None:
 
 
 def resolve_bundle(
-    uri: str, s3_client_factory: Callable[[], Any] | None = None, cache_root: Path | None = None
+    uri: str, s3_client_factory: Callable[[], S3Client] | None = None, cache_root: Path | None = None
 ) -> BundleSpec:
     """Verified bundle from a local folder or an ``s3://`` prefix."""
     if uri.startswith("s3://"):

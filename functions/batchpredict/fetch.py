@@ -56,6 +56,7 @@ from batchpredict.errors import ErrorCode, PredictionError
 
 if TYPE_CHECKING:
     from botocore.response import StreamingBody
+    from mypy_boto3_s3 import S3Client
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -504,14 +505,14 @@ class Fetcher:
         self,
         limits: FetchLimits,
         *,
-        s3_client_factory: Callable[[], Any] | None = None,
+        s3_client_factory: Callable[[], S3Client] | None = None,
         resolver: Resolver | None = None,
     ) -> None:
         self._limits = limits
         self._resolvers = _ResolverThreads(resolver or _getaddrinfo, _RESOLVER_THREADS)
         self._watchdog = _Watchdog()
         self._s3_client_factory = s3_client_factory or self._default_s3_client
-        self._s3_client: Any = None
+        self._s3_client: S3Client | None = None
         self._s3_lock = threading.Lock()
         # No proxies (a proxy would connect on our behalf, bypassing the guard) and
         # no urllib3 retries or redirects: both are handled here.
@@ -751,7 +752,7 @@ class Fetcher:
                 f"{url[:200]} is not under an allowed image source prefix (allowed: {allowed})",
             )
 
-    def _get_s3(self, client: Any, url: str, bucket: str, key: str, deadline: _Deadline) -> Fetched:
+    def _get_s3(self, client: S3Client, url: str, bucket: str, key: str, deadline: _Deadline) -> Fetched:
         # botocore takes no per-call timeout: the request itself is bounded only by the client's
         # connect/read timeouts (the fetch limits) and its retries; the body by the deadline.
         deadline.left()
@@ -786,13 +787,13 @@ class Fetcher:
 
         return _read_capped(next_chunk, declared, self._limits.max_bytes, url)
 
-    def _s3(self) -> Any:
+    def _s3(self) -> S3Client:
         with self._s3_lock:
             if self._s3_client is None:
                 self._s3_client = self._s3_client_factory()
             return self._s3_client
 
-    def _default_s3_client(self) -> Any:
+    def _default_s3_client(self) -> S3Client:
         return aws.client(
             "s3",
             config=Config(

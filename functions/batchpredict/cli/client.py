@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from botocore.exceptions import ClientError
 
@@ -27,6 +27,11 @@ from batchpredict.messages import ManifestObject
 from batchpredict.options import JobOptions
 from batchpredict.records import FAILED
 from batchpredict.results import results_key, summary_key
+
+if TYPE_CHECKING:
+    from mypy_boto3_cloudformation import CloudFormationClient
+    from mypy_boto3_dynamodb import DynamoDBClient
+    from mypy_boto3_s3 import S3Client
 
 # CloudFormation output keys of infrastructure/template.yaml.
 OUTPUT_KEYS = {
@@ -53,7 +58,9 @@ class StackRef:
     events_queue: str | None = None  # local stack only: a copy of every job state change event
 
     @classmethod
-    def from_cloudformation(cls, stack_name: str, cloudformation: Any = None) -> StackRef:
+    def from_cloudformation(
+        cls, stack_name: str, cloudformation: CloudFormationClient | None = None
+    ) -> StackRef:
         cloudformation = cloudformation or aws.client("cloudformation")
         try:
             stacks = cloudformation.describe_stacks(StackName=stack_name)["Stacks"]
@@ -66,7 +73,9 @@ class StackRef:
                 f"stack {stack_name!r} has no output {', '.join(missing)}: is it a batchpredict stack?"
             )
         return cls(
-            **{field: outputs[key] for field, key in OUTPUT_KEYS.items()},
+            input_bucket=outputs[OUTPUT_KEYS["input_bucket"]],
+            output_bucket=outputs[OUTPUT_KEYS["output_bucket"]],
+            table=outputs[OUTPUT_KEYS["table"]],
             api_url=outputs.get("PredictApiUrl"),
         )
 
@@ -143,7 +152,9 @@ class Progress:
 
 
 class Client:
-    def __init__(self, stack: StackRef, s3: Any = None, dynamodb: Any = None) -> None:
+    def __init__(
+        self, stack: StackRef, s3: S3Client | None = None, dynamodb: DynamoDBClient | None = None
+    ) -> None:
         self.stack = stack
         self.s3 = s3 or aws.client("s3")
         self.jobs = JobStore(dynamodb or aws.client("dynamodb"), stack.table)

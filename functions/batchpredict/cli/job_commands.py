@@ -10,6 +10,7 @@ from typing import Any
 
 import click
 
+from batchpredict import aws
 from batchpredict.cli.client import Client, Progress
 from batchpredict.cli.group import main
 from batchpredict.cli.render import job_view, jobs_view, progress_line, results_view
@@ -284,6 +285,10 @@ def report(job_id: str, output: Path, allowed: tuple[str, ...], target: StackTar
     if target.local:
         allowed = (*allowed, "127.0.0.0/8")
     write_report(
-        client.summary(job_id), client.result_lines(job_id), output, allowed, lambda: target.aws_client("s3")
+        client.summary(job_id),
+        client.result_lines(job_id),
+        output,
+        allowed,
+        lambda: aws.client("s3", session=target.session()),
     )
     click.echo(str(output))

@@ -78,10 +78,10 @@ def local_options(command: F) -> F:
 def _serve(samples: Any, bucket: str, folder: Path) -> dict[str, str]:
     """Copy FOLDER (served over HTTP by ``samples``) to the samples bucket; the placeholder values."""
     s3 = s3_client()
-    s3.create_bucket(Bucket=bucket)  # type: ignore[attr-defined]
+    s3.create_bucket(Bucket=bucket)
     for path in sorted(folder.iterdir()):
         if path.is_file():
-            s3.upload_file(str(path), bucket, path.name)  # type: ignore[attr-defined]
+            s3.upload_file(str(path), bucket, path.name)
     return {"${SAMPLES_URL}": samples.url, "${SAMPLES_S3}": f"s3://{bucket}"}
 
 

@@ -16,11 +16,14 @@ import re
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from batchpredict.bundle import MANIFEST_NAME, SCHEMA_VERSION, BundleSpec, sha256_file, verify_bundle
 from batchpredict.errors import BundleError
 from batchpredict.images import Preprocess, decode_image
+
+if TYPE_CHECKING:
+    from mypy_boto3_s3 import S3Client
 
 NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 LABELS_FILE = "synset.txt"
@@ -177,7 +180,7 @@ def import_checkpoint(
     return Imported(verify_bundle(out), _sources(options, facts), check)
 
 
-def push_bundle(folder: Path, uri: str, s3: Any) -> list[str]:
+def push_bundle(folder: Path, uri: str, s3: S3Client) -> list[str]:
     """Upload a verified bundle under ``s3://bucket/prefix``: its files first, ``model.json``
     last, so a predictor never finds a ``model.json`` whose files are not there yet. Returns
     the keys written."""

@@ -7,11 +7,14 @@ import html
 import io
 from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from batchpredict.errors import PredictionError
 from batchpredict.fetch import Fetcher, FetchLimits, parse_networks
 from batchpredict.images import load_rgb
+
+if TYPE_CHECKING:
+    from mypy_boto3_s3 import S3Client
 
 THUMBNAIL_PX = 160
 Thumbnailer = Callable[[str], bytes | None]
@@ -114,7 +117,7 @@ def render_report(
     )
 
 
-def fetch_thumbnails(allowed: tuple[str, ...], s3_client_factory: Callable[[], Any]) -> Thumbnailer:
+def fetch_thumbnails(allowed: tuple[str, ...], s3_client_factory: Callable[[], S3Client]) -> Thumbnailer:
     """A Thumbnailer that fetches behind the address guard (``allowed``: the networks it may
     reach); a URL that cannot be fetched gets no thumbnail."""
     fetcher = Fetcher(
@@ -135,7 +138,7 @@ def write_report(
     records: Iterable[dict[str, Any]],
     output: Path,
     allowed: tuple[str, ...],
-    s3_client_factory: Callable[[], Any],
+    s3_client_factory: Callable[[], S3Client],
 ) -> None:
     output.write_text(
         render_report(summary, records, fetch_thumbnails(allowed, s3_client_factory)), encoding="utf-8"

@@ -6,11 +6,14 @@ from __future__ import annotations
 import functools
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
 from batchpredict.cli.render import OUTPUT_HELP, OUTPUTS
+
+if TYPE_CHECKING:
+    from mypy_boto3_s3 import S3Client
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -20,7 +23,7 @@ DEFAULT_BUNDLE = BUILD_DIR / "model" / "efficientnet-lite0"
 URL_PREFIXES = ("http://", "https://", "s3://")
 
 
-def s3_client() -> object:
+def s3_client() -> S3Client:
     from batchpredict import aws
 
     return aws.client("s3")

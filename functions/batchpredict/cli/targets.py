@@ -7,12 +7,16 @@ import functools
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
+from batchpredict import aws
 from batchpredict.cli.client import Client, LocalState, StackRef
 from batchpredict.cli.shared import BUILD_DIR, F, fail, friendly_errors
+
+if TYPE_CHECKING:
+    import boto3
 
 STACK_ENV = "BATCHPREDICT_STACK"
 LOCAL_DIR_ENV = "BATCHPREDICT_LOCAL_DIR"
@@ -44,7 +48,7 @@ class StackTarget:
     def local(self) -> bool:
         return self.name is None
 
-    def session(self) -> Any:
+    def session(self) -> boto3.session.Session:
         """The boto3 session every client of this command is made from."""
         import boto3
 
@@ -53,20 +57,20 @@ class StackTarget:
             return boto3.session.Session()
         return boto3.session.Session(profile_name=self.profile, region_name=self.region)
 
-    def aws_client(self, service: str) -> Any:
-        from batchpredict import aws
-
-        return aws.client(service, session=self.session())
-
     def stack_ref(self) -> StackRef:
         """A deployed stack's names, from its CloudFormation outputs."""
         assert self.name is not None
-        return StackRef.from_cloudformation(self.name, self.aws_client("cloudformation"))
+        return StackRef.from_cloudformation(self.name, aws.client("cloudformation", session=self.session()))
 
     def client(self) -> Client:
         if self.local:
             return Client(local_ref())
-        return Client(self.stack_ref(), s3=self.aws_client("s3"), dynamodb=self.aws_client("dynamodb"))
+        session = self.session()
+        return Client(
+            self.stack_ref(),
+            s3=aws.client("s3", session=session),
+            dynamodb=aws.client("dynamodb", session=session),
+        )
 
 
 def _stack_target(

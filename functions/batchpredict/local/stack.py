@@ -12,10 +12,19 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from batchpredict.jobs import Job, JobStore
 from batchpredict.local.lambda_shim import Handler, Report, deliver_once, load_handler
+
+if TYPE_CHECKING:
+    from mypy_boto3_dynamodb import DynamoDBClient
+    from mypy_boto3_s3 import S3Client
+    from mypy_boto3_sqs import SQSClient
+
+    from batchpredict.cli.client import StackRef
+    from batchpredict.local.provision import LocalOptions, LocalPlan
+    from batchpredict.local.runner import Mapping
 
 
 @dataclass
@@ -26,10 +35,10 @@ class Stack:
     ``Report`` (the REPORT line the worker processes print) by queue logical id.
     """
 
-    s3: Any
-    sqs: Any
-    dynamodb: Any
-    plan: Any  # provision.LocalPlan
+    s3: S3Client
+    sqs: SQSClient
+    dynamodb: DynamoDBClient
+    plan: LocalPlan
     reports: dict[str, list[Report]] = field(default_factory=dict)
 
     @property
@@ -46,7 +55,7 @@ class Stack:
 
     def queue(self, logical_id: str) -> tuple[str, str]:
         """(url, arn) of a queue by its logical id in the template, e.g. ``WorkQueue``."""
-        return self.plan.queues[logical_id]  # type: ignore[no-any-return]
+        return self.plan.queues[logical_id]
 
     def environment(self) -> dict[str, str]:
         """Every function's environment, merged: what an in-process driver needs set."""
@@ -119,7 +128,7 @@ class Stack:
         raise TimeoutError(f"the queues did not drain in {max_seconds:.0f}s")
 
 
-def _waiting(sqs: Any, mapping: Any) -> int:
+def _waiting(sqs: SQSClient, mapping: Mapping) -> int:
     """Messages visible in a mapping's queue: what scaling out would serve."""
     attributes = sqs.get_queue_attributes(
         QueueUrl=mapping.queue_url, AttributeNames=["ApproximateNumberOfMessages"]
@@ -164,7 +173,7 @@ class LocalStack:
 
     def __init__(
         self,
-        options: Any,
+        options: LocalOptions,
         *,
         dynamodb_local: bool = True,
         serve_api: bool = True,
@@ -181,7 +190,7 @@ class LocalStack:
         self.runner: Any = None
         self.plan: Any = None
 
-    def start(self) -> Any:
+    def start(self) -> StackRef:
         from batchpredict import aws
         from batchpredict.cli.client import StackRef
         from batchpredict.local.dynamodb_local import DynamoDBLocal, DynamoDBLocalUnavailableError
