@@ -14,9 +14,11 @@ from batchpredict.cli.render import predictions_view
 from batchpredict.cli.shared import (
     DEFAULT_BUNDLE,
     URL_PREFIXES,
+    allow_network_option,
     examples,
     fail,
     friendly_errors,
+    int_option,
     output_option,
     s3_client,
 )
@@ -70,32 +72,13 @@ def _show(sources: Sequence[str], outcomes: Sequence[Outcome], output: str) -> N
     )
 )
 @click.argument("sources", nargs=-1, required=True)
-@click.option(
-    "--top-k",
-    "top_k",
-    type=click.IntRange(1, 1000),
-    default=5,
-    show_default=True,
-    help="How many classes to print per image.",
-)
+@int_option("--top-k", 1, 1000, 5, "How many classes to print per image.")
 @output_option("table")
 @click.option(
     "--model", help="Model bundle folder or s3:// prefix (default: $MODEL_URI or the built bundle)."
 )
-@click.option(
-    "--max-batch",
-    type=click.IntRange(1, 256),
-    default=32,
-    show_default=True,
-    help="Largest batch of one forward pass.",
-)
-@click.option(
-    "--allow-network",
-    "allowed",
-    multiple=True,
-    metavar="CIDR",
-    help="Let URLs reach this private/loopback network (e.g. 127.0.0.0/8). Repeatable.",
-)
+@int_option("--max-batch", 1, 256, 32, "Largest batch of one forward pass.")
+@allow_network_option("Let URLs reach this private/loopback network (e.g. 127.0.0.0/8). Repeatable.")
 @click.option(
     "--stack",
     "stack_name",

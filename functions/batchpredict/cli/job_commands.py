@@ -15,7 +15,7 @@ from batchpredict.cli.client import Client, Progress
 from batchpredict.cli.group import main
 from batchpredict.cli.render import job_view, jobs_view, progress_line, results_view
 from batchpredict.cli.report import write_report
-from batchpredict.cli.shared import examples, fail, output_option
+from batchpredict.cli.shared import allow_network_option, examples, fail, int_option, output_option
 from batchpredict.cli.targets import StackTarget, stack_options
 from batchpredict.jobs import Job, JobStatus
 
@@ -121,13 +121,7 @@ def status(job_id: str, output: str, target: StackTarget) -> None:
 @click.option(
     "--events", is_flag=True, help="Print job state change events (JSON) as they arrive (local stack)."
 )
-@click.option(
-    "--idle",
-    type=click.IntRange(1, 3600),
-    default=60,
-    show_default=True,
-    help="With --events: stop after this many seconds without one.",
-)
+@int_option("--idle", 1, 3600, 60, "With --events: stop after this many seconds without one.")
 @stack_options
 def watch(job_id: str | None, events: bool, idle: int, target: StackTarget) -> None:
     """Follow a job with a progress bar until it ends; or, with --events, the job state change
@@ -271,13 +265,7 @@ def retry_failed(job_id: str, wait: bool, target: StackTarget) -> None:
 @click.option(
     "-o", "--output", type=click.Path(path_type=Path), default=Path("report.html"), show_default=True
 )
-@click.option(
-    "--allow-network",
-    "allowed",
-    multiple=True,
-    metavar="CIDR",
-    help="Networks thumbnails may be fetched from (the local stack adds 127.0.0.0/8).",
-)
+@allow_network_option("Networks thumbnails may be fetched from (the local stack adds 127.0.0.0/8).")
 @stack_options
 def report(job_id: str, output: Path, allowed: tuple[str, ...], target: StackTarget) -> None:
     """Write a self-contained HTML page: thumbnails, top-5 bars, failures, summary."""

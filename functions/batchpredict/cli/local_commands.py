@@ -17,7 +17,16 @@ from batchpredict.cli.group import main
 from batchpredict.cli.job_commands import follow
 from batchpredict.cli.render import results_table
 from batchpredict.cli.report import write_report
-from batchpredict.cli.shared import DEFAULT_BUNDLE, F, examples, fail, friendly_errors, s3_client
+from batchpredict.cli.shared import (
+    DEFAULT_BUNDLE,
+    F,
+    allow_network_option,
+    examples,
+    fail,
+    friendly_errors,
+    int_option,
+    s3_client,
+)
 from batchpredict.cli.targets import local_state
 from batchpredict.fetch import parse_networks, wide_allowances
 
@@ -65,12 +74,8 @@ def local_options(command: F) -> F:
     command = click.option(
         "--workers", type=click.IntRange(1, 64), help="predict worker processes (default: one per core)."
     )(command)
-    command = click.option(
-        "--allow-network",
-        "allowed",
-        multiple=True,
-        metavar="CIDR",
-        help="A network or ADDRESS:PORT image URLs may reach (only the --serve server is, by default).",
+    command = allow_network_option(
+        "A network or ADDRESS:PORT image URLs may reach (only the --serve server is, by default)."
     )(command)
     return friendly_errors(command)
 
@@ -109,13 +114,7 @@ def _serve(samples: Any, bucket: str, folder: Path) -> dict[str, str]:
 @click.option(
     "--timeout", type=float, default=1800.0, show_default=True, help="Give up after this many seconds."
 )
-@click.option(
-    "--show",
-    type=click.IntRange(0, 10_000),
-    default=20,
-    show_default=True,
-    help="Result lines to print as a table.",
-)
+@int_option("--show", 0, 10_000, 20, "Result lines to print as a table.")
 @local_options
 def local_run(
     manifest: Path,

@@ -44,6 +44,18 @@ def output_option(default: str, *extra: str, help_extra: str = "") -> Callable[[
     )
 
 
+def int_option(name: str, low: int, high: int, default: int, help_text: str) -> Callable[[F], F]:
+    """An integer option within ``low``..``high``, its default shown by --help."""
+    return click.option(
+        name, type=click.IntRange(low, high), default=default, show_default=True, help=help_text
+    )
+
+
+def allow_network_option(help_text: str) -> Callable[[F], F]:
+    """``--allow-network CIDR`` (repeatable), handed to the command as ``allowed``."""
+    return click.option("--allow-network", "allowed", multiple=True, metavar="CIDR", help=help_text)
+
+
 def examples(*lines: str) -> str:
     """A command's epilog: examples shown by --help as written (\b keeps click from rewrapping)."""
     return "\b\nExamples:\n" + "\n".join(f"  {line}" for line in lines)
