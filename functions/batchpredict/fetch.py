@@ -162,9 +162,10 @@ class FetchPolicy:
 
 @dataclass(frozen=True)
 class Fetched:
+    """An image's bytes and the URL they came from (the last hop of any redirects)."""
+
     data: bytes
     final_url: str
-    content_type: str | None
 
 
 @dataclass(frozen=True)
@@ -591,7 +592,7 @@ class Fetcher:
                     _check_status(response.status, target.host)
                     _check_encoding(response, target.host)
                     data = self._read_body(response, target.host, deadline)
-                    return Fetched(data, current, response.headers.get("Content-Type"))
+                    return Fetched(data, current)
                 location = response.headers.get("Location")
             if not location:
                 raise _http_error(f"HTTP {response.status} without Location from {target.host}")
@@ -769,7 +770,7 @@ class Fetcher:
             raise _s3_error(exc, url) from exc
         finally:
             body.close()
-        return Fetched(data, url, response.get("ContentType"))
+        return Fetched(data, url)
 
     def _read_s3_body(
         self, body: StreamingBody, declared: int | None, url: str, deadline: _Deadline

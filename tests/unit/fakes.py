@@ -292,7 +292,7 @@ class ScriptedFetcher:
             raise PredictionError(ErrorCode.FETCH_TIMEOUT, f"{url} took too long", transient=False)
         if isinstance(answer, BaseException):
             raise answer
-        return Fetched(answer, url, "image/jpeg")
+        return Fetched(answer, url)
 
     def close(self) -> None:
         pass

@@ -371,7 +371,7 @@ def test_parse_networks_rejects_bad_input(spec: str) -> None:
 
 def test_fetches_image_bytes(server: Server, make_fetcher: Callable[..., Fetcher]) -> None:
     url = server.url("/image")
-    assert make_fetcher().fetch(url) == Fetched(IMAGE, url, "image/png")
+    assert make_fetcher().fetch(url) == Fetched(IMAGE, url)
 
 
 def test_body_of_exactly_max_bytes_is_accepted(server: Server, make_fetcher: Callable[..., Fetcher]) -> None:
@@ -1024,7 +1024,7 @@ def test_s3_object_is_fetched(s3: Any, make_fetcher: Callable[..., Fetcher]) -> 
         return s3
 
     fetcher = make_fetcher(s3=factory)
-    assert fetcher.fetch("s3://images/cat.png") == Fetched(IMAGE, "s3://images/cat.png", "image/png")
+    assert fetcher.fetch("s3://images/cat.png") == Fetched(IMAGE, "s3://images/cat.png")
     assert fetcher.fetch("s3://images/odd name?#1.png").data == IMAGE  # '?' and '#' belong to the key
     assert factory_calls == [1]  # one client, reused
 
