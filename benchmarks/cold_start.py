@@ -32,7 +32,7 @@ svc = predict.service()
 marks["service (settings, clients, model load + bind)"] = mark()
 from batchpredict.batch import predict_urls
 records = predict_urls(svc.predictor, [sys.argv[1]], time.monotonic() + 60)
-assert records[0]["status"] == "SUCCEEDED", records[0]
+assert records[0].status == "SUCCEEDED", records[0]
 marks["first prediction"] = mark()
 print(json.dumps(marks))
 """

@@ -93,30 +93,24 @@ def _with_latency(latency_ms: dict[str, float]) -> None:
     aws.client = client
 
 
-def _stub_records(chunk: Any) -> list[dict[str, Any]]:
-    from batchpredict.records import SUCCEEDED, base_record
+def _stub_records(chunk: Any) -> list[Any]:
+    from batchpredict.records import ImageInfo, Prediction, ResultRecord, Timing
 
     labels = ["tabby, tabby cat", "tiger cat", "Egyptian cat", "lynx, catamount", "Persian cat"]
-    records = []
-    for item in chunk.items:
-        record = base_record(chunk.job_id, item, "efficientnet-lite0:1")
-        record |= {
-            "status": SUCCEEDED,
-            "predictions": [
-                {
-                    "rank": r + 1,
-                    "class_index": 281 + r,
-                    "wnid": f"n0212{r}045",
-                    "label": label,
-                    "probability": 0.5 / (r + 1),
-                }
-                for r, label in enumerate(labels)
-            ],
-            "image": {"width": 640, "height": 480, "bytes": 183_417},
-            "timing_ms": {"fetch": 41.7, "preprocess": 12.3, "inference": 10.9},
-        }
-        records.append(record)
-    return records
+    predictions = tuple(
+        Prediction(r + 1, 281 + r, f"n0212{r}045", label, 0.5 / (r + 1)) for r, label in enumerate(labels)
+    )
+    return [
+        ResultRecord.for_item(
+            chunk.job_id,
+            item,
+            model="efficientnet-lite0:1",
+            predictions=predictions,
+            image=ImageInfo(640, 480, 183_417),
+            timing=Timing(41.7, 12.3, 10.9),
+        )
+        for item in chunk.items
+    ]
 
 
 # --- the stages, each in its own process --------------------------------------------------------

@@ -20,7 +20,6 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import wait as wait_for
 from dataclasses import dataclass, field
-from typing import Any
 
 from batchpredict.costs import ComputeMeter
 from batchpredict.errors import ErrorCode
@@ -29,7 +28,7 @@ from batchpredict.messages import Chunk
 from batchpredict.observability import MetricUnit, logger, metrics
 from batchpredict.pipeline import ImageResult, StreamingPredictor
 from batchpredict.queues import Queue
-from batchpredict.records import SUCCEEDED, WorkItem, base_record, failed_record
+from batchpredict.records import SUCCEEDED, ImageInfo, ResultError, ResultRecord, Timing, WorkItem
 from batchpredict.writer import LEASE_MARGIN_SECONDS, ChunkWriter, stopped_records
 
 WRITER_THREADS = 4  # chunks written at once: S3 and DynamoDB calls, not CPU
@@ -38,32 +37,25 @@ WRITE_RESERVE_SHARE = 0.2  # at most this share of the invocation's time is kept
 
 def image_record(
     job_id: str | None, result: ImageResult, model: str, top_k: int | None = None
-) -> dict[str, Any]:
+) -> ResultRecord:
     """The result record of one line: failed at split time, or through fetch, decode, predict.
     ``top_k``: the job's option, when it asks for fewer classes than this run inferred."""
     item, outcome = result.item, result.outcome
     if item.error is not None or not item.url:  # no fetch, no model
         error = item.error or {"code": ErrorCode.INVALID_MANIFEST_LINE.value, "message": "no url"}
-        return failed_record(job_id, item, error["code"], error["message"])
-    if outcome.error is not None:
-        record = failed_record(job_id, item, outcome.error.code, outcome.error.message, model)
-    else:
-        record = base_record(job_id, item, model) | {
-            "status": SUCCEEDED,
-            "predictions": [p.as_dict() for p in outcome.predictions[:top_k]],
-        }
-    if outcome.image is not None:
-        record["image"] = {
-            "width": outcome.image.width,
-            "height": outcome.image.height,
-            "bytes": outcome.image.bytes,
-        }
-    record["timing_ms"] = {
-        "fetch": round(result.fetch_ms, 2),
-        "preprocess": round(outcome.preprocess_ms, 2),
-        "inference": round(outcome.inference_ms, 2),
-    }
-    return record
+        return ResultRecord.failed(job_id, item, error["code"], error["message"])
+    image = outcome.image
+    return ResultRecord.for_item(
+        job_id,
+        item,
+        model=model,
+        error=None if outcome.error is None else ResultError(str(outcome.error.code), outcome.error.message),
+        predictions=tuple(outcome.predictions[:top_k]),
+        image=None if image is None else ImageInfo(image.width, image.height, image.bytes),
+        timing=Timing(
+            round(result.fetch_ms, 2), round(outcome.preprocess_ms, 2), round(outcome.inference_ms, 2)
+        ),
+    )
 
 
 class ChunkUnfinishedError(RuntimeError):
@@ -75,7 +67,7 @@ class ChunkOutcome:
     """What became of one message: counted, counted before (``counted`` False), or an error."""
 
     chunk: Chunk | None
-    records: list[dict[str, Any]] = field(default_factory=list)
+    records: list[ResultRecord] = field(default_factory=list)
     counted: bool = False
     error: BaseException | None = None
 
@@ -118,7 +110,7 @@ class ChunkBatch:
         taken: dict[str, str] = {}  # refill: message id -> receipt handle
         writes: dict[str, Future[bool]] = {}
 
-        def write(message_id: str, chunk: Chunk, records: list[dict[str, Any]]) -> None:
+        def write(message_id: str, chunk: Chunk, records: list[ResultRecord]) -> None:
             outcomes[message_id] = ChunkOutcome(chunk, records)
             writes[message_id] = self._writes.submit(self._write, chunk, records, remaining, meter)
 
@@ -214,14 +206,14 @@ class ChunkBatch:
         return stopped
 
     def _write(
-        self, chunk: Chunk, records: list[dict[str, Any]], remaining: Callable[[], float], meter: ComputeMeter
+        self, chunk: Chunk, records: list[ResultRecord], remaining: Callable[[], float], meter: ComputeMeter
     ) -> bool:
         # The claim on the chunk lasts as long as this invocation can (plus a margin).
         lease = remaining() + LEASE_MARGIN_SECONDS
         return self.writer.write(chunk, records, self.predictor.model_id, lease, meter)
 
 
-def predict_urls(predictor: StreamingPredictor, urls: Sequence[str], deadline: float) -> list[dict[str, Any]]:
+def predict_urls(predictor: StreamingPredictor, urls: Sequence[str], deadline: float) -> list[ResultRecord]:
     """predict_api's path: the same stream for a few URLs; records without a job, in order.
 
     Each URL is a group of its own, so an image done before the deadline keeps its result
@@ -230,10 +222,11 @@ def predict_urls(predictor: StreamingPredictor, urls: Sequence[str], deadline: f
     items = [WorkItem(index=i, url=url) for i, url in enumerate(urls)]
     done: dict[int, ImageResult] = {}
     predictor.run([[item] for item in items], deadline, lambda g, results: done.update({g: results[0]}))
+    late = "not done before the request's deadline"
     return [
         image_record(None, done[i], predictor.model_id)
         if i in done
-        else failed_record(None, item, ErrorCode.FETCH_TIMEOUT, "not done before the request's deadline")
+        else ResultRecord.failed(None, item, ErrorCode.FETCH_TIMEOUT, late)
         for i, item in enumerate(items)
     ]
 
@@ -248,6 +241,6 @@ def publish_metrics(outcomes: dict[str, ChunkOutcome]) -> None:
             # Counted by an earlier delivery: its images are in the metrics already.
             metrics.add_metric(name="ChunksRedelivered", unit=MetricUnit.Count, value=1)
             continue
-        succeeded = sum(1 for r in outcome.records if r["status"] == SUCCEEDED)
+        succeeded = sum(1 for r in outcome.records if r.status == SUCCEEDED)
         metrics.add_metric(name="ImagesSucceeded", unit=MetricUnit.Count, value=succeeded)
         metrics.add_metric(name="ImagesFailed", unit=MetricUnit.Count, value=len(outcome.records) - succeeded)

@@ -6,8 +6,9 @@ Nothing a running job writes shares one partition key, so no item or key of a jo
 * ``pk = {job}#S{s:02d}`` (s = chunk % COUNTER_SHARDS), ``sk = COUNT``: one counter shard, and the
   ``CHUNK#``/``CLAIM#`` items of its chunks. A job's counts are the shards' sum, read with the
   JOB record in one BatchGetItem (``JobStore.get``).
-* ``pk = {job}#{index // PAGE_LINES}``, ``sk = IMG#000000042``: result rows, a page of 1,000
-  lines a partition key; one Query a page, pages in order = manifest order.
+* ``pk = {job}#{index // PAGE_LINES}``, ``sk = IMG#000000042``: result rows
+  (``records.ResultRecord.to_item``), a page of 1,000 lines a partition key; one Query a page,
+  pages in order = manifest order.
 
 Counting a chunk is one transaction (marker put with a not-exists condition + counter ADD on
 its shard), so a redelivered chunk is never counted twice.
@@ -29,6 +30,7 @@ from boto3.dynamodb.types import DYNAMODB_CONTEXT, TypeDeserializer, TypeSeriali
 from botocore.exceptions import ClientError
 
 from batchpredict.costs import TRANSACTION_WRITE_FACTOR, ChunkUsage, write_units
+from batchpredict.records import IMG_PREFIX, PAGE_LINES, ResultRecord, page_pk
 from batchpredict.throttling import Backoff, cancellation_reasons
 
 if TYPE_CHECKING:
@@ -54,14 +56,9 @@ COUNT_SK = "COUNT"
 # are the sum of exactly these items. 16: a shard key takes 5 WCU a chunk (claim 1, marker and
 # counter 2 each in the transaction), so 16 keys hold ~3,200 chunks/s under 1,000 WCU/s each.
 COUNTER_SHARDS = 16
-# Manifest lines a result page (one partition key) holds. Fixed: users compute a line's page.
-# A page's 1,000 rows of <= 1 KiB cost <= 1,000 WCU over their whole life, so no order of
-# chunk deliveries can push one page's key past DynamoDB's 1,000 WCU/s.
-PAGE_LINES = 1000
 # What the shards sum (``Job`` fields); the JOB record's own values are added, so a job counted
 # before the shards existed still reads right.
 COUNTERS = ("succeeded", "failed", "chunks_done", "compute_ms", "compute_mb_ms", "invocations", "write_units")
-IMG_PREFIX = "IMG#"
 CHUNK_PREFIX = "CHUNK#"
 CLAIM_PREFIX = "CLAIM#"
 
@@ -93,15 +90,6 @@ STATUS_INDEX = "by-status"  # status + created_at: `jobs --status/--since/--name
 MANIFEST_INDEX = "by-manifest"  # manifest_uri + created_at: the jobs of one manifest
 
 
-def page_of(index: int) -> int:
-    """The result page of manifest line ``index``."""
-    return index // PAGE_LINES
-
-
-def page_pk(job_id: str, page: int) -> str:
-    return f"{job_id}#{page}"
-
-
 def page_count(total: int) -> int:
     return math.ceil(total / PAGE_LINES)
 
@@ -109,10 +97,6 @@ def page_count(total: int) -> int:
 def shard_pk(job_id: str, chunk: int) -> str:
     """The partition key of a chunk's counter shard, marker and claim."""
     return f"{job_id}#S{chunk % COUNTER_SHARDS:02d}"
-
-
-def img_sk(index: int) -> str:
-    return f"{IMG_PREFIX}{index:09d}"
 
 
 def chunk_sk(chunk: int) -> str:
@@ -641,7 +625,7 @@ class JobStore:
             raise
         return True
 
-    def put_results(self, records: Iterable[dict[str, Any]], deadline: float | None = None) -> int:
+    def put_results(self, records: Iterable[ResultRecord], deadline: float | None = None) -> int:
         """IMG# rows on their pages, 25 per BatchWriteItem; throttled calls and UnprocessedItems
         re-sent with backoff until ``deadline``, then raised.
 
@@ -651,8 +635,7 @@ class JobStore:
         batch: list[WriteRequestTypeDef] = []
         units = 0
         for record in records:
-            row = {"pk": page_pk(record["job_id"], page_of(record["index"])), "sk": img_sk(record["index"])}
-            row |= record | self._expiry()
+            row = record.to_item() | self._expiry()
             units += write_units(len(json.dumps(row)))
             batch.append({"PutRequest": {"Item": to_dynamo(row)}})
             if len(batch) == BATCH_WRITE_LIMIT:

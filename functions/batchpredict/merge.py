@@ -28,7 +28,7 @@ from typing import NoReturn
 from batchpredict.jobs import Job
 from batchpredict.merges import MergeCheckpoint, MergeStore, ResultsFile
 from batchpredict.observability import logger
-from batchpredict.records import SUCCEEDED
+from batchpredict.records import ResultRecord
 from batchpredict.results import ResultStore, UploadGoneError, results_key
 
 MIB = 1024 * 1024
@@ -229,18 +229,18 @@ def _checked_lines(job: Job, chunk: int, data: bytes | None, tally: _Tally) -> b
     for line in data.split(b"\n"):
         if not line:
             continue
-        record = json.loads(line)
-        if record["index"] != tally.lines:
+        record = ResultRecord.from_json(json.loads(line))
+        if record.index != tally.lines:
             raise MergeMismatchError(
-                f"{job.job_id}: chunk {chunk} holds line {record['index']}, expected {tally.lines}"
+                f"{job.job_id}: chunk {chunk} holds line {record.index}, expected {tally.lines}"
             )
         tally.lines += 1
-        if record["status"] == SUCCEEDED:
+        if record.error is None:
             tally.succeeded += 1
         else:
-            tally.errors[record["error"]["code"]] += 1
-        if record.get("model"):
-            tally.models[record["model"]] += 1
+            tally.errors[record.error.code] += 1
+        if record.model:
+            tally.models[record.model] += 1
         out.append(line)
     out.append(b"")
     return b"\n".join(out)

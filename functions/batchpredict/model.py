@@ -23,7 +23,7 @@ import json
 import math
 import os
 import threading
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -34,18 +34,7 @@ from batchpredict.bundle import BundleSpec
 from batchpredict.defaults import DEFAULT_MAX_BATCH as DEFAULT_MAX_BATCH
 from batchpredict.defaults import DEFAULT_TOP_K as DEFAULT_TOP_K
 from batchpredict.errors import BundleError
-
-
-@dataclass(frozen=True)
-class Prediction:
-    rank: int
-    class_index: int
-    wnid: str
-    label: str
-    probability: float
-
-    def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
+from batchpredict.records import Prediction as Prediction  # the engine returns the record's type
 
 
 def available_cpus() -> int:

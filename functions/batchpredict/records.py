@@ -1,14 +1,40 @@
-"""The result record: one per manifest line, the same in the JSONL files and in DynamoDB."""
+"""The result record: one per manifest line, the same in the JSONL files and in DynamoDB.
+
+``ResultRecord`` is the one typed form of it: built by batch.py (``image_record``) and writer.py
+(``ResultRecord.failed``), written as a JSONL line (``to_json``) and an IMG# row (``to_item``),
+read back by merge.py and the user side (``from_json``).
+"""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Final, Literal
 
 from batchpredict.errors import ErrorCode
 
-SUCCEEDED = "SUCCEEDED"
-FAILED = "FAILED"
+Status = Literal["SUCCEEDED", "FAILED"]
+SUCCEEDED: Final = "SUCCEEDED"
+FAILED: Final = "FAILED"
+
+# The IMG# row's key. Fixed: users compute a line's page. A page's 1,000 rows of <= 1 KiB cost
+# <= 1,000 WCU over their whole life, so no order of chunk deliveries can push one page's key
+# past DynamoDB's 1,000 WCU/s.
+PAGE_LINES = 1000
+IMG_PREFIX = "IMG#"
+
+
+def page_of(index: int) -> int:
+    """The result page of manifest line ``index``."""
+    return index // PAGE_LINES
+
+
+def page_pk(job_id: str, page: int) -> str:
+    return f"{job_id}#{page}"
+
+
+def img_sk(index: int) -> str:
+    return f"{IMG_PREFIX}{index:09d}"
 
 
 @dataclass(frozen=True)
@@ -43,28 +69,165 @@ class WorkItem:
         )
 
 
-def base_record(job_id: str | None, item: WorkItem, model: str | None) -> dict[str, Any]:
-    """The record's fields in their JSONL order; ``job_id`` None (predict_api) leaves it out."""
-    record: dict[str, Any] = {
-        "job_id": job_id,
-        "index": item.index,
-        "id": item.id,
-        "url": item.url,
-        "status": FAILED,
-        "predictions": [],
-        "error": None,
-        "model": model,
-        "image": None,
-        "timing_ms": {"fetch": 0.0, "preprocess": 0.0, "inference": 0.0},
-    }
-    if job_id is None:
-        del record["job_id"]
-    if item.metadata is not None:
-        record["metadata"] = item.metadata
-    return record
+@dataclass(frozen=True, slots=True)
+class Prediction:
+    """One of an image's top-k classes (model.py's engine returns them)."""
+
+    rank: int
+    class_index: int
+    wnid: str
+    label: str
+    probability: float
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "rank": self.rank,
+            "class_index": self.class_index,
+            "wnid": self.wnid,
+            "label": self.label,
+            "probability": self.probability,
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Prediction:
+        return cls(data["rank"], data["class_index"], data["wnid"], data["label"], data["probability"])
 
 
-def failed_record(
-    job_id: str | None, item: WorkItem, code: ErrorCode | str, message: str, model: str | None = None
-) -> dict[str, Any]:
-    return base_record(job_id, item, model) | {"error": {"code": str(code), "message": message}}
+@dataclass(frozen=True, slots=True)
+class ResultError:
+    """Why a line FAILED: a code of ``errors.ErrorCode`` (a reader may meet newer ones) and a
+    message for people."""
+
+    code: str
+    message: str
+
+
+@dataclass(frozen=True, slots=True)
+class ImageInfo:
+    """The decoded image: its size in pixels (after EXIF orientation) and its encoded bytes."""
+
+    width: int
+    height: int
+    bytes: int
+
+
+@dataclass(frozen=True, slots=True)
+class Timing:
+    """Milliseconds a line spent fetching, decoding and in its share of the forward pass."""
+
+    fetch: float = 0.0
+    preprocess: float = 0.0
+    inference: float = 0.0
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ResultRecord:
+    """One manifest line's result. ``job_id`` None: predict_api's record, which has none;
+    ``metadata`` None: the line had none (both are then left out of the JSON)."""
+
+    job_id: str | None
+    index: int
+    id: str | None = None
+    url: str | None = None
+    status: Status
+    predictions: tuple[Prediction, ...] = ()
+    error: ResultError | None = None
+    model: str | None = None
+    image: ImageInfo | None = None
+    timing_ms: Timing = Timing()
+    metadata: dict[str, Any] | None = None
+
+    def __post_init__(self) -> None:
+        if (self.status == SUCCEEDED) != (self.error is None):
+            raise ValueError(f"a {self.status} record with error {self.error}")
+
+    @classmethod
+    def for_item(
+        cls,
+        job_id: str | None,
+        item: WorkItem,
+        *,
+        model: str | None,
+        error: ResultError | None = None,
+        predictions: tuple[Prediction, ...] = (),
+        image: ImageInfo | None = None,
+        timing: Timing = Timing(),
+    ) -> ResultRecord:
+        """``item``'s record: SUCCEEDED, or FAILED with ``error``."""
+        return cls(
+            job_id=job_id,
+            index=item.index,
+            id=item.id,
+            url=item.url,
+            status=SUCCEEDED if error is None else FAILED,
+            predictions=predictions,
+            error=error,
+            model=model,
+            image=image,
+            timing_ms=timing,
+            metadata=item.metadata,
+        )
+
+    @classmethod
+    def failed(
+        cls, job_id: str | None, item: WorkItem, code: ErrorCode | str, message: str, model: str | None = None
+    ) -> ResultRecord:
+        """``item`` FAILED with ``code`` before anything was fetched (or without its fetch's details)."""
+        return cls.for_item(job_id, item, model=model, error=ResultError(str(code), message))
+
+    def to_json(self) -> dict[str, Any]:
+        """The JSON object of the contract, its keys in their JSONL order."""
+        data: dict[str, Any] = {} if self.job_id is None else {"job_id": self.job_id}
+        data |= {
+            "index": self.index,
+            "id": self.id,
+            "url": self.url,
+            "status": self.status,
+            "predictions": [p.as_dict() for p in self.predictions],
+            "error": None if self.error is None else {"code": self.error.code, "message": self.error.message},
+            "model": self.model,
+            "image": None
+            if self.image is None
+            else {"width": self.image.width, "height": self.image.height, "bytes": self.image.bytes},
+            "timing_ms": {
+                "fetch": self.timing_ms.fetch,
+                "preprocess": self.timing_ms.preprocess,
+                "inference": self.timing_ms.inference,
+            },
+        }
+        if self.metadata is not None:
+            data["metadata"] = self.metadata
+        return data
+
+    def to_item(self) -> dict[str, Any]:
+        """The IMG# row, plain values (``jobs.to_dynamo`` types them): its key, then the JSON."""
+        if self.job_id is None:
+            raise ValueError(f"line {self.index} has no job, so no row")
+        return {"pk": page_pk(self.job_id, page_of(self.index)), "sk": img_sk(self.index)} | self.to_json()
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> ResultRecord:
+        """A record from its JSON object: a JSONL line parsed, an API record, or an IMG# row read
+        back as plain values (its ``pk``, ``sk`` and ``expires_at`` are not part of it)."""
+        error, image, timing = data["error"], data["image"], data["timing_ms"]
+        return cls(
+            job_id=data.get("job_id"),
+            index=data["index"],
+            id=data["id"],
+            url=data["url"],
+            status=_status(data["status"]),
+            predictions=tuple(Prediction.from_dict(p) for p in data["predictions"]),
+            error=None if error is None else ResultError(error["code"], error["message"]),
+            model=data["model"],
+            image=None if image is None else ImageInfo(image["width"], image["height"], image["bytes"]),
+            timing_ms=Timing(timing["fetch"], timing["preprocess"], timing["inference"]),
+            metadata=data.get("metadata"),
+        )
+
+
+def _status(value: Any) -> Status:
+    if value == SUCCEEDED:
+        return SUCCEEDED
+    if value == FAILED:
+        return FAILED
+    raise ValueError(f"not a result status: {value!r}")

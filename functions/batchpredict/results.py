@@ -13,6 +13,8 @@ from typing import TYPE_CHECKING, Any
 
 from botocore.exceptions import ClientError
 
+from batchpredict.records import ResultRecord
+
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
     from mypy_boto3_s3.type_defs import CompletedPartTypeDef
@@ -49,9 +51,9 @@ def _missing(exc: ClientError, *codes: str) -> bool:
     return exc.response.get("Error", {}).get("Code") in codes
 
 
-def jsonl(records: Iterable[dict[str, Any]]) -> bytes:
+def jsonl(records: Iterable[ResultRecord]) -> bytes:
     return b"".join(
-        json.dumps(r, separators=(",", ":"), ensure_ascii=False).encode() + b"\n" for r in records
+        json.dumps(r.to_json(), separators=(",", ":"), ensure_ascii=False).encode() + b"\n" for r in records
     )
 
 
@@ -65,7 +67,7 @@ class ResultStore:
     def uri(self, key: str) -> str:
         return f"s3://{self.bucket}/{key}"
 
-    def write_part(self, job_id: str, chunk: int, records: list[dict[str, Any]]) -> None:
+    def write_part(self, job_id: str, chunk: int, records: list[ResultRecord]) -> None:
         self.client.put_object(
             Bucket=self.bucket,
             Key=part_key(job_id, chunk),

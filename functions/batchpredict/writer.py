@@ -4,17 +4,16 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from typing import Any
 
 from batchpredict.costs import ComputeMeter, write_units
 from batchpredict.errors import ErrorCode
 from batchpredict.itemlimits import item_problem
-from batchpredict.jobs import CANCELLABLE_STATUSES, FINAL_STATUSES, JobStore, img_sk, page_of, page_pk
+from batchpredict.jobs import CANCELLABLE_STATUSES, FINAL_STATUSES, JobStore
 from batchpredict.messages import Chunk, finalize_body
 from batchpredict.observability import logger
 from batchpredict.options import TOLERATED_FAILURES_EXCEEDED, MaxFailures
 from batchpredict.queues import Queue
-from batchpredict.records import SUCCEEDED, WorkItem, failed_record
+from batchpredict.records import SUCCEEDED, ResultRecord, WorkItem
 from batchpredict.results import ResultStore
 
 # The TTL JobStore.put_results may add: ten digits at most.
@@ -36,18 +35,18 @@ WRITE_SAFETY_SECONDS = 1.5
 STOPPED_MESSAGE = "the job was stopped before this line was predicted"
 
 
-def failed_chunk_records(chunk: Chunk, code: ErrorCode, message: str) -> list[dict[str, Any]]:
+def failed_chunk_records(chunk: Chunk, code: ErrorCode, message: str) -> list[ResultRecord]:
     """Every line of ``chunk`` as a FAILED result with ``code``; lines already invalid at split
     time keep their own, more useful error."""
     return [
-        failed_record(chunk.job_id, item, item.error["code"], item.error["message"])
+        ResultRecord.failed(chunk.job_id, item, item.error["code"], item.error["message"])
         if item.error
-        else failed_record(chunk.job_id, item, code, message)
+        else ResultRecord.failed(chunk.job_id, item, code, message)
         for item in chunk.items
     ]
 
 
-def stopped_records(chunk: Chunk) -> list[dict[str, Any]]:
+def stopped_records(chunk: Chunk) -> list[ResultRecord]:
     """A chunk of a cancelled, stopped or failed job: every line FAILED ``cancelled``, to be
     counted like any other chunk so the job's counts still close."""
     return failed_chunk_records(chunk, ErrorCode.CANCELLED, STOPPED_MESSAGE)
@@ -71,7 +70,7 @@ class ChunkWriter:
     def write(
         self,
         chunk: Chunk,
-        records: list[dict[str, Any]],
+        records: list[ResultRecord],
         model: str | None,
         lease_seconds: float = DEFAULT_LEASE_SECONDS,
         meter: ComputeMeter | None = None,
@@ -95,7 +94,7 @@ class ChunkWriter:
         records[:] = [storable(record) for record in records]  # the caller's list: its metrics agree
         self.results.write_part(chunk.job_id, chunk.chunk, records)
         units = self.jobs.put_results(records, deadline) + write_units(0)  # + the claim
-        succeeded = sum(1 for r in records if r["status"] == SUCCEEDED)
+        succeeded = sum(1 for r in records if r.status == SUCCEEDED)
         usage = meter.take(units) if meter else None
         counted = self.jobs.count_chunk(
             chunk.job_id, chunk.chunk, succeeded, len(records) - succeeded, model, usage, deadline=deadline
@@ -142,30 +141,21 @@ class ChunkWriter:
         self.jobs.cancel(job.job_id, TOLERATED_FAILURES_EXCEEDED, detail)
 
 
-def storable(record: dict[str, Any]) -> dict[str, Any]:
+def storable(record: ResultRecord) -> ResultRecord:
     """``record``, or, if DynamoDB would refuse its row, the line FAILED without its metadata.
 
     Parse-time limits keep manifests from getting here; a chunk message written by other means
     (or limits changed between split and predict) still fails only its own line.
     """
-    index = record["index"]
-    keys = {"pk": page_pk(record.get("job_id") or "", page_of(index)), "sk": img_sk(index)}
-    problem = item_problem(keys | record | _LONGEST_EXPIRY)
+    problem = item_problem(record.to_item() | _LONGEST_EXPIRY)
     if problem is None:
         return record
-    item = WorkItem(
-        index=record["index"],
-        url=_preview(record.get("url")),
-        id=_preview(record.get("id")),
-    )
+    item = WorkItem(index=record.index, url=_preview(record.url), id=_preview(record.id))
     message = f"the result row would be refused by DynamoDB ({problem}); its metadata is left out"
-    return failed_record(
-        record.get("job_id"), item, ErrorCode.INVALID_MANIFEST_LINE, message, record.get("model")
-    )
+    return ResultRecord.failed(record.job_id, item, ErrorCode.INVALID_MANIFEST_LINE, message, record.model)
 
 
-def _preview(value: Any) -> str | None:
-    if value is None:
+def _preview(text: str | None) -> str | None:
+    if text is None:
         return None
-    text = str(value)
     return text if len(text) <= _PREVIEW_CHARS else text[:_PREVIEW_CHARS] + "…"

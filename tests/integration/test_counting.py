@@ -24,7 +24,7 @@ from batchpredict.local.provision import LocalOptions, provision_tables
 from batchpredict.merges import MergeStore
 from batchpredict.messages import Chunk
 from batchpredict.queues import Queue
-from batchpredict.records import SUCCEEDED, WorkItem, base_record, failed_record
+from batchpredict.records import SUCCEEDED, ResultRecord, WorkItem
 from batchpredict.results import ResultStore
 from batchpredict.writer import ChunkBusyError, ChunkWriter
 
@@ -57,14 +57,14 @@ def dynamodb_endpoint(moto_endpoint: str) -> Iterator[str]:
     server.stop()
 
 
-def _records(job_id: str, chunk: int) -> list[dict[str, Any]]:
+def _records(job_id: str, chunk: int) -> list[ResultRecord]:
     records = []
     for index in range(chunk * CHUNK_LINES, (chunk + 1) * CHUNK_LINES):
         item = WorkItem(index=index, url=f"https://img.example/{index}.jpg")
         if index % 7 == 0:
-            records.append(failed_record(job_id, item, ErrorCode.HTTP_ERROR, "HTTP 404", "m:1"))
+            records.append(ResultRecord.failed(job_id, item, ErrorCode.HTTP_ERROR, "HTTP 404", "m:1"))
         else:
-            records.append(base_record(job_id, item, "m:1") | {"status": SUCCEEDED})
+            records.append(ResultRecord.for_item(job_id, item, model="m:1"))
     return records
 
 

@@ -78,14 +78,15 @@ def test_a_row_the_engine_refuses_is_stored_as_its_failed_line(dynamodb_local: D
     from botocore.exceptions import ClientError
 
     from batchpredict.jobs import JobStore
-    from batchpredict.records import WorkItem, base_record
+    from batchpredict.records import ResultRecord, WorkItem
     from batchpredict.writer import storable
 
     client = _table(dynamodb_local, "rows")
     metadata: dict[str, object] = {"leaf": 1}
     for _ in range(31):
         metadata = {"a": metadata}
-    record = base_record("job", WorkItem(index=7, url="https://a.example/x.jpg", metadata=metadata), "m")
+    item = WorkItem(index=7, url="https://a.example/x.jpg", metadata=metadata)
+    record = ResultRecord.for_item("job", item, model="m")
     store = JobStore(client, "rows")
     with pytest.raises(ClientError, match="Nesting Levels"):
         store.put_results([record])

@@ -14,7 +14,7 @@ from batchpredict.merge import MIB, MergeSettings
 from batchpredict.merges import MergeStore
 from batchpredict.messages import Chunk
 from batchpredict.queues import Queue
-from batchpredict.records import SUCCEEDED, WorkItem, base_record
+from batchpredict.records import ResultRecord, WorkItem
 from batchpredict.results import ResultStore, results_key
 from batchpredict.writer import ChunkWriter
 
@@ -28,12 +28,12 @@ CHUNKS = 66  # 25 lines of ~7 KB a chunk: ~11.5 MB, two parts of >= 5 MiB and a 
 SETTINGS = MergeSettings(read_concurrency=4, prefetch_chunks=16, part_bytes=5 * MIB, time_reserve_seconds=1.0)
 
 
-def _records(chunk: int) -> list[dict[str, Any]]:
+def _records(chunk: int) -> list[ResultRecord]:
     out = []
     for index in range(chunk * CHUNK, (chunk + 1) * CHUNK):
         url, pad = f"https://img.example/{index}.jpg", f"{index:08x}" * 850
         item = WorkItem(index=index, url=url, metadata={"pad": pad})
-        out.append(base_record(JOB, item, "m:1") | {"status": SUCCEEDED})
+        out.append(ResultRecord.for_item(JOB, item, model="m:1"))
     return out
 
 
@@ -56,13 +56,13 @@ def _counted_job(stack: Stack) -> None:
     jobs.put_results = lambda *args: 0  # type: ignore[method-assign]  # no IMG# rows: finalize reads parts
     for chunk in range(CHUNKS):
         records = _records(chunk)
-        writer.write(Chunk(JOB, chunk, [WorkItem(index=r["index"]) for r in records]), records, "m:1")
+        writer.write(Chunk(JOB, chunk, [WorkItem(index=r.index) for r in records]), records, "m:1")
 
 
 def test_a_merge_interrupted_at_every_part_is_byte_identical_to_one_in_one_go(stack: Stack) -> None:
     _counted_job(stack)
     expected = b"".join(
-        json.dumps(r, separators=(",", ":"), ensure_ascii=False).encode() + b"\n"
+        json.dumps(r.to_json(), separators=(",", ":"), ensure_ascii=False).encode() + b"\n"
         for chunk in range(CHUNKS)
         for r in _records(chunk)
     )

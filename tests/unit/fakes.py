@@ -18,6 +18,7 @@ from batchpredict.costs import ChunkUsage
 from batchpredict.errors import ErrorCode, PredictionError
 from batchpredict.fetch import Fetched
 from batchpredict.jobs import CANCELLABLE_STATUSES, FINAL_STATUSES, Job, JobStatus
+from batchpredict.records import ResultRecord
 
 SQS_BATCH_ENTRIES = 10  # SendMessageBatch: at most 10 entries, distinct ids
 
@@ -173,7 +174,7 @@ class FakeJobs:
     def __init__(self, job: Job) -> None:
         self.job = job
         self.markers: set[int] = set()
-        self.rows: list[dict[str, Any]] = []
+        self.rows: list[ResultRecord] = []
         self.count_calls: list[tuple[int, int, int, str | None]] = []
         self.claims: set[int] = set()
         self.usages: list[ChunkUsage | None] = []
@@ -189,7 +190,7 @@ class FakeJobs:
         self.claims.add(chunk)
         return True
 
-    def put_results(self, records: list[dict[str, Any]], deadline: float | None = None) -> int:
+    def put_results(self, records: list[ResultRecord], deadline: float | None = None) -> int:
         self.rows.extend(records)
         return len(records)  # a write unit a row
 

@@ -17,7 +17,7 @@ from batchpredict.costs import ComputeMeter
 from batchpredict.jobs import Job, JobStatus
 from batchpredict.messages import Chunk, parse_finalize
 from batchpredict.queues import Queue
-from batchpredict.records import FAILED, SUCCEEDED, WorkItem, failed_record
+from batchpredict.records import FAILED, SUCCEEDED, ResultError, ResultRecord, WorkItem
 from batchpredict.results import ResultStore, part_key
 from batchpredict.writer import ChunkBusyError, ChunkWriter
 from tests.unit.fakes import FakeJobs, FakeS3, FakeSQS
@@ -45,16 +45,21 @@ def _writer(
     return writer, jobs, s3, sqs
 
 
-def _rows(chunk: int, statuses: Sequence[str]) -> list[dict[str, Any]]:
-    rows = []
-    for i, status in enumerate(statuses):
-        record = failed_record("job-1", WorkItem(index=chunk * 2 + i, url=_url(i)), "http_error", "x", MODEL)
-        rows.append(record | {"status": status, "error": None} if status == SUCCEEDED else record)
-    return rows
+def _rows(chunk: int, statuses: Sequence[str]) -> list[ResultRecord]:
+    return [
+        ResultRecord.for_item(
+            "job-1",
+            WorkItem(index=chunk * 2 + i, url=_url(i)),
+            model=MODEL,
+            error=None if status == SUCCEEDED else ResultError("http_error", "x"),
+        )
+        for i, status in enumerate(statuses)
+    ]
 
 
-def _part(s3: FakeS3, chunk: int) -> list[dict[str, Any]]:
-    return [json.loads(line) for line in s3.objects[OUT][part_key("job-1", chunk)].splitlines()]
+def _part(s3: FakeS3, chunk: int) -> list[ResultRecord]:
+    lines = s3.objects[OUT][part_key("job-1", chunk)].splitlines()
+    return [ResultRecord.from_json(json.loads(line)) for line in lines]
 
 
 def test_write_stores_part_rows_and_counts_the_chunk() -> None:
@@ -194,7 +199,7 @@ def test_writes_are_retried_until_shortly_before_the_invocation_ends() -> None:
             deadlines.append(deadline)
             return super().claim_chunk(job_id, chunk, lease)
 
-        def put_results(self, records: list[dict[str, Any]], deadline: float | None = None) -> int:
+        def put_results(self, records: list[ResultRecord], deadline: float | None = None) -> int:
             deadlines.append(deadline)
             return super().put_results(records)
 
@@ -210,7 +215,7 @@ def test_writes_are_retried_until_shortly_before_the_invocation_ends() -> None:
         clock=lambda: 100.0,
     )
     records = [
-        failed_record("job-1", WorkItem(index=i, url=_url(i)), "http_error", "HTTP 404") for i in (0, 1)
+        ResultRecord.failed("job-1", WorkItem(index=i, url=_url(i)), "http_error", "HTTP 404") for i in (0, 1)
     ]
 
     # The lease is the invocation's remaining 30 s + the 5 s margin: writes stop 1.5 s before its end.
@@ -239,16 +244,16 @@ def _deep(levels: int) -> dict[str, Any]:
 def test_a_row_dynamodb_would_refuse_fails_its_line_alone(metadata: dict[str, Any], reason: str) -> None:
     writer, jobs, s3, _ = _writer()
     good = _rows(0, [SUCCEEDED, SUCCEEDED])
-    bad = good[1] | {"id": "k" * 300, "metadata": metadata}
+    bad = replace(good[1], id="k" * 300, metadata=metadata)
     records = [good[0], bad]
 
     assert writer.write(Chunk("job-1", 0, []), records, MODEL) is True
 
     stored = jobs.rows[1]
-    assert stored["status"] == FAILED and "metadata" not in stored
-    assert stored["error"]["code"] == "invalid_manifest_line"
-    assert reason in stored["error"]["message"]
-    assert (stored["index"], stored["url"], stored["id"]) == (1, _url(1), "k" * 200 + "…")
+    assert stored.status == FAILED and stored.metadata is None and "metadata" not in stored.to_json()
+    assert stored.error is not None and stored.error.code == "invalid_manifest_line"
+    assert reason in stored.error.message
+    assert (stored.index, stored.url, stored.id) == (1, _url(1), "k" * 200 + "…")
     assert jobs.rows[0] == good[0]  # the rest of the chunk is written as it was
     assert _part(s3, 0) == jobs.rows == records  # part, rows and the caller's records agree
     assert jobs.count_calls == [(0, 1, 1, MODEL)]

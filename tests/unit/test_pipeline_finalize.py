@@ -26,7 +26,7 @@ from batchpredict.merge import MergeSettings
 from batchpredict.merges import MergeCheckpoint
 from batchpredict.messages import Chunk, parse_dead_letter, parse_finalize
 from batchpredict.queues import Queue
-from batchpredict.records import FAILED, SUCCEEDED, WorkItem, failed_record
+from batchpredict.records import FAILED, Prediction, ResultRecord, WorkItem
 from batchpredict.results import ResultStore, jsonl, part_key, results_key, summary_key
 from batchpredict.writer import ChunkWriter
 from tests.unit.fakes import FakeJobs, FakeS3, FakeSQS, client_error
@@ -171,21 +171,17 @@ def _job(total: int, chunks: int, done: int | None = None, status: JobStatus = J
     )
 
 
-def _ok(index: int) -> dict[str, Any]:
+def _ok(index: int) -> ResultRecord:
     item = WorkItem(index=index, url=f"https://img.example/{index}.jpg")
-    return failed_record(JOB, item, "x", "x", MODEL) | {
-        "status": SUCCEEDED,
-        "error": None,
-        "predictions": [{"rank": 1, "class_index": 1, "wnid": "n1", "label": "l", "probability": 0.5}],
-    }
+    return ResultRecord.for_item(JOB, item, model=MODEL, predictions=(Prediction(1, 1, "n1", "l", 0.5),))
 
 
-def _bad(index: int, code: str) -> dict[str, Any]:
-    return failed_record(JOB, WorkItem(index=index, url=f"ftp://x/{index}"), code, "nope")
+def _bad(index: int, code: str) -> ResultRecord:
+    return ResultRecord.failed(JOB, WorkItem(index=index, url=f"ftp://x/{index}"), code, "nope")
 
 
 def _setup(
-    job: Job, parts: list[list[dict[str, Any]]], settings: MergeSettings | None = None, min_part: int = 0
+    job: Job, parts: list[list[ResultRecord]], settings: MergeSettings | None = None, min_part: int = 0
 ) -> tuple[Finalizer, FakeJobs, MultipartS3]:
     s3, jobs = MultipartS3(min_part), FakeJobs(job)
     for chunk, records in enumerate(parts):
@@ -223,7 +219,7 @@ def test_parts_are_merged_in_order_and_the_job_completed_with_errors() -> None:
     final = finalizer.finalize(JOB)
 
     assert [r["index"] for r in _lines(s3, results_key(JOB))] == [0, 1, 2, 3, 4]
-    assert _lines(s3, results_key(JOB)) == [r for part in parts for r in part]
+    assert _lines(s3, results_key(JOB)) == [r.to_json() for part in parts for r in part]
     assert final is not None and final.status == JobStatus.COMPLETED_WITH_ERRORS
     assert final.results_uri == f"s3://{OUT}/{results_key(JOB)}"
     summary = json.loads(s3.objects[OUT][summary_key(JOB)])
@@ -318,7 +314,7 @@ def test_unknown_job_is_none() -> None:
 SMALL_PARTS = MergeSettings(read_concurrency=3, prefetch_chunks=4, part_bytes=2000, time_reserve_seconds=1.0)
 
 
-def _many_parts(chunks: int = 30, size: int = 4) -> tuple[Job, list[list[dict[str, Any]]]]:
+def _many_parts(chunks: int = 30, size: int = 4) -> tuple[Job, list[list[ResultRecord]]]:
     parts = [
         [_ok(i) if i % 5 else _bad(i, "http_error") for i in range(c * size, c * size + size)]
         for c in range(chunks)
@@ -326,7 +322,7 @@ def _many_parts(chunks: int = 30, size: int = 4) -> tuple[Job, list[list[dict[st
     return _job(total=chunks * size, chunks=chunks), parts
 
 
-def _expected(parts: list[list[dict[str, Any]]]) -> bytes:
+def _expected(parts: list[list[ResultRecord]]) -> bytes:
     return b"".join(jsonl(p) for p in parts)
 
 
@@ -540,7 +536,7 @@ def test_dead_lettered_chunk_becomes_failed_results_and_is_counted() -> None:
     assert part[0]["error"]["message"] == "chunk 0 could not be processed after 5 deliveries"
     assert part[1]["error"]["message"] == "line 2: ftp"
     assert part[2]["id"] == "two"
-    assert jobs.rows == part
+    assert [r.to_json() for r in jobs.rows] == part
     assert (jobs.job.failed, jobs.job.succeeded, jobs.job.chunks_done) == (3, 0, 1)
     assert [parse_finalize(b) for b in sqs.delivered[FINALIZE_URL]] == [JOB]  # that was the last chunk
 

@@ -24,13 +24,11 @@ from batchpredict.jobs import (
     JobStore,
     chunk_sk,
     from_dynamo,
-    img_sk,
-    page_pk,
     shard_pk,
     to_dynamo,
 )
 from batchpredict.manifest import InvalidLine, ManifestFormat, iter_manifest
-from batchpredict.records import WorkItem, failed_record
+from batchpredict.records import ResultRecord, WorkItem, img_sk, page_pk
 from batchpredict.split import work_item
 from batchpredict.throttling import UnprocessedError
 from tests.unit.fakes import SleepLog, client_error
@@ -109,9 +107,9 @@ def _store(client: FakeDynamo) -> tuple[JobStore, SleepLog]:
     return JobStore(client, TABLE, sleep=sleeps, clock=lambda: NOW, monotonic=sleeps.clock), sleeps
 
 
-def _record(index: int, job_id: str = "job-1") -> dict[str, Any]:
+def _record(index: int, job_id: str = "job-1") -> ResultRecord:
     item = WorkItem(index=index, url=f"https://img.example/{index}.jpg")
-    return failed_record(job_id, item, ErrorCode.HTTP_ERROR, "HTTP 404")
+    return ResultRecord.failed(job_id, item, ErrorCode.HTTP_ERROR, "HTTP 404")
 
 
 def _written(request: dict[str, Any]) -> dict[str, Any]:
@@ -143,7 +141,8 @@ def test_put_results_row_keys_and_content() -> None:
     row = _written(request)
     assert row["pk"] == "job-1#0"
     assert row["sk"] == "IMG#000000042"
-    assert {k: v for k, v in row.items() if k not in ("pk", "sk")} == record
+    assert {k: v for k, v in row.items() if k not in ("pk", "sk")} == record.to_json()
+    assert ResultRecord.from_json(row) == record  # read back: the same record
     assert "expires_at" not in row
 
 
@@ -465,7 +464,7 @@ def test_floats_and_nested_values_survive_to_and_from_dynamo() -> None:
 
 
 def test_to_dynamo_of_a_full_record_round_trips() -> None:
-    record = _record(3) | {
+    record = _record(3).to_json() | {
         "status": "SUCCEEDED",
         "error": None,
         "predictions": [
@@ -521,7 +520,7 @@ def _random_value(rng: random.Random, depth: int = 0) -> Any:
 def test_to_dynamo_builds_exactly_what_the_json_round_trip_built() -> None:
     rng = random.Random(7)
     values = [{f"a{i}": _random_value(rng) for i in range(rng.randint(1, 6))} for _ in range(3000)]
-    record = _record(3) | {
+    record = _record(3).to_json() | {
         "status": "SUCCEEDED",
         "predictions": [
             {
@@ -559,7 +558,7 @@ def test_a_manifest_number_dynamodb_can_store_is_stored(number: str) -> None:
     client = FakeDynamo()
     store, _ = _store(client)
 
-    store.put_results([failed_record("job-1", work_item(item), ErrorCode.HTTP_ERROR, "HTTP 404")])
+    store.put_results([ResultRecord.failed("job-1", work_item(item), ErrorCode.HTTP_ERROR, "HTTP 404")])
 
     ((request,),) = client.batch_calls
     assert Decimal(request["PutRequest"]["Item"]["metadata"]["M"]["x"]["N"]) == Decimal(number)

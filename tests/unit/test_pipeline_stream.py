@@ -27,7 +27,7 @@ from batchpredict.jobs import Job, JobStatus
 from batchpredict.messages import Chunk
 from batchpredict.model import Prediction
 from batchpredict.pipeline import ImageResult, StreamingPredictor
-from batchpredict.records import FAILED, SUCCEEDED, WorkItem
+from batchpredict.records import FAILED, SUCCEEDED, ResultRecord, WorkItem
 from tests.unit.fakes import HANG, ScriptedFetcher
 
 MODEL = "efficientnet-lite0@1"
@@ -348,12 +348,12 @@ def test_decodes_reserve_their_estimated_memory() -> None:
 
 class RecordingWriter:
     def __init__(self, fail_for: int | None = None) -> None:
-        self.written: list[tuple[int, list[dict[str, Any]]]] = []
+        self.written: list[tuple[int, list[ResultRecord]]] = []
         self.fail_for = fail_for
         self.leases: list[float] = []
 
     def write(
-        self, chunk: Chunk, records: list[dict[str, Any]], model: str | None, lease: float, meter: Any
+        self, chunk: Chunk, records: list[ResultRecord], model: str | None, lease: float, meter: Any
     ) -> bool:
         if chunk.chunk == self.fail_for:
             raise RuntimeError("DynamoDB is down")
@@ -388,7 +388,7 @@ def test_chunk_batch_writes_each_chunk_and_reports_failures_per_message() -> Non
     outcomes = _batch(predictor, writer).run(messages, lambda: ends - time.monotonic())
 
     assert outcomes["m0"].error is None and outcomes["m0"].counted
-    assert [r["status"] for r in outcomes["m0"].records] == [SUCCEEDED, SUCCEEDED]
+    assert [r.status for r in outcomes["m0"].records] == [SUCCEEDED, SUCCEEDED]
     assert isinstance(outcomes["m1"].error, RuntimeError)
     assert isinstance(outcomes["m2"].error, ChunkUnfinishedError)
     assert isinstance(outcomes["m3"].error, ValueError)
@@ -432,10 +432,9 @@ def test_predict_urls_returns_one_record_per_url_without_a_job() -> None:
 
     records = predict_urls(predictor, [_url(0), _url(1), _url(2)], time.monotonic() + 0.5)
 
-    assert [r["status"] for r in records] == [SUCCEEDED, FAILED, FAILED]
-    assert records[1]["error"]["code"] == "not_an_image"
-    assert records[2]["error"]["code"] == "fetch_timeout"
-    assert all("job_id" not in r for r in records)
+    assert [r.status for r in records] == [SUCCEEDED, FAILED, FAILED]
+    assert [r.error.code if r.error else None for r in records] == [None, "not_an_image", "fetch_timeout"]
+    assert all(r.job_id is None and "job_id" not in r.to_json() for r in records)
 
 
 def test_job_record_reads_the_usage_counters() -> None:

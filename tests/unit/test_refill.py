@@ -109,10 +109,10 @@ def test_chunk_batch_refills_from_its_queue_and_deletes_only_what_it_wrote() -> 
     outcomes = batch.run([("m0", _body(0, _items(range(1))))], lambda: ends - time.monotonic())
 
     assert outcomes["m0"].error is None
-    assert [r["status"] for r in outcomes["m0"].records] == [FAILED]
-    assert outcomes["m0"].records[0]["error"]["code"] == "fetch_timeout"
+    (stalled,) = outcomes["m0"].records
+    assert (stalled.status, stalled.error and stalled.error.code) == (FAILED, "fetch_timeout")
     ones = outcomes[f"m-{taken[0]}"]
-    assert ones.error is None and [r["status"] for r in ones.records] == [SUCCEEDED, SUCCEEDED]
+    assert ones.error is None and [r.status for r in ones.records] == [SUCCEEDED, SUCCEEDED]
     assert sorted(c for c, _ in writer.written) == [0, 1]  # chunk 2's write failed
     # Written (or counted before): deleted. Failed write, malformed: left to come back.
     assert sqs.deleted == [f"r-{taken[0]}"]
@@ -133,4 +133,4 @@ def test_chunk_batch_without_a_queue_waits_out_the_stall() -> None:
     outcomes = batch.run([("m0", _body(0, _items(range(1))))], lambda: ends - time.monotonic())
 
     assert outcomes.keys() == {"m0"}
-    assert outcomes["m0"].records[0]["error"]["code"] == "fetch_timeout"
+    assert [r.error and r.error.code for r in outcomes["m0"].records] == ["fetch_timeout"]

@@ -4,18 +4,20 @@ the record became a typed class; a change here is a contract change (README, DES
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import numpy as np
+import pytest
 
 from batchpredict.batch import image_record
 from batchpredict.errors import ErrorCode, PredictionError
 from batchpredict.images import DecodedImage
-from batchpredict.jobs import JobStore
+from batchpredict.jobs import JobStore, from_dynamo
 from batchpredict.model import Prediction
 from batchpredict.pipeline import ImageResult
 from batchpredict.predictor import Outcome
-from batchpredict.records import WorkItem
+from batchpredict.records import FAILED, SUCCEEDED, ResultError, ResultRecord, WorkItem
 from batchpredict.results import jsonl
 
 JOB = "job-0123456789abcdef0123"
@@ -171,3 +173,33 @@ def test_img_rows_with_a_ttl_end_with_expires_at() -> None:
     assert list(item) == [*FAILED_ITEM, "expires_at"]
     assert {k: v for k, v in item.items() if k != "expires_at"} == FAILED_ITEM
     assert int(item["expires_at"]["N"]) > 1_700_000_000
+
+
+@pytest.mark.parametrize("line", [SUCCEEDED_LINE, FAILED_LINE, FAILED_AT_SPLIT_LINE, API_LINE])
+def test_a_line_read_back_writes_the_same_bytes(line: str) -> None:
+    record = ResultRecord.from_json(json.loads(line))
+
+    assert jsonl([record]) == line.encode()
+
+
+def test_a_row_read_back_is_the_record_written() -> None:
+    client = _BatchWrites()
+    records = [_succeeded(), _failed(), _failed_at_split()]
+    JobStore(client, "jobs", ttl_seconds=3600).put_results(records)
+
+    # What a Query gives back (numbers as Decimals turned plain: 0.0 comes back as 0).
+    assert [ResultRecord.from_json(from_dynamo(item)) for item in client.items] == records
+
+
+def test_status_and_error_must_agree() -> None:
+    with pytest.raises(ValueError, match="FAILED record with error None"):
+        ResultRecord(job_id=JOB, index=0, status=FAILED)
+    with pytest.raises(ValueError, match="SUCCEEDED record with error"):
+        ResultRecord(job_id=JOB, index=0, status=SUCCEEDED, error=ResultError("http_error", "HTTP 404"))
+    with pytest.raises(ValueError, match="not a result status: 'DONE'"):
+        ResultRecord.from_json(json.loads(FAILED_LINE) | {"status": "DONE"})
+
+
+def test_a_record_without_a_job_has_no_row() -> None:
+    with pytest.raises(ValueError, match="line 42 has no job"):
+        _succeeded(None).to_item()

@@ -66,8 +66,8 @@ def _predict(urls: list[str], single: bool) -> Response[str]:
     remaining = app.lambda_context.get_remaining_time_in_millis() / 1000
     records = predict_urls(svc.predictor, urls, time.monotonic() + remaining - svc.reply_reserve_seconds)
     if single:
-        return _json(200 if records[0]["status"] == SUCCEEDED else 422, records[0])
-    return _json(200, {"results": records})
+        return _json(200 if records[0].status == SUCCEEDED else 422, records[0].to_json())
+    return _json(200, {"results": [record.to_json() for record in records]})
 
 
 @app.get("/predict")
