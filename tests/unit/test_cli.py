@@ -103,3 +103,41 @@ def test_local_stack_reaches_only_the_samples_server_and_bucket(
         assert (up.allowed_networks, up.parameters["ImageSourcePrefixes"]) == ("", "")
     finally:
         samples.stop()
+
+
+def test_the_local_state_is_saved_loaded_and_cleared_in_one_place(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import os
+    import subprocess
+    import sys
+
+    from batchpredict.cli.client import StackRef, UserError
+    from batchpredict.cli.targets import LOCAL_DIR_ENV, local_state
+
+    monkeypatch.setenv(LOCAL_DIR_ENV, str(tmp_path / "local"))
+    state = local_state()
+    assert (state.path, state.log_dir) == (tmp_path / "local" / "stack.json", tmp_path / "local" / "logs")
+    assert state.pid() is None and not state.alive()
+    with pytest.raises(UserError, match="no local stack is running"):
+        state.load()
+    status = CliRunner().invoke(main, ["status", "job-1"])
+    assert status.exit_code == 1 and "no local stack is running" in status.output
+
+    ref = StackRef("in", "out", "table", endpoints={"AWS_ENDPOINT_URL_S3": "http://127.0.0.1:9"})
+    state.save(ref, os.getpid())
+    assert json.loads(state.path.read_text())["pid"] == os.getpid()
+    assert state.alive() and state.load() == ref
+
+    gone = subprocess.Popen([sys.executable, "-c", ""])  # a process that has ended, as after kill -9
+    gone.wait()
+    state.save(ref, gone.pid)
+    assert state.pid() == gone.pid and not state.alive()
+    with pytest.raises(UserError, match="not running any more"):
+        state.load()
+
+    state.path.write_text("{not json")
+    assert state.pid() is None and not state.alive()
+    state.clear()
+    state.clear()  # nothing to remove is fine
+    assert not state.path.exists()
