@@ -508,9 +508,9 @@ def run_leg(spec: LegSpec) -> None:
         # moto's server threads live in this process, beside the driver (submit + polling).
         cpu["moto server (driver process less its thread)"] = cpu.pop("leg process") - cpu["driver thread"]
         failed = {
-            int(r["index"]): (r.get("error") or {}).get("code", "?")
+            r.index: r.error.code if r.error else "?"
             for r in client.result_lines(job_id)
-            if r["status"] != "SUCCEEDED"
+            if r.status != "SUCCEEDED"
         }
         result = {
             "label": spec.label,

@@ -719,7 +719,7 @@ class JobStore:
         for page in pages:
             yield from (self._with_counts(Job.from_item(item)) for item in page["Items"])
 
-    def query_results(self, job_id: str, page_size: int = 500) -> Iterator[dict[str, Any]]:
+    def query_results(self, job_id: str, page_size: int = 500) -> Iterator[ResultRecord]:
         """The job's result records in manifest order: one paginated Query a result page.
 
         While the job is still splitting its number of lines is unknown: pages are read until
@@ -738,7 +738,7 @@ class JobStore:
                 yield from rows
             page += 1
 
-    def _query_page(self, job_id: str, page: int, page_size: int) -> Iterator[dict[str, Any]]:
+    def _query_page(self, job_id: str, page: int, page_size: int) -> Iterator[ResultRecord]:
         paginator = self.client.get_paginator("query")
         pages = paginator.paginate(
             TableName=self.table,
@@ -748,10 +748,7 @@ class JobStore:
         )
         for response in pages:
             for item in response["Items"]:
-                row = from_dynamo(item)
-                for key in ("pk", "sk", "expires_at"):
-                    row.pop(key, None)
-                yield row
+                yield ResultRecord.from_json(from_dynamo(item))  # its key and expires_at left out
 
 
 def _summed(job: Job, shards: Iterable[Item]) -> Job:

@@ -87,13 +87,13 @@ def test_a_predict_worker_killed_mid_job_costs_no_line_and_counts_none_twice(
     job = client.job(job_id)
     assert job.status.value == "COMPLETED", job
     lines = list(client.result_lines(job_id))
-    assert [r["index"] for r in lines] == list(range(total))  # every line once, in order, no duplicates
-    assert Counter(r["status"] for r in lines) == {"SUCCEEDED": total}
+    assert [r.index for r in lines] == list(range(total))  # every line once, in order, no duplicates
+    assert Counter(r.status for r in lines) == {"SUCCEEDED": total}
     summary = client.summary(job_id)
     assert (summary["total"], summary["succeeded"], summary["failed"]) == (total, total, 0)
     assert (job.total, job.succeeded, job.failed, job.chunks_done) == (total, total, 0, job.chunks_total)
     rows = list(client.result_lines(job_id, from_table=True))
-    assert len(rows) == total and {r["index"] for r in rows} == set(range(total))
+    assert len(rows) == total and {r.index for r in rows} == set(range(total))
 
 
 FORMATS = {

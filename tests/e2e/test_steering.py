@@ -72,10 +72,10 @@ def test_cancel_mid_job_on_the_local_stack(run_cli, local_stack, photos_url: str
     job = client.job(job_id)
     assert job.status.value == "CANCELLED"
     lines = list(client.result_lines(job_id))
-    assert [r["index"] for r in lines] == list(range(total))  # every line once, in order
+    assert [r.index for r in lines] == list(range(total))  # every line once, in order
     rows = list(client.result_lines(job_id, from_table=True))
     assert rows == lines
-    codes = Counter(r["error"]["code"] if r["error"] else "ok" for r in lines)
+    codes = Counter(r.error.code if r.error else "ok" for r in lines)
     assert codes["cancelled"] > 0 and set(codes) <= {"ok", "cancelled"}
     assert (job.succeeded, job.failed) == (codes["ok"], codes["cancelled"])
     # Images/s drops to zero within one invocation: after the cancel only the batches already in

@@ -115,7 +115,7 @@ def test_concurrent_redeliveries_count_each_chunk_once(moto_endpoint: str, dynam
     assert final.succeeded == sum(1 for line in lines if line["status"] == SUCCEEDED)
     assert final.failed == sum(1 for line in lines if line["status"] != SUCCEEDED) > 0
     assert final.chunks_done == CHUNKS
-    rows = list(jobs.query_results(job_id))
+    rows = [row.to_json() for row in jobs.query_results(job_id)]
     assert [row["index"] for row in rows] == list(range(CHUNKS * CHUNK_LINES))
     assert rows == lines
     # The rows really are on two pages: the first page alone holds PAGE_LINES of them.

@@ -94,5 +94,5 @@ def test_a_row_the_engine_refuses_is_stored_as_its_failed_line(dynamodb_local: D
     store.put_results([storable(record)])
 
     (row,) = list(store.query_results("job"))
-    assert (row["index"], row["status"], row["error"]["code"]) == (7, "FAILED", "invalid_manifest_line")
-    assert "metadata" not in row
+    assert (row.index, row.status, row.error and row.error.code) == (7, "FAILED", "invalid_manifest_line")
+    assert row.metadata is None

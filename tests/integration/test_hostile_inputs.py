@@ -125,7 +125,7 @@ def test_a_hostile_chunk_fails_only_its_own_lines_and_the_invocation_returns(
 
     assert response == {"batchItemFailures": []}
     assert elapsed < IMAGE_DEADLINE + 15  # bounded by the tarpit's own deadline, not the invocation's
-    rows = {row["index"]: row for row in JobStore(stack.dynamodb, stack.table).query_results(job_id)}
+    rows = {row.index: row.to_json() for row in JobStore(stack.dynamodb, stack.table).query_results(job_id)}
     assert sorted(rows) == list(range(len(urls)))  # every line exactly once
     codes = {i: (row["error"] or {}).get("code") for i, row in rows.items()}
     assert codes[2] == "fetch_timeout"
@@ -133,7 +133,7 @@ def test_a_hostile_chunk_fails_only_its_own_lines_and_the_invocation_returns(
     assert codes[4] == "invalid_redirect"
     assert [rows[i]["status"] for i in (0, 1, 5, 6, 7)] == ["SUCCEEDED"] * 5
     (other,) = JobStore(stack.dynamodb, stack.table).query_results("job-neighbour")
-    assert other["status"] == "SUCCEEDED"
+    assert other.status == "SUCCEEDED"
     part = stack.s3.get_object(Bucket=stack.output_bucket, Key=f"results/{job_id}/parts/000000.jsonl")
     assert [json.loads(line)["index"] for line in part["Body"].read().splitlines()] == list(range(len(urls)))
 
@@ -177,16 +177,16 @@ def test_a_stalled_invocation_takes_more_chunks_from_the_work_queue_and_deletes_
 
     assert response == {"batchItemFailures": []}
     (row,) = jobs.query_results("job-stalled")
-    assert row["error"]["code"] == "fetch_timeout"
+    assert row.error is not None and row.error.code == "fetch_timeout"
     # The stall (2 s) left time for one refill of as many chunks as the event had (one): that
     # chunk was predicted and written while line 0 of job-stalled hung, then deleted; the
     # other is still queued, untouched.
     (done,) = jobs.query_results("job-waiting")
-    assert done["status"] == "SUCCEEDED"
+    assert done.status == "SUCCEEDED"
     attributes = stack.sqs.get_queue_attributes(
         QueueUrl=work_queue,
         AttributeNames=["ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisible"],
     )["Attributes"]
     assert attributes == {"ApproximateNumberOfMessages": "1", "ApproximateNumberOfMessagesNotVisible": "0"}
     (left,) = stack.sqs.receive_message(QueueUrl=work_queue)["Messages"]
-    assert Chunk.parse(left["Body"]).chunk != done["index"]
+    assert Chunk.parse(left["Body"]).chunk != done.index

@@ -54,7 +54,7 @@ def _exactly_once(stack: Stack, job_id: str, total: int) -> list[dict[str, Any]]
     """results.jsonl and the IMG# rows hold every line once, in order; the counts close."""
     lines = stack.results_lines(job_id)
     assert [line["index"] for line in lines] == list(range(total))
-    rows = list(JobStore(stack.dynamodb, stack.table).query_results(job_id))
+    rows = [row.to_json() for row in JobStore(stack.dynamodb, stack.table).query_results(job_id)]
     assert rows == lines
     job, summary = stack.job(job_id), stack.summary(job_id)
     failed = sum(1 for line in lines if line["status"] == "FAILED")
@@ -224,7 +224,7 @@ def test_a_manifest_failing_late_has_its_queued_chunks_written_not_fetched(
     assert job.status == JobStatus.FAILED and "cannot be read" in (job.error or "")
     assert fetched == []
     rows = list(JobStore(stack.dynamodb, stack.table).query_results(job.job_id))
-    assert len(rows) == 500 and {row["error"]["code"] for row in rows} == {"cancelled"}
+    assert len(rows) == 500 and {row.error.code if row.error else None for row in rows} == {"cancelled"}
     assert (job.failed, job.succeeded, job.chunks_done) == (len(rows), 0, len(rows) // 25)
     assert [e["detail"]["status"] for e in _events(stack)] == ["FAILED"]
 

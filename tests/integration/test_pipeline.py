@@ -26,7 +26,7 @@ def _assert_consistent(stack: Stack, job_id: str, total: int) -> list[dict[str, 
     """results.jsonl, the IMG# rows, the JOB record and _summary.json all tell the same story."""
     lines = stack.results_lines(job_id)
     assert [line["index"] for line in lines] == list(range(total))
-    rows = list(JobStore(stack.dynamodb, stack.table).query_results(job_id))
+    rows = [row.to_json() for row in JobStore(stack.dynamodb, stack.table).query_results(job_id)]
     assert [row["index"] for row in rows] == list(range(total))
     assert rows == lines
     job, summary = stack.job_dict(job_id), stack.summary(job_id)

@@ -20,6 +20,7 @@ from click.testing import CliRunner
 from batchpredict.cli import main
 from batchpredict.cli.client import StackRef
 from batchpredict.local.servers import LoopbackHTTPServer
+from batchpredict.records import Prediction, ResultRecord, WorkItem
 
 KEY_ID, SECRET, TOKEN = "AKIDEXAMPLE", "wJalrXUtnFEMI/K7MDENG+bPxRfiCYEXAMPLEKEY", "session-token"
 REGION = "eu-west-3"
@@ -82,15 +83,15 @@ class FakeIamApi(LoopbackHTTPServer):
 
 
 def _record(url: str) -> dict[str, Any]:
+    """What predict_api answers for ``url`` (a record without a job); for a "junk" URL, an object
+    that is not a result record."""
+    item = WorkItem(index=0, url=url)
     if "missing" in url:
-        return {
-            "url": url,
-            "status": "FAILED",
-            "predictions": [],
-            "error": {"code": "http_error", "message": "404"},
-        }
-    prediction = {"rank": 1, "class_index": 967, "wnid": "n07920052", "label": "espresso", "probability": 0.9}
-    return {"url": url, "status": "SUCCEEDED", "predictions": [prediction], "error": None}
+        return ResultRecord.failed(None, item, "http_error", "404").to_json()
+    if "junk" in url:
+        return {"url": url, "status": "SUCCEEDED"}
+    prediction = Prediction(1, 967, "n07920052", "espresso", 0.9)
+    return ResultRecord.for_item(None, item, model="m:1", predictions=(prediction,)).to_json()
 
 
 @pytest.fixture
@@ -143,6 +144,13 @@ def test_a_wrong_secret_is_refused_by_the_verifier(api: FakeIamApi, monkeypatch:
     assert result.exit_code == 1
     assert "the predict API answered 403" in result.output and "signature does not match" in result.output
     assert api.calls == []
+
+
+def test_an_answer_that_is_not_result_records_is_an_error(api: FakeIamApi) -> None:
+    result = CliRunner().invoke(main, ["predict", "--stack", "prod", "https://img.example/junk.jpg"])
+
+    assert result.exit_code == 1
+    assert "the predict API answered something other than result records: KeyError('error')" in result.output
 
 
 def test_files_are_refused_with_a_stack(api: FakeIamApi) -> None:

@@ -8,15 +8,14 @@ import json
 import re
 import urllib.error
 import urllib.request
-from typing import Any
 
 import boto3
 from botocore.auth import SigV4Auth
 from botocore.awsrequest import AWSRequest
 
 from batchpredict.errors import ErrorCode, PredictionError
-from batchpredict.model import Prediction
 from batchpredict.predictor import Outcome
+from batchpredict.records import ResultRecord
 
 # predict_api's API_MAX_URLS default: URLs per request.
 URLS_PER_REQUEST = 8
@@ -45,17 +44,20 @@ def signed_request(api_url: str, body: bytes, session: boto3.session.Session) ->
 
 def predict_remote(
     api_url: str, urls: list[str], session: boto3.session.Session | None = None
-) -> list[dict[str, Any]]:
+) -> list[ResultRecord]:
     """One result record per URL, in order, from the API at ``api_url``."""
     session = session or boto3.session.Session()
-    records: list[dict[str, Any]] = []
+    records: list[ResultRecord] = []
     for start in range(0, len(urls), URLS_PER_REQUEST):
         body = json.dumps({"urls": urls[start : start + URLS_PER_REQUEST]}).encode()
         prepared = signed_request(api_url, body, session).prepare()
         call = urllib.request.Request(prepared.url, data=body, headers=dict(prepared.headers), method="POST")
         try:
             with urllib.request.urlopen(call, timeout=TIMEOUT_SECONDS) as response:
-                records.extend(json.loads(response.read())["results"])
+                answer = json.loads(response.read())
+            records.extend(ResultRecord.from_json(record) for record in answer["results"])
+        except (KeyError, TypeError, ValueError) as exc:  # ValueError: JSONDecodeError too
+            raise ApiError(f"the predict API answered something other than result records: {exc!r}") from exc
         except urllib.error.HTTPError as exc:
             detail = exc.read().decode("utf-8", errors="replace")[:300]
             raise ApiError(f"the predict API answered {exc.code}: {detail}") from exc
@@ -64,13 +66,12 @@ def predict_remote(
     return records
 
 
-def outcome_of(record: dict[str, Any], top_k: int) -> Outcome:
+def outcome_of(record: ResultRecord, top_k: int) -> Outcome:
     """An API record as the local predictor's Outcome, so both print alike."""
-    error = record.get("error")
-    if error:
+    if record.error is not None:
         try:
-            code = ErrorCode(error.get("code"))
+            code = ErrorCode(record.error.code)
         except ValueError:  # a newer stack's code this client does not know yet
             code = ErrorCode.INTERNAL_ERROR
-        return Outcome(error=PredictionError(code, str(error.get("message", ""))))
-    return Outcome([Prediction(**p) for p in (record.get("predictions") or [])[:top_k]])
+        return Outcome(error=PredictionError(code, record.error.message))
+    return Outcome(list(record.predictions[:top_k]))

@@ -12,7 +12,7 @@ import io
 import json
 import os
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -25,7 +25,7 @@ from batchpredict.jobs import FINAL_STATUSES, Job, JobStatus, JobStore
 from batchpredict.manifest import ManifestError, detect_format
 from batchpredict.messages import ManifestObject
 from batchpredict.options import JobOptions
-from batchpredict.records import FAILED
+from batchpredict.records import FAILED, ResultRecord
 from batchpredict.results import results_key, summary_key
 
 if TYPE_CHECKING:
@@ -258,7 +258,7 @@ class Client:
                 yield json.loads(m["Body"])
                 sqs.delete_message(QueueUrl=self.stack.events_queue, ReceiptHandle=m["ReceiptHandle"])
 
-    def result_lines(self, job_id: str, from_table: bool = False) -> Iterator[dict[str, Any]]:
+    def result_lines(self, job_id: str, from_table: bool = False) -> Iterator[ResultRecord]:
         if from_table:
             self.job(job_id)
             yield from self.jobs.query_results(job_id)
@@ -270,7 +270,7 @@ class Client:
             raise UserError(f"job {job_id} has no results.jsonl yet (status {status})") from exc
         for line in body.iter_lines():
             if line:
-                yield json.loads(line)
+                yield ResultRecord.from_json(json.loads(line))
 
     def summary(self, job_id: str) -> dict[str, Any]:
         try:
@@ -285,17 +285,13 @@ class Client:
         lines = [
             r
             for r in self.result_lines(job_id)
-            if r["status"] == FAILED and r.get("url") and r["error"]["code"] not in SPLIT_TIME_CODES
+            if r.status == FAILED and r.url and r.error and r.error.code not in SPLIT_TIME_CODES
         ]
         if not lines:
             raise UserError(f"job {job_id} has no failed lines to retry")
         body = "".join(
             json.dumps(
-                {
-                    k: v
-                    for k, v in (("url", r["url"]), ("id", r.get("id")), ("metadata", r.get("metadata")))
-                    if v is not None
-                }
+                {k: v for k, v in (("url", r.url), ("id", r.id), ("metadata", r.metadata)) if v is not None}
             )
             + "\n"
             for r in lines
@@ -311,23 +307,22 @@ class Client:
         return new_id, len(lines)
 
 
-def to_csv(records: list[dict[str, Any]]) -> str:
+def to_csv(records: Iterable[ResultRecord]) -> str:
     out = io.StringIO()
     writer = csv.writer(out)
     writer.writerow(["index", "id", "url", "status", "label", "probability", "error_code", "error_message"])
     for r in records:
-        top = r["predictions"][0] if r.get("predictions") else {}
-        error = r.get("error") or {}
+        top = r.predictions[0] if r.predictions else None
         writer.writerow(
             [
-                r["index"],
-                r.get("id") or "",
-                r.get("url") or "",
-                r["status"],
-                top.get("label", ""),
-                f"{top['probability']:.4f}" if top else "",
-                error.get("code", ""),
-                error.get("message", ""),
+                r.index,
+                r.id or "",
+                r.url or "",
+                r.status,
+                top.label if top else "",
+                f"{top.probability:.4f}" if top else "",
+                r.error.code if r.error else "",
+                r.error.message if r.error else "",
             ]
         )
     return out.getvalue()

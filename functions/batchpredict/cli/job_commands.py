@@ -18,6 +18,7 @@ from batchpredict.cli.report import write_report
 from batchpredict.cli.shared import allow_network_option, examples, fail, int_option, output_option
 from batchpredict.cli.targets import StackTarget, stack_options
 from batchpredict.jobs import Job, JobStatus
+from batchpredict.records import FAILED
 
 JOB = "job-30481560046df9c31196"  # in --help examples
 
@@ -229,9 +230,7 @@ def results(
 ) -> None:
     """A job's results, from results.jsonl in S3 or from the table."""
     records = [
-        r
-        for r in target.client().result_lines(job_id, from_table)
-        if not failed_only or r["status"] == "FAILED"
+        r for r in target.client().result_lines(job_id, from_table) if not failed_only or r.status == FAILED
     ]
     text = results_view(records, output)
     if to_file:

@@ -157,7 +157,7 @@ def local_run(
                 raise fail(f"job {job_id} failed: {job.error}")
             records = list(client.result_lines(job_id))
             summary = client.summary(job_id)
-            (output / "results.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+            (output / "results.jsonl").write_text("".join(json.dumps(r.to_json()) + "\n" for r in records))
             (output / "_summary.json").write_text(json.dumps(summary, indent=2))
             networks = tuple(options.allowed_networks.split(","))
             write_report(summary, records, output / "report.html", networks, s3_client)

@@ -14,6 +14,8 @@ import json
 from collections.abc import Iterable, Sequence
 from typing import Any
 
+from batchpredict.records import SUCCEEDED, ResultRecord
+
 OUTPUTS = ("json", "table", "text")
 OUTPUT_HELP = (
     "json: one JSON object a line; table: aligned columns for people; "
@@ -116,20 +118,16 @@ def progress_line(progress: Any) -> str:
 # --- result lines ----------------------------------------------------------------------------
 
 
-def _source(record: dict[str, Any]) -> str:
-    return str(record.get("id") or record.get("url") or "")
-
-
-def _result_row(record: dict[str, Any]) -> tuple[Any, ...]:
+def _result_row(record: ResultRecord) -> tuple[Any, ...]:
     """index, status, top-1 label or error code, top-1 probability, source."""
-    if record["status"] == "SUCCEEDED" and record.get("predictions"):
-        top = record["predictions"][0]
-        return (record["index"], record["status"], top["label"], top["probability"], _source(record))
-    code = (record.get("error") or {}).get("code", "")
-    return (record["index"], record["status"], code, None, _source(record))
+    source = record.id or record.url or ""
+    if record.status == SUCCEEDED and record.predictions:
+        top = record.predictions[0]
+        return (record.index, record.status, top.label, top.probability, source)
+    return (record.index, record.status, record.error.code if record.error else "", None, source)
 
 
-def results_table(records: Iterable[dict[str, Any]]) -> str:
+def results_table(records: Iterable[ResultRecord]) -> str:
     lines = [f"{'#':>5}  {'status':<9} {'top-1':<28} {'p':>6}  source"]
     for index, status, what, probability, source in map(_result_row, records):
         if probability is not None:
@@ -141,16 +139,16 @@ def results_table(records: Iterable[dict[str, Any]]) -> str:
     return _lines(lines)
 
 
-def results_view(records: Sequence[dict[str, Any]], output: str) -> str:
+def results_view(records: Sequence[ResultRecord], output: str) -> str:
     """``batchpredict results``: one manifest line a line (``csv``: see ``client.to_csv``)."""
     if output == "json":
-        return _json_lines(records)
+        return _json_lines(r.to_json() for r in records)
     if output == "text":
         return _lines(_tsv(_result_row(r)) for r in records)
     if output == "csv":
         from batchpredict.cli.client import to_csv
 
-        return to_csv(list(records))
+        return to_csv(records)
     return results_table(records)
 
 

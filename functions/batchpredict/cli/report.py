@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 from batchpredict.errors import PredictionError
 from batchpredict.fetch import Fetcher, FetchLimits, parse_networks
 from batchpredict.images import load_rgb
+from batchpredict.records import SUCCEEDED, ResultRecord
 
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
@@ -51,31 +52,30 @@ def thumbnail_data_uri(data: bytes) -> str | None:
     return "data:image/jpeg;base64," + base64.b64encode(out.getvalue()).decode()
 
 
-def _card(record: dict[str, Any], thumb: str | None) -> str:
+def _card(record: ResultRecord, thumb: str | None) -> str:
     e = html.escape
-    title = e(str(record.get("id") or f"line {record['index']}"))
+    title = e(record.id or f"line {record.index}")
     image = f'<img class="thumb" src="{thumb}" alt="">' if thumb else '<div class="noimg">no image</div>'
-    if record["status"] == "SUCCEEDED":
+    if record.error is None:
         rows = "".join(
-            f'<div class="bar"><span class="name">{e(p["label"].split(",")[0])}</span>'
+            f'<div class="bar"><span class="name">{e(p.label.split(",")[0])}</span>'
             f'<span class="track"><span class="fill" '
-            f'style="width:{p["probability"] * 100:.1f}%;display:block"></span></span>'
-            f"<span>{p['probability']:.1%}</span></div>"
-            for p in record["predictions"]
+            f'style="width:{p.probability * 100:.1f}%;display:block"></span></span>'
+            f"<span>{p.probability:.1%}</span></div>"
+            for p in record.predictions
         )
         css = "card"
     else:
-        err = record.get("error") or {}
-        rows = f'<div class="code">{e(err.get("code", ""))}</div><div>{e(err.get("message", ""))}</div>'
+        rows = f'<div class="code">{e(record.error.code)}</div><div>{e(record.error.message)}</div>'
         css = "card failed"
     return (
-        f'<div class="{css}">{image}<div class="body"><b>#{record["index"]} {title}</b>'
-        f'<div class="url">{e(str(record.get("url") or ""))}</div>{rows}</div></div>'
+        f'<div class="{css}">{image}<div class="body"><b>#{record.index} {title}</b>'
+        f'<div class="url">{e(record.url or "")}</div>{rows}</div></div>'
     )
 
 
 def render_report(
-    summary: dict[str, Any], records: Iterable[dict[str, Any]], thumbnail: Thumbnailer, max_images: int = 500
+    summary: dict[str, Any], records: Iterable[ResultRecord], thumbnail: Thumbnailer, max_images: int = 500
 ) -> str:
     """The page; ``thumbnail(url)`` returns image bytes (or None) for the first ``max_images`` lines."""
     e = html.escape
@@ -83,8 +83,8 @@ def render_report(
     shown = 0
     for record in records:
         thumb = None
-        if shown < max_images and record.get("url") and record["status"] == "SUCCEEDED":
-            data = thumbnail(str(record["url"]))
+        if shown < max_images and record.url and record.status == SUCCEEDED:
+            data = thumbnail(record.url)
             thumb = thumbnail_data_uri(data) if data else None
         if shown < max_images:
             cards.append(_card(record, thumb))
@@ -135,7 +135,7 @@ def fetch_thumbnails(allowed: tuple[str, ...], s3_client_factory: Callable[[], S
 
 def write_report(
     summary: dict[str, Any],
-    records: Iterable[dict[str, Any]],
+    records: Iterable[ResultRecord],
     output: Path,
     allowed: tuple[str, ...],
     s3_client_factory: Callable[[], S3Client],
