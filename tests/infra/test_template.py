@@ -120,33 +120,33 @@ def _grant(role: str, action: Any, resource: Any) -> Mutation:
     )
 
 
+def _drop(name: str, key: str) -> Mutation:
+    """The resource ``name`` loses its property ``key``."""
+    return lambda sam: _props(sam, name).pop(key)
+
+
+def _set(name: str, **values: Any) -> Mutation:
+    return lambda sam: _props(sam, name).update(values)
+
+
 QUEUE_BREAKAGES: dict[str, tuple[Mutation, str]] = {
-    "manifest queue loses its DLQ": (
-        lambda sam: _props(sam, "ManifestQueue").pop("RedrivePolicy"),
-        "ManifestQueue: consumed by a function but has no dead-letter queue",
-    ),
-    "work queue loses its DLQ": (
-        lambda sam: _props(sam, "WorkQueue").pop("RedrivePolicy"),
-        "WorkQueue: consumed by a function but has no dead-letter queue",
-    ),
-    "finalize queue loses its DLQ": (
-        lambda sam: _props(sam, "FinalizeQueue").pop("RedrivePolicy"),
-        "FinalizeQueue: consumed by a function but has no dead-letter queue",
-    ),
-    "work DLQ loses its own DLQ": (
-        lambda sam: _props(sam, "WorkDeadLetterQueue").pop("RedrivePolicy"),
-        "WorkDeadLetterQueue: consumed by a function but has no dead-letter queue",
-    ),
+    **{
+        f"{queue} loses its DLQ": (
+            _drop(queue, "RedrivePolicy"),
+            f"{queue}: consumed by a function but has no dead-letter queue",
+        )
+        for queue in ("ManifestQueue", "WorkQueue", "FinalizeQueue", "WorkDeadLetterQueue")
+    },
     "too few receives": (
         lambda sam: _props(sam, "WorkQueue")["RedrivePolicy"].update(maxReceiveCount=3),
         "WorkQueue: maxReceiveCount 3 < 5",
     ),
     "visibility below 6x timeout": (
-        lambda sam: _props(sam, "WorkQueue").update(VisibilityTimeout=900),
+        _set("WorkQueue", VisibilityTimeout=900),
         "WorkQueue: VisibilityTimeout 900 < 6 x PredictFunction's 180 s + 60 s window",
     ),
     "timeout raised, visibility not": (
-        lambda sam: _props(sam, "SplitManifestFunction").update(Timeout=600),
+        _set("SplitManifestFunction", Timeout=600),
         "ManifestQueue: VisibilityTimeout 1800 < 6 x SplitManifestFunction's 600 s + 0 s window",
     ),
     "DLQ alarm removed": (
@@ -154,11 +154,11 @@ QUEUE_BREAKAGES: dict[str, tuple[Mutation, str]] = {
         "WorkDeadLetterQueue: dead-letter queue without a depth alarm",
     ),
     "queue not encrypted": (
-        lambda sam: _props(sam, "FinalizeDeadLetterQueue").pop("SqsManagedSseEnabled"),
+        _drop("FinalizeDeadLetterQueue", "SqsManagedSseEnabled"),
         "FinalizeDeadLetterQueue: not encrypted (SqsManagedSseEnabled)",
     ),
     "split no longer consumes the manifest queue": (
-        lambda sam: _props(sam, "SplitManifestFunction").pop("Events"),
+        _drop("SplitManifestFunction", "Events"),
         "ManifestQueue: no function consumes it",
     ),
 }
@@ -202,13 +202,11 @@ IAM_BREAKAGES: dict[str, tuple[Mutation, str]] = {
         "resource 'arn:aws:s3:::*/*' not scoped",
     ),
     "managed policy": (
-        lambda sam: _props(sam, "FinalizeRole").update(
-            ManagedPolicyArns=["arn:aws:iam::aws:policy/AmazonS3FullAccess"]
-        ),
+        _set("FinalizeRole", ManagedPolicyArns=["arn:aws:iam::aws:policy/AmazonS3FullAccess"]),
         "FinalizeRole: managed policies",
     ),
     "function without its own role (SAM adds managed policies)": (
-        lambda sam: _props(sam, "SplitManifestFunction").pop("Role"),
+        _drop("SplitManifestFunction", "Role"),
         "SplitManifestFunctionRole: managed policies",
     ),
     "wildcard hidden in a condition branch": (
@@ -230,27 +228,6 @@ def _broken(sam: dict[str, Any], mutation: Mutation) -> dict[str, Any]:
     broken = copy.deepcopy(sam)
     mutation(broken)
     return translate(broken)
-
-
-@pytest.mark.parametrize("case", list(QUEUE_BREAKAGES))
-def test_queue_rules_catch(case: str, sam: dict[str, Any], cfn: dict[str, Any]) -> None:
-    mutation, expected = QUEUE_BREAKAGES[case]
-    problems = queue_problems(_broken(sam, mutation))
-    assert any(expected in p for p in problems), problems
-
-
-@pytest.mark.parametrize("case", list(MAPPING_BREAKAGES))
-def test_mapping_rules_catch(case: str, sam: dict[str, Any], cfn: dict[str, Any]) -> None:
-    mutation, expected = MAPPING_BREAKAGES[case]
-    problems = mapping_problems(_broken(sam, mutation))
-    assert any(expected in p for p in problems), problems
-
-
-@pytest.mark.parametrize("case", list(IAM_BREAKAGES))
-def test_iam_rules_catch(case: str, sam: dict[str, Any], cfn: dict[str, Any]) -> None:
-    mutation, expected = IAM_BREAKAGES[case]
-    problems = iam_problems(_broken(sam, mutation))
-    assert any(expected in p for p in problems), problems
 
 
 # --- what moto cannot hold, checked on the translation -----------------------------------------
@@ -498,17 +475,14 @@ API_BREAKAGES: dict[str, tuple[Mutation, str]] = {
         "GET /predict: no authorization",
     ),
     "no reserved concurrency": (
-        lambda sam: _props(sam, "PredictApiFunction").pop("ReservedConcurrentExecutions"),
+        _drop("PredictApiFunction", "ReservedConcurrentExecutions"),
         "PredictApiFunction: no reserved concurrency",
     ),
     "stage-wide throttle only": (
-        lambda sam: _props(sam, "PredictHttpApi").pop("RouteSettings"),
+        _drop("PredictHttpApi", "RouteSettings"),
         "GET /predict: no throttle of its own",
     ),
-    "no access logs": (
-        lambda sam: _props(sam, "PredictHttpApi").pop("AccessLogSettings"),
-        "API stage: no access log group",
-    ),
+    "no access logs": (_drop("PredictHttpApi", "AccessLogSettings"), "API stage: no access log group"),
     "fetch deadline past the timeout": (
         lambda sam: _props(sam, "PredictApiFunction")["Environment"]["Variables"].update(
             FETCH_TOTAL_TIMEOUT="30"
@@ -523,10 +497,30 @@ def test_the_api_is_authorized_limited_and_logged(cfn: dict[str, Any]) -> None:
         assert api_problems(cfn, ApiAuth=auth) == [], auth
 
 
-@pytest.mark.parametrize("case", list(API_BREAKAGES))
-def test_api_rules_catch(case: str, sam: dict[str, Any]) -> None:
-    mutation, expected = API_BREAKAGES[case]
-    problems = api_problems(_broken(sam, mutation))
+RULES: dict[Callable[[dict[str, Any]], list[str]], dict[str, tuple[Mutation, str]]] = {
+    queue_problems: QUEUE_BREAKAGES,
+    mapping_problems: MAPPING_BREAKAGES,
+    iam_problems: IAM_BREAKAGES,
+    api_problems: API_BREAKAGES,
+}
+
+
+@pytest.mark.parametrize(
+    ("problems_of", "mutation", "expected"),
+    [
+        pytest.param(problems_of, mutation, expected, id=f"{problems_of.__name__}: {case}")
+        for problems_of, breakages in RULES.items()
+        for case, (mutation, expected) in breakages.items()
+    ],
+)
+def test_each_rule_catches_its_breakage(
+    problems_of: Callable[[dict[str, Any]], list[str]],
+    mutation: Mutation,
+    expected: str,
+    sam: dict[str, Any],
+    cfn: dict[str, Any],  # the translation's environment (aws_env)
+) -> None:
+    problems = problems_of(_broken(sam, mutation))
     assert any(expected in p for p in problems), problems
 
 
