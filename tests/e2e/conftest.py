@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -11,7 +11,7 @@ import pytest
 from click.testing import CliRunner
 
 from batchpredict import cli
-from batchpredict.cli.client import StackRef
+from batchpredict.cli.client import Client, StackRef
 from batchpredict.cli.targets import LOCAL_DIR_ENV, local_state
 from batchpredict.local.provision import LocalOptions
 from batchpredict.local.servers import FileServer
@@ -19,6 +19,7 @@ from batchpredict.local.stack import LocalStack
 
 # Short local timeouts: a killed worker's messages come back after 6 x 5 s + the window.
 FUNCTION_TIMEOUT = 5.0
+PHOTOS = ["coffee.png", "chelsea.png", "astronaut.png", "rocket.jpg", "china.jpg", "flower.jpg"]
 
 
 # Module scope: the stack points this process's boto3 at its servers until it stops, and
@@ -71,3 +72,21 @@ def run_cli(local_stack: tuple[LocalStack, StackRef], local_dir: Path) -> Any:
         return result
 
     return run
+
+
+@pytest.fixture
+def photo_job(
+    local_stack: tuple[LocalStack, StackRef], photos_url: str, tmp_path: Path
+) -> Callable[[str, int], tuple[Client, str]]:
+    """``photo_job(name, total)``: submit the manifest ``name`` of ``total`` lines of the sample
+    photos (each URL made distinct by ``?n=``) and wait for its job; returns (client, job id)."""
+
+    def submit(name: str, total: int) -> tuple[Client, str]:
+        manifest = tmp_path / name
+        manifest.write_text("".join(f"{photos_url}/{PHOTOS[i % len(PHOTOS)]}?n={i}\n" for i in range(total)))
+        client = Client(local_stack[1])
+        job_id = client.submit(manifest)
+        client.wait_for_job(job_id)
+        return client, job_id
+
+    return submit

@@ -11,9 +11,7 @@ import time
 from collections import Counter
 from pathlib import Path
 
-from batchpredict.cli.client import Client
-
-PHOTOS = ["coffee.png", "chelsea.png", "astronaut.png", "rocket.jpg", "china.jpg", "flower.jpg"]
+from tests.e2e.conftest import PHOTOS
 
 
 def test_submit_watch_results_report(run_cli, photos_url: str, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
@@ -58,19 +56,13 @@ def test_unknown_job_and_manifest_are_one_line_errors(run_cli, tmp_path: Path) -
     assert "Traceback" not in missing_job.output + missing_manifest.output
 
 
-def test_a_predict_worker_killed_mid_job_costs_no_line_and_counts_none_twice(
-    local_stack, photos_url: str, tmp_path: Path
-) -> None:  # type: ignore[no-untyped-def]
+def test_a_predict_worker_killed_mid_job_costs_no_line_and_counts_none_twice(local_stack, photo_job) -> None:  # type: ignore[no-untyped-def]
     # 15 chunks of 16 in invocations of 2: the victim is killed once a first chunk is counted,
     # with most of the job still to run. Its chunks come back by visibility timeout, to be
     # written again and counted once. (Throughput: benchmarks/local_stack_throughput.py.)
-    stack, ref = local_stack
+    stack, _ = local_stack
     total = 240
-    manifest = tmp_path / "lines.txt"
-    manifest.write_text("".join(f"{photos_url}/{PHOTOS[i % len(PHOTOS)]}?n={i}\n" for i in range(total)))
-    client = Client(ref)
-    job_id = client.submit(manifest)
-    client.wait_for_job(job_id)
+    client, job_id = photo_job("lines.txt", total)
     killed = None
     deadline = time.monotonic() + 600
     while time.monotonic() < deadline:

@@ -10,11 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from batchpredict.cli.client import Client
-
 pytestmark = pytest.mark.integration
-
-PHOTOS = ["coffee.png", "chelsea.png", "astronaut.png", "rocket.jpg", "china.jpg", "flower.jpg"]
 
 
 def test_options_listing_and_events_through_the_cli(run_cli, photos_url: str, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
@@ -51,14 +47,10 @@ def test_options_listing_and_events_through_the_cli(run_cli, photos_url: str, tm
     assert events[0]["detail"]["name"] == "nightly" and events[0]["detail"]["tags"] == {"team": "vision"}
 
 
-def test_cancel_mid_job_on_the_local_stack(run_cli, local_stack, photos_url: str, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
-    stack, ref = local_stack
+def test_cancel_mid_job_on_the_local_stack(run_cli, local_stack, photo_job) -> None:  # type: ignore[no-untyped-def]
+    stack, _ = local_stack
     total = 480
-    manifest = tmp_path / "long.txt"
-    manifest.write_text("".join(f"{photos_url}/{PHOTOS[i % 6]}?n={i}\n" for i in range(total)))
-    client = Client(ref)
-    job_id = client.submit(manifest)
-    client.wait_for_job(job_id)
+    client, job_id = photo_job("long.txt", total)
     deadline = time.monotonic() + 300
     while client.job(job_id).succeeded < 32 and time.monotonic() < deadline:
         time.sleep(0.2)

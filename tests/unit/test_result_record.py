@@ -92,6 +92,11 @@ def _n(value: str) -> dict[str, str]:
     return {"N": value}
 
 
+def _prediction_item(rank: str, class_index: str, wnid: str, label: str, probability: str) -> dict[str, Any]:
+    fields = {"rank": _n(rank), "class_index": _n(class_index), "wnid": {"S": wnid}, "label": {"S": label}}
+    return {"M": fields | {"probability": _n(probability)}}
+
+
 SUCCEEDED_ITEM = {
     "pk": {"S": "job-0123456789abcdef0123#0"},
     "sk": {"S": "IMG#000000042"},
@@ -102,24 +107,8 @@ SUCCEEDED_ITEM = {
     "status": {"S": "SUCCEEDED"},
     "predictions": {
         "L": [
-            {
-                "M": {
-                    "rank": _n("1"),
-                    "class_index": _n("281"),
-                    "wnid": {"S": "n02123045"},
-                    "label": {"S": "tabby, tabby cat"},
-                    "probability": _n("0.8123456789012345"),
-                }
-            },
-            {
-                "M": {
-                    "rank": _n("2"),
-                    "class_index": _n("282"),
-                    "wnid": {"S": "n02123159"},
-                    "label": {"S": "tiger cat"},
-                    "probability": _n("0.1"),
-                }
-            },
+            _prediction_item("1", "281", "n02123045", "tabby, tabby cat", "0.8123456789012345"),
+            _prediction_item("2", "282", "n02123159", "tiger cat", "0.1"),
         ]
     },
     "error": {"NULL": True},
