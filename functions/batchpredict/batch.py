@@ -131,10 +131,14 @@ class ChunkBatch:
             model, top_k = self.predictor.model_id, chunk.top_k or self.predictor.top_k
             write(message_id, chunk, [image_record(chunk.job_id, r, model, top_k) for r in results])
 
-        def refill() -> tuple[list[list[WorkItem]], int | None]:
-            assert self.work_queue is not None
+        def refill(lines: int) -> tuple[list[list[WorkItem]], int | None]:
+            # At most as many chunks as the event brought, and as the lines allowed hold (the
+            # event's chunks are the measure: a chunk's size is the job's, known on arrival).
+            count = min(len(messages), lines // max((len(c.items) for c in first), default=1))
+            if count < 1 or self.work_queue is None:
+                return [], None
             hidden = math.ceil(remaining() + LEASE_MARGIN_SECONDS)  # back soon if this run fails
-            received = self.work_queue.receive(len(messages), hidden)
+            received = self.work_queue.receive(count, hidden)
             taken.update({r.message_id: r.receipt_handle for r in received})
             new = admit([(r.message_id, r.body) for r in received])
             return [chunk.items for chunk in new], self._top_k(new)
@@ -161,7 +165,7 @@ class ChunkBatch:
                 logger.error("chunk write failed", extra={"message_id": message_id}, exc_info=outcome.error)
             else:
                 outcome.counted = future.result()
-        self._delete_taken(taken, outcomes)
+        self._delete_taken(taken, outcomes, self._clock() + max(remaining() - 0.5, 0.1))
         return outcomes
 
     def _top_k(self, chunks: Sequence[Chunk]) -> int | None:
@@ -175,26 +179,33 @@ class ChunkBatch:
         for message_id, body in received:
             try:
                 chunks.append((message_id, Chunk.parse(body)))
-            except (KeyError, ValueError, TypeError) as exc:
+            except Exception as exc:  # whatever a body holds, it fails only its own message
                 # -> DLQ -> reconcile, which reports what it cannot parse
                 logger.exception("malformed chunk message", extra={"message_id": message_id})
                 outcomes[message_id] = ChunkOutcome(None, error=ValueError(f"not a chunk message: {exc}"))
         return chunks
 
-    def _delete_taken(self, taken: dict[str, str], outcomes: dict[str, ChunkOutcome]) -> None:
-        """The refill's messages that are written (or were before) leave the queue; the others
-        come back when their visibility ends, like an event's batch item failures."""
-        done = [handle for message_id, handle in taken.items() if outcomes[message_id].error is None]
+    def _delete_taken(
+        self, taken: dict[str, str], outcomes: dict[str, ChunkOutcome], deadline: float
+    ) -> None:
+        """The refill's messages that are written (or were before) leave the queue, by
+        ``deadline``; the others come back when their visibility ends, like an event's batch
+        item failures."""
+        done = [
+            handle
+            for message_id, handle in taken.items()
+            if (outcome := outcomes.get(message_id)) is not None and outcome.error is None
+        ]
         if not done or self.work_queue is None:
             return
         try:
-            self.work_queue.delete(done)
+            self.work_queue.delete(done, deadline)
         except Exception:  # they come back, and the chunk markers make them no-ops
             logger.exception("deleting refilled messages failed", extra={"messages": len(done)})
 
     def _stopped_jobs(self, job_ids: set[str]) -> set[str]:
-        """The jobs (of this batch) no longer to predict: one consistent read of the status of
-        each, once per invocation. A read that fails predicts the chunk (harmless: it is
+        """The jobs (of these chunks) no longer to predict: one consistent read of the status of
+        each, as the chunks arrive. A read that fails predicts the chunk (harmless: it is
         written and counted like any other)."""
         stopped = set()
         for job_id in job_ids:

@@ -64,9 +64,12 @@ class ImageResult:
 
 
 GroupDone = Callable[[int, list[ImageResult]], None]
-# More groups for a run whose fetches are stalled, and the classes per image they need (None:
-# the predictor's); no groups: nothing more to do.
-Refill = Callable[[], tuple[Sequence[Sequence[WorkItem]], int | None]]
+# More groups for a run whose fetches are stalled, of at most the given number of lines in all
+# (what the free fetch threads can fetch, one deadline after another, before the run ends), and
+# the classes per image they need (None: the predictor's); no groups: nothing more to do.
+Refill = Callable[[int], tuple[Sequence[Sequence[WorkItem]], int | None]]
+# After a refill that found nothing, the next waits this many times ``refill_after_seconds``.
+EMPTY_REFILL_BACKOFF = 5
 
 
 class Decoder(Protocol):
@@ -186,12 +189,14 @@ class StreamingPredictor:
         now = self._clock()
         run = _Run(deadline=deadline, top_k=top_k or self.top_k, last_event=now, next_refill=now)
         self._add(run, groups)
+        handed: set[int] = set()
         try:
-            self._loop(run, on_done, refill)
+            self._loop(run, on_done, refill, handed)
         finally:
             with run.cond:
                 run.closed = True
-        return {g for g, left in enumerate(run.pending) if left}
+        # Whatever was not handed on is unfinished, even if its last image came in just now.
+        return set(range(len(run.groups))) - handed
 
     def _add(self, run: _Run, groups: Sequence[Sequence[WorkItem]]) -> None:
         for items in groups:
@@ -212,12 +217,11 @@ class StreamingPredictor:
 
     # -- the engine loop (the calling thread) -------------------------------------------
 
-    def _loop(self, run: _Run, on_done: GroupDone, refill: Refill | None) -> None:
-        done_groups = 0
-        while done_groups < len(run.groups):
+    def _loop(self, run: _Run, on_done: GroupDone, refill: Refill | None, handed: set[int]) -> None:
+        while len(handed) < len(run.groups):
             batch: list[_Ready] = []
             finished: list[int] = []
-            refilling = False
+            refill_lines = 0
             with run.cond:
                 while True:
                     now = self._clock()
@@ -226,44 +230,51 @@ class StreamingPredictor:
                         run.completed.clear()
                         break
                     if now >= run.deadline:
+                        run.closed = True  # late work is dropped from here on, under this lock
                         return
                     take = self._batch_size(run, now)
                     if take:
                         batch = [run.ready.popleft() for _ in range(take)]
                         break
-                    if refill is not None and self._stalled(run, now):
-                        refilling = True
-                        run.next_refill = now + self.settings.refill_after_seconds
+                    lines = self._refill_lines(run, now) if refill is not None else 0
+                    if lines and now >= self._stall_ends(run):
+                        refill_lines = lines
                         break
-                    run.cond.wait(self._wait_seconds(run, now, refill is not None))
+                    run.cond.wait(self._wait_seconds(run, now, bool(lines)))
             for g in finished:
-                done_groups += 1
+                handed.add(g)
                 on_done(g, [r for r in run.results[g] if r is not None])
             if batch:
                 self._infer(run, batch)
-            if refilling and refill is not None:
-                self._refill(run, refill)
+            if refill_lines and refill is not None:
+                self._refill(run, refill, refill_lines)
 
-    def _stalled(self, run: _Run, now: float) -> bool:
-        """Only fetches are out, each on a thread of its own, and nothing has finished for
-        ``refill_after_seconds``: the CPU waits on servers. Not near the deadline: new work
-        must have a whole fetch deadline (and its decode) before the run ends."""
-        return (
-            0 < run.fetching < self.fetcher.policy.concurrency
-            and not run.ready
-            and not run.decoding
-            and now >= max(run.last_event + self.settings.refill_after_seconds, run.next_refill)
-            and run.deadline - now >= self.fetcher.total_timeout + self.settings.decode_seconds
-        )
+    def _refill_lines(self, run: _Run, now: float) -> int:
+        """How many lines a refill may add now (0: none). Only while fetches alone are out, on
+        threads of their own (so the CPU waits on servers), and only as many as the free fetch
+        threads can take, one whole fetch deadline after another, and still decode before the
+        run's deadline."""
+        free = self.fetcher.policy.concurrency - run.fetching
+        if not run.fetching or free <= 0 or run.ready or run.decoding:
+            return 0
+        rounds = int((run.deadline - now - self.settings.decode_seconds) // self.fetcher.total_timeout)
+        return free * max(rounds, 0)
 
-    def _refill(self, run: _Run, refill: Refill) -> None:
+    def _stall_ends(self, run: _Run) -> float:
+        """When the run counts as stalled: nothing finished for ``refill_after_seconds``."""
+        return max(run.last_event + self.settings.refill_after_seconds, run.next_refill)
+
+    def _refill(self, run: _Run, refill: Refill, lines: int) -> None:
+        pause = self.settings.refill_after_seconds
         try:
-            groups, top_k = refill()
+            groups, top_k = refill(lines)
         except Exception:  # the run goes on with what it has
             logger.exception("refill failed")
-            return
+            groups, top_k = [], None
         with run.cond:
-            run.top_k = max(run.top_k, top_k or self.top_k)
+            run.next_refill = self._clock() + pause * (1 if groups else EMPTY_REFILL_BACKOFF)
+            if groups:
+                run.top_k = max(run.top_k, top_k or self.top_k)
         self._add(run, groups)
 
     def _batch_size(self, run: _Run, now: float) -> int:
@@ -283,13 +294,12 @@ class StreamingPredictor:
         # Nothing is decoding: wait for fetches still out only a little, the CPU is idle meanwhile.
         return ready if lingered or not run.fetching else 0
 
-    def _wait_seconds(self, run: _Run, now: float, refills: bool) -> float:
+    def _wait_seconds(self, run: _Run, now: float, may_refill: bool) -> float:
         until = run.deadline - now
         if run.ready and not run.decoding:
             until = min(until, run.ready[0].since + self.settings.linger_seconds - now)
-        if refills and run.fetching:
-            stall = max(run.last_event + self.settings.refill_after_seconds, run.next_refill)
-            until = min(until, stall - now)
+        if may_refill:  # else a finished fetch or decode notifies
+            until = min(until, self._stall_ends(run) - now)
         return max(until, 0.001)
 
     def _infer(self, run: _Run, batch: list[_Ready]) -> None:

@@ -63,15 +63,16 @@ class Queue:
         )
         return [Received(m["MessageId"], m["ReceiptHandle"], m["Body"]) for m in response.get("Messages", [])]
 
-    def delete(self, receipt_handles: Sequence[str]) -> None:
-        """DeleteMessageBatch in tens; entries it fails are sent again until the call's deadline."""
+    def delete(self, receipt_handles: Sequence[str], deadline: float | None = None) -> None:
+        """DeleteMessageBatch in tens; entries it fails are sent again until ``deadline`` (None:
+        the backoff's default budget)."""
         for start in range(0, len(receipt_handles), SEND_BATCH_LIMIT):
             batch = receipt_handles[start : start + SEND_BATCH_LIMIT]
             entries: list[DeleteMessageBatchRequestEntryTypeDef] = [
                 {"Id": str(i), "ReceiptHandle": handle} for i, handle in enumerate(batch)
             ]
             by_id = {entry["Id"]: entry for entry in entries}
-            self.backoff.until_processed(self._delete_entries, entries, partial(_failed, by_id))
+            self.backoff.until_processed(self._delete_entries, entries, partial(_failed, by_id), deadline)
 
     def _delete_entries(
         self, entries: list[DeleteMessageBatchRequestEntryTypeDef]

@@ -5,30 +5,35 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
+from typing import Any
 
 import pytest
 
 from batchpredict.batch import ChunkBatch
 from batchpredict.errors import ErrorCode
+from batchpredict.jobs import JobStatus
 from batchpredict.messages import Chunk
-from batchpredict.pipeline import ImageResult
+from batchpredict.pipeline import ImageResult, StreamingPredictor
 from batchpredict.queues import Queue
-from batchpredict.records import FAILED, SUCCEEDED, WorkItem
+from batchpredict.records import FAILED, SUCCEEDED, Prediction, WorkItem
 from tests.unit.fakes import HANG, FakeSQS, ScriptedFetcher
-from tests.unit.test_pipeline_stream import RecordingWriter, _img, _items, _stream, _url
+from tests.unit.test_pipeline_stream import FakeEngine, RecordingWriter, _img, _items, _stream, _url
 
 QUEUE_URL = "https://sqs.local/work"
 
 
 class Refills:
-    """A refill handing out ``batches`` one call at a time, then nothing; records its calls."""
+    """A refill handing out ``batches`` one call at a time, then nothing; records its calls
+    (when, and how many lines it was allowed)."""
 
     def __init__(self, *batches: tuple[Sequence[Sequence[WorkItem]], int | None]) -> None:
         self.batches = list(batches)
         self.calls: list[float] = []
+        self.lines: list[int] = []
 
-    def __call__(self) -> tuple[Sequence[Sequence[WorkItem]], int | None]:
+    def __call__(self, lines: int) -> tuple[Sequence[Sequence[WorkItem]], int | None]:
         self.calls.append(time.monotonic())
+        self.lines.append(lines)
         return self.batches.pop(0) if self.batches else ([], None)
 
 
@@ -54,9 +59,37 @@ def test_a_stalled_run_takes_more_groups_and_finishes_them_while_the_stall_lasts
     assert done[0][0].outcome.error is not None
     assert done[0][0].outcome.error.code is ErrorCode.FETCH_TIMEOUT  # its own deadline (1 s), not the run's
     assert refill.calls[0] - started == pytest.approx(0.05, abs=0.2)
+    # 7 free fetch threads (of 8), each with time for 4 whole fetch deadlines (1 s) and a decode
+    assert refill.lines[0] == 7 * 4
     assert len(refill.calls) >= 2  # asked again after getting work, at most every refill_after
     assert all(b - a >= 0.045 for a, b in zip(refill.calls, refill.calls[1:], strict=False))
+    # after a refill that found nothing, the next waits 5 x refill_after
+    assert all(b - a >= 0.24 for a, b in zip(refill.calls[1:], refill.calls[2:], strict=False))
     assert engine.top_ks == [7]  # the refilled groups asked for 7 classes
+
+
+def test_a_stalled_run_waits_for_notifications_not_in_a_busy_loop() -> None:
+    """While fetches stall and no refill may run (every thread taken), the engine loop sleeps
+    until something finishes or the deadline: it reads its clock a handful of times."""
+    reads = 0
+
+    def clock() -> float:
+        nonlocal reads
+        reads += 1
+        return time.monotonic()
+
+    predictor, _ = _stream(
+        ScriptedFetcher({_url(i): [HANG] for i in range(2)}),
+        total_timeout=1.0,
+        concurrency=2,
+        refill_after=0.01,
+        decode_seconds=0.1,
+    )
+    predictor._clock = clock  # the engine loop's clock; the fetches keep their own
+
+    predictor.run([_items(range(2))], time.monotonic() + 3.0, lambda g, r: None, None, Refills())
+
+    assert reads < 50  # a 1 ms spin over the 1 s stall would read it ~1,000 times
 
 
 def test_no_refill_without_the_time_for_a_whole_fetch_and_decode() -> None:
@@ -85,8 +118,63 @@ def test_no_refill_while_every_fetch_thread_is_taken() -> None:
     assert refill.calls == []  # new fetches would only queue behind the stalled ones
 
 
-def _body(chunk: int, items: list[WorkItem], top_k: int | None = None) -> str:
-    return Chunk("job-1", chunk, items, top_k=top_k).body()
+class TopKEngine(FakeEngine):
+    """Answers ``top_k`` classes for each image, as the real engine does."""
+
+    def run_inference(self, batch: Any, top_k: int) -> list[list[Prediction]]:
+        ids = [p[0].class_index for p in super().run_inference(batch, top_k)]
+        return [
+            [Prediction(r, i, f"n{i:08d}", f"label {i}", 0.9 / r) for r in range(1, top_k + 1)] for i in ids
+        ]
+
+
+def _body(chunk: int, items: list[WorkItem], top_k: int | None = None, job_id: str = "job-1") -> str:
+    return Chunk(job_id, chunk, items, top_k=top_k).body()
+
+
+class StatusJobs:
+    """The job statuses ChunkBatch reads before predicting a job's chunks."""
+
+    def __init__(self, statuses: dict[str, JobStatus]) -> None:
+        self.statuses = statuses
+
+    def status(self, job_id: str) -> JobStatus:
+        return self.statuses.get(job_id, JobStatus.RUNNING)
+
+
+def _refilling_batch(
+    predictor: StreamingPredictor, sqs: FakeSQS, writer: RecordingWriter | None = None
+) -> tuple[ChunkBatch, RecordingWriter]:
+    writer = writer or RecordingWriter()
+    writer.jobs = StatusJobs({"job-stopped": JobStatus.CANCELLED})  # type: ignore[attr-defined]
+    batch = ChunkBatch(
+        predictor,
+        writer,  # type: ignore[arg-type]
+        memory_mb=1024,
+        write_reserve_seconds=0.5,
+        work_queue=Queue(sqs, QUEUE_URL),  # type: ignore[arg-type]
+    )
+    return batch, writer
+
+
+def _stalling_stream(engine: FakeEngine | None = None, **scripts: Any) -> StreamingPredictor:
+    """Line 0 hangs (its deadline: 1 s); lines 1-9 are images."""
+    fetcher = ScriptedFetcher({_url(0): [HANG]} | {_url(i): [_img(i)] for i in range(1, 10)})
+    predictor, _ = _stream(
+        fetcher,
+        engine=engine,
+        linger=0.01,
+        total_timeout=1.0,
+        refill_after=0.05,
+        decode_seconds=0.1,
+        **scripts,
+    )
+    return predictor
+
+
+def _run_batch(batch: ChunkBatch, messages: list[tuple[str, str]], seconds: float = 6.0) -> Any:
+    ends = time.monotonic() + seconds
+    return batch.run(messages, lambda: ends - time.monotonic())
 
 
 def test_chunk_batch_refills_from_its_queue_and_deletes_only_what_it_wrote() -> None:
@@ -134,3 +222,54 @@ def test_chunk_batch_without_a_queue_waits_out_the_stall() -> None:
 
     assert outcomes.keys() == {"m0"}
     assert [r.error and r.error.code for r in outcomes["m0"].records] == ["fetch_timeout"]
+
+
+def test_each_chunk_gets_its_own_top_k_however_it_arrived() -> None:
+    queued = _body(2, _items(range(3, 4)), top_k=7)
+    sqs = FakeSQS(receive=([queued],))
+    batch, _ = _refilling_batch(_stalling_stream(TopKEngine()), sqs)
+    event = [("a", _body(0, _items(range(2)), top_k=2)), ("b", _body(1, _items(range(2, 3))))]
+
+    outcomes = _run_batch(batch, event)
+
+    refilled = outcomes[f"m-{queued}"]
+    assert [len(r.predictions) for r in outcomes["a"].records] == [0, 2]  # line 0 failed
+    assert [len(r.predictions) for r in outcomes["b"].records] == [5]  # the function's TOP_K
+    assert [len(r.predictions) for r in refilled.records] == [7]
+
+
+def test_refilled_chunks_of_a_stopped_job_are_written_cancelled_and_deleted() -> None:
+    stopped = _body(5, _items(range(5, 7)), job_id="job-stopped")
+    sqs = FakeSQS(receive=([stopped],))
+    batch, writer = _refilling_batch(_stalling_stream(), sqs)
+
+    outcomes = _run_batch(batch, [("m0", _body(0, _items(range(1))))])
+
+    cancelled = outcomes[f"m-{stopped}"]
+    assert [(r.status, r.error and r.error.code) for r in cancelled.records] == [(FAILED, "cancelled")] * 2
+    assert sorted(c for c, _ in writer.written) == [0, 5]
+    assert sqs.deleted == [f"r-{stopped}"]
+
+
+def test_unfinished_and_malformed_refills_are_left_to_come_back() -> None:
+    refilled = [_body(1, _items(range(1, 2))), "[]", "{not json"]
+    sqs = FakeSQS(receive=(refilled,))
+    batch, writer = _refilling_batch(_stalling_stream(FakeEngine(fail=True)), sqs)
+
+    outcomes = _run_batch(batch, [("m0", _body(0, _items(range(1))))])
+
+    assert outcomes["m0"].error is None  # its one line failed by its own deadline: written
+    assert all(outcomes[f"m-{body}"].error is not None for body in refilled)  # forward pass failed; malformed
+    assert [c for c, _ in writer.written] == [0]
+    assert sqs.deleted == []
+
+
+def test_no_receive_when_the_lines_allowed_hold_no_whole_chunk() -> None:
+    sqs = FakeSQS(receive=([_body(1, _items(range(4, 8)))],))
+    # 2 fetch threads, 1 stalled: 1 free thread x 2 deadlines of 1 s in the 3 s left < 4 lines
+    batch, _ = _refilling_batch(_stalling_stream(concurrency=2), sqs)
+
+    outcomes = _run_batch(batch, [("m0", _body(0, _items(range(4))))], seconds=3.5)
+
+    assert outcomes["m0"].error is None
+    assert sqs.receives == []
