@@ -722,25 +722,29 @@ def tarpit_floor(result: LegResult, manifest: Manifest, fetch_total_timeout: flo
 def print_tarpit(
     results: list[LegResult], manifest: Manifest, peers: list[LegResult], fetch_total_timeout: float
 ) -> None:
-    """Each tarpit run against its floor and its clean peer: the best a design could do is the
-    peer's time for the rest, or the floor if later; ``of best`` is the run's rate against that."""
+    """Each tarpit run against its clean peer and the tarpit's floor. No design completes the job
+    before the last tarpit line's first request + FETCH_TOTAL_TIMEOUT (the measured floor); at
+    the peer's pace that request would come when the peer had done the lines before it (the
+    peer's floor). The best a design could do is the later of the peer's time for the rest and
+    the peer's floor; ``of best`` is the run's rate against that."""
     if not manifest.tarpit:
         return
     last = results[-1]
     codes = Counter(last.failed.get(i, "SUCCEEDED") for i in manifest.tarpit)
     verdict = "all FAILED fetch_timeout" if codes == {"fetch_timeout": len(manifest.tarpit)} else "NOT all"
     print(f"  tarpit lines ({last.label}): {len(manifest.tarpit)}, {verdict}: {dict(codes)}")
-    rest = len(manifest.photos) - len(manifest.tarpit)
+    total = len(manifest.photos)
+    rest, last_line = total - len(manifest.tarpit), max(manifest.tarpit)
     for i, (run, peer) in enumerate(zip(results, peers, strict=False), 1):
         floor = tarpit_floor(run, manifest, fetch_total_timeout)
-        if floor is None:
-            print(f"  run {i}: no floor (the tarpit's log misses lines)")
-            continue
-        peer_rest = peer.wall * rest / len(manifest.photos)  # the peer's time for as many lines
-        best = max(peer_rest, floor)
+        peer_rest = peer.wall * rest / total  # the peer's time for as many lines
+        peer_floor = peer.wall * last_line / total + fetch_total_timeout
+        best = max(peer_rest, peer_floor)
+        measured = f"{floor:5.1f} s" if floor is not None else "n/a (the tarpit's log misses lines)"
         print(
-            f"  run {i}: floor {floor:5.1f} s (last tarpit request + {fetch_total_timeout:g} s), peer's time "
-            f"for the rest {peer_rest:5.1f} s, this run {run.wall:5.1f} s: {best / run.wall:.2f}x of best"
+            f"  run {i}: last tarpit line {last_line}; floor {measured} (its first request + "
+            f"{fetch_total_timeout:g} s), at the peer's pace {peer_floor:5.1f} s; peer's time for the rest "
+            f"{peer_rest:5.1f} s; this run {run.wall:5.1f} s: {best / run.wall:.2f}x of best"
         )
 
 

@@ -176,7 +176,7 @@ class StreamSettings:
     bucket: int = 16
     linger_seconds: float = 0.05
     decode_seconds: float = 10.0
-    refill_after_seconds: float = 1.0
+    refill_after_seconds: float = 0.25
     decoders: int | None = None
     max_pixels: int = DEFAULT_MAX_PIXELS
 

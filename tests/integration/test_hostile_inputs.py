@@ -157,8 +157,11 @@ def test_a_hostile_manifest_completes_with_one_result_per_line(
 
 
 def test_a_stalled_invocation_takes_more_chunks_from_the_work_queue_and_deletes_them(
-    stack: Stack, image_server: str, tarpit: str, quick_deadline: None
+    stack: Stack, image_server: str, tarpit: str, quick_deadline: None, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    # A stall of 1.5 s before a refill, in a 2 s tarpit deadline: room for exactly one.
+    monkeypatch.setenv("REFILL_AFTER_SECONDS", "1.5")
+    predict.service.cache_clear()
     jobs = JobStore(stack.dynamodb, stack.table)
     for job_id in ("job-stalled", "job-waiting"):
         jobs.create(job_id, f"s3://in/manifests/{job_id}.txt", f"m-{job_id}")
@@ -178,7 +181,7 @@ def test_a_stalled_invocation_takes_more_chunks_from_the_work_queue_and_deletes_
     assert response == {"batchItemFailures": []}
     (row,) = jobs.query_results("job-stalled")
     assert row.error is not None and row.error.code == "fetch_timeout"
-    # The stall (2 s) left time for one refill of as many chunks as the event had (one): that
+    # The stall left time for one refill of as many chunks as the event had (one): that
     # chunk was predicted and written while line 0 of job-stalled hung, then deleted; the
     # other is still queued, untouched.
     (done,) = jobs.query_results("job-waiting")
