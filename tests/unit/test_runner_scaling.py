@@ -66,7 +66,7 @@ def test_waiting_messages_and_idle_cpus_add_a_worker_every_interval_up_to_the_ma
     assert [p.mapping.idle_exit_seconds for p in pool[2:]] == [EXTRA_IDLE_EXIT_SECONDS] * 2
 
 
-@pytest.mark.parametrize(("backlog", "idle"), [(0, 0.9), (50, 0.1)])
+@pytest.mark.parametrize(("backlog", "idle"), [(0, 0.9), (50, 0.1), (50, 0.4)])
 def test_no_worker_is_added_without_waiting_messages_or_idle_cpus(
     predict: Mapping, backlog: int, idle: float, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -102,7 +102,13 @@ def main() -> None:
 
 
 SCALE_EVERY_SECONDS = 2.0  # at most one more worker this often: a new one needs ~2 s to load the model
-SCALE_WHEN_IDLE = 0.25  # the machine's idle CPU share above which an extra worker is worth it
+# The machine's idle CPU share (over SCALE_EVERY_SECONDS) above which an extra worker is worth
+# it. A new predict worker costs ~2.3 CPU-s to start (imports, model load and bind): about 1.2 s
+# of both cores here, more than half of the interval. Predict refills while its fetches stall,
+# so a stall idles a core only briefly; a quarter idle spawned workers whose start cost more
+# than the idle time they would fill (predict CPU per image 1.24x instead of 1.13x at 2% tarpit
+# lines).
+SCALE_WHEN_IDLE = 0.5
 EXTRA_IDLE_EXIT_SECONDS = 20.0
 
 
