@@ -9,9 +9,10 @@
   than wait for the last decodes to fill the bucket, so that its last pass is a small one;
 * a group (a chunk) is handed on as soon as its last image is done, while later images
   are still in flight;
-* when the CPU has had nothing to do for ``refill_after_seconds`` while fetches are still out
-  (slow or stalled servers), the run asks its ``refill`` for more groups, so that a stalled
-  fetch costs its own line's wait, not the invocation's idle cores (see batch.ChunkBatch).
+* when every fetch still out has been out for ``refill_after_seconds`` (slow or stalled
+  servers) and the CPU has at most a bucket of work left, the run asks its ``refill`` for more
+  groups, so that a stalled fetch costs its own line's wait, not the invocation's idle cores
+  (see batch.ChunkBatch).
 
 One URL or payload can only fail its own result: whatever a fetch or decode raises
 becomes that image's error. Work not done by the run's deadline is left out (its group
@@ -120,15 +121,14 @@ class _Run:
     decoding: int = 0
     closed: bool = False  # past the deadline: late work is dropped, not recorded
     top_k: int = 5
-    last_event: float = 0.0  # when a fetch, decode or image last finished
+    last_fetch: float = 0.0  # when the latest fetch was submitted
     next_refill: float = 0.0  # no refill before this time
 
-    def finish(self, group: int, position: int, result: ImageResult, now: float) -> None:
+    def finish(self, group: int, position: int, result: ImageResult) -> None:
         with self.cond:
             if self.closed or self.results[group][position] is not None:
                 return
             self.results[group][position] = result
-            self.last_event = now
             self.pending[group] -= 1
             if self.pending[group] == 0:
                 self.completed.append(group)
@@ -187,7 +187,7 @@ class StreamingPredictor:
         Returns the groups not completed by ``deadline``.
         """
         now = self._clock()
-        run = _Run(deadline=deadline, top_k=top_k or self.top_k, last_event=now, next_refill=now)
+        run = _Run(deadline=deadline, top_k=top_k or self.top_k, last_fetch=now, next_refill=now)
         self._add(run, groups)
         handed: set[int] = set()
         try:
@@ -209,10 +209,11 @@ class StreamingPredictor:
                     run.completed.append(g)
             for p, item in enumerate(items):
                 if item.error is not None or not item.url:
-                    run.finish(g, p, ImageResult(item, Outcome()), self._clock())  # failed at split time
+                    run.finish(g, p, ImageResult(item, Outcome()))  # failed at split time
                 else:
                     with run.cond:
                         run.fetching += 1
+                        run.last_fetch = self._clock()
                     self._fetchers.submit(self._fetch, run, g, p, item)
 
     # -- the engine loop (the calling thread) -------------------------------------------
@@ -250,19 +251,19 @@ class StreamingPredictor:
                 self._refill(run, refill, refill_lines)
 
     def _refill_lines(self, run: _Run, now: float) -> int:
-        """How many lines a refill may add now (0: none). Only while fetches alone are out, on
-        threads of their own (so the CPU waits on servers), and only as many as the free fetch
-        threads can take, one whole fetch deadline after another, and still decode before the
-        run's deadline."""
+        """How many lines a refill may add now (0: none). Only while fetches are out, on threads
+        of their own, and the CPU has at most a bucket of work left (ready or decoding): the
+        new fetches then arrive as it runs dry. Only as many as the free fetch threads can
+        take, one whole fetch deadline after another, and still decode before the run ends."""
         free = self.fetcher.policy.concurrency - run.fetching
-        if not run.fetching or free <= 0 or run.ready or run.decoding:
+        if not run.fetching or free <= 0 or len(run.ready) + run.decoding > self.settings.bucket:
             return 0
         rounds = int((run.deadline - now - self.settings.decode_seconds) // self.fetcher.total_timeout)
         return free * max(rounds, 0)
 
     def _stall_ends(self, run: _Run) -> float:
-        """When the run counts as stalled: nothing finished for ``refill_after_seconds``."""
-        return max(run.last_event + self.settings.refill_after_seconds, run.next_refill)
+        """When the fetches out count as stalled: the latest has been out ``refill_after_seconds``."""
+        return max(run.last_fetch + self.settings.refill_after_seconds, run.next_refill)
 
     def _refill(self, run: _Run, refill: Refill, lines: int) -> None:
         pause = self.settings.refill_after_seconds
@@ -319,7 +320,7 @@ class StreamingPredictor:
             ready.outcome.inference_ms = share
             item = run.groups[ready.group][ready.position]
             result = ImageResult(item, ready.outcome, ready.fetch_ms)
-            run.finish(ready.group, ready.position, result, self._clock())
+            run.finish(ready.group, ready.position, result)
 
     # -- fetch and decode (pool threads) -----------------------------------------------
 
@@ -334,7 +335,6 @@ class StreamingPredictor:
         finally:
             with run.cond:
                 run.fetching -= 1
-                run.last_event = self._clock()
                 if fetched is not None and isinstance(fetched.payload, bytes) and not run.closed:
                     run.decoding += 1
                 run.cond.notify()
@@ -344,7 +344,7 @@ class StreamingPredictor:
             if self._cut_by_deadline(run, fetched.payload):
                 return  # the run, not the image, ran out of time: the chunk comes back
             result = ImageResult(item, Outcome(error=fetched.payload), fetched.fetch_ms)
-            run.finish(group, position, result, self._clock())
+            run.finish(group, position, result)
             return
         if not run.closed:
             self._decoders.submit(self._decode, run, group, position, item, fetched)
@@ -369,12 +369,11 @@ class StreamingPredictor:
             outcome.preprocess_ms = (time.perf_counter() - started) * 1000
             with run.cond:
                 run.decoding -= 1
-                run.last_event = self._clock()
                 if outcome.image is not None and not run.closed:
                     run.ready.append(_Ready(group, position, outcome, fetched.fetch_ms, self._clock()))
                 run.cond.notify()
         if outcome.error is not None and not self._cut_by_deadline(run, outcome.error):
-            run.finish(group, position, ImageResult(item, outcome, fetched.fetch_ms), self._clock())
+            run.finish(group, position, ImageResult(item, outcome, fetched.fetch_ms))
 
     def _cut_by_deadline(self, run: _Run, error: PredictionError) -> bool:
         timed_out = error.code in (ErrorCode.FETCH_TIMEOUT, ErrorCode.DECODE_TIMEOUT)
