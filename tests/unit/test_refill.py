@@ -68,6 +68,18 @@ def test_a_stalled_run_takes_more_groups_and_finishes_them_while_the_stall_lasts
     assert engine.top_ks == [7]  # the refilled groups asked for 7 classes
 
 
+def _two_threads_two_hangs(total_timeout: float, refill_after: float) -> StreamingPredictor:
+    """Two fetch threads for lines 0 and 1, which both hang until their deadline."""
+    predictor, _ = _stream(
+        ScriptedFetcher({_url(i): [HANG] for i in range(2)}),
+        total_timeout=total_timeout,
+        concurrency=2,
+        refill_after=refill_after,
+        decode_seconds=0.1,
+    )
+    return predictor
+
+
 def test_a_stalled_run_waits_for_notifications_not_in_a_busy_loop() -> None:
     """While fetches stall and no refill may run (every thread taken), the engine loop sleeps
     until something finishes or the deadline: it reads its clock a handful of times."""
@@ -78,13 +90,7 @@ def test_a_stalled_run_waits_for_notifications_not_in_a_busy_loop() -> None:
         reads += 1
         return time.monotonic()
 
-    predictor, _ = _stream(
-        ScriptedFetcher({_url(i): [HANG] for i in range(2)}),
-        total_timeout=1.0,
-        concurrency=2,
-        refill_after=0.01,
-        decode_seconds=0.1,
-    )
+    predictor = _two_threads_two_hangs(total_timeout=1.0, refill_after=0.01)
     predictor._clock = clock  # the engine loop's clock; the fetches keep their own
 
     predictor.run([_items(range(2))], time.monotonic() + 3.0, lambda g, r: None, None, Refills())
@@ -104,13 +110,7 @@ def test_no_refill_without_the_time_for_a_whole_fetch_and_decode() -> None:
 
 
 def test_no_refill_while_every_fetch_thread_is_taken() -> None:
-    predictor, _ = _stream(
-        ScriptedFetcher({_url(i): [HANG] for i in range(2)}),
-        total_timeout=0.5,
-        concurrency=2,
-        refill_after=0.05,
-        decode_seconds=0.1,
-    )
+    predictor = _two_threads_two_hangs(total_timeout=0.5, refill_after=0.05)
     refill = Refills()
     started = time.monotonic()
 
