@@ -7,7 +7,9 @@ item failure and comes back; every other chunk of the batch is unaffected.
 
 Refill: while the run's fetches stall (a server that accepts and never answers holds its
 line up to FETCH_TOTAL_TIMEOUT), the invocation takes more chunks from the work queue itself,
-as many as its event brought, hidden until just after it ends; it deletes those it has
+at most as many as its event brought and as its free fetch threads can fetch in the time
+left (pipeline.StreamingPredictor decides when and how many lines), hidden until just
+after it ends; it deletes those it has
 written, and the others come back then. The cores work instead of waiting, and Lambda bills
 work, not idle time. The claim and marker keep a chunk counted once however it arrived.
 """

@@ -169,8 +169,8 @@ class StreamSettings:
     ``linger_seconds``: with fetches still out and no decode running, how long the oldest
     ready image waits for company before a smaller pass runs.
     ``decode_seconds``: the time budget of one decode. ``decoders``: None = one per CPU.
-    ``refill_after_seconds``: with only fetches out and nothing finished for this long, the
-    run takes more work (a stalled server should not leave the cores idle).
+    ``refill_after_seconds``: once every fetch still out has been out this long and at most a
+    bucket of work is left, the run takes more (a stalled server should not idle the cores).
     """
 
     bucket: int = 16
