@@ -136,7 +136,7 @@ class ChunkBatch:
         def refill(lines: int) -> tuple[list[list[WorkItem]], int | None]:
             # At most as many chunks as the event brought, and as the lines allowed hold (the
             # event's chunks are the measure: a chunk's size is the job's, known on arrival).
-            count = min(len(messages), lines // max((len(c.items) for c in first), default=1))
+            count = min(len(messages), lines // chunk_lines)
             if count < 1 or self.work_queue is None:
                 return [], None
             hidden = math.ceil(remaining() + LEASE_MARGIN_SECONDS)  # back soon if this run fails
@@ -146,6 +146,7 @@ class ChunkBatch:
             return [chunk.items for chunk in new], self._top_k(new)
 
         first = admit(messages)
+        chunk_lines = max([len(chunk.items) for chunk in first] + [1])
         unfinished = self.predictor.run(
             [chunk.items for chunk in first],
             deadline,

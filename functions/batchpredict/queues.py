@@ -7,8 +7,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from functools import partial
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 
 from batchpredict.throttling import Backoff, UnprocessedError
 
@@ -20,6 +19,10 @@ if TYPE_CHECKING:
         SendMessageBatchRequestEntryTypeDef,
         SendMessageBatchResultTypeDef,
     )
+
+# A batch call's entries and its response: SendMessageBatch's or DeleteMessageBatch's.
+Entry = TypeVar("Entry", "SendMessageBatchRequestEntryTypeDef", "DeleteMessageBatchRequestEntryTypeDef")
+BatchResult = TypeVar("BatchResult", "SendMessageBatchResultTypeDef", "DeleteMessageBatchResultTypeDef")
 
 SEND_BATCH_LIMIT = 10  # entries per SendMessageBatch call (AWS limit)
 # Total body bytes per call: SQS caps a batch's payload (256 KiB before 2025-08, 1 MiB since);
@@ -65,14 +68,16 @@ class Queue:
 
     def delete(self, receipt_handles: Sequence[str], deadline: float | None = None) -> None:
         """DeleteMessageBatch in tens; entries it fails are sent again until ``deadline`` (None:
-        the backoff's default budget)."""
+        the backoff's default budget), but one the caller caused (an invalid receipt handle) is
+        raised."""
         for start in range(0, len(receipt_handles), SEND_BATCH_LIMIT):
             batch = receipt_handles[start : start + SEND_BATCH_LIMIT]
             entries: list[DeleteMessageBatchRequestEntryTypeDef] = [
                 {"Id": str(i), "ReceiptHandle": handle} for i, handle in enumerate(batch)
             ]
-            by_id = {entry["Id"]: entry for entry in entries}
-            self.backoff.until_processed(self._delete_entries, entries, partial(_failed, by_id), deadline)
+            self.backoff.until_processed(
+                self._delete_entries, entries, self._failed_entries(entries), deadline
+            )
 
     def _delete_entries(
         self, entries: list[DeleteMessageBatchRequestEntryTypeDef]
@@ -111,25 +116,16 @@ class Queue:
         return self.client.send_message_batch(QueueUrl=self.url, Entries=entries)
 
     @staticmethod
-    def _failed_entries(
-        entries: list[SendMessageBatchRequestEntryTypeDef],
-    ) -> Callable[[SendMessageBatchResultTypeDef], list[SendMessageBatchRequestEntryTypeDef]]:
-        """A response's Failed entries, to send again; one the sender caused (too long, bad
-        attribute) will fail however often it is sent, and is raised."""
+    def _failed_entries(entries: list[Entry]) -> Callable[[BatchResult], list[Entry]]:
+        """A batch response's Failed entries, to send again; one the sender caused (too long, bad
+        attribute, invalid receipt handle) will fail however often it is sent, and is raised."""
         by_id = {entry["Id"]: entry for entry in entries}
 
-        def failed(response: SendMessageBatchResultTypeDef) -> list[SendMessageBatchRequestEntryTypeDef]:
+        def failed(response: BatchResult) -> list[Entry]:
             failures = response.get("Failed", [])
             permanent = [f for f in failures if f.get("SenderFault")]
             if permanent:
-                raise QueueSendError(f"SQS refused {len(permanent)} messages: {permanent[0].get('Message')}")
+                raise QueueSendError(f"SQS refused {len(permanent)} entries: {permanent[0].get('Message')}")
             return [by_id[f["Id"]] for f in failures]
 
         return failed
-
-
-def _failed(
-    by_id: dict[str, DeleteMessageBatchRequestEntryTypeDef], response: DeleteMessageBatchResultTypeDef
-) -> list[DeleteMessageBatchRequestEntryTypeDef]:
-    """A delete response's Failed entries, to send again."""
-    return [by_id[f["Id"]] for f in response.get("Failed", [])]

@@ -137,3 +137,44 @@ def test_large_bodies_are_split_to_respect_the_batch_payload_limit() -> None:
 
     assert queue.send_batch(bodies) == 10
     assert sorted(client.delivered[URL]) == sorted(bodies)
+
+
+class FailingDeletes(FakeSQS):
+    """DeleteMessageBatch answering each call's failures from a script (then none)."""
+
+    def __init__(self, *failures: list[dict[str, Any]]) -> None:
+        super().__init__()
+        self.failures = list(failures)
+        self.delete_calls: list[list[str]] = []
+
+    def delete_message_batch(self, Entries: list[dict[str, str]], **_: Any) -> dict[str, Any]:
+        self.delete_calls.append([e["ReceiptHandle"] for e in Entries])
+        failed = self.failures.pop(0) if self.failures else []
+        failed_ids = {f["Id"] for f in failed}
+        self.deleted += [e["ReceiptHandle"] for e in Entries if e["Id"] not in failed_ids]
+        return {
+            "Successful": [{"Id": e["Id"]} for e in Entries if e["Id"] not in failed_ids],
+            "Failed": failed,
+        }
+
+
+def test_deletes_go_in_tens_and_only_the_failed_entries_are_sent_again() -> None:
+    client = FailingDeletes([_failure("3", False)])
+    queue, sleeps = _queue(client)
+    handles = [f"r{i}" for i in range(12)]
+
+    queue.delete(handles)
+
+    assert client.delete_calls == [handles[:10], ["r3"], handles[10:]]
+    assert sorted(client.deleted) == sorted(handles)
+    assert len(sleeps) == 1
+
+
+def test_a_delete_the_caller_caused_raises_without_retry() -> None:
+    client = FailingDeletes([_failure("0", True, "receipt handle is invalid")])
+    queue, sleeps = _queue(client)
+
+    with pytest.raises(QueueSendError, match="receipt handle is invalid"):
+        queue.delete(["r0", "r1"])
+
+    assert client.delete_calls == [["r0", "r1"]] and sleeps == []
