@@ -46,6 +46,7 @@ Usage::
 from __future__ import annotations
 
 import argparse
+import importlib
 import io
 import json
 import math
@@ -57,7 +58,7 @@ import subprocess
 import sys
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -451,12 +452,31 @@ class LegSpec:
     timeout: float
 
 
+def client_class() -> Any:
+    """The Client of the tree the leg runs: batchpredict.cli.client, or batchpredict.client in
+    trees from before the cli package (``--before``)."""
+    try:
+        return importlib.import_module("batchpredict.cli.client").Client
+    except ImportError:
+        return importlib.import_module("batchpredict.client").Client
+
+
+def failed_lines(lines: Iterable[Any]) -> dict[int, str]:
+    """Line index -> error code of each failed line; the lines are ResultRecords, or dicts in
+    trees from before the typed record (``--before``)."""
+    failed = {}
+    for line in lines:
+        doc = line if isinstance(line, dict) else line.to_json()
+        if doc["status"] != "SUCCEEDED":
+            failed[int(doc["index"])] = (doc.get("error") or {}).get("code", "?")
+    return failed
+
+
 def run_leg(spec: LegSpec) -> None:
     """Worker: the local stack of whichever batchpredict is first on sys.path; one job; JSON out."""
     import inspect
     import resource
 
-    from batchpredict.cli.client import Client
     from batchpredict.local.provision import LocalOptions
     from batchpredict.local.stack import LocalStack
 
@@ -474,7 +494,7 @@ def run_leg(spec: LegSpec) -> None:
     ref = stack.start()
     startup = time.perf_counter() - started
     try:
-        client = Client(ref)
+        client = client_class()(ref)
         java = children(os.getpid(), b"DynamoDBLocal")
 
         def snapshot() -> dict[str, float]:
@@ -507,11 +527,7 @@ def run_leg(spec: LegSpec) -> None:
         cpu = {name: after[name] - before[name] for name in after}
         # moto's server threads live in this process, beside the driver (submit + polling).
         cpu["moto server (driver process less its thread)"] = cpu.pop("leg process") - cpu["driver thread"]
-        failed = {
-            r.index: r.error.code if r.error else "?"
-            for r in client.result_lines(job_id)
-            if r.status != "SUCCEEDED"
-        }
+        failed = failed_lines(client.result_lines(job_id))
         result = {
             "label": spec.label,
             "wall": wall,
