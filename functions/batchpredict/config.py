@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, TypeVar
 
 from batchpredict.defaults import DEFAULT_MAX_BATCH, DEFAULT_MAX_PIXELS, DEFAULT_TOP_K
 from batchpredict.fetch import FetchLimits, FetchPolicy, parse_networks, parse_s3_prefixes
+from batchpredict.messages import MAX_CHUNK_SIZE
 
 if TYPE_CHECKING:
     # Imported where used: predict's cold start has no use for the splitter's modules.
@@ -99,11 +100,6 @@ def fetch_limits(env: Mapping[str, str]) -> FetchLimits:
         # Empty: no s3:// image at all (the template fills it from ImageSourcePrefixes).
         s3_prefixes=setting(env, "IMAGE_SOURCE_PREFIXES", parse_s3_prefixes, ()),
     )
-
-
-# A chunk message carries up to CHUNK_SIZE lines of up to MAX_LINE_BYTES (8 KiB) each, and an
-# SQS message holds 256 KiB: 25 full-length lines plus the JSON around them still fit.
-MAX_CHUNK_SIZE = 25
 
 
 def chunk_size(raw: str) -> int:

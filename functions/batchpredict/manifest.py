@@ -434,6 +434,9 @@ def _parse_jsonl(raw: _RawLine, index: int, text: str) -> ManifestItem:
         return _invalid(raw, index, text, "not valid JSON: nested too deeply")
     if not isinstance(obj, dict):
         return _invalid(raw, index, text, f"expected a JSON object, got {_json_type(obj)}")
+    if "\\u" in text and (surrogate := _lone_surrogate(obj)) is not None:
+        # json.loads accepts "\ud800", but no UTF-8 text (a message, a row, a file) can carry it.
+        return _invalid(raw, index, text, f"not valid JSON text: lone surrogate \\u{surrogate:04x}")
     if "url" not in obj:
         return _invalid(raw, index, text, 'missing "url"')
     url, item_id, metadata = obj["url"], obj.get("id"), obj.get("metadata")
@@ -444,6 +447,24 @@ def _parse_jsonl(raw: _RawLine, index: int, text: str) -> ManifestItem:
     if metadata is not None and not isinstance(metadata, dict):
         return _invalid(raw, index, text, f'"metadata" must be an object, got {_json_type(metadata)}')
     return _image(raw, index, text, url.strip(), _id(item_id), metadata)
+
+
+def _lone_surrogate(value: Any) -> int | None:
+    """The first lone surrogate (U+D800..U+DFFF) in any key or string of ``value``, or None."""
+    pending = [value]
+    while pending:  # a walk, not recursion: json.loads accepts nesting deeper than dumps would
+        node = pending.pop()
+        if isinstance(node, dict):
+            pending.extend(node.keys())
+            pending.extend(node.values())
+        elif isinstance(node, list):
+            pending.extend(node)
+        elif isinstance(node, str):
+            try:
+                node.encode("utf-8")
+            except UnicodeEncodeError as exc:
+                return ord(node[exc.start])
+    return None
 
 
 def _reject_constant(name: str) -> Any:

@@ -22,6 +22,29 @@ from aws_lambda_powertools.utilities.data_classes import S3Event
 
 from batchpredict.records import WorkItem
 
+# Size limits of the work queue's messages. SQS holds 256 KiB a message (1 MiB since 2025-08;
+# the lower figure holds everywhere, moto included), and a predict event of WorkBatchSize (at
+# most 10) such messages stays far below Lambda's 6 MB payload: 10 x 256 KiB = 2.5 MiB.
+SQS_MAX_MESSAGE_BYTES = 256 * 1024
+MAX_CHUNK_SIZE = 25  # lines per chunk message (the CHUNK_SIZE setting's cap)
+# The chunk's own fields (job id, chunk number, options) and brackets: far less than this.
+CHUNK_ENVELOPE_BYTES = 1024
+# One line as it travels (its WorkItem's compact UTF-8 JSON). Escaping can grow a line: a C0
+# control character is 1 byte in a CSV field but 6 in JSON (\u0001), a backslash 2, so the raw
+# 8 KiB line limit alone does not bound a message. A line over this fails alone (split.py).
+MAX_WORK_ITEM_BYTES = 10 * 1024
+assert MAX_CHUNK_SIZE * (MAX_WORK_ITEM_BYTES + 1) + CHUNK_ENVELOPE_BYTES <= SQS_MAX_MESSAGE_BYTES
+
+
+def work_item_bytes(item: WorkItem) -> int:
+    """``item``'s size in a chunk message; UnicodeEncodeError if it holds text UTF-8 cannot carry."""
+    return len(_compact(item.as_message()).encode("utf-8"))
+
+
+def _compact(doc: Any) -> str:
+    # UTF-8 as is (ensure_ascii=False): escaping would grow a non-ASCII line up to 6x.
+    return json.dumps(doc, separators=(",", ":"), ensure_ascii=False)
+
 
 @dataclass(frozen=True)
 class ManifestObject:
@@ -102,15 +125,14 @@ class Chunk:
     max_failures: str | None = None  # the job's max-failures: its writer then judges the threshold
 
     def body(self) -> str:
-        # UTF-8 as is (ensure_ascii=False): escaping would grow a non-ASCII line up to 6x, and a
-        # chunk of MAX_CHUNK_SIZE lines of MAX_LINE_BYTES must stay under SQS's message size.
+        # MAX_CHUNK_SIZE items of at most MAX_WORK_ITEM_BYTES each fit one SQS message.
         doc: dict[str, Any] = {"job_id": self.job_id, "chunk": self.chunk}
         if self.top_k is not None:
             doc["top_k"] = self.top_k
         if self.max_failures is not None:
             doc["max_failures"] = self.max_failures
         doc["items"] = [item.as_message() for item in self.items]
-        return json.dumps(doc, separators=(",", ":"), ensure_ascii=False)
+        return _compact(doc)
 
     @classmethod
     def parse(cls, body: str) -> Chunk:

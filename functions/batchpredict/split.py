@@ -13,12 +13,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from batchpredict.errors import ErrorCode
 from batchpredict.events import JobEvents
 from batchpredict.finalize import fail_job
 from batchpredict.inputs import ManifestBody, ManifestStore, ManifestUnreadableError
 from batchpredict.jobs import STOPPED_STATUSES, JobStatus, JobStore
 from batchpredict.manifest import (
-    ImageLine,
+    RAW_PREVIEW_CHARS,
     InvalidLine,
     ManifestError,
     ManifestItem,
@@ -26,12 +27,21 @@ from batchpredict.manifest import (
     detect_format,
     iter_manifest,
 )
-from batchpredict.messages import Chunk, Continuation, ManifestObject, finalize_body, parse_manifest_message
+from batchpredict.messages import (
+    MAX_WORK_ITEM_BYTES,
+    Chunk,
+    Continuation,
+    ManifestObject,
+    finalize_body,
+    parse_manifest_message,
+    work_item_bytes,
+)
 from batchpredict.observability import logger
 from batchpredict.options import JobOptions, OptionError, parse_options
 from batchpredict.queues import SEND_BATCH_LIMIT, Queue
 from batchpredict.records import WorkItem
 from batchpredict.results import ResultStore
+from batchpredict.throttling import is_transient
 from batchpredict.writer import ChunkWriter
 
 if TYPE_CHECKING:
@@ -59,15 +69,44 @@ class SplitOutcome:
 
 
 def work_item(item: ManifestItem) -> WorkItem:
+    """The line as it travels in its chunk message; a line that would not fit one (escaping can
+    grow it), or holds text UTF-8 cannot carry, becomes an invalid line of its own."""
     if isinstance(item, InvalidLine):
-        return WorkItem(
+        carried = WorkItem(
             index=item.index,
             url=item.raw,
             id=item.id,
             error={"code": item.code.value, "message": item.message},
         )
-    assert isinstance(item, ImageLine)
-    return WorkItem(index=item.index, url=item.url, id=item.id, metadata=item.metadata)
+    else:
+        carried = WorkItem(index=item.index, url=item.url, id=item.id, metadata=item.metadata)
+    try:
+        size = work_item_bytes(carried)
+    except UnicodeEncodeError:
+        return _unsendable(item, "holds text UTF-8 cannot carry (a lone surrogate)")
+    if size > MAX_WORK_ITEM_BYTES:
+        return _unsendable(
+            item, f"is {size} bytes as a work item (escapes included), over {MAX_WORK_ITEM_BYTES}"
+        )
+    return carried
+
+
+def _unsendable(item: ManifestItem, why: str) -> WorkItem:
+    """A failed line in place of ``item``, its url and id cut to a preview (bounded whatever they hold)."""
+    url = item.raw if isinstance(item, InvalidLine) else item.url
+    return WorkItem(
+        index=item.index,
+        url=_preview(url),
+        id=_preview(item.id),
+        error={"code": ErrorCode.INVALID_MANIFEST_LINE.value, "message": f"line {item.line}: the line {why}"},
+    )
+
+
+def _preview(text: str | None) -> str | None:
+    if text is None:
+        return None
+    text = text.encode("utf-8", "replace").decode("utf-8")  # a lone surrogate becomes "?"
+    return text if len(text) <= RAW_PREVIEW_CHARS else text[:RAW_PREVIEW_CHARS] + "…"
 
 
 class _OutOfTimeError(Exception):
@@ -134,9 +173,16 @@ class Splitter:
         if bad_option:
             # Never silently ignored: the job fails at once, naming the option.
             return self._fail(job_id, f"manifest {obj.uri}: {bad_option}")
-        item = options.as_item()
-        return self._split(
-            job_id, obj, position, remaining_ms, _chunk_options(item.get("top_k"), item.get("max_failures"))
+        return self._guarded(
+            job_id,
+            obj,
+            lambda: self._split(
+                job_id,
+                obj,
+                position,
+                remaining_ms,
+                _chunk_options(options.as_item().get("top_k"), options.as_item().get("max_failures")),
+            ),
         )
 
     def _options(self, obj: ManifestObject) -> tuple[JobOptions, str | None]:
@@ -155,13 +201,31 @@ class Splitter:
         # A job cancelled mid-split is split to the end all the same: its lines are written cancelled.
         if job is None or job.status not in (JobStatus.SPLITTING, JobStatus.CANCELLING):
             return SplitOutcome(continuation.job_id, "stale")
-        return self._split(
-            continuation.job_id,
+        return self._guarded(
+            job.job_id,
             continuation.manifest,
-            Position.from_dict(continuation.position),
-            remaining_ms,
-            _chunk_options(job.top_k, job.max_failures),
+            lambda: self._split(
+                job.job_id,
+                continuation.manifest,
+                Position.from_dict(continuation.position),
+                remaining_ms,
+                _chunk_options(job.top_k, job.max_failures),
+            ),
         )
+
+    def _guarded(self, job_id: str, obj: ManifestObject, split: Callable[[], SplitOutcome]) -> SplitOutcome:
+        """``split()``, with the job FAILED, naming the error, if it raises anything but a transient
+        AWS error: one that will raise again must not leave the job SPLITTING while its message
+        is redelivered into the dead-letter queue. A transient one is redelivered and resumes
+        at the checkpoint (the manifest dead-letter queue's consumer fails the job if it never
+        gets through)."""
+        try:
+            return split()
+        except Exception as exc:
+            if is_transient(exc):
+                raise
+            logger.exception("split failed")
+            return self._fail(job_id, f"manifest {obj.uri} could not be split: {_described(exc)}")
 
     def _open(self, obj: ManifestObject, gzipped: bool, start: Position) -> tuple[ManifestBody, bool]:
         at_offset = not gzipped and start.byte_offset > 0  # gzip cannot start mid-stream: re-read and skip
@@ -267,6 +331,11 @@ class Splitter:
 def _chunk_options(top_k: int | None, max_failures: str | None) -> dict[str, Any]:
     """The job's options every chunk message carries, so predict needs no lookup for them."""
     return {"top_k": top_k, "max_failures": max_failures}
+
+
+def _described(exc: Exception, limit: int = 500) -> str:
+    text = f"{type(exc).__name__}: {exc}"
+    return text if len(text) <= limit else text[:limit] + "…"
 
 
 class _Dispatcher:

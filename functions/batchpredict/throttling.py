@@ -18,7 +18,8 @@ from dataclasses import dataclass
 from functools import partial
 from typing import TypeVar
 
-from botocore.exceptions import ClientError
+from botocore.exceptions import ClientError, HTTPClientError
+from botocore.exceptions import ConnectionError as BotoConnectionError
 
 T = TypeVar("T")
 R = TypeVar("R")  # a batch call's response
@@ -111,3 +112,12 @@ class Backoff:
                 raise UnprocessedError(f"requests left unprocessed after {attempt + 1} attempts")
             attempt += 1
         return responses
+
+
+def is_transient(exc: BaseException) -> bool:
+    """An AWS call that may well succeed if made again: throttled, a 5xx, or the connection
+    failed. Anything else (a 4xx, a bug, bad data) will fail the same way next time."""
+    if isinstance(exc, ClientError):
+        status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
+        return is_retryable(exc) or status >= 500
+    return isinstance(exc, BotoConnectionError | HTTPClientError)
