@@ -156,11 +156,11 @@ class Splitter:
     def _start(self, obj: ManifestObject, message_id: str, remaining_ms: Callable[[], int]) -> SplitOutcome:
         job_id = obj.job_id
         logger.append_keys(job_id=job_id, manifest=obj.uri)
-        position = Position()
         options, bad_option = self._options(obj)
         created = self.jobs.create(
             job_id, obj.uri, message_id, manifest_version=obj.version_id, options=options.as_item()
         )
+        stored: dict[str, Any] = {}
         if not created:
             job = self.jobs.get(job_id)
             # The same SQS message again means our earlier attempt died mid-split: resume.
@@ -169,19 +169,17 @@ class Splitter:
             if job is None or not resumable or job.split_message_id != message_id:
                 logger.info("duplicate event for an existing job", extra={"status": job and job.status})
                 return SplitOutcome(job_id, "duplicate")
-            position = Position.from_dict(job.position) if job.position else Position()
+            stored = job.position
         if bad_option:
             # Never silently ignored: the job fails at once, naming the option.
             return self._fail(job_id, f"manifest {obj.uri}: {bad_option}")
+        item = options.as_item()
+        chunk_options = _chunk_options(item.get("top_k"), item.get("max_failures"))
         return self._guarded(
             job_id,
             obj,
             lambda: self._split(
-                job_id,
-                obj,
-                position,
-                remaining_ms,
-                _chunk_options(options.as_item().get("top_k"), options.as_item().get("max_failures")),
+                job_id, obj, Position.from_dict(stored) if stored else Position(), remaining_ms, chunk_options
             ),
         )
 

@@ -5,6 +5,7 @@ exists. Each line still ends as exactly one result; a split that cannot go on fa
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import pytest
 from botocore.exceptions import EndpointConnectionError
@@ -219,3 +220,16 @@ def test_a_transient_error_is_raised_for_a_redelivery_that_resumes(error: Except
         stack.handle(s3_event("manifests/a.txt"))
 
     assert stack.jobs.jobs[job_of("manifests/a.txt")].status == JobStatus.SPLITTING
+
+
+def test_a_redelivery_with_a_corrupt_checkpoint_fails_the_job() -> None:
+    stack = Stack()
+    stack.s3.add(IN, "manifests/a.txt", b"https://img.example/a.png\n")
+    stack.jobs.create(job_of("manifests/a.txt"), "s3://input-bucket/manifests/a.txt", "msg-1")
+    job_id = job_of("manifests/a.txt")
+    stack.jobs.jobs[job_id] = replace(stack.jobs.jobs[job_id], position={"index": "not a number"})
+
+    (outcome,) = stack.handle(s3_event("manifests/a.txt"), message_id="msg-1")
+
+    assert (outcome.action, stack.jobs.jobs[job_id].status) == ("failed", JobStatus.FAILED)
+    assert "ValueError" in str(stack.jobs.jobs[job_id].error)
