@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import json
 from collections.abc import Iterator
 from pathlib import Path
@@ -25,7 +26,7 @@ def api(bundle_dir: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
 
 
 def _call(
-    method: str, query: dict[str, str] | None = None, body: Any = None
+    method: str, query: dict[str, str] | None = None, body: Any = None, base64_encoded: bool = False
 ) -> tuple[int, dict[str, Any], dict]:
     event = {
         "version": "2.0",
@@ -40,7 +41,7 @@ def _call(
             "stage": "$default",
         },
         "body": body if isinstance(body, str) or body is None else json.dumps(body),
-        "isBase64Encoded": False,
+        "isBase64Encoded": base64_encoded,
     }
     response = predict_api.lambda_handler(event, LocalContext("predict_api"))
     return response["statusCode"], json.loads(response["body"]), response.get("headers", {})
@@ -78,6 +79,37 @@ def test_post_several_urls(api: None, image_server: str) -> None:
 def test_bad_input_is_400(api: None, method: str, query: Any, body: Any, code: str) -> None:
     status, response, _ = _call(method, query, body)
     assert status == 400 and response["error"]["code"] == code
+
+
+DEEP = 100_000
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        "[" * DEEP + "]" * DEEP,  # past the parser's recursion limit (was a 500: RecursionError)
+        '{"url": ' * DEEP + '"x"' + "}" * DEEP,
+        '{"url": "http://127.0.0.1/\\ud800.jpg"}',  # an escaped lone surrogate (was a 422)
+        '{"urls": ["http://127.0.0.1/\ud800.jpg"]}',  # a raw one (was a 200 of FAILED records)
+        '{"\\udfff": 1, "url": "http://127.0.0.1/a.jpg"}',  # in a key (was read past)
+    ],
+    ids=["deep-array", "deep-object", "escaped-surrogate", "raw-surrogate", "surrogate-key"],
+)
+def test_a_body_that_is_not_json_text_is_400(api: None, body: str) -> None:
+    status, response, _ = _call("POST", body=body)
+    assert (status, response["error"]["code"]) == (400, "invalid_request")
+    assert "the body must be JSON" in response["error"]["message"]
+
+
+def test_a_base64_body_is_decoded_before_it_is_read(api: None) -> None:
+    """API Gateway sends a body it takes for binary base64-encoded: it is read as the JSON it
+    encodes (was a 400 for any), and one that is not UTF-8 or not base64 is a 400."""
+    encoded = base64.b64encode(b'{"url": "gopher://x/y.jpg"}').decode()
+    status, response, _ = _call("POST", body=encoded, base64_encoded=True)
+    assert (status, response["error"]["code"]) == (400, "unsupported_scheme")
+    for body in (base64.b64encode(b'{"url": "\xff"}').decode(), "not base64!"):
+        status, response, _ = _call("POST", body=body, base64_encoded=True)
+        assert (status, response["error"]["code"]) == (400, "invalid_request")
 
 
 def test_image_that_cannot_be_predicted_is_422(api: None, image_server: str) -> None:

@@ -8,6 +8,7 @@ the batch path; the model is loaded once per process, not on every request.
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import time
@@ -50,6 +51,24 @@ def _bad_request(code: str, message: str) -> Response[str]:
     return _json(400, {"error": {"code": code, "message": message}})
 
 
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
+def _body_json(body: str | None, base64_encoded: bool) -> Any:
+    """The request body's JSON value; ValueError for a body that is not JSON text, whatever the
+    reason: bad base64 (API Gateway sends a binary body so), bytes that are not UTF-8, a syntax
+    error, NaN or Infinity, a number too long to read, nesting past the parser's recursion limit,
+    or a lone surrogate (raw, or escaped as \\ud800), which no UTF-8 text can carry."""
+    try:
+        text = base64.b64decode(body or "", validate=True).decode() if base64_encoded else body or ""
+        value = json.loads(text, parse_constant=_no_constant)
+        json.dumps(value, ensure_ascii=False).encode()  # UnicodeEncodeError on a lone surrogate
+    except RecursionError as exc:
+        raise ValueError("nested too deeply") from exc
+    return value
+
+
 def _predict(urls: list[str], single: bool) -> Response[str]:
     svc = service()
     if not urls:
@@ -78,8 +97,9 @@ def predict_get() -> Response[str]:
 
 @app.post("/predict")
 def predict_post() -> Response[str]:
+    event = app.current_event
     try:
-        body = json.loads(app.current_event.body or "")
+        body = _body_json(event.body, bool(event.is_base64_encoded))
     except ValueError:
         return _bad_request("invalid_request", 'the body must be JSON: {"url": …} or {"urls": [...]}')
     if not isinstance(body, dict):

@@ -6,8 +6,10 @@ from __future__ import annotations
 import base64
 import http.server
 import json
+import re
 import time
 import uuid
+from email.message import Message
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
@@ -15,12 +17,46 @@ from batchpredict.local.lambda_shim import Handler, LocalContext
 from batchpredict.local.servers import LoopbackHTTPServer
 
 MAX_BODY = 1024 * 1024
+DIGITS = re.compile(r"[0-9]+")
+
+
+class BodyRefusedError(Exception):
+    """A request whose body is not read: the status and reason to answer it with."""
+
+    def __init__(self, status: int, reason: str) -> None:
+        super().__init__(reason)
+        self.status = status
+
+
+def body_length(headers: Message) -> int:
+    """The length of a request's body, from its one decimal ``Content-Length`` (none: no body);
+    BodyRefusedError for any other framing, before a byte of the body is read: a length that is
+    negative, not a number or given twice differently is 400, one over MAX_BODY 413, a
+    ``Transfer-Encoding`` (a body of unknown length; chunked is not read here) 411."""
+    if headers.get("Transfer-Encoding") is not None:
+        raise BodyRefusedError(411, "a request body needs a Content-Length")
+    values = {value.strip() for value in headers.get_all("Content-Length") or []}
+    if not values:
+        return 0
+    if len(values) > 1 or not DIGITS.fullmatch(value := values.pop()):
+        raise BodyRefusedError(400, "invalid Content-Length")
+    if len(value.lstrip("0")) > len(str(MAX_BODY)) or int(value) > MAX_BODY:
+        raise BodyRefusedError(413, "request body too large")
+    return int(value)
 
 
 def to_event(method: str, target: str, headers: dict[str, str], body: bytes) -> dict[str, Any]:
+    """API Gateway's event for a request: a body that is not UTF-8 goes base64-encoded, as API
+    Gateway sends a binary one."""
     parts = urlsplit(target)
     query = dict(parse_qsl(parts.query, keep_blank_values=True))
-    text = body.decode("utf-8", errors="replace") if body else None
+    text: str | None = None
+    encoded = False
+    if body:
+        try:
+            text = body.decode("utf-8")
+        except UnicodeDecodeError:
+            text, encoded = base64.b64encode(body).decode(), True
     return {
         "version": "2.0",
         "routeKey": f"{method} {parts.path}",
@@ -42,7 +78,7 @@ def to_event(method: str, target: str, headers: dict[str, str], body: bytes) -> 
             "timeEpoch": int(time.time() * 1000),
         },
         "body": text,
-        "isBase64Encoded": False,
+        "isBase64Encoded": encoded,
     }
 
 
@@ -52,9 +88,10 @@ class ApiServer(LoopbackHTTPServer):
 
         class Proxy(http.server.BaseHTTPRequestHandler):
             def _serve(self) -> None:
-                length = int(self.headers.get("Content-Length") or 0)
-                if length > MAX_BODY:
-                    self.send_error(413, "request body too large")
+                try:
+                    length = body_length(self.headers)
+                except BodyRefusedError as refused:
+                    self.send_error(refused.status, str(refused))  # and close: the body is unread
                     return
                 body = self.rfile.read(length) if length else b""
                 event = to_event(self.command, self.path, dict(self.headers.items()), body)
