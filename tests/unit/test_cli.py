@@ -141,3 +141,88 @@ def test_the_local_state_is_saved_loaded_and_cleared_in_one_place(
     state.clear()
     state.clear()  # nothing to remove is fine
     assert not state.path.exists()
+
+
+def test_the_state_file_is_its_owners_alone(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """stack.json carries the stack's access key (its StackRef's settings): mode 0600, also when
+    it replaces a file an older version left readable to all."""
+    import os
+    import stat
+
+    from batchpredict.cli.client import StackRef
+    from batchpredict.cli.targets import LOCAL_DIR_ENV, local_state
+
+    monkeypatch.setenv(LOCAL_DIR_ENV, str(tmp_path / "local"))
+    state = local_state()
+    secret = {"AWS_ACCESS_KEY_ID": "localabc", "AWS_SECRET_ACCESS_KEY": "s3cret"}
+    state.folder.mkdir(parents=True)
+    state.path.write_text("{}")
+    state.path.chmod(0o644)
+
+    state.save(StackRef("in", "out", "table", endpoints=secret), os.getpid())
+
+    assert stat.S_IMODE(state.path.stat().st_mode) == 0o600
+    assert state.load().endpoints == secret
+
+
+def test_local_down_signals_only_the_process_that_wrote_the_state(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A stale stack.json (its `local up` killed -9) whose pid now names another process: `local
+    down` says so, clears the state and signals nothing; the process that wrote it is stopped."""
+    import os
+    import subprocess
+    import sys
+
+    from batchpredict.cli.client import StackRef
+    from batchpredict.cli.targets import LOCAL_DIR_ENV, local_state
+
+    monkeypatch.setenv(LOCAL_DIR_ENV, str(tmp_path / "local"))
+    state = local_state()
+    ref = StackRef("in", "out", "table")
+    bystander = subprocess.Popen(["sleep", "60"])
+    try:
+        state.save(ref, os.getpid())  # this process wrote it: its command line and start time
+        saved = json.loads(state.path.read_text())
+        state.path.write_text(json.dumps(saved | {"pid": bystander.pid}))  # the pid, reused
+        assert state.pid() == bystander.pid and not state.alive()
+
+        down = CliRunner().invoke(main, ["local", "down"])
+
+        assert down.exit_code == 1
+        assert f"pid {bystander.pid} is now another process (sleep 60" in down.output
+        assert "left alone" in down.output and "stale state removed" in down.output
+        assert not state.path.exists()
+        assert bystander.poll() is None  # not signalled
+
+        # A state of the old shape (no command line, no start time) proves nothing either.
+        state.path.write_text(json.dumps({"pid": bystander.pid, "stack": saved["stack"]}))
+        assert CliRunner().invoke(main, ["local", "down"]).exit_code == 1
+        assert bystander.poll() is None and not state.path.exists()
+    finally:
+        bystander.kill()
+        bystander.wait()
+
+    # The process that wrote the state is signalled (as `local up` does, it clears it on SIGTERM).
+    script = (
+        "import os, signal, sys, time\n"
+        "signal.signal(signal.SIGTERM, lambda *_: (os.unlink(sys.argv[1]), sys.exit(0)))\n"
+        "print('ready', flush=True)\n"
+        "time.sleep(60)\n"
+    )
+    owner = subprocess.Popen(
+        [sys.executable, "-c", script, str(state.path)], stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert owner.stdout is not None and owner.stdout.readline() == "ready\n"
+        state.save(ref, owner.pid)
+        assert state.alive()
+
+        down = CliRunner().invoke(main, ["local", "down"])
+
+        assert down.exit_code == 0, down.output
+        assert owner.wait(30) == 0 and not state.path.exists()
+    finally:
+        if owner.poll() is None:
+            owner.kill()
+            owner.wait()

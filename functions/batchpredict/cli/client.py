@@ -1,7 +1,7 @@
 """What a user does with a stack (local or deployed): submit, follow, fetch results, retry.
 
 A ``StackRef`` names the stack's buckets and table; it comes from the local stack's state
-file (``LocalState``) or from a deployed stack's CloudFormation outputs. Clients use the
+file (``targets.LocalState``) or from a deployed stack's CloudFormation outputs. Clients use the
 standard boto3 credential chain and endpoint settings.
 """
 
@@ -10,10 +10,9 @@ from __future__ import annotations
 import csv
 import io
 import json
-import os
 import time
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -78,57 +77,6 @@ class StackRef:
             table=outputs[OUTPUT_KEYS["table"]],
             api_url=outputs.get("PredictApiUrl"),
         )
-
-
-@dataclass(frozen=True)
-class LocalState:
-    """The folder of a running ``batchpredict local up``: ``stack.json`` (its pid and its
-    StackRef, for the commands of other terminals) and the functions' logs."""
-
-    folder: Path
-
-    @property
-    def path(self) -> Path:
-        return self.folder / "stack.json"
-
-    @property
-    def log_dir(self) -> Path:
-        return self.folder / "logs"
-
-    def save(self, ref: StackRef, pid: int) -> None:
-        self.folder.mkdir(parents=True, exist_ok=True)
-        self.path.write_text(json.dumps({"pid": pid, "stack": asdict(ref)}, indent=2))
-
-    def pid(self) -> int | None:
-        """The pid of the process that saved the state; None when there is no (readable) state."""
-        try:
-            return int(json.loads(self.path.read_text())["pid"])
-        except (OSError, KeyError, TypeError, ValueError):
-            return None
-
-    def alive(self) -> bool:
-        """A state whose process still runs (a stale one, after kill -9, does not count)."""
-        pid = self.pid()
-        if pid is None:
-            return False
-        try:
-            os.kill(pid, 0)
-        except OSError:
-            return False
-        return True
-
-    def load(self) -> StackRef:
-        """The running local stack; a UserError saying what to do when there is none."""
-        if not self.path.is_file():
-            raise UserError(
-                "no local stack is running: start one with `batchpredict local up`, or pass --stack NAME"
-            )
-        if not self.alive():
-            raise UserError("the local stack is not running any more: start it with `batchpredict local up`")
-        return StackRef(**json.loads(self.path.read_text())["stack"])
-
-    def clear(self) -> None:
-        self.path.unlink(missing_ok=True)
 
 
 @dataclass(frozen=True)

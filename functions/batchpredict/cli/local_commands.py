@@ -27,7 +27,7 @@ from batchpredict.cli.shared import (
     int_option,
     s3_client,
 )
-from batchpredict.cli.targets import local_state
+from batchpredict.cli.targets import local_state, process_identity
 from batchpredict.fetch import parse_networks, wide_allowances
 
 
@@ -238,11 +238,16 @@ def local_down() -> None:
     pid = state.pid()
     if pid is None:
         raise fail("no local stack is running")
-    try:
-        os.kill(pid, signal.SIGTERM)
-    except ProcessLookupError:
+    if not state.signal(signal.SIGTERM):  # only the very process that wrote the state
         state.clear()
-        raise fail("the local stack was not running (stale state removed)") from None
+        now = process_identity(pid)
+        if now is None:
+            raise fail("the local stack was not running (stale state removed)")
+        command = " ".join(now["cmdline"]).strip()[:80]
+        raise fail(
+            f"the local stack was not running (stale state removed): pid {pid} is now another"
+            f" process ({command or 'no command line'}), left alone"
+        )
     for _ in range(100):
         if state.pid() is None:
             click.echo("stopped")

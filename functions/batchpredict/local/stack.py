@@ -154,11 +154,6 @@ def clear_handler_caches() -> None:
 
 # --- the embedded local stack: servers, provisioning from the template, workers, API ---------
 
-LOCAL_CREDENTIALS = {
-    "AWS_ACCESS_KEY_ID": "local",
-    "AWS_SECRET_ACCESS_KEY": "local",
-    "AWS_DEFAULT_REGION": "us-east-1",
-}
 # Locally the workers' logs would drown the progress bar; metrics have nowhere to go.
 LOCAL_QUIET = {
     "POWERTOOLS_LOG_LEVEL": "WARNING",
@@ -168,8 +163,9 @@ LOCAL_QUIET = {
 
 
 class LocalStack:
-    """moto server (S3, SQS) + DynamoDB Local (or moto's DynamoDB) on loopback, provisioned from
-    the template, with worker processes for the mappings and predict_api on a loopback port."""
+    """moto server (S3, SQS) on loopback + DynamoDB Local (every interface, the stack's random
+    key; or moto's DynamoDB), provisioned from the template, with worker processes for the
+    mappings and predict_api on a loopback port."""
 
     def __init__(
         self,
@@ -193,7 +189,11 @@ class LocalStack:
     def start(self) -> StackRef:
         from batchpredict import aws
         from batchpredict.cli.client import StackRef
-        from batchpredict.local.dynamodb_local import DynamoDBLocal, DynamoDBLocalUnavailableError
+        from batchpredict.local.dynamodb_local import (
+            DynamoDBLocal,
+            DynamoDBLocalUnavailableError,
+            new_credentials,
+        )
         from batchpredict.local.provision import provision_from_template
         from batchpredict.local.runner import Runner
         from batchpredict.local.servers import MotoServer
@@ -210,12 +210,16 @@ class LocalStack:
                     self._stoppers.append(ddb.stop)
                 except DynamoDBLocalUnavailableError as exc:
                     self.warn(f"warning: {exc}; using moto's DynamoDB instead (slower, looser API limits)")
+            # The stack's own key: DynamoDB Local listens on every interface and keeps a database
+            # per access key, so the key is what keeps its tables to this stack. It reaches every
+            # client of the stack: this process, the workers (their mappings' environment), the
+            # predict API, and the other terminals' CLI (the StackRef, in local up's 0600 state).
             env = {
                 "AWS_ENDPOINT_URL_S3": endpoint,
                 "AWS_ENDPOINT_URL_SQS": endpoint,
                 "AWS_ENDPOINT_URL_DYNAMODB": dynamodb_endpoint,
                 "AWS_ENDPOINT_URL_EVENTBRIDGE": endpoint,  # moto's EventBridge (service id EventBridge)
-            } | LOCAL_CREDENTIALS
+            } | new_credentials()
             self._set_environment(env | {"AWS_PROFILE": None})
             self.plan = provision_from_template(
                 aws.client("s3"), aws.client("sqs"), aws.client("dynamodb"), self.options
