@@ -74,6 +74,8 @@ def onednn_isa_cap(info: dict[str, str] | None = None) -> str | None:
 
 
 _MX: Any = None
+# What ``Symbol.infer_shape`` returns: the arguments', the outputs' and the auxiliary states' shapes.
+Shapes = tuple[list[tuple[int, ...]], list[tuple[int, ...]], list[tuple[int, ...]]]
 
 
 def _mxnet(threads: int) -> Any:
@@ -134,7 +136,9 @@ class Engine:
         self._mx = _mxnet(threads or available_cpus())
         self._ctx = self._mx.cpu()
         self._symbol = self._load_symbol()
-        self._args, self._aux = self._load_params()
+        shapes = self._infer_shapes()
+        self._check_classes(shapes[1][0])
+        self._args, self._aux = self._load_params(shapes)
         self._executors: dict[int, Any] = {}
         self._lock = threading.Lock()
 
@@ -161,7 +165,37 @@ class Engine:
     def _input_shape(self, batch: int) -> tuple[int, ...]:
         return (batch, *self.spec.input_shape)
 
-    def _load_params(self) -> tuple[dict[str, Any], dict[str, Any]]:
+    def _infer_shapes(self) -> Shapes:
+        """The symbol's argument, output and auxiliary shapes for one image of the input shape."""
+        shape = self._input_shape(1)
+        try:
+            shapes = self._symbol.infer_shape(**{self.spec.input_name: shape})
+        except self._mx.base.MXNetError as exc:
+            raise BundleError(
+                f"{self.spec.symbol_file.name}: the network takes no input {self.spec.input_name!r} "
+                f"of shape {shape} ({str(exc).splitlines()[0]})"
+            ) from exc
+        if shapes[0] is None:
+            raise BundleError(f"{self.spec.symbol_file.name}: cannot infer its shapes from input {shape}")
+        return shapes  # type: ignore[no-any-return]
+
+    def _check_classes(self, output_shape: tuple[int, ...]) -> None:
+        """One label per class the output scores, or every prediction would be mislabelled
+        (or an IndexError past the last label)."""
+        spec = self.spec
+        output = spec.output_name or self._symbol.list_outputs()[0]
+        if len(output_shape) != 2:
+            raise BundleError(
+                f"{spec.symbol_file.name}: output {output!r} has shape {tuple(output_shape)} for one "
+                "image, expected (1, classes)"
+            )
+        if output_shape[1] != len(spec.labels):
+            raise BundleError(
+                f"{spec.file('labels').name}: {len(spec.labels)} labels, but the model's output {output!r} "
+                f"has {output_shape[1]} classes"
+            )
+
+    def _load_params(self, shapes: Shapes) -> tuple[dict[str, Any], dict[str, Any]]:
         mx = self._mx
         fname = self.spec.params_file.name
         try:
@@ -170,7 +204,7 @@ class Engine:
             raise BundleError(f"{fname}: not a valid MXNet params file ({exc})") from exc
         args = {k[4:]: v for k, v in saved.items() if k.startswith("arg:")}
         aux = {k[4:]: v for k, v in saved.items() if k.startswith("aux:")}
-        arg_shapes, _, aux_shapes = self._symbol.infer_shape(**{self.spec.input_name: self._input_shape(1)})
+        arg_shapes, _, aux_shapes = shapes
         wanted = dict(zip(self._symbol.list_arguments(), arg_shapes, strict=True))
         for pool, names_shapes in (
             (args, wanted),

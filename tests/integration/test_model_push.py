@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import stat
 import tempfile
 from pathlib import Path
 
@@ -40,6 +42,13 @@ def test_push_then_predict_from_s3(
     )
     assert shown.exit_code == 0, shown.output
     assert json.loads(shown.stdout)["predictions"][0]["label"] == "espresso"
+    # Downloaded into the user's private cache: the URI's folder, one whole bundle in it.
+    cache = tmp_path / f"batchpredict-models-{os.getuid()}"
+    (uri_folder,) = cache.iterdir()
+    (bundle,) = uri_folder.iterdir()
+    assert sorted(p.name for p in bundle.iterdir()) == sorted(p.name for p in bundle_dir.iterdir())
+    for folder in (cache, uri_folder, bundle):
+        assert stat.S_IMODE(folder.stat().st_mode) == 0o700 and folder.stat().st_uid == os.getuid()
 
     broken = tmp_path / "broken"
     broken.mkdir()

@@ -17,7 +17,7 @@ def test_build_is_deterministic_and_self_describing(tmp_path: Path, wheels_dir: 
     ):
         assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes(), name
 
-    spec = verify_bundle(tmp_path / "a")
+    spec = verify_bundle(tmp_path / "a", sizes=True)  # loadable from S3: every file's size in model.json
     assert spec.model_id == "efficientnet-lite0:1"
     assert len(spec.labels) == 1000
     assert (spec.labels[0].wnid, spec.labels[0].text) == ("n01440764", "tench, Tinca tinca")
@@ -29,3 +29,4 @@ def test_build_is_deterministic_and_self_describing(tmp_path: Path, wheels_dir: 
     assert doc["provenance"]["labels"]["license"] == "MIT"
     for entry in doc["files"].values():
         assert sha256_file(tmp_path / "a" / entry["path"]) == entry["sha256"]
+        assert (tmp_path / "a" / entry["path"]).stat().st_size == entry["bytes"]

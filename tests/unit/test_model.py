@@ -10,8 +10,12 @@ from pathlib import Path
 import mxnet as mx
 import numpy as np
 import pytest
+from click.testing import CliRunner
 
+from batchpredict import wiring
 from batchpredict.bundle import resolve_bundle, sha256_file, verify_bundle
+from batchpredict.cli import main
+from batchpredict.config import EngineConfig
 from batchpredict.errors import BundleError
 from batchpredict.images import decode_image
 from batchpredict.model import Engine, bucket_sizes, cpu_info, forward_sizes, load_model, onednn_isa_cap
@@ -200,6 +204,40 @@ def test_label_count_must_match_the_model(bundle_copy: Path) -> None:
     (bundle_copy / "model.json").write_text(json.dumps(doc))
     with pytest.raises(BundleError, match=r"synset\.txt: 1000 labels, model\.json says 999"):
         verify_bundle(bundle_copy)
+
+
+def _labels_without_a_count(root: Path, count: int) -> None:
+    """The bundle's synset.txt cut or padded to ``count`` lines, model.json matching it but
+    without output.classes: verify_bundle has nothing to count the labels against."""
+    labels = (root / "synset.txt").read_text().splitlines()
+    labels = (labels + [f"n{i:08d} extra {i}" for i in range(count)])[:count]
+    (root / "synset.txt").write_text("\n".join(labels) + "\n")
+    doc = json.loads((root / "model.json").read_text())
+    doc["files"]["labels"].update(
+        sha256=sha256_file(root / "synset.txt"), bytes=(root / "synset.txt").stat().st_size
+    )
+    del doc["output"]["classes"]
+    (root / "model.json").write_text(json.dumps(doc))
+
+
+@pytest.mark.parametrize("count", [999, 1001])
+def test_label_count_is_checked_against_the_models_output_at_load(
+    bundle_copy: Path, samples_dir: Path, count: int
+) -> None:
+    _labels_without_a_count(bundle_copy, count)
+    spec = verify_bundle(bundle_copy)
+    assert len(spec.labels) == count
+    message = rf"synset\.txt: {count} labels, but the model's output 'fc_output' has 1000 classes"
+    with pytest.raises(BundleError, match=message):
+        load_model(spec)
+    # The predictor Lambda's engine (wiring.engine, at cold start) and `batchpredict predict`.
+    with pytest.raises(BundleError, match=message):
+        wiring.engine(EngineConfig(model_uri=str(bundle_copy), max_batch=2))
+    shown = CliRunner().invoke(
+        main, ["predict", "--model", str(bundle_copy), str(samples_dir / "coffee.png")]
+    )
+    assert shown.exit_code == 1 and "Traceback" not in shown.output
+    assert f"{count} labels, but the model's output 'fc_output' has 1000 classes" in shown.output
 
 
 # --- the classic model-zoo format of the original post --------------------------------------

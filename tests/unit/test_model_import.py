@@ -48,6 +48,8 @@ def test_import_the_gluon_resnet18_then_predict(
     assert doc["preprocess"]["resize_shorter"] == 256 and doc["preprocess"]["crop"] == 224
     for entry in doc["files"].values():
         assert entry["sha256"] == sha256_file(out / entry["path"])
+        assert entry["bytes"] == (out / entry["path"]).stat().st_size
+    verify_bundle(out, sizes=True)  # as `model push` checks it, and the predictor loads it from S3
     assert sorted(p.name for p in out.parent.iterdir()) == ["resnet-18"]  # no staging left behind
 
     photo = samples_dir / "chelsea.png"

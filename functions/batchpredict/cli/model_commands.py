@@ -173,8 +173,7 @@ def model_import(
             f"mean {list(pre.mean)}, std {list(pre.std)}",
         ),
     ]
-    files = spec.raw["files"].items()
-    rows += [(role, f"{e['path']}  sha256 {e['sha256'][:16]}…  {e['bytes']:,} B") for role, e in files]
+    rows += [(f.role, f"{f.name}  sha256 {f.sha256[:16]}…  {f.size or 0:,} B") for f in spec.files]
     for label, value in rows:
         click.echo(f"  {label:<12} {value}")
     click.echo(f"  check        {sample_name}:")

@@ -18,7 +18,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from batchpredict.bundle import MANIFEST_NAME, SCHEMA_VERSION, BundleSpec, sha256_file, verify_bundle
+from batchpredict.bundle import (
+    MANIFEST_NAME,
+    SCHEMA_VERSION,
+    BundleSpec,
+    bundle_path,
+    sha256_file,
+    split_s3_uri,
+    verify_bundle,
+)
 from batchpredict.errors import BundleError
 from batchpredict.images import Preprocess, decode_image
 
@@ -183,13 +191,12 @@ def import_checkpoint(
 def push_bundle(folder: Path, uri: str, s3: S3Client) -> list[str]:
     """Upload a verified bundle under ``s3://bucket/prefix``: its files first, ``model.json``
     last, so a predictor never finds a ``model.json`` whose files are not there yet. Returns
-    the keys written."""
-    from batchpredict.bundle import split_s3_uri
-
-    spec = verify_bundle(folder)
+    the keys written. Only what the predictor can load from S3 is pushed: plain file names in
+    the folder (as ``verify_bundle`` checks them) and every file's size in ``model.json``."""
+    spec = verify_bundle(folder, sizes=True)
     bucket, prefix = split_s3_uri(uri)
     prefix = prefix.rstrip("/") + "/" if prefix else ""
-    names = [entry["path"] for entry in spec.raw["files"].values()] + [MANIFEST_NAME]
-    for name in names:
-        s3.upload_file(str(folder / name), bucket, prefix + name)
-    return [prefix + name for name in names]
+    paths = [bundle_path(folder, file) for file in spec.files] + [folder / MANIFEST_NAME]
+    for path in paths:
+        s3.upload_file(str(path), bucket, prefix + path.name)
+    return [prefix + path.name for path in paths]
