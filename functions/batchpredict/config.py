@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, TypeVar
 from batchpredict.defaults import DEFAULT_MAX_BATCH, DEFAULT_MAX_PIXELS, DEFAULT_TOP_K
 from batchpredict.fetch import FetchLimits, FetchPolicy, parse_networks, parse_s3_prefixes
 from batchpredict.messages import MAX_CHUNK_SIZE
+from batchpredict.options import MAX_TOP_K
 
 if TYPE_CHECKING:
     # Imported where used: predict's cold start has no use for the splitter's modules.
@@ -55,6 +56,35 @@ def positive_int(raw: str) -> int:
     return value
 
 
+def top_k(raw: str) -> int:
+    value = positive_int(raw)
+    if value > MAX_TOP_K:
+        raise ValueError(f"at most {MAX_TOP_K} (each class adds up to ~180 bytes to every IMG# row)")
+    return value
+
+
+def _prefix_of(uri: str) -> str:
+    return uri.removeprefix("s3://").partition("/")[2].strip("/")
+
+
+def model_uri(raw: str) -> str:
+    """A bundle folder, or ``s3://bucket/prefix`` with a prefix: never a whole bucket."""
+    if raw.startswith("s3://") and not (raw[5:].partition("/")[0] and _prefix_of(raw)):
+        raise ValueError("give s3://bucket/prefix/ with a non-empty prefix, not a whole bucket")
+    return raw
+
+
+def image_source_prefixes(raw: str) -> tuple[str, ...]:
+    """``parse_s3_prefixes``, refusing an entry that opens a whole bucket (an empty prefix)."""
+    prefixes = parse_s3_prefixes(raw)
+    for prefix in prefixes:
+        if not _prefix_of(prefix):
+            raise ValueError(
+                f"{prefix!r} opens the whole bucket: give s3://bucket/prefix/ with a non-empty prefix"
+            )
+    return prefixes
+
+
 @dataclass(frozen=True)
 class EngineConfig:
     model_uri: str
@@ -66,11 +96,11 @@ class EngineConfig:
 def engine_config(env: Mapping[str, str]) -> EngineConfig:
     return EngineConfig(
         model_uri=setting(
-            env, "MODEL_URI", str, help_text="model bundle location (s3://bucket/prefix or a folder)"
+            env, "MODEL_URI", model_uri, help_text="model bundle location (s3://bucket/prefix/ or a folder)"
         ),
         max_batch=setting(env, "MAX_BATCH", positive_int, DEFAULT_MAX_BATCH),
         threads=setting(env, "INFERENCE_THREADS", positive_int, None),
-        top_k=setting(env, "TOP_K", positive_int, DEFAULT_TOP_K),
+        top_k=setting(env, "TOP_K", top_k, DEFAULT_TOP_K),
     )
 
 
@@ -98,7 +128,7 @@ def fetch_limits(env: Mapping[str, str]) -> FetchLimits:
         max_redirects=setting(env, "MAX_REDIRECTS", non_negative_int, defaults.max_redirects),
         allowed_networks=setting(env, "ALLOWED_NETWORKS", parse_networks, ()),
         # Empty: no s3:// image at all (the template fills it from ImageSourcePrefixes).
-        s3_prefixes=setting(env, "IMAGE_SOURCE_PREFIXES", parse_s3_prefixes, ()),
+        s3_prefixes=setting(env, "IMAGE_SOURCE_PREFIXES", image_source_prefixes, ()),
     )
 
 

@@ -201,7 +201,8 @@ class Job:
     name: str | None = None
     tags: dict[str, str] = field(default_factory=dict)
     top_k: int | None = None
-    max_failures: str | None = None
+    max_failures: str | None = None  # options.MaxFailures' canonical form (from_stored reads it)
+    timeout_seconds: int | None = None  # how long the job may run (x-amz-meta-timeout)
     notify: list[str] = field(default_factory=list)
     # Why a CANCELLING job stops (None: a user's cancel) and what finalize should say.
     stop_reason: str | None = None

@@ -125,11 +125,21 @@ class ChunkWriter:
         """Past its max-failures (after MIN_FINISHED_FOR_THRESHOLD lines), a job stops through
         the cancel path and ends FAILED ``tolerated_failures_exceeded``. Judged after each
         counted chunk with failures of a job that has a threshold (the chunk carries it), so
-        only those read the job's counts in full."""
+        only those read the job's counts in full.
+
+        Never raises because of the stored threshold: this runs after the chunk was counted, and
+        an exception would only bring the chunk back on every delivery. One that cannot be read
+        is logged and not judged."""
         job = self.jobs.get(chunk.job_id)
         if job is None or not job.max_failures or job.status not in CANCELLABLE_STATUSES:
             return
-        threshold = MaxFailures.parse(job.max_failures)
+        threshold = MaxFailures.from_stored(job.max_failures)
+        if threshold is None:
+            logger.error(
+                "unreadable max-failures on the job: its threshold is not judged",
+                extra={"job_id": job.job_id, "max_failures": repr(job.max_failures)[:80]},
+            )
+            return
         finished = job.succeeded + job.failed
         if not threshold.exceeded(job.failed, finished):
             return

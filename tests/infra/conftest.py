@@ -20,7 +20,7 @@ from tests.infra.motostack import DeployedStack, deploy
 # default (the conditions' other branches, the mapping and memory settings).
 CUSTOM_PARAMETERS = {
     "ModelUri": "s3://models-bucket/bundles/efficientnet-lite0/",
-    "ImageSourcePrefixes": "s3://photo-archive/,s3://more-photos/cats/",
+    "ImageSourcePrefixes": "s3://photo-archive/2024/,s3://more-photos/cats/",
     "ApiImageSourcePrefixes": "s3://more-photos/public/",
     "ApiAuth": "JWT",
     "ApiJwtIssuer": "https://issuer.example.com/",

@@ -391,7 +391,7 @@ def test_custom_parameters_reach_functions_mappings_and_buckets(custom_stack: De
 
 
 SOURCES = {
-    "PredictRole": ["arn:aws:s3:::photo-archive/*", "arn:aws:s3:::more-photos/cats/*"],
+    "PredictRole": ["arn:aws:s3:::photo-archive/2024/*", "arn:aws:s3:::more-photos/cats/*"],
     "PredictApiRole": ["arn:aws:s3:::more-photos/public/*"],
 }
 
@@ -423,7 +423,7 @@ def _actions(statement: dict[str, Any]) -> list[str]:
 def test_custom_functions_get_their_source_lists(custom_stack: DeployedStack) -> None:
     # (moto's ReimportApi ignores OpenAPI security: test_template checks the routes' authorizers)
     predict = predict_config(_function(custom_stack, "PredictFunction")["Environment"]["Variables"])
-    assert predict.predictor.fetch.s3_prefixes == ("s3://photo-archive/", "s3://more-photos/cats/")
+    assert predict.predictor.fetch.s3_prefixes == ("s3://photo-archive/2024/", "s3://more-photos/cats/")
     api = api_config(_function(custom_stack, "PredictApiFunction")["Environment"]["Variables"])
     assert api.predictor.fetch.s3_prefixes == ("s3://more-photos/public/",)
     assert api.predictor.fetch.total_timeout == 20

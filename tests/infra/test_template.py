@@ -576,14 +576,14 @@ def _listed(value: Any) -> list[Any]:
 
 def test_the_predictors_read_only_the_listed_prefixes_and_the_model(cfn: dict[str, Any]) -> None:
     parameters = {
-        "ImageSourcePrefixes": "s3://photos/cats/,s3://other-bucket/,s3://photos/dogs/2024/",
+        "ImageSourcePrefixes": "s3://photos/cats/,s3://other-bucket/birds/,s3://photos/dogs/2024/",
         "ApiImageSourcePrefixes": "s3://photos/public/",
         "ModelUri": "s3://models-bucket/effnet/v1/",
     }
     predict = _s3_grants(cfn, "PredictRole", **parameters)
     assert predict["s3:GetObject"] == {
         "arn:aws:s3:::photos/cats/*",
-        "arn:aws:s3:::other-bucket/*",
+        "arn:aws:s3:::other-bucket/birds/*",
         "arn:aws:s3:::photos/dogs/2024/*",
         "arn:aws:s3:::models-bucket/effnet/v1/*",
     }
@@ -612,13 +612,13 @@ def test_the_predictors_read_only_the_listed_prefixes_and_the_model(cfn: dict[st
     [
         ("ModelUri", "s3://models-bucket/effnet/v1/", True),
         ("ModelUri", "s3://models-bucket/effnet/v1", False),  # would also open effnet/v1-other/
-        ("ModelUri", "s3://models-bucket/", True),
+        ("ModelUri", "s3://models-bucket/", False),  # would grant the whole bucket
         ("ImageSourcePrefixes", "s3://photos/cats/", True),
         ("ImageSourcePrefixes", "s3://photos/cats", False),
         ("ImageSourcePrefixes", "s3://photos/cats/,s3://photos/dogs", False),
         ("ImageSourcePrefixes", "s3://photos/*/", False),
-        ("ImageSourcePrefixes", "s3://b01/,s3://b02/,s3://b03/,s3://b04/", True),
-        ("ImageSourcePrefixes", "s3://b01/,s3://b02/,s3://b03/,s3://b04/,s3://b05/", False),  # 4 grant slots
+        ("ImageSourcePrefixes", "s3://b01/a/,s3://b02/b/,s3://b03/c/,s3://b04/d/", True),
+        ("ImageSourcePrefixes", ",".join(f"s3://b0{i}/p/" for i in range(1, 6)), False),  # 4 grant slots
         ("ApiImageSourcePrefixes", "s3://photos/public", False),
     ],
 )
@@ -627,6 +627,26 @@ def test_prefix_parameters_force_a_trailing_slash(
 ) -> None:
     pattern = cfn["Parameters"][name]["AllowedPattern"]
     assert bool(re.fullmatch(pattern, value)) is accepted
+
+
+PREFIX_PARAMETERS = ("ModelUri", "ImageSourcePrefixes", "ApiImageSourcePrefixes")
+# A whole bucket (no prefix, an empty one, an empty segment) or a prefix without its slash.
+BAD_PREFIXES = ("s3://bucket/", "s3://bucket//", "s3://bucket", "s3://bucket/x", "s3://bucket/x//")
+GOOD_PREFIXES = ("s3://b01/cats/", "s3://b02/dogs/2024/", "s3://b03/x/", "s3://b04/a.b-c d/e/")
+
+
+@pytest.mark.parametrize("name", PREFIX_PARAMETERS)
+def test_prefix_parameters_need_a_non_empty_prefix_in_every_slot(name: str, cfn: dict[str, Any]) -> None:
+    pattern = cfn["Parameters"][name]["AllowedPattern"]
+    assert re.fullmatch(pattern, "")  # empty stays allowed: the bundle in the image, no s3:// images
+    slots = 1 if name == "ModelUri" else len(GOOD_PREFIXES)
+    for count in range(1, slots + 1):
+        good = list(GOOD_PREFIXES[:count])
+        assert re.fullmatch(pattern, ",".join(good)), good
+        for slot in range(count):
+            for bad in BAD_PREFIXES:
+                value = ",".join([*good[:slot], bad, *good[slot + 1 :]])
+                assert not re.fullmatch(pattern, value), value
 
 
 def _role_statements(cfn: dict[str, Any], role: str) -> list[dict[str, Any]]:

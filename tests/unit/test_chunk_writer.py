@@ -275,3 +275,56 @@ def test_item_limits_follow_dynamodb_sizing() -> None:
     for _ in range(100_000):  # no recursion: measured, not a RecursionError
         very_deep = [very_deep]
     assert item_problem({"v": very_deep}) == "nested more than 32 levels deep"
+
+
+# --- max-failures, judged after a chunk was counted ------------------------------------------
+
+
+def _job_with_threshold(max_failures: str | None, failed: int, finished: int) -> tuple[ChunkWriter, FakeJobs]:
+    """A running job with its threshold as the JOB record stores it, ``failed`` of ``finished``
+    lines counted before the chunk the test writes (2 lines, both failed)."""
+    writer, jobs, _, _ = _writer(chunks_total=4)
+    jobs.job = replace(jobs.job, max_failures=max_failures, failed=failed, succeeded=finished - failed)
+    return writer, jobs
+
+
+def _write_two_failures(writer: ChunkWriter, max_failures: str) -> bool:
+    return writer.write(Chunk("job-1", 0, [], max_failures=max_failures), _rows(0, [FAILED, FAILED]), MODEL)
+
+
+def test_max_failures_of_a_million_is_stored_and_enforced() -> None:
+    from batchpredict.options import parse_options
+
+    # the option as an uploader sets it, through the JOB record and the chunk message
+    stored = parse_options({"max-failures": "1000000"}).as_item()["max_failures"]
+    assert stored == "1000000"
+    # 999,999 failed + 2 = 1,000,001 > 1,000,000: the job stops, and the write does not raise
+    writer, jobs = _job_with_threshold(stored, failed=999_999, finished=1_500_000)
+    assert _write_two_failures(writer, stored) is True
+    assert jobs.job.status == JobStatus.CANCELLING
+    assert jobs.job.stop_reason == "tolerated_failures_exceeded"
+    assert jobs.job.stop_detail == (
+        "tolerated_failures_exceeded: 1000001 of 1500002 finished lines failed,"
+        " more than max-failures 1000000"
+    )
+    # at exactly 1,000,000 it goes on
+    writer, jobs = _job_with_threshold(stored, failed=999_998, finished=1_500_000)
+    assert _write_two_failures(writer, stored) is True
+    assert jobs.job.status == JobStatus.RUNNING
+
+
+def test_a_threshold_stored_in_the_old_form_is_still_enforced() -> None:
+    # main stored 1,000,000 as "1e+06": the writer raised on every chunk with a failure
+    writer, jobs = _job_with_threshold("1e+06", failed=999_999, finished=1_500_000)
+    assert _write_two_failures(writer, "1e+06") is True
+    assert jobs.job.status == JobStatus.CANCELLING
+
+
+@pytest.mark.parametrize("stored", ["lots", "1e+999", "-5", "101%", "\u0661\u0662"])
+def test_an_unreadable_threshold_is_logged_and_ignored_not_raised(
+    stored: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    writer, jobs = _job_with_threshold(stored, failed=500, finished=1_000)
+    assert _write_two_failures(writer, stored) is True  # counted, and no exception to redeliver it
+    assert jobs.job.status == JobStatus.RUNNING and jobs.chunk_counted("job-1", 0)
+    assert "unreadable max-failures" in caplog.text

@@ -88,12 +88,48 @@ def test_image_sources_and_allow_list_are_typed_and_closed_by_default() -> None:
     closed = fetch_limits({})
     assert (closed.s3_prefixes, closed.allowed_networks) == ((), ())  # no s3:// image, no internal address
     limits = fetch_limits(
-        {"IMAGE_SOURCE_PREFIXES": "s3://photos/cats,s3://more/", "ALLOWED_NETWORKS": "127.0.0.1:8123"}
+        {"IMAGE_SOURCE_PREFIXES": "s3://photos/cats,s3://more/dogs/", "ALLOWED_NETWORKS": "127.0.0.1:8123"}
     )
-    assert limits.s3_prefixes == ("s3://photos/cats/", "s3://more/")
+    assert limits.s3_prefixes == ("s3://photos/cats/", "s3://more/dogs/")
     assert [str(entry) for entry in limits.allowed_networks] == ["127.0.0.1:8123"]
     with pytest.raises(ConfigError, match="IMAGE_SOURCE_PREFIXES='photos/' is invalid"):
         fetch_limits({"IMAGE_SOURCE_PREFIXES": "photos/"})
+
+
+@pytest.mark.parametrize(
+    "spec",
+    [
+        "s3://photos",
+        "s3://photos/",
+        "s3://photos//",
+        "s3://photos/cats/,s3://more/",
+        "s3://photos/cats/ s3://a/b/ s3://c/d/ s3://whole",
+    ],
+)
+def test_an_image_source_that_opens_a_whole_bucket_is_refused(spec: str) -> None:
+    from batchpredict.config import fetch_limits
+
+    with pytest.raises(ConfigError, match=r"IMAGE_SOURCE_PREFIXES=.* opens the whole bucket"):
+        fetch_limits({"IMAGE_SOURCE_PREFIXES": spec})
+
+
+@pytest.mark.parametrize("uri", ["s3://models", "s3://models/", "s3://models//", "s3:///lite0/"])
+def test_a_model_uri_of_a_whole_bucket_is_refused(uri: str) -> None:
+    with pytest.raises(
+        ConfigError, match=r"MODEL_URI=.* is invalid: give s3://bucket/prefix/ with a non-empty"
+    ):
+        engine_config({"MODEL_URI": uri})
+    # a prefix, with or without its slash (the bundle loader adds it), and a folder are fine
+    for good in ("s3://models/lite0", "s3://models/lite0/", "/opt/model", "build/model/lite0"):
+        assert engine_config({"MODEL_URI": good}).model_uri == good
+
+
+def test_top_k_is_capped_where_a_row_stays_small() -> None:
+    from batchpredict.options import MAX_TOP_K
+
+    assert engine_config({"MODEL_URI": "/m", "TOP_K": str(MAX_TOP_K)}).top_k == MAX_TOP_K == 20
+    with pytest.raises(ConfigError, match="TOP_K='21' is invalid: at most 20"):
+        engine_config({"MODEL_URI": "/m", "TOP_K": "21"})
 
 
 def test_a_function_warns_at_start_when_its_allow_list_opens_more_than_one_host(

@@ -24,9 +24,11 @@ from batchpredict.cli.shared import (
 )
 from batchpredict.cli.targets import StackTarget
 from batchpredict.config import ConfigError, EngineConfig, engine_config
+from batchpredict.defaults import DEFAULT_TOP_K
 from batchpredict.errors import BundleError, ErrorCode, PredictionError
 from batchpredict.fetch import Fetcher, FetchLimits, parse_networks
 from batchpredict.model import load_model
+from batchpredict.options import MAX_TOP_K
 from batchpredict.predictor import Outcome, predict_payloads
 
 
@@ -72,7 +74,7 @@ def _show(sources: Sequence[str], outcomes: Sequence[Outcome], output: str) -> N
     )
 )
 @click.argument("sources", nargs=-1, required=True)
-@int_option("--top-k", 1, 1000, 5, "How many classes to print per image.")
+@int_option("--top-k", 1, MAX_TOP_K, DEFAULT_TOP_K, "How many classes to print per image.")
 @output_option("table")
 @click.option(
     "--model", help="Model bundle folder or s3:// prefix (default: $MODEL_URI or the built bundle)."

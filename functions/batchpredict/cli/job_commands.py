@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +19,7 @@ from batchpredict.cli.report import write_report
 from batchpredict.cli.shared import allow_network_option, examples, fail, int_option, output_option
 from batchpredict.cli.targets import StackTarget, stack_options
 from batchpredict.jobs import Job, JobStatus
+from batchpredict.options import MAX_FAILURES_COUNT, MAX_TIMEOUT_SECONDS, MAX_TOP_K, MIN_TIMEOUT_SECONDS
 from batchpredict.records import FAILED
 
 JOB = "job-30481560046df9c31196"  # in --help examples
@@ -38,21 +40,13 @@ def follow(client: Client, job_id: str, timeout: float | None = None) -> Job:
     return job
 
 
-def _job_options(
-    name: str | None, tags: tuple[str, ...], top_k: int | None, max_failures: str | None, notify: str | None
-) -> Any:
-    """The job's options, checked as the splitter will check them (options.parse_options)."""
+def _job_options(metadata: Mapping[str, object]) -> Any:
+    """The job's options from the command's (``x-amz-meta-<option>: value``, None: not given),
+    checked as the splitter will check them (options.parse_options)."""
     from batchpredict.options import OptionError, parse_options
 
-    metadata = {
-        "name": name,
-        "tags": ",".join(tags) or None,
-        "top-k": str(top_k) if top_k is not None else None,
-        "max-failures": max_failures,
-        "notify": notify,
-    }
     try:
-        return parse_options({k: v for k, v in metadata.items() if v is not None})
+        return parse_options({k: str(v) for k, v in metadata.items() if v is not None})
     except OptionError as exc:
         raise fail(str(exc)) from exc
 
@@ -62,6 +56,7 @@ def _job_options(
         "batchpredict submit photos.jsonl --wait",
         "batchpredict submit photos.csv.gz --key nightly/photos.csv.gz",
         "batchpredict submit urls.txt --name nightly --tag team=vision --top-k 3 --max-failures 5%",
+        "batchpredict submit urls.txt --max-failures 1000 --timeout 7200",
         "BATCHPREDICT_STACK=batchpredict batchpredict submit urls.txt --profile prod --region eu-west-1",
     )
 )
@@ -70,11 +65,24 @@ def _job_options(
 @click.option("--key", help="Object name under manifests/ (default: the file name).")
 @click.option("--name", help="The job's name (x-amz-meta-name): shown by status/jobs, in events.")
 @click.option("--tag", "tags", multiple=True, metavar="K=V", help="A tag (x-amz-meta-tags). Repeatable.")
-@click.option("--top-k", "top_k", type=int, help="Classes per image for this job (1-100; default TOP_K).")
+@click.option(
+    "--top-k",
+    "top_k",
+    type=click.IntRange(1, MAX_TOP_K),
+    help=f"Classes per image for this job (1-{MAX_TOP_K}; default the function's TOP_K).",
+)
 @click.option(
     "--max-failures",
     metavar="N|P%",
-    help="Stop the job (FAILED tolerated_failures_exceeded) once more than N lines, or P%, failed.",
+    help="Stop the job (FAILED tolerated_failures_exceeded) once more than N lines"
+    f" (0-{MAX_FAILURES_COUNT:,}), or P% of the finished ones (0-100, up to 4 decimals), failed.",
+)
+@click.option(
+    "--timeout",
+    type=click.IntRange(MIN_TIMEOUT_SECONDS, MAX_TIMEOUT_SECONDS),
+    metavar="SECONDS",
+    help="How long the job may run (x-amz-meta-timeout):"
+    f" {MIN_TIMEOUT_SECONDS}-{MAX_TIMEOUT_SECONDS} seconds (7 days).",
 )
 @click.option(
     "--notify", type=click.Choice(["email"]), help="Mail this job's end (the stack's NotificationEmail)."
@@ -88,12 +96,14 @@ def submit(
     tags: tuple[str, ...],
     top_k: int | None,
     max_failures: str | None,
+    timeout: int | None,
     notify: str | None,
     target: StackTarget,
 ) -> None:
     """Upload MANIFEST under manifests/ and print the job id; the options travel as the
     object's S3 user metadata (as `aws s3 cp --metadata name=…,top-k=3` would send them)."""
-    options = _job_options(name, tags, top_k, max_failures, notify)
+    metadata = {"name": name, "tags": ",".join(tags) or None, "top-k": top_k, "max-failures": max_failures}
+    options = _job_options(metadata | {"timeout": timeout, "notify": notify})
     client = target.client()
     job_id = client.submit(manifest, key, options)
     click.echo(job_id)
