@@ -7,34 +7,143 @@ item failure and comes back; every other chunk of the batch is unaffected.
 
 Refill: while the run's fetches stall (a server that accepts and never answers holds its
 line up to FETCH_TOTAL_TIMEOUT), the invocation takes more chunks from the work queue itself,
-at most as many as its event brought and as its free fetch threads can fetch in the time
-left (pipeline.StreamingPredictor decides when and how many lines), hidden until just
-after it ends; it deletes those it has
-written, and the others come back then. The cores work instead of waiting, and Lambda bills
+at most as many as its event brought and as many chunks of the function's CHUNK_SIZE as its
+free fetch threads can fetch in the time left (pipeline.StreamingPredictor decides when and how
+many lines). A chunk it received that holds more lines than are left (a job split with a larger
+CHUNK_SIZE) is made visible again at once, unstarted. It deletes those it has written, and the
+others come back like the event's failures. The cores work instead of waiting, and Lambda bills
 work, not idle time. The claim and marker keep a chunk counted once however it arrived.
+
+Heartbeat: while the invocation lives, the messages it works on (the event's and the refilled
+ones) are kept hidden ``heartbeat_seconds`` at a time (at most until just after it ends),
+renewed every third of that. A worker that crashes (out of memory, killed) frees its messages
+within ``heartbeat_seconds``, however long the queue's own visibility timeout. A chunk that
+failed (not done in time, its write failed, its claim held by another delivery) is hidden for
+a delay that grows with its receives (``retry_delay``), so a stage that is down is not retried
+into the dead-letter queue within minutes.
 """
 
 from __future__ import annotations
 
 import math
+import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import wait as wait_for
 from dataclasses import dataclass, field
 
+from batchpredict.config import DEFAULT_CHUNK_SIZE, DEFAULT_HEARTBEAT_SECONDS
 from batchpredict.costs import ComputeMeter
 from batchpredict.errors import ErrorCode
 from batchpredict.jobs import STOPPED_STATUSES
 from batchpredict.messages import Chunk
 from batchpredict.observability import MetricUnit, logger, metrics
 from batchpredict.pipeline import ImageResult, StreamingPredictor
-from batchpredict.queues import Queue
+from batchpredict.queues import Queue, QueueSendError, Received
 from batchpredict.records import SUCCEEDED, ImageInfo, ResultError, ResultRecord, Timing, WorkItem
 from batchpredict.writer import LEASE_MARGIN_SECONDS, ChunkWriter, stopped_records
 
 WRITER_THREADS = 4  # chunks written at once: S3 and DynamoDB calls, not CPU
 WRITE_RESERVE_SHARE = 0.2  # at most this share of the invocation's time is kept back for writes
+BEATS_PER_STEP = 3  # a beat every third of the step: two may fail before a message shows
+# A beat never hides a message longer than the invocation's remaining time + this: a message
+# whose invocation ended without deleting it is visible again right after.
+VISIBILITY_MARGIN_SECONDS = 1.0
+# A failed chunk's delay before its next delivery: the heartbeat's step after its first receive,
+# doubling with every receive, at most RETRY_MAX_FACTOR steps.
+RETRY_MAX_FACTOR = 16
+
+
+def retry_delay(receive_count: int, step: float) -> int:
+    """Seconds a chunk that failed on its ``receive_count``-th receive stays hidden: 1, 2, 4, 8,
+    then 16 heartbeat steps. With the template's 30 s and maxReceiveCount 10, a chunk that keeps
+    failing (a stage down) is tried over about 50 minutes before it is dead-lettered; a crashed
+    invocation's chunks are not delayed (they come back when the heartbeat's step ends)."""
+    factor = min(2 ** (max(receive_count, 1) - 1), RETRY_MAX_FACTOR)
+    return max(1, math.ceil(step * factor))
+
+
+def event_messages(event: Mapping[str, object]) -> list[Received]:
+    """The messages of an SQS event: id, receipt handle, body and receive count."""
+    records = event.get("Records") or []
+    assert isinstance(records, list)
+    return [
+        Received(
+            r["messageId"],
+            r["receiptHandle"],
+            r["body"],
+            int((r.get("attributes") or {}).get("ApproximateReceiveCount", 1)),
+        )
+        for r in records
+    ]
+
+
+class Heartbeat:
+    """Keeps an invocation's messages hidden while it lives (see the module's doc).
+
+    Each beat sets the visibility of every message kept to ``visibility()`` seconds from now:
+    ``step``, or the invocation's remaining time + VISIBILITY_MARGIN_SECONDS if that is less;
+    a beat every ``step / BEATS_PER_STEP``. A beat that fails is logged (the messages keep the
+    visibility they had); a receipt handle SQS refuses (the message was deleted, or taken by
+    another delivery after it showed) is dropped.
+    """
+
+    def __init__(self, queue: Queue, step: float, remaining: Callable[[], float]) -> None:
+        self.queue = queue
+        self.step = step
+        self._remaining = remaining
+        self._handles: dict[str, str] = {}  # message id -> receipt handle
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.beats = 0
+
+    def visibility(self) -> int:
+        return max(1, math.ceil(min(self.step, self._remaining() + VISIBILITY_MARGIN_SECONDS)))
+
+    def keep(self, handles: Mapping[str, str]) -> None:
+        """Keep these messages (id -> receipt handle) hidden too; the first call starts the beats."""
+        with self._lock:
+            self._handles.update({m: h for m, h in handles.items() if h})
+            if self._thread is not None or not self._handles:
+                return
+            self._thread = threading.Thread(target=self._beat_until_stopped, name="heartbeat", daemon=True)
+        self._thread.start()
+
+    def release(self, message_ids: Iterable[str]) -> None:
+        with self._lock:
+            for message_id in message_ids:
+                self._handles.pop(message_id, None)
+
+    def stop(self) -> None:
+        """No beat after this returns."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+
+    def _beat_until_stopped(self) -> None:
+        period = self.step / BEATS_PER_STEP
+        while not self._stop.is_set():
+            self.beat(time.monotonic() + period)
+            self._stop.wait(period)
+
+    def beat(self, deadline: float) -> None:
+        with self._lock:
+            kept = list(self._handles.items())
+        if not kept:
+            return
+        try:
+            self.queue.change_visibility([h for _, h in kept], self.visibility(), deadline)
+            self.beats += 1
+        except QueueSendError as exc:
+            gone = [kept[int(i)][0] for i in exc.refused]
+            logger.warning("heartbeat: SQS refused receipt handles", extra={"messages": gone})
+            self.release(gone)
+        except Exception:
+            logger.exception(
+                "heartbeat failed: the messages keep their visibility", extra={"messages": len(kept)}
+            )
 
 
 def image_record(
@@ -63,6 +172,9 @@ def image_record(
 class ChunkUnfinishedError(RuntimeError):
     """The invocation ran out of time before every image of the chunk was done."""
 
+    def __init__(self, chunk: Chunk) -> None:
+        super().__init__(f"chunk {chunk.chunk} of {chunk.job_id} not done in time")
+
 
 @dataclass
 class ChunkOutcome:
@@ -89,75 +201,59 @@ class ChunkBatch:
         memory_mb: int,
         write_reserve_seconds: float,
         work_queue: Queue | None = None,
+        chunk_size: int = DEFAULT_CHUNK_SIZE,
+        heartbeat_seconds: float = DEFAULT_HEARTBEAT_SECONDS,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.predictor = predictor
         self.writer = writer
-        self.work_queue = work_queue  # None: no refill
+        self.work_queue = work_queue  # None: no refill, no heartbeat
+        self.chunk_size = chunk_size  # the function's CHUNK_SIZE: the lines a refill budgets a chunk at
+        self.heartbeat_seconds = heartbeat_seconds
         self.memory_mb = memory_mb
         self.write_reserve_seconds = write_reserve_seconds
         self._clock = clock
         self._writes = ThreadPoolExecutor(WRITER_THREADS, thread_name_prefix="write")
 
     def run(
-        self, messages: Sequence[tuple[str, str]], remaining: Callable[[], float]
+        self, messages: Sequence[Received | tuple[str, str]], remaining: Callable[[], float]
     ) -> dict[str, ChunkOutcome]:
-        """``messages``: (message id, body); ``remaining``: seconds the invocation has left."""
-        meter = ComputeMeter(self.memory_mb, self._clock)
+        """``messages``: the event's (``event_messages``: their receipt handles are kept hidden
+        while the run lives), or (message id, body) pairs; ``remaining``: seconds the invocation
+        has left."""
         left = remaining()
         # A short invocation keeps a share of its time for writes, never all of it.
         deadline = self._clock() + left - min(self.write_reserve_seconds, left * WRITE_RESERVE_SHARE)
-        outcomes: dict[str, ChunkOutcome] = {}
-        chunks: list[tuple[str, Chunk]] = []  # the predictor's groups, in order
-        taken: dict[str, str] = {}  # refill: message id -> receipt handle
-        writes: dict[str, Future[bool]] = {}
-
-        def write(message_id: str, chunk: Chunk, records: list[ResultRecord]) -> None:
-            outcomes[message_id] = ChunkOutcome(chunk, records)
-            writes[message_id] = self._writes.submit(self._write, chunk, records, remaining, meter)
-
-        def admit(received: Sequence[tuple[str, str]]) -> list[Chunk]:
-            """Parse; chunks of a cancelled, stopped or failed job are not fetched: written at
-            once, cancelled. The rest become the predictor's next groups."""
-            parsed = self._parse(received, outcomes)
-            stopped = self._stopped_jobs({chunk.job_id for _, chunk in parsed})
-            for message_id, chunk in parsed:
-                if chunk.job_id in stopped:
-                    write(message_id, chunk, stopped_records(chunk))
-            live = [(message_id, chunk) for message_id, chunk in parsed if chunk.job_id not in stopped]
-            chunks.extend(live)
-            return [chunk for _, chunk in live]
-
-        def predicted(group: int, results: list[ImageResult]) -> None:
-            message_id, chunk = chunks[group]
-            model, top_k = self.predictor.model_id, chunk.top_k or self.predictor.top_k
-            write(message_id, chunk, [image_record(chunk.job_id, r, model, top_k) for r in results])
-
-        def refill(lines: int) -> tuple[list[list[WorkItem]], int | None]:
-            # At most as many chunks as the event brought, and as the lines allowed hold (the
-            # event's chunks are the measure: a chunk's size is the job's, known on arrival).
-            count = min(len(messages), lines // chunk_lines)
-            if count < 1 or self.work_queue is None:
-                return [], None
-            hidden = math.ceil(remaining() + LEASE_MARGIN_SECONDS)  # back soon if this run fails
-            received = self.work_queue.receive(count, hidden)
-            taken.update({r.message_id: r.receipt_handle for r in received})
-            new = admit([(r.message_id, r.body) for r in received])
-            return [chunk.items for chunk in new], self._top_k(new)
-
-        first = admit(messages)
-        chunk_lines = max([len(chunk.items) for chunk in first] + [1])
-        unfinished = self.predictor.run(
-            [chunk.items for chunk in first],
-            deadline,
-            predicted,
-            self._top_k(first),
-            refill if self.work_queue is not None and messages else None,
+        run = _Invocation(
+            self, [m if isinstance(m, Received) else Received(m[0], "", m[1]) for m in messages], remaining
         )
-        for group in unfinished:
-            message_id, chunk = chunks[group]
-            error = ChunkUnfinishedError(f"chunk {chunk.chunk} of {chunk.job_id} not done in time")
-            outcomes[message_id] = ChunkOutcome(chunk, error=error)
+        try:
+            if run.heartbeat is not None:
+                run.heartbeat.keep({m.message_id: m.receipt_handle for m in run.event})
+            first = run.admit(run.event)
+            unfinished = self.predictor.run(
+                [chunk.items for chunk in first],
+                deadline,
+                run.predicted,
+                self._top_k(first),
+                run.refill if self.work_queue is not None and run.event else None,
+            )
+            for group in unfinished:
+                message_id, chunk = run.chunks[group]
+                run.outcomes[message_id] = ChunkOutcome(chunk, error=ChunkUnfinishedError(chunk))
+            self._wait_for_writes(run.writes, run.outcomes, remaining)
+        finally:
+            if run.heartbeat is not None:
+                run.heartbeat.stop()
+        finish_by = self._clock() + max(remaining() - 0.5, 0.1)
+        self._retry_later(run.received.values(), run.outcomes, finish_by)
+        self._delete_taken({m: run.received[m].receipt_handle for m in run.taken}, run.outcomes, finish_by)
+        return run.outcomes
+
+    @staticmethod
+    def _wait_for_writes(
+        writes: dict[str, Future[bool]], outcomes: dict[str, ChunkOutcome], remaining: Callable[[], float]
+    ) -> None:
         wait_for(writes.values(), timeout=max(remaining() - 1.0, 0.1))
         for message_id, future in writes.items():
             outcome = outcomes[message_id]
@@ -168,8 +264,46 @@ class ChunkBatch:
                 logger.error("chunk write failed", extra={"message_id": message_id}, exc_info=outcome.error)
             else:
                 outcome.counted = future.result()
-        self._delete_taken(taken, outcomes, self._clock() + max(remaining() - 0.5, 0.1))
-        return outcomes
+
+    def _release(self, unstarted: Sequence[Received], heartbeat: Heartbeat | None) -> None:
+        """Refilled chunks with more lines than the run has room for: visible again at once, so
+        another invocation takes them whole (their receive counted; none of their work done)."""
+        if not unstarted or self.work_queue is None:
+            return
+        if heartbeat is not None:
+            heartbeat.release(m.message_id for m in unstarted)
+        logger.info("refill: chunks too long for the time left released", extra={"messages": len(unstarted)})
+        try:
+            self.work_queue.change_visibility([m.receipt_handle for m in unstarted], 0)
+        except Exception:  # they come back when their visibility ends
+            logger.exception("releasing refilled messages failed", extra={"messages": len(unstarted)})
+
+    def _retry_later(
+        self, received: Iterable[Received], outcomes: dict[str, ChunkOutcome], deadline: float
+    ) -> None:
+        """A chunk that failed (not done in time, its write failed, its claim held by another
+        delivery) stays hidden for its retry delay (``retry_delay``). A malformed message is left
+        to come back: it fails on every delivery, and reconcile reports it from the dead-letter
+        queue."""
+        if self.work_queue is None:
+            return
+        delays: dict[int, list[str]] = {}
+        for message in received:
+            outcome = outcomes.get(message.message_id)
+            if (
+                outcome is None
+                or outcome.error is None
+                or outcome.chunk is None
+                or not message.receipt_handle
+            ):
+                continue
+            delay = retry_delay(message.receive_count, self.heartbeat_seconds)
+            delays.setdefault(delay, []).append(message.receipt_handle)
+        for delay, handles in delays.items():
+            try:
+                self.work_queue.change_visibility(handles, delay, deadline)
+            except Exception:  # they come back sooner, when the heartbeat's visibility ends
+                logger.exception("hiding failed chunks failed", extra={"messages": len(handles)})
 
     def _top_k(self, chunks: Sequence[Chunk]) -> int | None:
         return max((chunk.top_k or self.predictor.top_k for chunk in chunks), default=None)
@@ -192,8 +326,7 @@ class ChunkBatch:
         self, taken: dict[str, str], outcomes: dict[str, ChunkOutcome], deadline: float
     ) -> None:
         """The refill's messages that are written (or were before) leave the queue, by
-        ``deadline``; the others come back when their visibility ends, like an event's batch
-        item failures."""
+        ``deadline``; the others come back like an event's batch item failures."""
         done = [
             handle
             for message_id, handle in taken.items()
@@ -225,6 +358,69 @@ class ChunkBatch:
         # The claim on the chunk lasts as long as this invocation can (plus a margin).
         lease = remaining() + LEASE_MARGIN_SECONDS
         return self.writer.write(chunk, records, self.predictor.model_id, lease, meter)
+
+
+class _Invocation:
+    """One ``ChunkBatch.run``: its messages, the predictor's groups, the writes under way."""
+
+    def __init__(self, batch: ChunkBatch, event: list[Received], remaining: Callable[[], float]) -> None:
+        self.batch = batch
+        self.event = event
+        self.remaining = remaining
+        self.meter = ComputeMeter(batch.memory_mb, batch._clock)
+        self.outcomes: dict[str, ChunkOutcome] = {}
+        self.chunks: list[tuple[str, Chunk]] = []  # the predictor's groups, in order
+        self.received = {m.message_id: m for m in event}  # the event's and the refilled messages
+        self.taken: list[str] = []  # refill: message ids
+        self.writes: dict[str, Future[bool]] = {}
+        queue = batch.work_queue
+        self.heartbeat = Heartbeat(queue, batch.heartbeat_seconds, remaining) if queue is not None else None
+
+    def write(self, message_id: str, chunk: Chunk, records: list[ResultRecord]) -> None:
+        self.outcomes[message_id] = ChunkOutcome(chunk, records)
+        self.writes[message_id] = self.batch._writes.submit(
+            self.batch._write, chunk, records, self.remaining, self.meter
+        )
+
+    def admit(self, arrived: Sequence[Received], lines: float = math.inf) -> list[Chunk]:
+        """Parse; chunks of a cancelled, stopped or failed job are not fetched: written at once,
+        cancelled. The rest become the predictor's next groups, as many as ``lines`` hold; the
+        others are made visible again, unstarted."""
+        parsed = self.batch._parse([(m.message_id, m.body) for m in arrived], self.outcomes)
+        stopped = self.batch._stopped_jobs({chunk.job_id for _, chunk in parsed})
+        live, unstarted = [], []
+        for message_id, chunk in parsed:
+            if chunk.job_id in stopped:
+                self.write(message_id, chunk, stopped_records(chunk))
+            elif len(chunk.items) <= lines:
+                lines -= len(chunk.items)
+                live.append((message_id, chunk))
+            else:
+                unstarted.append(self.received[message_id])
+        self.batch._release(unstarted, self.heartbeat)
+        self.chunks.extend(live)
+        return [chunk for _, chunk in live]
+
+    def predicted(self, group: int, results: list[ImageResult]) -> None:
+        message_id, chunk = self.chunks[group]
+        predictor = self.batch.predictor
+        model, top_k = predictor.model_id, chunk.top_k or predictor.top_k
+        self.write(message_id, chunk, [image_record(chunk.job_id, r, model, top_k) for r in results])
+
+    def refill(self, lines: int) -> tuple[list[list[WorkItem]], int | None]:
+        """At most as many chunks as the event brought, and as many chunks of the function's
+        CHUNK_SIZE as ``lines`` hold (an event's short chunk, a job's last, is no measure of the
+        next ones); a chunk longer than the room left is released unstarted."""
+        queue = self.batch.work_queue
+        count = min(len(self.event), lines // self.batch.chunk_size)
+        if count < 1 or queue is None or self.heartbeat is None:
+            return [], None
+        got = queue.receive(count, self.heartbeat.visibility())
+        self.received.update({r.message_id: r for r in got})
+        self.taken.extend(r.message_id for r in got)
+        self.heartbeat.keep({r.message_id: r.receipt_handle for r in got})
+        new = self.admit(got, lines)
+        return [chunk.items for chunk in new], self.batch._top_k(new)
 
 
 def predict_urls(predictor: StreamingPredictor, urls: Sequence[str], deadline: float) -> list[ResultRecord]:

@@ -139,6 +139,21 @@ def chunk_size(raw: str) -> int:
     return value
 
 
+# SQS: a message's visibility timeout is at most 12 hours.
+MAX_VISIBILITY_SECONDS = 43_200
+# predict's defaults: CHUNK_SIZE as split's (split.SplitSettings), the chunk a refill budgets at;
+# a heartbeat keeps the messages in work hidden this long (see batch.py).
+DEFAULT_CHUNK_SIZE = 16
+DEFAULT_HEARTBEAT_SECONDS = 30.0
+
+
+def heartbeat_seconds(raw: str) -> float:
+    value = positive_float(raw)
+    if not 3 <= value <= MAX_VISIBILITY_SECONDS:
+        raise ValueError(f"3 to {MAX_VISIBILITY_SECONDS} (a beat every third of it, whole seconds to SQS)")
+    return value
+
+
 def non_negative_int(raw: str) -> int:
     value = int(raw)
     if value < 0:
@@ -263,8 +278,14 @@ class PredictConfig:
     predictor: PredictorConfig
     # Kept back from the invocation's time for the last chunks' writes.
     write_reserve_seconds: float
-    # The queue the function's chunks come from: refilled from while fetches stall (None: never).
+    # The queue the function's chunks come from: refilled from while fetches stall, and its
+    # messages kept hidden by the heartbeat while they are in work (None: neither).
     work_queue_url: str | None = None
+    # CHUNK_SIZE, as split uses it: the lines a refill budgets each chunk it may receive at.
+    chunk_size: int = DEFAULT_CHUNK_SIZE
+    # VISIBILITY_HEARTBEAT_SECONDS: how long each heartbeat keeps the messages in work hidden
+    # (renewed every third of it), so how soon a crashed invocation's chunks come back.
+    heartbeat_seconds: float = DEFAULT_HEARTBEAT_SECONDS
 
 
 def predict_config(env: Mapping[str, str]) -> PredictConfig:
@@ -275,6 +296,10 @@ def predict_config(env: Mapping[str, str]) -> PredictConfig:
         predictor=predictor_config(env, fetch_policy(env)),
         write_reserve_seconds=setting(env, "WRITE_RESERVE_SECONDS", positive_float, 10.0),
         work_queue_url=setting(env, "WORK_QUEUE_URL", str, None),
+        chunk_size=setting(env, "CHUNK_SIZE", chunk_size, DEFAULT_CHUNK_SIZE),
+        heartbeat_seconds=setting(
+            env, "VISIBILITY_HEARTBEAT_SECONDS", heartbeat_seconds, DEFAULT_HEARTBEAT_SECONDS
+        ),
     )
 
 

@@ -17,6 +17,7 @@ from batchpredict.config import (
     FinalizeConfig,
     PredictConfig,
     PredictorConfig,
+    SweepConfig,
     Tables,
 )
 from batchpredict.events import JobEvents
@@ -35,6 +36,7 @@ if TYPE_CHECKING:
     from batchpredict.finalize import Finalizer
     from batchpredict.model import Engine
     from batchpredict.pipeline import StreamingPredictor
+    from batchpredict.sweep import Sweeper
 
 
 def s3_client() -> S3Client:
@@ -64,7 +66,12 @@ DYNAMODB_RETRIES = Config(retries={"mode": "standard", "max_attempts": 2})
 
 
 def job_store(tables: Tables) -> JobStore:
-    return JobStore(aws.client("dynamodb", DYNAMODB_RETRIES), tables.table, ttl_seconds=tables.ttl_seconds)
+    return JobStore(
+        aws.client("dynamodb", DYNAMODB_RETRIES),
+        tables.table,
+        ttl_seconds=tables.ttl_seconds,
+        deadlines=tables.deadlines,
+    )
 
 
 def job_events(bus: str) -> JobEvents:
@@ -95,6 +102,12 @@ def finalizer(config: FinalizeConfig) -> Finalizer:
     )
 
 
+def sweeper(config: SweepConfig) -> Sweeper:
+    from batchpredict.sweep import Sweeper
+
+    return Sweeper(job_store(config.tables), result_store(config.output_bucket), job_events(config.event_bus))
+
+
 def chunk_writer(tables: Tables, output_bucket: str, finalize_queue_url: str) -> ChunkWriter:
     return ChunkWriter(job_store(tables), result_store(output_bucket), queue(finalize_queue_url))
 
@@ -121,6 +134,8 @@ def chunk_batch(config: PredictConfig) -> ChunkBatch:
         memory_mb=config.predictor.memory_mb or 0,
         write_reserve_seconds=config.write_reserve_seconds,
         work_queue=queue(config.work_queue_url) if config.work_queue_url else None,
+        chunk_size=config.chunk_size,
+        heartbeat_seconds=config.heartbeat_seconds,
     )
 
 

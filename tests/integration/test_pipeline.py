@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 
+from batchpredict import batch
 from batchpredict.handlers import split_manifest
 from batchpredict.jobs import JobStore
 from batchpredict.messages import ManifestObject
@@ -138,8 +139,10 @@ def test_dead_lettered_chunk_is_reconciled(
         return real_write(self, chunk, records, model, *args, **kwargs)
 
     monkeypatch.setattr(ChunkWriter, "write", flaky_write)
+    # A failed chunk waits a delay growing with its receives (tests/unit/test_refill.py): here 1 s.
+    monkeypatch.setattr(batch, "retry_delay", lambda receive_count, step: 1)
     stack.submit("dlq.txt", "\n".join(f"{image_server}/{p}" for p in PHOTOS * 2))
-    stack.run()  # chunk 1 fails maxReceiveCount (5) times, is redriven to the DLQ, and reconciled
+    stack.run()  # chunk 1 fails maxReceiveCount (10) times, is redriven to the DLQ, and reconciled
     job_id = stack.only_job_id()
     results = _assert_consistent(stack, job_id, 12)
     assert [r["error"]["code"] for r in results if r["error"]] == ["dead_lettered"] * 4

@@ -178,3 +178,68 @@ def test_a_delete_the_caller_caused_raises_without_retry() -> None:
         queue.delete(["r0", "r1"])
 
     assert client.delete_calls == [["r0", "r1"]] and sleeps == []
+
+
+class VisibilityClient(FakeSQS):
+    """ChangeMessageVisibilityBatch: ``fail(call, entries)`` gives a call's Failed entries."""
+
+    def __init__(self, fail: Any = None) -> None:
+        super().__init__()
+        self.change_calls: list[list[tuple[str, str, int]]] = []
+        self._change_fail = fail or (lambda call, entries: [])
+
+    def change_message_visibility_batch(
+        self, *, QueueUrl: str, Entries: list[dict[str, Any]]
+    ) -> dict[str, Any]:
+        assert QueueUrl == URL and 1 <= len(Entries) <= SEND_BATCH_LIMIT
+        self.change_calls.append([(e["Id"], e["ReceiptHandle"], e["VisibilityTimeout"]) for e in Entries])
+        failed = self._change_fail(len(self.change_calls), Entries)
+        failed_ids = {f["Id"] for f in failed}
+        return {
+            "Successful": [{"Id": e["Id"]} for e in Entries if e["Id"] not in failed_ids],
+            "Failed": failed,
+        }
+
+
+def test_visibility_changes_go_in_tens_and_only_the_failed_entries_are_sent_again() -> None:
+    handles = [f"r{i}" for i in range(23)]
+    client = VisibilityClient(fail=lambda call, entries: [_failure("4", False)] if call == 1 else [])
+    queue, sleeps = _queue(client)
+
+    queue.change_visibility(handles, 30)
+
+    assert [[h for _, h, _ in call] for call in client.change_calls] == [
+        handles[:10],
+        ["r4"],
+        handles[10:20],
+        handles[20:],
+    ]
+    assert {seconds for call in client.change_calls for _, _, seconds in call} == {30}
+    assert len(sleeps) == 1
+
+
+def test_refused_visibility_changes_are_raised_together_after_every_ten_was_sent() -> None:
+    handles = [f"r{i}" for i in range(15)]
+
+    def refuse(call: int, entries: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        return [_failure(e["Id"], True, "ReceiptHandleIsInvalid") for e in entries if e["Id"] in {"2", "12"}]
+
+    client = VisibilityClient(fail=refuse)
+    queue, sleeps = _queue(client)
+
+    with pytest.raises(QueueSendError) as raised:
+        queue.change_visibility(handles, 0)
+
+    assert len(client.change_calls) == 2 and sleeps == []  # both tens sent, none again
+    assert [handles[int(i)] for i in raised.value.refused] == ["r2", "r12"]
+
+
+def test_receive_reads_each_messages_receive_count() -> None:
+    client = FakeSQS(receive=(["a", "b"],))
+    client._receive[0][0]["Attributes"] = {"ApproximateReceiveCount": "4"}
+    queue, _ = _queue(client)
+
+    received = queue.receive(2, 30)
+
+    assert [(r.body, r.receive_count) for r in received] == [("a", 4), ("b", 1)]
+    assert client.receives[0]["MessageSystemAttributeNames"] == ["ApproximateReceiveCount"]

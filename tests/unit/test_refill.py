@@ -4,18 +4,20 @@
 from __future__ import annotations
 
 import time
+from collections import Counter
 from collections.abc import Sequence
 from typing import Any
 
 import pytest
 
-from batchpredict.batch import ChunkBatch
+from batchpredict.batch import ChunkBatch, ChunkUnfinishedError, Heartbeat, event_messages, retry_delay
 from batchpredict.errors import ErrorCode
 from batchpredict.jobs import JobStatus
 from batchpredict.messages import Chunk
 from batchpredict.pipeline import ImageResult, StreamingPredictor
-from batchpredict.queues import Queue
+from batchpredict.queues import Queue, Received
 from batchpredict.records import FAILED, SUCCEEDED, Prediction, WorkItem
+from batchpredict.writer import ChunkBusyError
 from tests.unit.fakes import HANG, FakeSQS, ScriptedFetcher
 from tests.unit.test_pipeline_stream import FakeEngine, RecordingWriter, _img, _items, _stream, _url
 
@@ -276,3 +278,198 @@ def test_no_receive_when_the_lines_allowed_hold_no_whole_chunk() -> None:
 
     assert outcomes["m0"].error is None
     assert sqs.receives == []
+
+
+# --- refill budgets in the function's chunk size; the heartbeat; failed chunks' retry delay ----
+
+
+class VisibilitySQS(FakeSQS):
+    """FakeSQS that also takes ChangeMessageVisibilityBatch: ``visibility`` holds every entry set
+    (receipt handle, seconds), in order; ``refuse`` names receipt handles SQS refuses (as for a
+    deleted message's)."""
+
+    def __init__(self, *, refuse: Sequence[str] = (), **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.visibility: list[tuple[str, int]] = []
+        self.refuse = set(refuse)
+
+    def change_message_visibility_batch(
+        self, *, QueueUrl: str, Entries: list[dict[str, Any]]
+    ) -> dict[str, Any]:
+        assert QueueUrl == QUEUE_URL and 1 <= len(Entries) <= 10
+        refused = [e for e in Entries if e["ReceiptHandle"] in self.refuse]
+        self.visibility += [(e["ReceiptHandle"], e["VisibilityTimeout"]) for e in Entries if e not in refused]
+        return {
+            "Successful": [{"Id": e["Id"]} for e in Entries if e not in refused],
+            "Failed": [
+                {"Id": e["Id"], "SenderFault": True, "Code": "ReceiptHandleIsInvalid", "Message": "gone"}
+                for e in refused
+            ],
+        }
+
+    def last_visibility(self) -> dict[str, int]:
+        return dict(self.visibility)
+
+
+def _hanging_stream(
+    hanging: range, images: range, *, concurrency: int = 8, total_timeout: float = 1.0
+) -> Any:
+    fetcher = ScriptedFetcher({_url(i): [HANG] for i in hanging} | {_url(i): [_img(i)] for i in images})
+    predictor, _ = _stream(
+        fetcher,
+        linger=0.01,
+        total_timeout=total_timeout,
+        refill_after=0.05,
+        decode_seconds=0.1,
+        concurrency=concurrency,
+    )
+    return predictor, fetcher
+
+
+def _queued_batch(
+    predictor: StreamingPredictor, sqs: FakeSQS, writer: Any = None, **options: Any
+) -> ChunkBatch:
+    writer = writer or RecordingWriter()
+    writer.jobs = StatusJobs({})
+    return ChunkBatch(
+        predictor,
+        writer,
+        memory_mb=1024,
+        write_reserve_seconds=0.5,
+        work_queue=Queue(sqs, QUEUE_URL),  # type: ignore[arg-type]
+        **options,
+    )
+
+
+def test_a_refill_after_a_short_chunk_budgets_in_the_functions_chunk_size() -> None:
+    # The event: a job's last chunk, 1 line, at a server that hangs (its deadline: 1 s). The queue
+    # holds a full chunk (CHUNK_SIZE 16) of lines at a slow server. 7 free fetch threads x 2 whole
+    # deadlines before the run ends = 14 lines: not a whole chunk, so nothing is taken. Budgeted in
+    # the event's largest chunk (1 line), 14 chunks would fit, and the 16 lines taken could not
+    # all be fetched in time: a receive spent for nothing, towards the dead-letter queue.
+    predictor, _ = _hanging_stream(hanging=range(1 + 16), images=range(0))
+    sqs = VisibilitySQS(receive=([_body(1, _items(range(1, 17)))],))
+    batch = _queued_batch(predictor, sqs)
+
+    outcomes = _run_batch(batch, [("m0", _body(0, _items(range(1))))], seconds=3.5)
+
+    assert sqs.receives == []
+    assert outcomes.keys() == {"m0"}
+    assert outcomes["m0"].error is None  # its line failed fetch_timeout by its own deadline: written
+
+
+def test_a_refilled_chunk_longer_than_the_room_left_is_released_unstarted() -> None:
+    # CHUNK_SIZE 4: room for 14 lines takes 2 chunks (as many as the event brought); one of them
+    # holds 16 lines (its job was split with a larger CHUNK_SIZE), more than the 10 left once the
+    # first is admitted: visible again at once (ChangeMessageVisibility 0), none of it fetched.
+    predictor, fetcher = _hanging_stream(hanging=[0, *range(10, 26)], images=range(1, 6))
+    fits, too_long = _body(2, _items(range(2, 6))), _body(3, _items(range(10, 26)))
+    sqs = VisibilitySQS(receive=([fits, too_long],))
+    batch = _queued_batch(predictor, sqs, chunk_size=4)
+    event = [("m0", _body(0, _items(range(1)))), ("m1", _body(1, _items(range(1, 2))))]
+
+    outcomes = _run_batch(batch, event, seconds=3.5)
+
+    assert sqs.receives[0]["MaxNumberOfMessages"] == 2
+    assert (f"r-{too_long}", 0) in sqs.visibility
+    assert not any(_url(i) in fetcher.deadlines for i in range(10, 26))
+    assert f"m-{too_long}" not in outcomes
+    assert [r.status for r in outcomes[f"m-{fits}"].records] == [SUCCEEDED] * 4
+    assert sqs.deleted == [f"r-{fits}"]
+
+
+def test_the_heartbeat_keeps_the_event_and_refilled_messages_hidden_while_the_run_lives() -> None:
+    predictor, _ = _hanging_stream(hanging=[0], images=range(1, 4))
+    queued = _body(1, _items(range(1, 4)))
+    sqs = VisibilitySQS(receive=([queued],))
+    batch = _queued_batch(predictor, sqs, heartbeat_seconds=0.3, chunk_size=1)  # a beat every 0.1 s
+    event = [Received("m0", "h0", _body(0, _items(range(1))), 1)]
+
+    outcomes = _run_batch(batch, event, seconds=3.0)  # line 0 holds the run ~1 s
+    beats = list(sqs.visibility)
+    time.sleep(0.3)
+
+    assert outcomes["m0"].error is None and outcomes[f"m-{queued}"].error is None
+    kept = [handle for handle, _ in beats]
+    assert kept[0] == "h0" and kept.count("h0") >= 3
+    assert f"r-{queued}" in kept  # the refilled message from the beat after it arrived
+    assert {seconds for _, seconds in beats} == {1}  # 0.3 s, whole seconds to SQS
+    assert sqs.receives[0]["VisibilityTimeout"] == 1  # taken with the heartbeat's visibility
+    assert sqs.visibility == beats  # no beat after the run ended
+    assert sqs.deleted == [f"r-{queued}"]
+
+
+def test_no_heartbeat_hides_a_message_past_the_invocations_end() -> None:
+    predictor, _ = _hanging_stream(hanging=[0], images=range(0), total_timeout=0.5)
+    sqs = VisibilitySQS()
+    batch = _queued_batch(predictor, sqs)  # a 30 s step
+
+    _run_batch(batch, [Received("m0", "h0", _body(0, _items(range(1))), 1)], seconds=2.0)
+
+    assert sqs.visibility and all(seconds <= 3 for _, seconds in sqs.visibility)  # 2 s left + 1
+
+
+def test_a_refused_receipt_handle_is_dropped_from_the_beats() -> None:
+    sqs = VisibilitySQS(refuse=["gone"])
+    heartbeat = Heartbeat(Queue(sqs, QUEUE_URL), 30.0, lambda: 60.0)  # type: ignore[arg-type]
+    heartbeat.keep({"a": "ha", "b": "gone", "c": "hc"})
+    heartbeat.stop()  # after its first beat
+
+    heartbeat.beat(time.monotonic() + 1)
+
+    assert sqs.visibility == [("ha", 30), ("hc", 30), ("ha", 30), ("hc", 30)]
+
+
+class BusyWriter(RecordingWriter):
+    def write(self, chunk: Chunk, records: list[Any], model: str | None, lease: float, meter: Any) -> bool:
+        if chunk.chunk == 1:
+            raise ChunkBusyError("chunk 1 is being written by another delivery")
+        return super().write(chunk, records, model, lease, meter)
+
+
+def test_failed_chunks_wait_a_retry_delay_growing_with_their_receives() -> None:
+    # Line 0's fetch deadline (30 s) outlasts the run (2 s): chunk 0 is not done in time, on its
+    # third receive. Chunk 1's claim is held by another delivery, on its first. The third message
+    # is malformed.
+    predictor, _ = _hanging_stream(hanging=[0], images=[1], total_timeout=30.0)
+    sqs = VisibilitySQS()
+    batch = _queued_batch(predictor, sqs, writer=BusyWriter(), heartbeat_seconds=3.0)
+    event = [
+        Received("late", "h-late", _body(0, _items(range(1))), 3),
+        Received("busy", "h-busy", _body(1, _items(range(1, 2))), 1),
+        Received("bad", "h-bad", "{not json", 1),
+    ]
+
+    outcomes = _run_batch(batch, event, seconds=2.0)
+
+    assert isinstance(outcomes["late"].error, ChunkUnfinishedError)
+    assert isinstance(outcomes["busy"].error, ChunkBusyError)
+    last = sqs.last_visibility()
+    assert last["h-late"] == retry_delay(3, 3.0) == 12  # its third receive: 4 heartbeat steps
+    assert last["h-busy"] == retry_delay(1, 3.0) == 3  # its first: 1 step
+    # The malformed one had only the beats (the others one more entry, their delay): it comes back
+    # soon, on its way to the dead-letter queue.
+    entries = Counter(handle for handle, _ in sqs.visibility)
+    assert entries["h-bad"] == entries["h-late"] - 1 == entries["h-busy"] - 1 >= 1
+    assert last["h-bad"] <= 3
+
+
+def test_the_retry_delay_doubles_with_each_receive_up_to_sixteen_steps() -> None:
+    assert [retry_delay(n, 30.0) for n in range(1, 8)] == [30, 60, 120, 240, 480, 480, 480]
+    assert retry_delay(1, 0.2) == 1  # at least a second
+
+
+def test_event_messages_carry_receipt_handles_and_receive_counts() -> None:
+    event = {
+        "Records": [
+            {
+                "messageId": "a",
+                "receiptHandle": "ra",
+                "body": "{}",
+                "attributes": {"ApproximateReceiveCount": "3"},
+            },
+            {"messageId": "b", "receiptHandle": "rb", "body": "[]", "attributes": {}},
+        ]
+    }
+
+    assert event_messages(event) == [Received("a", "ra", "{}", 3), Received("b", "rb", "[]", 1)]

@@ -12,7 +12,7 @@ from aws_lambda_powertools.utilities.data_classes.sqs_event import SQSRecord
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from batchpredict import wiring
-from batchpredict.batch import ChunkBatch, publish_metrics
+from batchpredict.batch import ChunkBatch, event_messages, publish_metrics
 from batchpredict.config import predict_config
 from batchpredict.observability import logger, metrics, tracer
 
@@ -29,8 +29,7 @@ def service() -> ChunkBatch:
 @tracer.capture_lambda_handler
 @metrics.log_metrics(capture_cold_start_metric=True)
 def lambda_handler(event: dict[str, Any], context: LambdaContext) -> PartialItemFailureResponse:
-    messages = [(r["messageId"], r["body"]) for r in event.get("Records", [])]
-    outcomes = service().run(messages, lambda: context.get_remaining_time_in_millis() / 1000)
+    outcomes = service().run(event_messages(event), lambda: context.get_remaining_time_in_millis() / 1000)
     publish_metrics(outcomes)
 
     def report(record: SQSRecord) -> None:
