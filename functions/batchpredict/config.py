@@ -7,9 +7,10 @@ required setting fails at start with a message naming the variable.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, TypeVar
 
+from batchpredict.deadlines import DeadlineSettings
 from batchpredict.defaults import DEFAULT_MAX_BATCH, DEFAULT_MAX_PIXELS, DEFAULT_TOP_K
 from batchpredict.fetch import FetchLimits, FetchPolicy, parse_networks, parse_s3_prefixes
 from batchpredict.messages import MAX_CHUNK_SIZE
@@ -108,6 +109,8 @@ def engine_config(env: Mapping[str, str]) -> EngineConfig:
 class Tables:
     table: str
     ttl_seconds: int | None  # RESULT_TTL_DAYS: rows expire (DynamoDB TTL) this long after writing
+    # What the JOB records' deadlines are made of (deadlines.py): split and sweep use them.
+    deadlines: DeadlineSettings = field(default_factory=DeadlineSettings)
 
 
 def _tables(env: Mapping[str, str]) -> Tables:
@@ -115,6 +118,24 @@ def _tables(env: Mapping[str, str]) -> Tables:
     return Tables(
         table=setting(env, "TABLE_NAME", str, help_text="the DynamoDB table of jobs and results"),
         ttl_seconds=days * 86_400 if days else None,
+        deadlines=deadline_settings(env),
+    )
+
+
+def deadline_settings(env: Mapping[str, str]) -> DeadlineSettings:
+    """The stack's timeouts and retry budgets a job's deadline follows. The defaults are the
+    template's (tests/infra compares); the template passes the two parameters that shape them
+    (WORK_BATCH_SIZE, PREDICT_MAX_CONCURRENCY) and the local stack sets all, from its own caps."""
+    d = DeadlineSettings()
+    batch = setting(env, "WORK_BATCH_SIZE", positive_int, 2)
+    concurrency = setting(env, "PREDICT_MAX_CONCURRENCY", positive_int, d.parallel_chunks // batch)
+    return DeadlineSettings(
+        split_seconds=setting(env, "DEADLINE_SPLIT_SECONDS", positive_float, d.split_seconds),
+        predict_seconds=setting(env, "DEADLINE_PREDICT_SECONDS", positive_float, d.predict_seconds),
+        attempts=setting(env, "DEADLINE_ATTEMPTS", positive_int, d.attempts),
+        parallel_chunks=batch * concurrency,
+        retry_seconds=setting(env, "DEADLINE_RETRY_SECONDS", positive_float, d.retry_seconds),
+        finalize_seconds=setting(env, "DEADLINE_FINALIZE_SECONDS", positive_float, d.finalize_seconds),
     )
 
 
@@ -343,6 +364,24 @@ def finalize_config(env: Mapping[str, str]) -> FinalizeConfig:
                 env, "FINALIZE_TIME_RESERVE_SECONDS", positive_float, defaults.time_reserve_seconds
             ),
         ),
+        event_bus=_event_bus(env),
+    )
+
+
+@dataclass(frozen=True)
+class SweepConfig:
+    """The sweeper's: the table (and the deadlines of jobs written before they had one), where
+    summaries go, the event bus."""
+
+    tables: Tables
+    output_bucket: str
+    event_bus: str
+
+
+def sweep_config(env: Mapping[str, str]) -> SweepConfig:
+    return SweepConfig(
+        tables=_tables(env),
+        output_bucket=setting(env, "OUTPUT_BUCKET", str, help_text="the bucket summaries are written to"),
         event_bus=_event_bus(env),
     )
 

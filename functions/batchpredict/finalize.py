@@ -4,10 +4,14 @@ finalize merges the parts into results.jsonl (merge.py: parallel ordered reads, 
 upload checkpointed after every part, continued in a new invocation before time runs out),
 writes _summary.json and sets the final status. It is idempotent: a job that is already final
 is left alone. A finalize message dead-lettered after failing every delivery ends its job
-FAILED with the reason (``Finalizer.dead_lettered``, run by reconcile).
+FAILED with the reason (``Finalizer.dead_lettered``, run by reconcile), and so does a
+dead-lettered manifest message whose split never finished (``Finalizer.split_dead_lettered``).
 
 reconcile turns a dead-lettered chunk into FAILED ``dead_lettered`` results, counted
 like any other chunk, so the job still completes with every line accounted for.
+
+Whoever ends a job (finalize, fail_job, the sweeper) does so with one conditional update first,
+and only the winner then writes _summary.json and puts the event: a loser writes nothing.
 """
 
 from __future__ import annotations
@@ -19,15 +23,16 @@ from datetime import datetime
 from typing import Any
 
 from batchpredict.costs import compute_summary
+from batchpredict.deadlines import iso
 from batchpredict.errors import ErrorCode
 from batchpredict.events import JobEvents, announce
 from batchpredict.jobs import FINAL_STATUSES, Job, JobStatus, JobStore, utc_now
 from batchpredict.merge import MergeMismatchError, Merger, MergeSettings, MergeState
 from batchpredict.merges import MergeCheckpoint, MergeStore
-from batchpredict.messages import Chunk, finalize_body
+from batchpredict.messages import Chunk, ManifestMessage, ManifestObject, finalize_body
 from batchpredict.observability import MetricUnit, logger, metrics
 from batchpredict.queues import Queue
-from batchpredict.results import ResultStore, results_key, summary_key
+from batchpredict.results import ResultStore, results_key
 from batchpredict.writer import DEFAULT_LEASE_SECONDS, ChunkWriter, failed_chunk_records
 
 
@@ -35,24 +40,42 @@ def fail_job(
     jobs: JobStore, results: ResultStore, job_id: str, reason: str, events: JobEvents | None
 ) -> Job | None:
     """Mark the job FAILED with ``reason``, on the JOB record and in _summary.json, and put its
-    state change event."""
+    state change event (only if this call failed it: a job already final is left alone)."""
     logger.warning("job failed", extra={"job_id": job_id, "reason": reason})
-    job = jobs.fail(job_id, reason)
+    return ended(jobs, results, events, jobs.fail(job_id, reason))
+
+
+def ended(jobs: JobStore, results: ResultStore, events: JobEvents | None, job: Job | None) -> Job | None:
+    """What the winner of an unmerged ending writes after its status update (``job``; None: it
+    lost, and writes nothing): _summary.json, then the event."""
     if job is not None:
         # The summary tells the user what happened even if they only look at the bucket.
-        summary = {
-            "job_id": job_id,
+        summary = record_summary(job)
+        announce(jobs, events, job, summary, results.write_summary(job.job_id, summary))
+    return job
+
+
+def record_summary(job: Job) -> dict[str, Any]:
+    """The _summary.json of a job that ended without a merge (failed, or ended by the sweeper):
+    what its JOB record says. The same record gives the same summary, so a redelivery may write
+    it again."""
+    deadline = {"deadline_at": iso(job.deadline_at)} if job.deadline_at is not None else {}
+    return (
+        {
+            "job_id": job.job_id,
             "manifest_uri": job.manifest_uri,
             "status": job.status.value,
-            "error": reason,
+            "error": job.error,
             "total": job.total,
             "succeeded": job.succeeded,
             "failed": job.failed,
             "started_at": job.created_at,
             "ended_at": job.completed_at,
-        } | _named(job)
-        announce(jobs, events, job, summary, results.write_summary(job_id, summary))
-    return job
+        }
+        | deadline
+        | _named(job)
+        | _stop(job)
+    )
 
 
 def _named(job: Job) -> dict[str, Any]:
@@ -73,14 +96,14 @@ def final_status(job: Job, tally_succeeded: int, tally_lines: int) -> tuple[JobS
     return JobStatus.COMPLETED_WITH_ERRORS, None
 
 
-def _stop(job: Job, error: str | None) -> dict[str, Any]:
+def _stop(job: Job) -> dict[str, Any]:
     """How a stopped job was stopped, for the summary: by whom or which threshold."""
-    if job.status != JobStatus.CANCELLING:
+    if not job.stop_requested_at:  # set by the cancel that made it CANCELLING
         return {}
     stop = {"reason": job.stop_reason or "cancelled", "requested_at": job.stop_requested_at}
     if job.max_failures and job.stop_reason:
         stop["threshold"] = f"max-failures {job.max_failures}"
-    return {"stop": stop} | ({"error": error} if error else {})
+    return {"stop": stop} | ({"error": job.error} if job.error else {})
 
 
 def _seconds_between(start: str, end: str) -> float:
@@ -116,9 +139,10 @@ class Finalizer:
     def finalize(self, job_id: str, remaining_seconds: Callable[[], float] = _unbounded) -> Job | None:
         job = self.jobs.get(job_id)
         if job is not None and job.status in FINAL_STATUSES and job.event_due == job.status.value:
-            # A redelivery after the event could not be put: put it now (once, see events.py).
-            key = summary_key(job_id)
-            announce(self.jobs, self.events, job, self.results.read_json(key), self.results.uri(key))
+            # A redelivery after the summary or the event could not be written (or while the
+            # one who ended the job writes them): the same summary again, the event once.
+            summary = self._summary(job, self.merges.get(job_id)) if job.results_uri else record_summary(job)
+            announce(self.jobs, self.events, job, summary, self.results.write_summary(job_id, summary))
             return job
         if job is None or job.status in FINAL_STATUSES or not job.all_chunks_done:
             logger.info("nothing to finalize", extra={"job_id": job_id, "status": job and job.status})
@@ -153,6 +177,43 @@ class Finalizer:
         )
         return self._give_up(job_id, reason)
 
+    def split_dead_lettered(
+        self, message: ManifestMessage, message_id: str, receive_count: int | None = None
+    ) -> list[Job | None]:
+        """A manifest-queue message that failed every delivery (an S3 event, possibly of several
+        objects, or a continuation): each of its jobs whose split never finished ends FAILED,
+        naming the manifest. A job that split (it runs on, or it ended) is left alone. A job
+        that was never created (split died before its first write) is created, then failed:
+        every manifest upload ends as a job that says what happened."""
+        tries = f" ({receive_count} receives)" if receive_count else ""
+        if message.continuation is not None:
+            targets = [(message.continuation.job_id, message.continuation.manifest, False)]
+        else:
+            targets = [(obj.job_id, obj, True) for obj in message.objects]
+        return [self._split_failed(*target, message_id, tries) for target in targets]
+
+    def _split_failed(
+        self, job_id: str, obj: ManifestObject, creatable: bool, message_id: str, tries: str
+    ) -> Job | None:
+        reason = f"manifest {obj.uri} could not be split: split_manifest failed on every delivery{tries}"
+        job = self.jobs.fail_split(job_id, reason)
+        if (
+            job is None
+            and creatable
+            and self.jobs.create(job_id, obj.uri, message_id, manifest_version=obj.version_id)
+        ):
+            metrics.add_metric(name="ManifestsNeverSplit", unit=MetricUnit.Count, value=1)
+            job = self.jobs.fail_split(job_id, reason)
+        if job is None:
+            found = self.jobs.get(job_id)
+            logger.info(
+                "dead-lettered manifest: its job is left alone",
+                extra={"job_id": job_id, "status": found and found.status},
+            )
+            return found
+        logger.warning("job failed", extra={"job_id": job_id, "reason": reason})
+        return ended(self.jobs, self.results, self.events, job)
+
     def _give_up(self, job_id: str, reason: str) -> Job | None:
         checkpoint = self.merges.get(job_id)
         if checkpoint.upload_id:  # the lifecycle rule would, days later
@@ -166,7 +227,25 @@ class Finalizer:
             logger.exception("could not record the merge error", extra={"job_id": job_id})
 
     def _complete(self, job: Job, merged: MergeCheckpoint) -> Job | None:
+        """The final status first (conditional): only if this finalize set it does it write
+        _summary.json and put the event, so one that lost to another ending (the sweeper, a
+        failure, a duplicate finalize) leaves the winner's summary as it is."""
         job_id = job.job_id
+        status, error = final_status(job, merged.succeeded, merged.lines)
+        results_uri = self.results.uri(merged.files[0].key)
+        final = self.jobs.complete(job_id, status, results_uri, error)
+        if final is None:
+            logger.info("another ending got there first", extra={"job_id": job_id})
+            return None
+        summary = self._summary(final, merged)
+        summary_uri = self.results.write_summary(job_id, summary)
+        metrics.add_metric(name="JobsFinalized", unit=MetricUnit.Count, value=1)
+        announce(self.jobs, self.events, final, summary, summary_uri)
+        logger.info("job finalized", extra={"job_id": job_id, "status": status.value, "total": merged.lines})
+        return final
+
+    def _summary(self, job: Job, merged: MergeCheckpoint) -> dict[str, Any]:
+        """The _summary.json of a job finalize ended (``job`` as its final update left it)."""
         files = [
             {
                 "uri": self.results.uri(f.key),
@@ -176,17 +255,15 @@ class Finalizer:
             }
             for f in merged.files
         ]
-        results_uri = files[0]["uri"]
-        ended = utc_now()
+        ended = job.completed_at or utc_now()
         lines, succeeded = merged.lines, merged.succeeded
-        status, error = final_status(job, succeeded, lines)
         seconds = _seconds_between(job.created_at, ended)
         models = Counter(merged.models)
-        summary: dict[str, Any] = (
+        return (
             {
-                "job_id": job_id,
+                "job_id": job.job_id,
                 "manifest_uri": job.manifest_uri,
-                "status": status.value,
+                "status": job.status.value,
                 "total": lines,
                 "succeeded": succeeded,
                 "failed": lines - succeeded,
@@ -196,21 +273,14 @@ class Finalizer:
                 "ended_at": ended,
                 "duration_seconds": round(seconds, 3),
                 "images_per_second": round(lines / seconds, 2) if seconds else None,
-                "results_uri": results_uri,
+                "results_uri": files[0]["uri"],
                 "results_files": files,
                 "chunks": job.chunks_total,
                 "compute": compute_summary(lines, job.chunks_total, job.usage),
             }
             | _named(job)
-            | _stop(job, error)
+            | _stop(job)
         )
-        summary_uri = self.results.write_summary(job_id, summary)
-        final = self.jobs.complete(job_id, status, str(results_uri), error)
-        if final is not None:  # None: another finalize completed it first
-            metrics.add_metric(name="JobsFinalized", unit=MetricUnit.Count, value=1)
-            announce(self.jobs, self.events, final, summary, summary_uri)
-        logger.info("job finalized", extra={"job_id": job_id, "status": status.value, "total": lines})
-        return final
 
 
 def reconcile_dead_letter(

@@ -30,6 +30,7 @@ from boto3.dynamodb.types import DYNAMODB_CONTEXT, TypeDeserializer, TypeSeriali
 from botocore.exceptions import ClientError
 
 from batchpredict.costs import TRANSACTION_WRITE_FACTOR, ChunkUsage, write_units
+from batchpredict.deadlines import DeadlineSettings, timeout_deadline
 from batchpredict.records import IMG_PREFIX, PAGE_LINES, ResultRecord, page_pk
 from batchpredict.throttling import Backoff, cancellation_reasons
 
@@ -83,6 +84,8 @@ FINAL_STATUSES = frozenset(
 STOPPED_STATUSES = frozenset({JobStatus.CANCELLING, JobStatus.CANCELLED, JobStatus.FAILED})
 # A job may be cancelled (or stopped by its failure threshold) only from these.
 CANCELLABLE_STATUSES = frozenset({JobStatus.SPLITTING, JobStatus.RUNNING})
+# Not final yet: each has a deadline (deadlines.py), past which the sweeper ends it.
+OPEN_STATUSES = (JobStatus.SPLITTING, JobStatus.RUNNING, JobStatus.CANCELLING)
 
 # Global secondary indexes (template.yaml and the local stack): sparse, only JOB records carry
 # both key attributes (IMG# rows have a status but no created_at).
@@ -204,6 +207,10 @@ class Job:
     max_failures: str | None = None  # options.MaxFailures' canonical form (from_stored reads it)
     timeout_seconds: int | None = None  # how long the job may run (x-amz-meta-timeout)
     notify: list[str] = field(default_factory=list)
+    # Epoch seconds past which the sweeper ends the job (deadlines.py); timeout_at: created +
+    # timeout_seconds, the deadline that never moves.
+    deadline_at: int | None = None
+    timeout_at: int | None = None
     # Why a CANCELLING job stops (None: a user's cancel) and what finalize should say.
     stop_reason: str | None = None
     stop_detail: str | None = None
@@ -246,6 +253,9 @@ class JobStore:
     Writes that DynamoDB throttles are retried with backoff (``throttling.Backoff``) until the
     call's ``deadline`` (``time.monotonic`` seconds; ``throttling.DEFAULT_BUDGET_SECONDS`` from
     now when not given), then raised.
+
+    ``deadlines``: what the job deadlines set at create, checkpoint and finish_split are made of;
+    ``wall``: epoch seconds, for them.
     """
 
     def __init__(
@@ -257,11 +267,15 @@ class JobStore:
         sleep: Callable[[float], None] = time.sleep,
         clock: Callable[[], str] = utc_now,
         monotonic: Callable[[], float] = time.monotonic,
+        deadlines: DeadlineSettings | None = None,
+        wall: Callable[[], float] = time.time,
     ) -> None:
         self.client = client
         self.table = table
         self.ttl_seconds = ttl_seconds
         self._clock = clock
+        self.deadlines = deadlines or DeadlineSettings()
+        self._wall = wall
         self.backoff = Backoff(sleep=sleep, clock=monotonic)
 
     def _key(self, pk: str, sk: str) -> Item:
@@ -287,9 +301,14 @@ class JobStore:
         """Put a new SPLITTING job and its zeroed counter shards, in one transaction; False if the
         job already exists (a duplicate event).
 
-        ``options``: the JOB attributes of the job's options (options.JobOptions.as_item).
+        ``options``: the JOB attributes of the job's options (options.JobOptions.as_item). The
+        job's deadline: its ``timeout_seconds`` option from now, else the splitting one.
         """
         now = self._clock()
+        created = self._wall()
+        timeout = (options or {}).get("timeout_seconds")
+        fixed = {"timeout_at": timeout_deadline(created, int(timeout))} if timeout else {}
+        deadline = fixed.get("timeout_at") or self.deadlines.splitting(created)
         item = (
             (options or {})
             | {
@@ -307,7 +326,9 @@ class JobStore:
                 "updated_at": now,
                 "split_message_id": split_message_id,
                 "position": {},
+                "deadline_at": deadline,
             }
+            | fixed
             | ({"manifest_version": manifest_version} if manifest_version else {})
             | self._expiry()
         )
@@ -408,30 +429,42 @@ class JobStore:
         return self._with_counts(Job.from_item(attributes))
 
     def checkpoint(self, job_id: str, position: dict[str, Any]) -> None:
-        """Remember where a long split stopped, for the continuation (and for people looking)."""
+        """Remember where a long split stopped, for the continuation (and for people looking);
+        the continuation gets a split's time again (the job's own timeout stays)."""
         self._update(
             job_id,
-            "SET #p = :p, updated_at = :now",
-            {":p": position, ":s": JobStatus.SPLITTING.value, ":x": JobStatus.CANCELLING.value},
+            "SET #p = :p, updated_at = :now, " + _DEADLINE,
+            {
+                ":p": position,
+                ":s": JobStatus.SPLITTING.value,
+                ":x": JobStatus.CANCELLING.value,
+                ":deadline": self.deadlines.splitting(self._wall()),
+            },
             condition="#st IN (:s, :x)",
             names={"#p": "position", "#st": "status"},
         )
 
     def finish_split(self, job_id: str, total: int, chunks_total: int) -> Job | None:
-        """SPLITTING -> RUNNING with the totals; a job cancelled meanwhile gets its totals and
+        """SPLITTING -> RUNNING with the totals and the deadline of a job of that many chunks
+        (unless it has a timeout of its own); a job cancelled meanwhile gets its totals and
         stays CANCELLING."""
-        values = {":t": total, ":c": chunks_total, ":y": True}
+        values = {
+            ":t": total,
+            ":c": chunks_total,
+            ":y": True,
+            ":deadline": self.deadlines.running(self._wall(), chunks_total),
+        }
         names = {"#t": "total", "#st": "status"}
         running = self._update(
             job_id,
-            "SET #t = :t, chunks_total = :c, split_done = :y, #st = :r, updated_at = :now",
+            "SET #t = :t, chunks_total = :c, split_done = :y, #st = :r, updated_at = :now, " + _DEADLINE,
             values | {":r": JobStatus.RUNNING.value, ":s": JobStatus.SPLITTING.value},
             condition="#st = :s",
             names=names,
         )
         return running or self._update(
             job_id,
-            "SET #t = :t, chunks_total = :c, split_done = :y, updated_at = :now",
+            "SET #t = :t, chunks_total = :c, split_done = :y, updated_at = :now, " + _DEADLINE,
             values | {":x": JobStatus.CANCELLING.value},
             condition="#st = :x",
             names=names,
@@ -470,19 +503,48 @@ class JobStore:
         """Mark a job FAILED (a manifest that cannot be read at all); final jobs stay as they are.
 
         The same update marks the FAILED event as due (events.announce puts it once)."""
+        finals = {f":c{i}": s.value for i, s in enumerate(sorted(FINAL_STATUSES))}
+        return self._failed(
+            job_id, message, finals, f"attribute_exists(pk) AND NOT #st IN ({', '.join(finals)})"
+        )
+
+    def fail_split(self, job_id: str, message: str) -> Job | None:
+        """FAILED (as ``fail``), but only a job whose split never finished: a dead-lettered
+        manifest message ends its own job, not one that split and runs on."""
+        values = {":s": JobStatus.SPLITTING.value, ":x": JobStatus.CANCELLING.value, ":no": False}
+        return self._failed(job_id, message, values, "#st IN (:s, :x) AND split_done = :no")
+
+    def _failed(self, job_id: str, message: str, values: dict[str, Any], condition: str) -> Job | None:
         return self._update(
             job_id,
             "SET #st = :f, #e = :e, event_due = :f, updated_at = :now, completed_at = :now",
-            {
-                ":f": JobStatus.FAILED.value,
-                ":e": message,
-                ":c1": JobStatus.COMPLETED.value,
-                ":c2": JobStatus.COMPLETED_WITH_ERRORS.value,
-                ":c3": JobStatus.CANCELLED.value,
-            },
-            condition="attribute_exists(pk) AND NOT #st IN (:f, :c1, :c2, :c3)",
-            names={"#st": "status", "#e": "error"},
+            values | {":f": JobStatus.FAILED.value, ":e": message},
+            condition=condition,
+            names=_STATUS_ERROR,
         )
+
+    def expire(
+        self, job: Job, status: JobStatus, error: str, now: float, deadline: int | None = None
+    ) -> Job | None:
+        """End an overdue ``job`` (as read) with ``status`` and ``error``; None if it is no longer
+        what was read: its status moved (a finalize, a cancel or a split got there first) or its
+        deadline is no longer past at ``now`` (epoch seconds). ``deadline``: the one the caller
+        worked out for a job written before deadlines existed (its JOB has none; it is set here).
+
+        The one conditional write decides between the sweeper and anything finishing the job
+        legitimately: the loser changes nothing."""
+        values: dict[str, Any] = {":st": status.value, ":e": error, ":read": job.status.value}
+        expression = "SET #st = :st, #e = :e, event_due = :st, completed_at = :now, updated_at = :now"
+        if job.deadline_at is None:
+            if deadline is None:
+                raise ValueError(f"{job.job_id} has no deadline_at: give the one it is past")
+            values[":d"] = deadline
+            expression += ", deadline_at = :d"
+            condition = "#st = :read AND attribute_not_exists(deadline_at)"
+        else:
+            values[":t"] = now
+            condition = "#st = :read AND deadline_at < :t"
+        return self._update(job.job_id, expression, values, condition=condition, names=_STATUS_ERROR)
 
     def complete(
         self, job_id: str, status: JobStatus, results_uri: str, error: str | None = None
@@ -671,9 +733,31 @@ class JobStore:
         jobs = (self.get(job_id) for _, job_id in found[:limit])
         return [job for job in jobs if job is not None]
 
+    def open_jobs(self, status: JobStatus) -> Iterator[Job]:
+        """Every job in ``status`` (one of OPEN_STATUSES), found through the by-status index
+        (never a scan) and read back consistently in batches of 100 (their JOB records only, no
+        counts): a job whose status has moved on since the index saw it is left out."""
+        for page in self._index_pages(status, None, None):
+            keys = [self._key(job_id, JOB_SK) for _, job_id in page]
+            for item in self._get_items(keys).values():
+                job = Job.from_item(item)
+                if job.status == status:
+                    yield job
+
     def _query_index(
         self, status: JobStatus, since: str | None, name: str | None, limit: int
     ) -> list[tuple[str, str]]:
+        found: list[tuple[str, str]] = []
+        for page in self._index_pages(status, since, name):
+            found += page
+            if len(found) >= limit:
+                break
+        return found[:limit]
+
+    def _index_pages(
+        self, status: JobStatus, since: str | None, name: str | None
+    ) -> Iterator[list[tuple[str, str]]]:
+        """(created_at, job id) of the jobs in ``status``, newest first, a Query page at a time."""
         condition = "#st = :st" + (" AND created_at >= :since" if since else "")
         values: dict[str, Any] = {":st": status.value} | ({":since": since} if since else {})
         names = {"#st": "status"}
@@ -689,13 +773,8 @@ class JobStore:
             names["#n"] = "name"
             request["FilterExpression"] = "#n = :n"
         request["ExpressionAttributeValues"] = to_dynamo(values)
-        pages = self.client.get_paginator("query").paginate(**request)
-        found: list[tuple[str, str]] = []
-        for page in pages:
-            found += [(item["created_at"]["S"], item["pk"]["S"]) for item in page["Items"]]
-            if len(found) >= limit:
-                break
-        return found[:limit]
+        for page in self.client.get_paginator("query").paginate(**request):
+            yield [(item["created_at"]["S"], item["pk"]["S"]) for item in page["Items"]]
 
     def jobs_of_manifest(self, manifest_uri: str) -> list[Job]:
         """Every job of one manifest (s3://bucket/key: each uploaded version is a job), newest
@@ -750,6 +829,11 @@ class JobStore:
         for response in pages:
             for item in response["Items"]:
                 yield ResultRecord.from_json(from_dynamo(item))  # its key and expires_at left out
+
+
+# A job's deadline, moved on unless it has a timeout of its own (``:deadline``: the new one).
+_DEADLINE = "deadline_at = if_not_exists(timeout_at, :deadline)"
+_STATUS_ERROR = {"#st": "status", "#e": "error"}
 
 
 def _summed(job: Job, shards: Iterable[Item]) -> Job:

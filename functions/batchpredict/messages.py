@@ -6,8 +6,8 @@
 * finalize queue: ``{"job_id"}``, from predict or reconcile when a job's last chunk is counted,
   and from finalize itself to continue a long merge in a new invocation.
 
-reconcile reads both dead-letter queues (work and finalize): ``parse_dead_letter`` tells
-their messages apart.
+reconcile reads the three dead-letter queues (manifest, work and finalize):
+``parse_dead_letter`` tells their messages apart.
 """
 
 from __future__ import annotations
@@ -155,7 +155,12 @@ def parse_finalize(body: str) -> str:
     return str(json.loads(body)["job_id"])
 
 
-def parse_dead_letter(body: str) -> Chunk | str:
-    """A dead-lettered chunk, or the job id of a dead-lettered finalize message."""
+def parse_dead_letter(body: str) -> Chunk | str | ManifestMessage:
+    """A dead-lettered chunk, the job id of a dead-lettered finalize message, or what a
+    dead-lettered manifest-queue message asked for (an S3 event's objects, a continuation)."""
     doc = json.loads(body)
-    return Chunk.parse(body) if "chunk" in doc else str(doc["job_id"])
+    if "chunk" in doc:
+        return Chunk.parse(body)
+    if "job_id" in doc:
+        return str(doc["job_id"])
+    return parse_manifest_message(body)

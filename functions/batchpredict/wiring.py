@@ -17,6 +17,7 @@ from batchpredict.config import (
     FinalizeConfig,
     PredictConfig,
     PredictorConfig,
+    SweepConfig,
     Tables,
 )
 from batchpredict.events import JobEvents
@@ -35,6 +36,7 @@ if TYPE_CHECKING:
     from batchpredict.finalize import Finalizer
     from batchpredict.model import Engine
     from batchpredict.pipeline import StreamingPredictor
+    from batchpredict.sweep import Sweeper
 
 
 def s3_client() -> S3Client:
@@ -64,7 +66,12 @@ DYNAMODB_RETRIES = Config(retries={"mode": "standard", "max_attempts": 2})
 
 
 def job_store(tables: Tables) -> JobStore:
-    return JobStore(aws.client("dynamodb", DYNAMODB_RETRIES), tables.table, ttl_seconds=tables.ttl_seconds)
+    return JobStore(
+        aws.client("dynamodb", DYNAMODB_RETRIES),
+        tables.table,
+        ttl_seconds=tables.ttl_seconds,
+        deadlines=tables.deadlines,
+    )
 
 
 def job_events(bus: str) -> JobEvents:
@@ -93,6 +100,12 @@ def finalizer(config: FinalizeConfig) -> Finalizer:
         config.merge,
         job_events(config.event_bus),
     )
+
+
+def sweeper(config: SweepConfig) -> Sweeper:
+    from batchpredict.sweep import Sweeper
+
+    return Sweeper(job_store(config.tables), result_store(config.output_bucket), job_events(config.event_bus))
 
 
 def chunk_writer(tables: Tables, output_bucket: str, finalize_queue_url: str) -> ChunkWriter:

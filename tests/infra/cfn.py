@@ -45,8 +45,9 @@ HANDLERS = {
     "FinalizeFunction": "batchpredict.handlers.finalize.lambda_handler",
     "ReconcileFunction": "batchpredict.handlers.reconcile.lambda_handler",
     "PredictApiFunction": "batchpredict.handlers.predict_api.lambda_handler",
+    "SweepFunction": "batchpredict.handlers.sweep.lambda_handler",
 }
-ZIP_FUNCTIONS = ("SplitManifestFunction", "FinalizeFunction", "ReconcileFunction")
+ZIP_FUNCTIONS = ("SplitManifestFunction", "FinalizeFunction", "ReconcileFunction", "SweepFunction")
 IMAGE_FUNCTIONS = ("PredictFunction", "PredictApiFunction")
 PIPELINE_QUEUES = ("ManifestQueue", "WorkQueue", "FinalizeQueue")
 

@@ -14,7 +14,9 @@ from typing import Any
 import pytest
 from cfnlint.api import lint
 
-from batchpredict.local.template import Resolver, parameter_defaults
+from batchpredict.config import deadline_settings
+from batchpredict.deadlines import DeadlineSettings
+from batchpredict.local.template import Resolver, deadline_environment, parameter_defaults
 from tests.infra.cfn import (
     HANDLERS,
     IMAGE_FUNCTIONS,
@@ -78,7 +80,7 @@ def test_translation_needs_no_network_and_no_credentials(
         monkeypatch.delenv(name, raising=False)
     cfn = translate(sam)
     assert "AWS::Serverless::Function" not in {r["Type"] for r in cfn["Resources"].values()}
-    assert len(resources(cfn, "AWS::Lambda::EventSourceMapping")) == 5
+    assert len(resources(cfn, "AWS::Lambda::EventSourceMapping")) == 6
 
 
 def test_the_logical_ids_are_the_documented_ones(sam: dict[str, Any]) -> None:
@@ -135,7 +137,13 @@ QUEUE_BREAKAGES: dict[str, tuple[Mutation, str]] = {
             _drop(queue, "RedrivePolicy"),
             f"{queue}: consumed by a function but has no dead-letter queue",
         )
-        for queue in ("ManifestQueue", "WorkQueue", "FinalizeQueue", "WorkDeadLetterQueue")
+        for queue in (
+            "ManifestQueue",
+            "WorkQueue",
+            "FinalizeQueue",
+            "WorkDeadLetterQueue",
+            "ManifestDeadLetterQueue",
+        )
     },
     "too few receives": (
         lambda sam: _props(sam, "WorkQueue")["RedrivePolicy"].update(maxReceiveCount=3),
@@ -175,6 +183,7 @@ MAPPING_BREAKAGES: dict[str, tuple[Mutation, str]] = {
             ("FinalizeFunction", "FinalizeQueue"),
             ("ReconcileFunction", "WorkDeadLetterQueue"),
             ("ReconcileFunction", "FinalizeDeadLetterQueue"),
+            ("ReconcileFunction", "ManifestDeadLetterQueue"),
         ]
     },
     "work mapping loses MaximumConcurrency": (
@@ -284,7 +293,14 @@ def test_http_api_routes_get_and_post_predict_to_predict_api(cfn: dict[str, Any]
         assert integration["payloadFormatVersion"] == "2.0"  # APIGatewayHttpResolver's event
         assert "${PredictApiFunction.Arn}" in integration["uri"]["Fn::Sub"]
     permissions = resources(cfn, "AWS::Lambda::Permission")
-    assert {p["Properties"]["FunctionName"]["Ref"] for p in permissions.values()} == {"PredictApiFunction"}
+    invokers = {
+        (p["Properties"]["Principal"], p["Properties"]["FunctionName"]["Ref"]) for p in permissions.values()
+    }
+    # The API invokes predict_api; the only other invoker is the sweeper's schedule.
+    assert invokers == {
+        ("apigateway.amazonaws.com", "PredictApiFunction"),
+        ("events.amazonaws.com", "SweepFunction"),
+    }
     assert cfn["Outputs"]["PredictApiUrl"]["Value"]["Fn::Sub"].endswith("/predict")
 
 
@@ -497,11 +513,90 @@ def test_the_api_is_authorized_limited_and_logged(cfn: dict[str, Any]) -> None:
         assert api_problems(cfn, ApiAuth=auth) == [], auth
 
 
+# --- job deadlines: what the sweeper allows a job is at least what the stack lets it take ------
+
+# Jobs of these many chunks: empty, one, a wave of 40, one more, the largest (1M lines of 16).
+DEADLINE_SIZES = (0, 1, 40, 41, 62_500)
+DEADLINE_PARAMETERS = {"WORK_BATCH_SIZE": "WorkBatchSize", "PREDICT_MAX_CONCURRENCY": "PredictMaxConcurrency"}
+
+
+def template_deadlines(cfn: dict[str, Any], **parameters: str) -> DeadlineSettings:
+    """What the template's timeouts, visibility timeouts and receive counts let a job take."""
+    queues = resources(cfn, "AWS::SQS::Queue")
+    timeouts = {
+        n: float(f["Properties"]["Timeout"]) for n, f in resources(cfn, "AWS::Lambda::Function").items()
+    }
+    visibility = {n: float(q["Properties"].get("VisibilityTimeout", 30)) for n, q in queues.items()}
+    receives = {
+        n: int(q["Properties"]["RedrivePolicy"]["maxReceiveCount"])
+        for n, q in queues.items()
+        if "RedrivePolicy" in q["Properties"]
+    }
+    resolve = _resolver(cfn, **parameters)
+    shape = {env: str(resolve({"Ref": parameter})) for env, parameter in DEADLINE_PARAMETERS.items()}
+    return deadline_settings(deadline_environment(timeouts, visibility, receives) | shape)
+
+
+def deadline_problems(cfn: dict[str, Any]) -> list[str]:
+    """The deadline split and sweep give a job (deadlines.DeadlineSettings' defaults, shaped by
+    the two parameters they are passed) is never shorter than what the template's timeouts and
+    retries let it legitimately take: at the parameters' defaults and at their smallest."""
+    problems = []
+    for function in ("SplitManifestFunction", "SweepFunction"):
+        env = cfn["Resources"][function]["Properties"]["Environment"]["Variables"]
+        for name, parameter in DEADLINE_PARAMETERS.items():
+            if env.get(name) != {"Ref": parameter}:
+                problems.append(f"{function}: {name} is not the {parameter} parameter")
+    smallest = {p: str(cfn["Parameters"][p]["MinValue"]) for p in DEADLINE_PARAMETERS.values()}
+    for parameters in ({}, smallest):
+        theirs = template_deadlines(cfn, **parameters)
+        shape = {env: str(_resolver(cfn, **parameters)({"Ref": p})) for env, p in DEADLINE_PARAMETERS.items()}
+        ours = deadline_settings(shape)
+        if ours.split_seconds < theirs.split_seconds:
+            problems.append(
+                f"a split gets {ours.split_seconds:g} s, the template lets it take {theirs.split_seconds:g} s"
+            )
+        for chunks in DEADLINE_SIZES:
+            if ours.run_seconds(chunks) < theirs.run_seconds(chunks):
+                problems.append(
+                    f"{chunks} chunks get {ours.run_seconds(chunks):g} s, "
+                    f"the template lets them take {theirs.run_seconds(chunks):g} s {parameters or ''}"
+                )
+    return problems
+
+
+DEADLINE_BREAKAGES: dict[str, tuple[Mutation, str]] = {
+    "predict's timeout raised, deadlines not": (
+        _set("PredictFunction", Timeout=900),
+        "1 chunks get",
+    ),
+    "finalize's retries lengthened, deadlines not": (
+        _set("FinalizeQueue", VisibilityTimeout=43_200),
+        "0 chunks get",
+    ),
+    "the manifest queue's retries lengthened, deadlines not": (
+        lambda sam: _props(sam, "ManifestQueue")["RedrivePolicy"].update(maxReceiveCount=50),
+        "a split gets",
+    ),
+    "split no longer told the concurrency": (
+        lambda sam: _props(sam, "SplitManifestFunction")["Environment"]["Variables"].pop(
+            "PREDICT_MAX_CONCURRENCY"
+        ),
+        "SplitManifestFunction: PREDICT_MAX_CONCURRENCY is not the PredictMaxConcurrency parameter",
+    ),
+}
+
+
+def test_a_jobs_deadline_covers_what_the_stack_lets_it_take(cfn: dict[str, Any]) -> None:
+    assert deadline_problems(cfn) == []
+
+
 RULES: dict[Callable[[dict[str, Any]], list[str]], dict[str, tuple[Mutation, str]]] = {
     queue_problems: QUEUE_BREAKAGES,
     mapping_problems: MAPPING_BREAKAGES,
     iam_problems: IAM_BREAKAGES,
     api_problems: API_BREAKAGES,
+    deadline_problems: DEADLINE_BREAKAGES,
 }
 
 
@@ -548,7 +643,11 @@ def test_iam_is_the_default_authorizer_and_none_must_be_named(cfn: dict[str, Any
 
 
 def test_the_api_function_may_only_be_invoked_by_this_api(cfn: dict[str, Any]) -> None:
-    (permission,) = resources(cfn, "AWS::Lambda::Permission").values()
+    (permission,) = [
+        p
+        for p in resources(cfn, "AWS::Lambda::Permission").values()
+        if p["Properties"]["FunctionName"] == {"Ref": "PredictApiFunction"}
+    ]
     arn = _resolver(cfn)(permission["Properties"]["SourceArn"])
     assert arn == "arn:aws:execute-api:us-east-1:123456789012:predicthttpapi/*/*/predict"
 
@@ -680,15 +779,16 @@ def test_job_events_go_to_the_stacks_bus_and_only_there(cfn: dict[str, Any]) -> 
             actions = statement["Action"] if isinstance(statement["Action"], list) else [statement["Action"]]
             if any(a.startswith("events:Put") or a == "events:*" for a in actions):
                 putters[name] = statement
-    # split and finalize end jobs; reconcile too (a dead-lettered finalize message fails its job).
-    assert set(putters) == {"SplitManifestRole", "FinalizeRole", "ReconcileRole"}
+    # split and finalize end jobs; reconcile too (a dead-lettered split or merge fails its job),
+    # and the sweeper (a job past its deadline).
+    assert set(putters) == {"SplitManifestRole", "FinalizeRole", "ReconcileRole", "SweepRole"}
     for statement in putters.values():
         assert (statement["Action"], statement["Resource"], statement["Effect"]) == (
             "events:PutEvents",
             bus_arn,
             "Allow",
         )
-    for function in ("SplitManifestFunction", "FinalizeFunction", "ReconcileFunction"):
+    for function in ("SplitManifestFunction", "FinalizeFunction", "ReconcileFunction", "SweepFunction"):
         env = cfn["Resources"][function]["Properties"]["Environment"]["Variables"]
         assert env["EVENT_BUS_NAME"] == {"Ref": "JobEventBus"}
 
@@ -734,3 +834,58 @@ def test_the_webhook_is_an_api_destination_fed_by_a_rule(cfn: dict[str, Any]) ->
         "events:InvokeApiDestination",
         {"Fn::GetAtt": ["WebhookDestination", "Arn"]},
     )
+
+
+def test_the_sweeper_runs_every_minute_with_least_privilege(cfn: dict[str, Any]) -> None:
+    from batchpredict.jobs import STATUS_INDEX
+
+    (rule,) = [
+        r["Properties"]
+        for r in resources(cfn, "AWS::Events::Rule").values()
+        if "ScheduleExpression" in r["Properties"]
+    ]
+    assert rule["ScheduleExpression"] == "rate(1 minute)"
+    assert [t["Arn"] for t in rule["Targets"]] == [{"Fn::GetAtt": ["SweepFunction", "Arn"]}]
+    (permission,) = [
+        p["Properties"]
+        for p in resources(cfn, "AWS::Lambda::Permission").values()
+        if p["Properties"]["FunctionName"] == {"Ref": "SweepFunction"}
+    ]
+    assert permission["Principal"] == "events.amazonaws.com"
+    assert getatt_target(permission["SourceArn"]) in resources(cfn, "AWS::Events::Rule")
+    # Exactly the calls sweep.py makes: the open jobs from the status index (Query, never Scan),
+    # their JOB records and shards (BatchGetItem), the conditional ending and the event's mark
+    # (UpdateItem), the summary, the event.
+    table, index = (
+        {"Fn::GetAtt": ["ResultsTable", "Arn"]},
+        {"Fn::Sub": f"${{ResultsTable.Arn}}/index/{STATUS_INDEX}"},
+    )
+    grants = _grants(cfn, "SweepRole")
+    assert {a: r for a, r in grants.items() if not a.startswith(("logs:", "xray:"))} == {
+        "dynamodb:Query": {json.dumps(index)},
+        "dynamodb:BatchGetItem": {json.dumps(table)},
+        "dynamodb:UpdateItem": {json.dumps(table)},
+        "s3:PutObject": {json.dumps({"Fn::Sub": "${OutputBucket.Arn}/results/*"})},
+        "events:PutEvents": {json.dumps({"Fn::GetAtt": ["JobEventBus", "Arn"]})},
+    }
+    env = cfn["Resources"]["SweepFunction"]["Properties"]["Environment"]["Variables"]
+    assert {k: env[k] for k in ("TABLE_NAME", "OUTPUT_BUCKET")} == {
+        "TABLE_NAME": {"Ref": "ResultsTable"},
+        "OUTPUT_BUCKET": {"Ref": "OutputBucket"},
+    }
+    errors = cfn["Resources"]["SweepErrorsAlarm"]["Properties"]
+    assert errors["Dimensions"] == [{"Name": "FunctionName", "Value": {"Ref": "SweepFunction"}}]
+
+
+def test_a_dead_lettered_manifest_message_is_consumed_by_reconcile(cfn: dict[str, Any]) -> None:
+    _, mapping = mappings_by_queue(cfn)["ManifestDeadLetterQueue"]
+    assert mapping["FunctionName"] == {"Ref": "ReconcileFunction"}
+    assert mapping["BatchSize"] == 1
+    reconcile = _grants(cfn, "ReconcileRole")
+    for action in ("sqs:ReceiveMessage", "sqs:DeleteMessage"):
+        assert json.dumps({"Fn::GetAtt": ["ManifestDeadLetterQueue", "Arn"]}) in reconcile[action]
+    # A job never created (split died before its first write) is created FAILED: a transaction
+    # of puts (TransactWriteItems is authorized by the actions of its items).
+    assert "dynamodb:PutItem" in reconcile and "dynamodb:UpdateItem" in reconcile
+    redrive = cfn["Resources"]["ManifestDeadLetterQueue"]["Properties"]["RedrivePolicy"]
+    assert getatt_target(redrive["deadLetterTargetArn"]) == "ReconcileDeadLetterQueue"

@@ -6,19 +6,26 @@ from __future__ import annotations
 import gzip
 import hashlib
 import json
+import os
+import time
 from collections import Counter
 from typing import Any
 
 import pytest
 
+from batchpredict import wiring
+from batchpredict.config import finalize_config, sweep_config
 from batchpredict.events import DETAIL_TYPE, SOURCE, JobEvents
 from batchpredict.finalize import Finalizer
-from batchpredict.handlers import finalize, predict, split_manifest
+from batchpredict.handlers import finalize, predict, reconcile, split_manifest, sweep
 from batchpredict.jobs import JobStatus, JobStore
+from batchpredict.local.lambda_shim import LocalContext
+from batchpredict.local.schedules import scheduled_event
 from batchpredict.merges import MergeStore
-from batchpredict.messages import finalize_body
+from batchpredict.messages import ManifestObject, finalize_body, parse_manifest_message
 from batchpredict.queues import Queue
 from batchpredict.results import ResultStore
+from batchpredict.sweep import Sweeper
 
 from .conftest import PipelineStack as Stack
 
@@ -304,3 +311,147 @@ def test_an_event_that_could_not_be_put_is_put_by_the_redelivery(stack: Stack) -
     (event,) = _events(stack)
     assert event["detail"]["status"] == "COMPLETED_WITH_ERRORS" and Flaky.calls == 2
     finalize.finalizer.cache_clear()
+
+
+# --- no job stays open for ever: the sweeper, and the manifest dead-letter queue -----------------
+
+
+def _counted_not_finalized(stack: Stack, key: str) -> str:
+    """A job whose chunks are all counted, its finalize message waiting: finalize is next."""
+    _upload(stack, key, "ftp://x/1.jpg\nftp://x/2.jpg\n", {})
+    stack.deliver("ManifestQueue", split_manifest.lambda_handler)
+    stack.deliver("WorkQueue", predict.lambda_handler)
+    job_id = stack.only_job_id()
+    assert stack.job(job_id).all_chunks_done and stack.depth("FinalizeQueue") == 1
+    return job_id
+
+
+def _late_sweeper() -> Sweeper:
+    """The sweeper as wired from the functions' settings, its clock a day ahead: every open job
+    is past its deadline."""
+    wired = wiring.sweeper(sweep_config(os.environ))
+    return Sweeper(wired.jobs, wired.results, wired.events, now=lambda: time.time() + 86_400)
+
+
+def test_a_finalize_that_loses_to_the_sweeper_leaves_its_ending_alone(stack: Stack) -> None:
+    job_id = _counted_not_finalized(stack, "late.txt")
+    finalizer, sweeper = wiring.finalizer(finalize_config(os.environ)), _late_sweeper()
+    merge = finalizer.merger.run
+
+    def swept_meanwhile(*args: Any, **kwargs: Any) -> Any:  # the job times out while finalize merges
+        outcome = merge(*args, **kwargs)
+        assert [job.job_id for job in sweeper.sweep().ended] == [job_id]
+        return outcome
+
+    finalizer.merger.run = swept_meanwhile  # type: ignore[method-assign]
+
+    assert finalizer.finalize(job_id) is None
+
+    job, summary = stack.job(job_id), stack.summary(job_id)
+    assert job.status is JobStatus.FAILED and job.error is not None
+    assert job.error.startswith("timed_out: still RUNNING at its deadline")
+    assert (summary["status"], summary["error"], summary["total"]) == ("FAILED", job.error, 2)
+    assert [(e["detail"]["status"], e["detail"]["reason"]) for e in _events(stack)] == [("FAILED", job.error)]
+
+
+def test_a_sweeper_that_loses_to_a_finalize_writes_nothing(stack: Stack) -> None:
+    job_id = _counted_not_finalized(stack, "just-in-time.txt")
+    finalizer, sweeper = wiring.finalizer(finalize_config(os.environ)), _late_sweeper()
+    expire = sweeper.jobs.expire
+
+    def finalized_first(*args: Any, **kwargs: Any) -> Any:  # finalize ends it between read and write
+        assert finalizer.finalize(job_id) is not None
+        return expire(*args, **kwargs)
+
+    sweeper.jobs.expire = finalized_first  # type: ignore[method-assign]
+
+    report = sweeper.sweep()
+
+    assert (report.ended, report.lost) == ([], [job_id])
+    job, summary = stack.job(job_id), stack.summary(job_id)
+    assert job.status is JobStatus.COMPLETED_WITH_ERRORS and job.error is None
+    assert summary["status"] == "COMPLETED_WITH_ERRORS" and "error" not in summary
+    assert [e["detail"]["status"] for e in _events(stack)] == ["COMPLETED_WITH_ERRORS"]
+
+
+def test_the_scheduled_sweep_ends_a_job_past_its_timeout(stack: Stack) -> None:
+    job_id = "job-timed"
+    minute_ago = JobStore(stack.dynamodb, stack.table, wall=lambda: time.time() - 60)
+    minute_ago.create(
+        job_id, f"s3://{stack.input_bucket}/manifests/t.txt", "m-1", options={"timeout_seconds": 10}
+    )
+    minute_ago.create("job-fresh", f"s3://{stack.input_bucket}/manifests/f.txt", "m-2")
+
+    answer = sweep.lambda_handler(scheduled_event("sweep"), LocalContext("SweepFunction", timeout_seconds=30))
+
+    assert answer["ended"] == {job_id: "FAILED"} and answer["looked_at"] == 2
+    job = stack.job(job_id)
+    assert job.error is not None and job.error.endswith("(its timeout of 10 s)")
+    assert stack.summary(job_id)["error"] == job.error
+    assert stack.job("job-fresh").status is JobStatus.SPLITTING
+    assert [e["detail"]["job_id"] for e in _events(stack)] == [job_id]
+    sweep.sweeper.cache_clear()
+
+
+def _upload_event(stack: Stack, key: str) -> str:
+    """Upload ``key`` and take its S3 event off the manifest queue (its body; S3's test event,
+    sent when the notification was set up, goes too)."""
+    _upload(stack, key, "ftp://x/1.jpg\n", {})
+    manifest_url = stack.queue("ManifestQueue")[0]
+    messages = stack.sqs.receive_message(QueueUrl=manifest_url, MaxNumberOfMessages=10)["Messages"]
+    for message in messages:
+        stack.sqs.delete_message(QueueUrl=manifest_url, ReceiptHandle=message["ReceiptHandle"])
+    (event,) = [m["Body"] for m in messages if "Records" in json.loads(m["Body"])]
+    return event
+
+
+def _dead_lettered(stack: Stack, body: str) -> ManifestObject:
+    """``body`` on the manifest dead-letter queue, as SQS moves it after split failed every receive."""
+    stack.sqs.send_message(QueueUrl=stack.queue("ManifestDeadLetterQueue")[0], MessageBody=body)
+    (manifest,) = parse_manifest_message(body).objects
+    return manifest
+
+
+def test_a_dead_lettered_manifest_fails_the_job_it_left_splitting(stack: Stack) -> None:
+    # A job that split (a duplicate of its event was dead-lettered): it is not the DLQ's business.
+    fine_event = _upload_event(stack, "fine.txt")
+    stack.sqs.send_message(QueueUrl=stack.queue("ManifestQueue")[0], MessageBody=fine_event)
+    stack.run()
+    _events(stack)
+    fine = _dead_lettered(stack, fine_event)
+    # split died after creating the job (left SPLITTING), and before creating it.
+    crashed = _dead_lettered(stack, _upload_event(stack, "crashed.txt"))
+    assert JobStore(stack.dynamodb, stack.table).create(crashed.job_id, crashed.uri, "m-1")
+    never = _dead_lettered(stack, _upload_event(stack, "never.txt"))
+
+    while stack.deliver("ManifestDeadLetterQueue", reconcile.lambda_handler):
+        pass
+
+    for manifest in (crashed, never):
+        job, summary = stack.job(manifest.job_id), stack.summary(manifest.job_id)
+        assert job.status is JobStatus.FAILED and job.error is not None
+        assert job.error.startswith(f"manifest {manifest.uri} could not be split: split_manifest failed")
+        assert (summary["status"], summary["error"], summary["manifest_uri"]) == (
+            "FAILED",
+            job.error,
+            manifest.uri,
+        )
+    assert stack.job(fine.job_id).status is JobStatus.COMPLETED_WITH_ERRORS
+    events = sorted((e["detail"]["job_id"], e["detail"]["status"]) for e in _events(stack))
+    assert events == sorted([(crashed.job_id, "FAILED"), (never.job_id, "FAILED")])
+    assert stack.depth("ManifestDeadLetterQueue") == 0
+
+
+def test_the_local_stack_plays_the_sweepers_schedule_with_deadlines_of_its_own(stack: Stack) -> None:
+    (schedule,) = stack.plan.schedules
+    assert (schedule.function, schedule.handler) == (
+        "SweepFunction",
+        "batchpredict.handlers.sweep.lambda_handler",
+    )
+    assert schedule.period_seconds == 3.0 and schedule.timeout_seconds == 0.2  # capped as the others
+    # Deadlines from the local numbers: a split gets the manifest queue's 5 receives x its local
+    # visibility (6 x the 0.2 s cap, whole seconds: 2 s), predict one worker's batch at a time.
+    for function in ("SplitManifestFunction", "SweepFunction"):
+        env = stack.plan.functions[function].environment
+        assert (env["DEADLINE_SPLIT_SECONDS"], env["PREDICT_MAX_CONCURRENCY"]) == ("10", "1")
+    assert wiring.job_store(sweep_config(schedule.environment).tables).deadlines.split_seconds == 10

@@ -6,6 +6,7 @@ items look.
 
 from __future__ import annotations
 
+import math
 import time
 import uuid
 from collections.abc import Iterator
@@ -16,7 +17,7 @@ import boto3
 import pytest
 from botocore.exceptions import ClientError
 
-from batchpredict.jobs import JobStatus, JobStore
+from batchpredict.jobs import OPEN_STATUSES, JobStatus, JobStore
 from batchpredict.local.dynamodb_local import DynamoDBLocal, DynamoDBLocalUnavailableError
 from batchpredict.local.provision import LocalOptions, provision_tables
 
@@ -190,3 +191,108 @@ def test_complete_and_fail_of_a_missing_job_create_nothing(store: JobStore) -> N
     assert store.complete(job_id, JobStatus.COMPLETED, "s3://out/results.jsonl") is None
     assert store.fail(job_id, "manifest unreadable") is None
     assert store.get(job_id) is None
+
+
+# --- deadlines: set, moved on by the split, fixed by a timeout; the sweeper's conditional ending --
+
+
+def _at(store: JobStore, wall: float) -> JobStore:
+    """The same table, its deadlines set by a clock at ``wall`` (epoch seconds)."""
+    return JobStore(store.client, store.table, wall=lambda: wall)
+
+
+def test_a_deadline_is_moved_on_by_the_split_unless_the_job_has_a_timeout(store: JobStore) -> None:
+    now = time.time()
+    plain, timed = f"job-{uuid.uuid4().hex[:12]}", f"job-{uuid.uuid4().hex[:12]}"
+    for job_id, options in ((plain, None), (timed, {"timeout_seconds": 10})):
+        assert _at(store, now).create(job_id, "s3://in/manifests/a.txt", "msg-1", options=options)
+    assert _job(store, plain).deadline_at == math.ceil(now + store.deadlines.split_seconds)
+    assert (_job(store, timed).deadline_at, _job(store, timed).timeout_at) == (math.ceil(now + 10),) * 2
+
+    for job_id in (plain, timed):
+        _at(store, now + 100).checkpoint(job_id, {"index": 16})
+    assert _job(store, plain).deadline_at == math.ceil(now + 100 + store.deadlines.split_seconds)
+    for job_id in (plain, timed):
+        assert _at(store, now + 200).finish_split(job_id, 48, 3) is not None
+
+    assert _job(store, plain).deadline_at == math.ceil(now + 200 + store.deadlines.run_seconds(3))
+    assert _job(store, timed).deadline_at == math.ceil(now + 10)  # the job's own timeout wins
+
+
+def test_open_jobs_are_found_through_the_status_index_and_read_back(store: JobStore) -> None:
+    running = _new_job(store)
+    splitting = _new_job(store, JobStatus.SPLITTING)
+    done = _new_job(store)
+    store.complete(done, JobStatus.COMPLETED, "s3://out/results.jsonl")
+
+    found = {status: {job.job_id for job in store.open_jobs(status)} for status in OPEN_STATUSES}
+
+    assert running in found[JobStatus.RUNNING] and splitting in found[JobStatus.SPLITTING]
+    assert done not in set().union(*found.values())
+    (job,) = [j for j in store.open_jobs(JobStatus.RUNNING) if j.job_id == running]
+    assert (job.status, job.total, job.deadline_at) == (
+        JobStatus.RUNNING,
+        48,
+        _job(store, running).deadline_at,
+    )
+
+
+def test_an_overdue_job_ends_once_and_a_job_that_moved_on_does_not(store: JobStore) -> None:
+    overdue = _new_job(store)
+    job = _job(store, overdue)
+    assert job.deadline_at is not None
+    late = job.deadline_at + 1
+
+    assert store.expire(job, JobStatus.FAILED, "timed_out: x", now=job.deadline_at) is None  # not past yet
+    ended = store.expire(job, JobStatus.FAILED, "timed_out: x", now=late)
+    assert ended is not None and (ended.status, ended.error, ended.event_due) == (
+        JobStatus.FAILED,
+        "timed_out: x",
+        "FAILED",
+    )
+    assert store.expire(job, JobStatus.FAILED, "timed_out: again", now=late) is None
+    assert store.complete(overdue, JobStatus.COMPLETED, "s3://out/results.jsonl") is None  # finalize lost
+
+    # A job finalized between the sweeper's read and its write: the sweeper loses, nothing changes.
+    finished = _new_job(store)
+    read = _job(store, finished)
+    done = store.complete(finished, JobStatus.COMPLETED, "s3://out/results.jsonl")
+    assert store.expire(read, JobStatus.FAILED, "timed_out: x", now=late) is None
+    assert _job(store, finished) == done
+
+    # A split that moved its deadline on after the read: the status is the same, the deadline not past.
+    splitting = _new_job(store, JobStatus.SPLITTING)
+    read = _job(store, splitting)
+    assert read.deadline_at is not None
+    _at(store, read.deadline_at + 10).checkpoint(splitting, {"index": 16})
+    assert store.expire(read, JobStatus.FAILED, "timed_out: x", now=read.deadline_at + 1) is None
+    assert _job(store, splitting).status is JobStatus.SPLITTING
+
+
+def test_a_job_without_a_deadline_is_ended_with_the_one_worked_out(store: JobStore) -> None:
+    job_id = _new_job(store)
+    store.client.update_item(
+        TableName=store.table,
+        Key={"pk": {"S": job_id}, "sk": {"S": "JOB"}},
+        UpdateExpression="REMOVE deadline_at",  # written before deadlines existed
+    )
+    legacy = _job(store, job_id)
+    assert legacy.deadline_at is None
+
+    ended = store.expire(legacy, JobStatus.FAILED, "timed_out: x", now=time.time(), deadline=12345)
+
+    assert ended is not None and (ended.status, ended.deadline_at) == (JobStatus.FAILED, 12345)
+
+
+def test_fail_split_fails_only_a_job_whose_split_never_finished(store: JobStore) -> None:
+    splitting, running = _new_job(store, JobStatus.SPLITTING), _new_job(store)
+    cancelled_mid_split = _new_job(store, JobStatus.SPLITTING)
+    store.cancel(cancelled_mid_split)
+    missing = f"job-{uuid.uuid4().hex[:12]}"
+
+    for job_id in (splitting, cancelled_mid_split):
+        failed = store.fail_split(job_id, "manifest s3://in/manifests/a.jsonl could not be split")
+        assert failed is not None and failed.status is JobStatus.FAILED and failed.event_due == "FAILED"
+    assert store.fail_split(running, "no") is None and _job(store, running).status is JobStatus.RUNNING
+    assert store.fail_split(missing, "no") is None and store.get(missing) is None
+    assert store.fail_split(splitting, "again") is None

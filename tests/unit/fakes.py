@@ -4,6 +4,7 @@ the job store, a sleep that only records."""
 from __future__ import annotations
 
 import io
+import json
 import threading
 import time
 from collections import defaultdict
@@ -21,6 +22,8 @@ from batchpredict.jobs import CANCELLABLE_STATUSES, FINAL_STATUSES, Job, JobStat
 from batchpredict.records import ResultRecord
 
 SQS_BATCH_ENTRIES = 10  # SendMessageBatch: at most 10 entries, distinct ids
+# When FakeJobs ends a job (its completed_at, as JobStore writes it: ISO 8601).
+ENDED_AT = "2025-01-01T00:10:00.000Z"
 
 
 def client_error(code: str, operation: str, **response: Any) -> ClientError:
@@ -168,6 +171,17 @@ class FakeSQS:
         return {"Successful": [{"Id": e["Id"]} for e in Entries], "Failed": []}
 
 
+class FakeEvents:
+    """EventBridge's put_events (for events.JobEvents), recording each event's detail."""
+
+    def __init__(self) -> None:
+        self.details: list[dict[str, Any]] = []
+
+    def put_events(self, Entries: list[dict[str, Any]]) -> dict[str, Any]:
+        self.details += [json.loads(e["Detail"]) for e in Entries]
+        return {"FailedEntryCount": 0, "Entries": [{"EventId": str(len(self.details))}]}
+
+
 class FakeJobs:
     """The JobStore calls ChunkWriter makes, in memory, with the same counted-once semantics."""
 
@@ -233,7 +247,7 @@ class FakeJobs:
             self.job,
             status=status,
             results_uri=results_uri,
-            completed_at="now",
+            completed_at=ENDED_AT,
             error=error or self.job.error,
             event_due=status.value,
         )
@@ -261,7 +275,7 @@ class FakeJobs:
         if self.job.status in FINAL_STATUSES:
             return None
         self.job = replace(
-            self.job, status=JobStatus.FAILED, error=message, completed_at="now", event_due="FAILED"
+            self.job, status=JobStatus.FAILED, error=message, completed_at=ENDED_AT, event_due="FAILED"
         )
         return self.job
 

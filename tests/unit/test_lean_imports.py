@@ -4,10 +4,10 @@ import sys
 
 
 def test_zip_functions_do_not_import_the_heavy_libraries() -> None:
-    # split_manifest, finalize and reconcile ship as small zip functions: no numpy, Pillow or MXNet.
+    # split_manifest, finalize, reconcile and sweep ship as small zip functions: no numpy, Pillow or MXNet.
     code = (
         "import sys\n"
-        "from batchpredict.handlers import finalize, reconcile, split_manifest\n"
+        "from batchpredict.handlers import finalize, reconcile, split_manifest, sweep\n"
         "print(sorted(m for m in ('numpy', 'PIL', 'mxnet') if m in sys.modules))\n"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
@@ -25,7 +25,7 @@ def test_the_functions_run_without_the_type_stubs() -> None:
         "            raise ImportError(name)\n"
         "sys.meta_path.insert(0, NoStubs())\n"
         "from batchpredict import aws, wiring\n"
-        "from batchpredict.handlers import finalize, predict, predict_api, reconcile, split_manifest\n"
+        "from batchpredict.handlers import finalize, predict, predict_api, reconcile, split_manifest, sweep\n"
         "for service in ('cloudformation', 'dynamodb', 'events', 's3', 'sqs'):\n"
         "    aws.client(service)\n"
         "print(sorted(m for m in sys.modules if m.startswith('mypy_boto3')))\n"

@@ -20,16 +20,24 @@ from typing import Any
 import pytest
 
 from batchpredict.errors import ErrorCode
-from batchpredict.finalize import Finalizer, reconcile_dead_letter
+from batchpredict.events import JobEvents
+from batchpredict.finalize import Finalizer, fail_job, reconcile_dead_letter
 from batchpredict.jobs import FINAL_STATUSES, Job, JobStatus
 from batchpredict.merge import MergeSettings
 from batchpredict.merges import MergeCheckpoint
-from batchpredict.messages import Chunk, parse_dead_letter, parse_finalize
+from batchpredict.messages import (
+    Chunk,
+    Continuation,
+    ManifestMessage,
+    ManifestObject,
+    parse_dead_letter,
+    parse_finalize,
+)
 from batchpredict.queues import Queue
 from batchpredict.records import FAILED, Prediction, ResultRecord, WorkItem
 from batchpredict.results import ResultStore, jsonl, part_key, results_key, summary_key
 from batchpredict.writer import ChunkWriter
-from tests.unit.fakes import FakeJobs, FakeS3, FakeSQS, client_error
+from tests.unit.fakes import FakeEvents, FakeJobs, FakeS3, FakeSQS, client_error
 
 OUT = "output-bucket"
 JOB = "job-1"
@@ -308,6 +316,51 @@ def test_unknown_job_is_none() -> None:
     assert finalizer.finalize("job-other") is None
 
 
+def test_a_finalize_that_loses_to_another_ending_leaves_the_winners_summary_and_event() -> None:
+    finalizer, jobs, s3 = _setup(_job(total=2, chunks=1), [[_ok(0), _ok(1)]])
+    events = FakeEvents()
+    finalizer.events = JobEvents(events, "bus")  # type: ignore[arg-type]
+    merge = finalizer.merger.run
+
+    def failed_meanwhile(*args: Any, **kwargs: Any) -> Any:
+        # The sweeper (or a failure) ends the job while this finalize merges its parts.
+        outcome = merge(*args, **kwargs)
+        fail_job(jobs, finalizer.results, JOB, "timed_out: still RUNNING", finalizer.events)  # type: ignore[arg-type]
+        return outcome
+
+    finalizer.merger.run = failed_meanwhile  # type: ignore[method-assign]
+
+    assert finalizer.finalize(JOB) is None
+
+    assert jobs.job.status == JobStatus.FAILED
+    summary = json.loads(s3.objects[OUT][summary_key(JOB)])
+    assert (summary["status"], summary["error"]) == ("FAILED", "timed_out: still RUNNING")
+    assert [(e["status"], e["reason"]) for e in events.details] == [("FAILED", "timed_out: still RUNNING")]
+
+
+def test_a_finalize_that_died_after_its_status_write_leaves_the_summary_to_its_redelivery() -> None:
+    finalizer, jobs, s3 = _setup(_job(total=3, chunks=2), [[_ok(0), _ok(1)], [_bad(2, "http_error")]])
+    events = FakeEvents()
+    finalizer.events = JobEvents(events, "bus")  # type: ignore[arg-type]
+    s3.kill_on("put_object", nth=2)  # the results file is written, then the summary's PUT dies
+
+    with pytest.raises(KilledError):
+        finalizer.finalize(JOB)
+    assert jobs.job.status == JobStatus.COMPLETED_WITH_ERRORS and summary_key(JOB) not in s3.objects[OUT]
+
+    finalizer.finalize(JOB)  # the redelivery
+
+    summary = json.loads(s3.objects[OUT][summary_key(JOB)])
+    assert (summary["status"], summary["total"], summary["errors_by_code"]) == (
+        "COMPLETED_WITH_ERRORS",
+        3,
+        {"http_error": 1},
+    )
+    assert summary["ended_at"] == jobs.job.completed_at
+    assert [e["status"] for e in events.details] == ["COMPLETED_WITH_ERRORS"]
+    assert finalizer.finalize(JOB) == jobs.job and len(events.details) == 1  # once
+
+
 # --- the checkpointed merge: parts, continuations, kills, races, the file cap --------------------
 
 # Parts of ~2 KB a chunk pair: a job of 30 chunks makes 15 upload parts; S3's 5 MiB floor scaled down.
@@ -494,10 +547,25 @@ def test_a_dead_lettered_finalize_fails_the_job_with_the_reason_and_aborts_the_u
     assert _finalizer(jobs, s3, merges, sqs, SMALL_PARTS).dead_lettered(JOB) == jobs.job
 
 
-def test_dead_letters_of_both_queues_are_told_apart() -> None:
+def test_dead_letters_of_the_three_queues_are_told_apart() -> None:
     chunk = Chunk(JOB, 3, [WorkItem(index=12, url="https://a/12.jpg")])
     assert parse_dead_letter(chunk.body()) == chunk
     assert parse_dead_letter('{"job_id": "job-9"}') == "job-9"
+    manifest = ManifestObject("in", "manifests/a b.txt", "v1", "etag")
+    continuation = Continuation(manifest.job_id, manifest, {"index": 160})
+    assert parse_dead_letter(continuation.body()) == ManifestMessage(continuation=continuation)
+    event = {
+        "Records": [
+            {
+                "eventName": "ObjectCreated:Put",
+                "s3": {
+                    "bucket": {"name": "in"},
+                    "object": {"key": "manifests/a+b.txt", "versionId": "v1", "eTag": "etag"},
+                },
+            }
+        ]
+    }
+    assert parse_dead_letter(json.dumps(event)) == ManifestMessage(objects=[manifest])
 
 
 # --- reconcile_dead_letter --------------------------------------------------------------------

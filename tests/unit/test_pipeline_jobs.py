@@ -35,6 +35,7 @@ from tests.unit.fakes import SleepLog, client_error
 
 TABLE = "jobs"
 NOW = "2025-01-01T00:00:00.000Z"
+WALL = 1_735_689_600.0  # NOW in epoch seconds: the clock deadlines are set by
 
 
 class FakeDynamo:
@@ -104,7 +105,10 @@ class FakeDynamo:
 
 def _store(client: FakeDynamo) -> tuple[JobStore, SleepLog]:
     sleeps = SleepLog()
-    return JobStore(client, TABLE, sleep=sleeps, clock=lambda: NOW, monotonic=sleeps.clock), sleeps
+    store = JobStore(
+        client, TABLE, sleep=sleeps, clock=lambda: NOW, monotonic=sleeps.clock, wall=lambda: WALL
+    )
+    return store, sleeps
 
 
 def _record(index: int, job_id: str = "job-1") -> ResultRecord:
@@ -249,8 +253,40 @@ def test_create_puts_a_splitting_job_with_condition_and_its_shards() -> None:
         created_at=NOW,
         updated_at=NOW,
         split_message_id="msg-1",
+        deadline_at=int(WALL) + 9000,  # a split's time: the manifest queue's 5 receives x 1,800 s
     )
     assert not job.all_chunks_done
+
+
+def test_a_job_with_a_timeout_gets_that_deadline_and_keeps_it() -> None:
+    client = FakeDynamo()
+    store, _ = _store(client)
+
+    store.create("job-1", "s3://in/manifests/a.txt", "msg-1", options={"timeout_seconds": 10})
+    store.checkpoint("job-1", {"index": 16})
+    store.finish_split("job-1", 16, 1)
+
+    job = from_dynamo(client.items[("job-1", "JOB")])
+    assert (job["timeout_seconds"], job["timeout_at"], job["deadline_at"]) == (10, WALL + 10, WALL + 10)
+    # Moving the deadline on never passes the job's own: it wins where it exists.
+    for update in client.updates:
+        assert "deadline_at = if_not_exists(timeout_at, :deadline)" in update["UpdateExpression"]
+
+
+def test_the_split_moves_the_deadline_on_with_the_job_it_found() -> None:
+    client = FakeDynamo()
+    store, _ = _store(client)
+    store.create("job-1", "s3://in/manifests/a.txt", "msg-1")
+    store._wall = lambda: WALL + 250  # a continuation, 250 s later
+
+    store.checkpoint("job-1", {"index": 16})
+    store.finish_split("job-1", 4000, 250)
+
+    checkpoint, finish = (from_dynamo(u["ExpressionAttributeValues"])[":deadline"] for u in client.updates)
+    assert checkpoint == WALL + 250 + 9000  # another split's time from here
+    # 250 chunks, 40 at once: 7 waves x 180 s x 5 deliveries, the last chunks' redeliveries and
+    # reconcile (7,560 s), finalize's (27,000 s), and a merge of 250 parts at 10 a second.
+    assert finish == WALL + 250 + 7 * 180 * 5 + 7560 + 27000 + 25
 
 
 def test_create_returns_false_when_the_job_exists() -> None:

@@ -1,5 +1,6 @@
 """reconcile: the dead-letter queues' consumer.
 
+* manifest queue's: a job whose split failed every delivery -> FAILED, naming the manifest;
 * work queue's: a dead-lettered chunk -> FAILED ``dead_lettered`` results, counted;
 * finalize queue's: a job whose merge failed every delivery -> FAILED, with the reason.
 """
@@ -16,7 +17,7 @@ from batchpredict import wiring
 from batchpredict.config import FinalizeConfig, finalize_config
 from batchpredict.finalize import Finalizer, reconcile_dead_letter
 from batchpredict.handlers.sqs import sqs_batch_handler
-from batchpredict.messages import parse_dead_letter
+from batchpredict.messages import ManifestMessage, parse_dead_letter
 from batchpredict.observability import MetricUnit, logger, metrics
 from batchpredict.writer import ChunkWriter
 
@@ -45,6 +46,16 @@ def cold_start() -> None:
 def record_handler(record: SQSRecord, lambda_context: LambdaContext) -> None:
     message = parse_dead_letter(record.body)
     receive_count = int(record.attributes.approximate_receive_count or 0) or None
+    if isinstance(message, ManifestMessage):
+        logger.warning(
+            "dead-lettered manifest message: its jobs fail", extra={"receive_count": receive_count}
+        )
+        jobs = finalizer().split_dead_lettered(message, record.message_id, receive_count)
+        metrics.add_metric(name="ManifestsDeadLettered", unit=MetricUnit.Count, value=1)
+        logger.info(
+            "jobs of the dead-lettered manifest", extra={"jobs": {j.job_id: j.status for j in jobs if j}}
+        )
+        return
     if isinstance(message, str):
         logger.append_keys(job_id=message)
         logger.warning("dead-lettered finalize: the job fails", extra={"receive_count": receive_count})

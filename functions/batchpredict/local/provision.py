@@ -6,7 +6,9 @@ mapping's batch size, window and concurrency are read from the template, so the 
 stack and AWS cannot drift. Two local adjustments, both explicit: function timeouts are
 capped (``max_function_timeout``) and queue visibility timeouts follow from the capped
 timeouts by the template's own rule (6 x timeout + batching window), so a crashed local
-worker's messages come back in seconds rather than the half hour AWS settings imply.
+worker's messages come back in seconds rather than the half hour AWS settings imply. Job
+deadlines follow those local numbers (``template.deadline_environment``), and the schedule
+rules (the sweeper's) run every ``schedule_seconds`` instead of their rate.
 """
 
 from __future__ import annotations
@@ -17,7 +19,15 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from batchpredict.local.runner import Mapping
-from batchpredict.local.template import TEMPLATE, Resolver, parameter_defaults, resources, translate
+from batchpredict.local.schedules import Schedule, rate_seconds
+from batchpredict.local.template import (
+    TEMPLATE,
+    Resolver,
+    deadline_environment,
+    parameter_defaults,
+    resources,
+    translate,
+)
 
 if TYPE_CHECKING:
     from mypy_boto3_dynamodb import DynamoDBClient
@@ -45,6 +55,8 @@ class LocalOptions:
     # workers (None: 4 x predict_workers, capped by the template's MaximumConcurrency).
     max_predict_workers: int | None = None
     max_function_timeout: float | None = 60.0
+    # How often the template's scheduled functions (the sweeper) run locally (None: their rate).
+    schedule_seconds: float | None = 3.0
     environment: dict[str, str] = field(default_factory=dict)  # added to every function's
     parameters: dict[str, str] = field(default_factory=dict)  # template parameter overrides
 
@@ -70,6 +82,7 @@ class LocalPlan:
     # Locally every job state change event also lands here (a rule on the bus -> this queue),
     # for `batchpredict watch --events` and the tests to read.
     events_queue: str = ""
+    schedules: list[Schedule] = field(default_factory=list)  # the template's schedule rules
 
 
 def samples_bucket(prefix: str) -> str:
@@ -94,6 +107,9 @@ class _Provisioner:
         self.cfn = cfn
         self.physical: dict[str, str] = {}
         self.arns: dict[str, str] = {}
+        # Each queue's visibility timeout and maxReceiveCount as made here (job deadlines).
+        self.visibility: dict[str, float] = {}
+        self.receives: dict[str, int] = {}
         parameters = parameter_defaults(cfn) | options.parameters
         pseudo = {
             "AWS::Region": REGION,
@@ -145,8 +161,10 @@ class _Provisioner:
                     attributes["MessageRetentionPeriod"] = str(self.resolve(props["MessageRetentionPeriod"]))
                 visibility = consumers.get(logical_id, self.resolve(props.get("VisibilityTimeout", 30)))
                 attributes["VisibilityTimeout"] = str(math.ceil(float(visibility)))
+                self.visibility[logical_id] = math.ceil(float(visibility))
                 if redrive:
                     attributes["RedrivePolicy"] = json.dumps(self.resolve(redrive))
+                    self.receives[logical_id] = int(self.resolve(redrive["maxReceiveCount"]))
                 self.physical[logical_id], self.arns[logical_id] = self._queue(sqs, logical_id, attributes)
                 del pending[logical_id]
 
@@ -226,18 +244,50 @@ class _Provisioner:
         events.put_targets(Rule=rule, EventBusName=bus_name, Targets=[{"Id": "queue", "Arn": arn}])
         return bus_name, url
 
-    def environment(self, resource: dict[str, Any]) -> dict[str, str]:
+    def environment(self, resource: dict[str, Any], deadlines: dict[str, str]) -> dict[str, str]:
+        """A function's environment: the template's, with the local stack's values where they
+        differ (``deadlines``: the job deadlines of the local timeouts, for the functions that
+        set them: those that are told the predict concurrency)."""
         variables = self.resolve(resource["Properties"].get("Environment", {}).get("Variables", {}))
         local = {
             "MODEL_URI": self.options.model_uri,
             "ALLOWED_NETWORKS": self.options.allowed_networks,
             "POWERTOOLS_TRACE_DISABLED": "true",
-        }
+        } | deadlines
         return (
             {k: str(v) for k, v in variables.items()}
-            | {k: v for k, v in local.items() if k in variables or k == "ALLOWED_NETWORKS"}
+            | {
+                k: v
+                for k, v in local.items()
+                if k in variables
+                or k == "ALLOWED_NETWORKS"
+                or (k in deadlines and "PREDICT_MAX_CONCURRENCY" in variables)
+            }
             | self.options.environment
         )
+
+    def schedules(self, functions: dict[str, FunctionSpec]) -> list[Schedule]:
+        """The template's schedule rules that invoke one of its functions."""
+        found = []
+        for logical_id, resource in resources(self.cfn, "AWS::Events::Rule").items():
+            props = resource["Properties"]
+            if "ScheduleExpression" not in props or props.get("State", "ENABLED") != "ENABLED":
+                continue
+            for target in props.get("Targets", []):
+                function = functions[target["Arn"]["Fn::GetAtt"][0]]
+                period = self.options.schedule_seconds or rate_seconds(props["ScheduleExpression"])
+                found.append(
+                    Schedule(
+                        function=function.logical_id,
+                        handler=function.handler,
+                        rule=self._name(logical_id),
+                        period_seconds=period,
+                        timeout_seconds=function.timeout,
+                        memory_mb=function.memory_mb,
+                        environment=function.environment,
+                    )
+                )
+        return found
 
 
 def provision_from_template(
@@ -270,9 +320,10 @@ def provision_from_template(
     p.notifications(s3)
     p.tables(dynamodb)
     event_bus, events_queue = p.event_buses(events or aws.client("events"), sqs)
+    deadlines = _local_deadlines(p, specs, event_mappings, options)
     functions = {}
     for logical_id, spec in specs.items():
-        env = p.environment(cfn["Resources"][logical_id])
+        env = p.environment(cfn["Resources"][logical_id], deadlines)
         functions[logical_id] = FunctionSpec(logical_id, spec.handler, spec.timeout, spec.memory_mb, env)
     mappings = []
     for m in event_mappings.values():
@@ -299,7 +350,33 @@ def provision_from_template(
         )
     queues = {name: (p.physical[name], p.arns[name]) for name in resources(cfn, "AWS::SQS::Queue")}
     (input_bucket, output_bucket), (table,) = _named(p, cfn)
-    return LocalPlan(input_bucket, output_bucket, table, queues, functions, mappings, event_bus, events_queue)
+    return LocalPlan(
+        input_bucket,
+        output_bucket,
+        table,
+        queues,
+        functions,
+        mappings,
+        event_bus,
+        events_queue,
+        p.schedules(functions),
+    )
+
+
+def _local_deadlines(
+    p: _Provisioner,
+    specs: dict[str, FunctionSpec],
+    mappings: dict[str, dict[str, Any]],
+    options: LocalOptions,
+) -> dict[str, str]:
+    """Job deadlines from the local stack's own numbers: its capped timeouts, the visibility
+    timeouts that follow, and as many predict invocations at once as it starts workers."""
+    (work,) = [m for m in mappings.values() if m["queue"] == "WorkQueue"]
+    timeouts = {name: spec.timeout for name, spec in specs.items()}
+    return deadline_environment(timeouts, p.visibility, p.receives) | {
+        "WORK_BATCH_SIZE": str(work.get("BatchSize", 10)),
+        "PREDICT_MAX_CONCURRENCY": str(options.predict_workers),
+    }
 
 
 def provision_tables(

@@ -138,7 +138,7 @@ def _waiting(sqs: SQSClient, mapping: Mapping) -> int:
 
 def clear_handler_caches() -> None:
     """Forget every handler's cold-start state (settings, clients, model)."""
-    from batchpredict.handlers import finalize, predict, predict_api, reconcile, split_manifest
+    from batchpredict.handlers import finalize, predict, predict_api, reconcile, split_manifest, sweep
 
     for cached in (
         split_manifest.splitter,
@@ -148,6 +148,7 @@ def clear_handler_caches() -> None:
         reconcile.writer,
         reconcile.finalizer,
         predict_api.service,
+        sweep.sweeper,
     ):
         cached.cache_clear()
 
@@ -196,6 +197,7 @@ class LocalStack:
         )
         from batchpredict.local.provision import provision_from_template
         from batchpredict.local.runner import Runner
+        from batchpredict.local.schedules import Scheduler
         from batchpredict.local.servers import MotoServer
 
         try:
@@ -230,6 +232,10 @@ class LocalStack:
             self.runner = Runner(self.plan.mappings, log_dir=self.log_dir, backlog=lambda m: _waiting(sqs, m))
             self.runner.start()
             self._stoppers.append(self.runner.stop)
+            # The template's schedules (the sweeper), every LocalOptions.schedule_seconds.
+            scheduler = Scheduler(self.plan.schedules, log_dir=self.log_dir, environment=env | LOCAL_QUIET)
+            scheduler.start()
+            self._stoppers.append(scheduler.stop)
             api_url = self._start_api(env) if self.serve_api else None
         except BaseException:
             self.stop()

@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import copy
 import re
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
+
+from batchpredict.deadlines import RETRY_HOLD_FACTOR
 
 TEMPLATE = Path(__file__).resolve().parents[3] / "infrastructure" / "template.yaml"
 
@@ -60,6 +62,25 @@ def translate(sam: dict[str, Any] | None = None, region: str = "us-east-1") -> d
     return translator.translate(  # type: ignore[no-any-return]
         with_artifacts(sam or load_sam()), parameter_values={}, get_managed_policy_map=managed.load
     )
+
+
+def deadline_environment(
+    timeouts: Mapping[str, float], visibility: Mapping[str, float], receives: Mapping[str, int]
+) -> dict[str, str]:
+    """The DEADLINE_* settings (``config.deadline_settings``) a stack's own numbers give: its
+    functions' timeouts, its queues' visibility timeouts and maxReceiveCounts, by logical id.
+    The template's numbers give ``deadlines.DeadlineSettings()`` (tests/infra checks); the local
+    stack passes its capped ones."""
+    predict = timeouts["PredictFunction"]
+    held_back = max(visibility["WorkQueue"], RETRY_HOLD_FACTOR * predict)
+    settings = {
+        "DEADLINE_SPLIT_SECONDS": receives["ManifestQueue"] * visibility["ManifestQueue"],
+        "DEADLINE_PREDICT_SECONDS": predict,
+        "DEADLINE_ATTEMPTS": receives["WorkQueue"],
+        "DEADLINE_RETRY_SECONDS": receives["WorkQueue"] * held_back + visibility["WorkDeadLetterQueue"],
+        "DEADLINE_FINALIZE_SECONDS": receives["FinalizeQueue"] * visibility["FinalizeQueue"],
+    }
+    return {name: f"{value:g}" for name, value in settings.items()}
 
 
 def resources(cfn: dict[str, Any], kind: str) -> dict[str, dict[str, Any]]:
