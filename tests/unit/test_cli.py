@@ -84,6 +84,7 @@ def test_local_stack_reaches_only_the_samples_server_and_bucket(
     bundle_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     from batchpredict.cli import local_commands
+    from batchpredict.config import image_source_prefixes
     from batchpredict.local.servers import FileServer
 
     samples = FileServer(tmp_path)
@@ -93,8 +94,10 @@ def test_local_stack_reaches_only_the_samples_server_and_bucket(
         host_port = samples.url.removeprefix("http://")
         # not 127.0.0.0/8: moto and DynamoDB Local listen on loopback too
         assert options.allowed_networks == host_port
-        assert options.parameters["ImageSourcePrefixes"] == f"s3://{options.prefix}-samples/"
-        assert options.parameters["ApiImageSourcePrefixes"] == f"s3://{options.prefix}-samples/"
+        # a prefix, not the whole bucket: the functions' settings refuse one (they failed at start)
+        assert options.parameters["ImageSourcePrefixes"] == f"s3://{options.prefix}-samples/served/"
+        assert image_source_prefixes(options.parameters["ImageSourcePrefixes"])
+        assert options.parameters["ApiImageSourcePrefixes"] == f"s3://{options.prefix}-samples/served/"
         assert "warning" not in capsys.readouterr().err
         wide = local_commands.local_settings(str(bundle_dir), 1, ("10.0.0.0/8",), samples)
         assert wide.allowed_networks == f"{host_port},10.0.0.0/8"

@@ -30,6 +30,9 @@ from batchpredict.cli.shared import (
 from batchpredict.cli.targets import local_state, process_identity
 from batchpredict.fetch import parse_networks, wide_allowances
 
+# Where --serve copies its folder in the samples bucket: IMAGE_SOURCE_PREFIXES takes no whole bucket.
+SERVED_PREFIX = "served/"
+
 
 @main.group()
 def local() -> None:
@@ -57,7 +60,7 @@ def local_settings(
     if wide:
         click.echo(f"warning: image URLs may reach every host of {', '.join(wide)}", err=True)
     options = LocalOptions(model_uri=str(bundle.resolve()), predict_workers=count)
-    sources = f"s3://{samples_bucket(options.prefix)}/" if samples else ""
+    sources = f"s3://{samples_bucket(options.prefix)}/{SERVED_PREFIX}" if samples else ""
     return replace(
         options,
         allowed_networks=",".join(networks),
@@ -81,13 +84,14 @@ def local_options(command: F) -> F:
 
 
 def _serve(samples: Any, bucket: str, folder: Path) -> dict[str, str]:
-    """Copy FOLDER (served over HTTP by ``samples``) to the samples bucket; the placeholder values."""
+    """Copy FOLDER (served over HTTP by ``samples``) under SERVED_PREFIX in the samples bucket;
+    the placeholder values."""
     s3 = s3_client()
     s3.create_bucket(Bucket=bucket)
     for path in sorted(folder.iterdir()):
         if path.is_file():
-            s3.upload_file(str(path), bucket, path.name)
-    return {"${SAMPLES_URL}": samples.url, "${SAMPLES_S3}": f"s3://{bucket}"}
+            s3.upload_file(str(path), bucket, f"{SERVED_PREFIX}{path.name}")
+    return {"${SAMPLES_URL}": samples.url, "${SAMPLES_S3}": f"s3://{bucket}/{SERVED_PREFIX.rstrip('/')}"}
 
 
 @local.command(
