@@ -600,6 +600,22 @@ def ensure_worktree(ref: str) -> tuple[Path, str]:
     return tree, sha
 
 
+def leg_process(script: Path, spec: dict[str, Any], tree: Path, env: dict[str, str]) -> Any:
+    """``script --leg SPEC`` in its own process, in ``tree``: the JSON it writes to ``spec["out"]``
+    (also benchmarks/chaos.py's legs)."""
+    done = subprocess.run(
+        [sys.executable, str(script), "--leg", json.dumps(spec)],
+        cwd=tree,
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if done.returncode != 0 or not Path(spec["out"]).is_file():
+        raise SystemExit(f"{spec['label']}: the job leg failed:\n{done.stderr[-4000:]}")
+    return json.loads(Path(spec["out"]).read_text())
+
+
 def job_leg(spec: LegSpec, say: Callable[[str], None], same_jvm: bool = True) -> LegResult:
     """Run one leg in a subprocess. An older tree gets the current REPORT accounting (report_shim)
     and, unless ``same_jvm`` is off, the current DynamoDB Local JVM flags (``JDK_JAVA_OPTIONS``,
@@ -616,17 +632,7 @@ def job_leg(spec: LegSpec, say: Callable[[str], None], same_jvm: bool = True) ->
         if same_jvm:
             env["JDK_JAVA_OPTIONS"] = " ".join([*JVM_OPTIONS, env.get("JDK_JAVA_OPTIONS", "")]).strip()
     say(f"  {spec.label}: starting the local stack and running the job")
-    done = subprocess.run(
-        [sys.executable, str(SCRIPT), "--leg", json.dumps(vars(spec))],
-        cwd=tree,
-        env=env,
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    if done.returncode != 0 or not Path(spec.out).is_file():
-        raise SystemExit(f"{spec.label}: the job leg failed:\n{done.stderr[-4000:]}")
-    raw = json.loads(Path(spec.out).read_text())
+    raw = leg_process(SCRIPT, vars(spec), tree, env)
     raw["failed"] = {int(k): v for k, v in raw["failed"].items()}
     result = LegResult(**raw)
     for log in Path(spec.log_dir).glob("*.log"):
@@ -938,10 +944,10 @@ def _pair(text: str) -> tuple[str, str]:
     return key, value
 
 
-def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+def workload_parser(doc: str | None, images: int) -> tuple[argparse.ArgumentParser, Callable[..., Any]]:
+    """A parser with the workload's options (--model, --samples, --images, --photos), and its
+    ``add_argument`` (also benchmarks/chaos.py's)."""
+    parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
     add: Callable[..., Any] = parser.add_argument
     add("--model", type=Path, default=ROOT / "build" / "model" / "efficientnet-lite0", help="model bundle")
     add(
@@ -950,8 +956,13 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         default=ROOT / "build" / "samples",
         help="sample photos the workload is made from",
     )
-    add("--images", type=int, default=1000, help="manifest lines (default 1000)")
+    add("--images", type=int, default=images, help=f"manifest lines (default {images})")
     add("--photos", type=int, default=300, help="distinct photos of the workload (default 300)")
+    return parser, add
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    parser, add = workload_parser(__doc__, images=1000)
     add("--seed", type=int, default=0, help="of the workload (default 0)")
     add("--workers", type=int, default=None, help="predict workers (default: one per core)")
     add("--repeat", type=int, default=1, help="runs of the job legs (default 1)")

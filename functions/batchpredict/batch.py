@@ -60,7 +60,7 @@ def retry_delay(receive_count: int, step: float) -> int:
     then 16 heartbeat steps. With the template's 30 s and maxReceiveCount 10, a chunk that keeps
     failing (a stage down) is tried over about 50 minutes before it is dead-lettered; a crashed
     invocation's chunks are not delayed (they come back when the heartbeat's step ends)."""
-    factor = min(2 ** (max(receive_count, 1) - 1), RETRY_MAX_FACTOR)
+    factor = min(1 << min(max(receive_count, 1) - 1, 30), RETRY_MAX_FACTOR)
     return max(1, math.ceil(step * factor))
 
 
@@ -103,12 +103,14 @@ class Heartbeat:
         return max(1, math.ceil(min(self.step, self._remaining() + VISIBILITY_MARGIN_SECONDS)))
 
     def keep(self, handles: Mapping[str, str]) -> None:
-        """Keep these messages (id -> receipt handle) hidden too; the first call starts the beats."""
+        """Keep these messages (id -> receipt handle) hidden too. The first call beats at once (the
+        messages' visibility is the heartbeat's before it returns) and starts the beats."""
         with self._lock:
             self._handles.update({m: h for m, h in handles.items() if h})
             if self._thread is not None or not self._handles:
                 return
             self._thread = threading.Thread(target=self._beat_until_stopped, name="heartbeat", daemon=True)
+        self.beat(time.monotonic() + self.step / BEATS_PER_STEP)
         self._thread.start()
 
     def release(self, message_ids: Iterable[str]) -> None:
@@ -124,9 +126,8 @@ class Heartbeat:
 
     def _beat_until_stopped(self) -> None:
         period = self.step / BEATS_PER_STEP
-        while not self._stop.is_set():
+        while not self._stop.wait(period):
             self.beat(time.monotonic() + period)
-            self._stop.wait(period)
 
     def beat(self, deadline: float) -> None:
         with self._lock:
@@ -195,7 +196,7 @@ class ChunkBatch:
 
     def __init__(
         self,
-        predictor: StreamingPredictor,
+        predictor: StreamingPredictor | Callable[[], StreamingPredictor],
         writer: ChunkWriter,
         *,
         memory_mb: int,
@@ -205,7 +206,9 @@ class ChunkBatch:
         heartbeat_seconds: float = DEFAULT_HEARTBEAT_SECONDS,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        self.predictor = predictor
+        # The predictor, or how to build it (the model load of a cold start): built in the first
+        # run, once the heartbeat keeps its messages hidden.
+        self._predictor = predictor
         self.writer = writer
         self.work_queue = work_queue  # None: no refill, no heartbeat
         self.chunk_size = chunk_size  # the function's CHUNK_SIZE: the lines a refill budgets a chunk at
@@ -214,6 +217,12 @@ class ChunkBatch:
         self.write_reserve_seconds = write_reserve_seconds
         self._clock = clock
         self._writes = ThreadPoolExecutor(WRITER_THREADS, thread_name_prefix="write")
+
+    @property
+    def predictor(self) -> StreamingPredictor:
+        if not isinstance(self._predictor, StreamingPredictor):
+            self._predictor = self._predictor()
+        return self._predictor
 
     def run(
         self, messages: Sequence[Received | tuple[str, str]], remaining: Callable[[], float]

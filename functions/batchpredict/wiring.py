@@ -6,6 +6,7 @@ module and must not load numpy, Pillow or MXNet.
 
 from __future__ import annotations
 
+from functools import partial
 from typing import TYPE_CHECKING
 
 from botocore.config import Config
@@ -129,7 +130,9 @@ def chunk_batch(config: PredictConfig) -> ChunkBatch:
     from batchpredict.batch import ChunkBatch
 
     return ChunkBatch(
-        streaming_predictor(config.predictor),
+        # Built in the first run, under the heartbeat: a worker that dies loading the model frees
+        # its messages as soon as one that dies predicting.
+        partial(streaming_predictor, config.predictor),
         chunk_writer(config.tables, config.output_bucket, config.finalize_queue_url),
         memory_mb=config.predictor.memory_mb or 0,
         write_reserve_seconds=config.write_reserve_seconds,

@@ -11,6 +11,7 @@ import time
 from collections import Counter
 from pathlib import Path
 
+from batchpredict.cli.client import Client
 from tests.e2e.conftest import PHOTOS
 
 
@@ -117,3 +118,24 @@ def test_submit_every_manifest_format_plain_and_gzipped(run_cli, photos_url: str
         assert [r["predictions"][0]["label"] for r in lines] == ["espresso", "missile"], name
         if not name.startswith("formats.txt"):
             assert [r["id"] for r in lines] == ["a", "b"], name
+
+
+def test_the_chaos_benchmark_kills_workers_and_every_line_stays_exactly_once(  # type: ignore[no-untyped-def]
+    local_stack, photos_url: str, tmp_path: Path
+) -> None:
+    # benchmarks/chaos.py's leg, small: 2 predict or finalize workers killed by SIGKILL in the
+    # first 2 s of a 160-line job. What it reads back is what the benchmark reports on.
+    from benchmarks.chaos import chaos_job
+
+    stack, ref = local_stack
+    total = 160
+    manifest = tmp_path / "chaos.txt"
+    manifest.write_text("".join(f"{photos_url}/{PHOTOS[i % len(PHOTOS)]}?chaos={i}\n" for i in range(total)))
+
+    result = chaos_job(stack, Client(ref), manifest, total, kills=2, within=2.0, seed=1, timeout=600)
+
+    assert [k["function"] in {"PredictFunction", "FinalizeFunction"} for k in result["kills"]] == [True, True]
+    assert result["replaced"] >= 2
+    assert (result["status"], result["lines"], result["rows"]) == ("COMPLETED", total, total)
+    assert result["lines_in_order"] and result["rows_once"] and result["counted"]
+    assert result["exactly_once"] and result["codes"] == {"SUCCEEDED": total}

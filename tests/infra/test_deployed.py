@@ -214,6 +214,11 @@ def test_function_settings_parse_and_name_the_stack(stack: DeployedStack) -> Non
     # predict refills from the queue its chunks come from, while its fetches stall.
     predict = predict_config(_function(stack, "PredictFunction")["Environment"]["Variables"])
     assert predict.work_queue_url == stack.physical["WorkQueue"]
+    # It budgets its refills in split's chunk size, and its heartbeat keeps the messages it works
+    # on hidden for less than the work queue's visibility timeout.
+    assert predict.chunk_size == split.settings.chunk_size == 16
+    work_visibility = int(_queue(stack, "WorkQueue")["VisibilityTimeout"])
+    assert predict.heartbeat_seconds == 30 < work_visibility
     # Each function gets the settings it reads and no others (predict_api touches no table,
     # nor any queue).
     api = _function(stack, "PredictApiFunction")["Environment"]["Variables"]
@@ -223,8 +228,8 @@ def test_function_settings_parse_and_name_the_stack(stack: DeployedStack) -> Non
 def test_function_sizes_and_roles(stack: DeployedStack) -> None:
     expected = {
         "SplitManifestFunction": (512, 300),
-        "PredictFunction": (3538, 180),
-        "FinalizeFunction": (512, 900),
+        "PredictFunction": (3538, 90),
+        "FinalizeFunction": (512, 300),
         "ReconcileFunction": (512, 60),
         "PredictApiFunction": (1769, 29),
         "SweepFunction": (512, 60),

@@ -149,13 +149,13 @@ QUEUE_BREAKAGES: dict[str, tuple[Mutation, str]] = {
         lambda sam: _props(sam, "WorkQueue")["RedrivePolicy"].update(maxReceiveCount=3),
         "WorkQueue: maxReceiveCount 3 < 5",
     ),
-    "visibility below 6x timeout": (
-        _set("WorkQueue", VisibilityTimeout=900),
-        "WorkQueue: VisibilityTimeout 900 < 6 x PredictFunction's 180 s + 60 s window",
+    "visibility below timeout + window": (
+        _set("WorkQueue", VisibilityTimeout=120),
+        "WorkQueue: VisibilityTimeout 120 < PredictFunction's 90 s + 60 s window",
     ),
     "timeout raised, visibility not": (
-        _set("SplitManifestFunction", Timeout=600),
-        "ManifestQueue: VisibilityTimeout 1800 < 6 x SplitManifestFunction's 600 s + 0 s window",
+        _set("FinalizeFunction", Timeout=600),
+        "FinalizeQueue: VisibilityTimeout 300 < FinalizeFunction's 600 s + 0 s window",
     ),
     "DLQ alarm removed": (
         lambda sam: sam["Resources"].pop("WorkDeadLetterAlarm"),

@@ -187,3 +187,23 @@ def test_job_id_is_deterministic() -> None:
     a = ManifestObject("bucket", "manifests/a.txt", "v1", '"etag"')
     assert a.job_id == ManifestObject("bucket", "manifests/a.txt", "v1", '"etag"').job_id
     assert a.job_id != ManifestObject("bucket", "manifests/a.txt", "v2", '"etag"').job_id
+
+
+def test_local_queues_take_the_templates_visibility_rule_and_the_pollers_know_it(stack: Stack) -> None:
+    # Timeouts capped at 0.2 s here. The work and finalize queues' visibility is their consumer's
+    # timeout (+ the window), as the template has it; the manifest queue keeps the template's 6x.
+    expected = {"WorkQueue": 2, "FinalizeQueue": 1, "ManifestQueue": 2}  # ceil(0.2 + 1), 0.2, 6 x 0.2
+    visibility = {
+        name: int(
+            stack.sqs.get_queue_attributes(
+                QueueUrl=stack.queue(name)[0], AttributeNames=["VisibilityTimeout"]
+            )["Attributes"]["VisibilityTimeout"]
+        )
+        for name in expected
+    }
+    assert visibility == expected
+    # Each worker's poller is told its queue's, to hand its batch over (lambda_shim.deliver_once).
+    by_url = {stack.queue(name)[0]: name for name in expected}
+    assert {
+        by_url[m.queue_url]: m.visibility_seconds for m in stack.plan.mappings if m.queue_url in by_url
+    } == expected

@@ -399,6 +399,25 @@ def test_the_heartbeat_keeps_the_event_and_refilled_messages_hidden_while_the_ru
     assert sqs.deleted == [f"r-{queued}"]
 
 
+def test_a_cold_start_loads_its_model_after_the_first_heartbeat_and_once() -> None:
+    # A worker that dies loading the model (a cold start) frees its messages as soon as one that
+    # dies predicting: they are the heartbeat's before the predictor is built.
+    predictor, _ = _hanging_stream(hanging=[], images=[0, 1])
+    sqs = VisibilitySQS()
+    seen_at_build: list[list[tuple[str, int]]] = []
+
+    def build() -> StreamingPredictor:
+        seen_at_build.append(list(sqs.visibility))
+        return predictor
+
+    batch = _queued_batch(build, sqs)  # type: ignore[arg-type]
+    first = _run_batch(batch, [Received("m0", "h0", _body(0, _items(range(1))), 1)])
+    second = _run_batch(batch, [Received("m1", "h1", _body(1, _items(range(1, 2))), 1)])
+
+    assert seen_at_build == [[("h0", 7)]]  # 6 s left + 1: built once, after the first beat
+    assert first["m0"].error is None and second["m1"].error is None
+
+
 def test_no_heartbeat_hides_a_message_past_the_invocations_end() -> None:
     predictor, _ = _hanging_stream(hanging=[0], images=range(0), total_timeout=0.5)
     sqs = VisibilitySQS()

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from mypy_boto3_sqs import SQSClient
-    from mypy_boto3_sqs.type_defs import MessageTypeDef
+    from mypy_boto3_sqs.type_defs import ChangeMessageVisibilityBatchRequestEntryTypeDef, MessageTypeDef
 
 Handler = Callable[[dict[str, Any], Any], Any]  # (event, context) -> response
 
@@ -142,6 +142,11 @@ def sqs_event(
     return {"Records": records}
 
 
+# With the queue's visibility timeout given, a poller holds what it receives only this long past
+# its batching window, until it hands the batch to the handler (see deliver_once).
+POLLER_HOLD_SECONDS = 10
+
+
 def deliver_once(
     sqs: SQSClient,
     queue_url: str,
@@ -154,6 +159,7 @@ def deliver_once(
     window_seconds: float = 0.0,
     timeout_seconds: float = 900.0,
     memory_mb: int = 1024,
+    visibility_seconds: int = 0,
     report: Callable[[Report], None] = print_report,
 ) -> int:
     """One poll of the mapping: receive up to ``batch_size``, invoke, delete what succeeded.
@@ -164,16 +170,22 @@ def deliver_once(
     one ``report`` (by default Lambda's REPORT line on stdout): the handler's duration, the
     billed duration, ``memory_mb`` as configured and the process's peak RSS. Returns how
     many messages were delivered.
+
+    ``visibility_seconds`` (the queue's visibility timeout; 0: none given): the messages are
+    received hidden only for the batching window + POLLER_HOLD_SECONDS, and given the queue's
+    visibility when the batch goes to the handler. On AWS the mapping's poller is not the
+    function: a function that dies never takes a batch it had not begun with it. Here the poller
+    lives in the worker process, and a worker killed while it waits for its batching window (or
+    in a long poll the server answers after) would otherwise hide those messages for the whole
+    visibility timeout.
     """
+    # The VisibilityTimeout to receive with; -1: the queue's (no such value is ever sent).
+    hold = math.ceil(window_seconds) + POLLER_HOLD_SECONDS if visibility_seconds else -1
     messages: list[MessageTypeDef] = []
     window_ends = 0.0
     while len(messages) < batch_size:
-        got = sqs.receive_message(
-            QueueUrl=queue_url,
-            MaxNumberOfMessages=min(10, batch_size - len(messages)),
-            WaitTimeSeconds=wait_seconds if not messages else 0,
-            AttributeNames=["All"],
-        ).get("Messages", [])
+        count, wait = min(10, batch_size - len(messages)), wait_seconds if not messages else 0
+        got = _receive(sqs, queue_url, count, wait, hold)
         if got:
             # The batching window opens with the first message, as the mapping's does.
             window_ends = window_ends or time.monotonic() + window_seconds
@@ -184,6 +196,8 @@ def deliver_once(
             time.sleep(0.05)
     if not messages:
         return 0
+    if visibility_seconds:
+        _hand_over(sqs, queue_url, messages, visibility_seconds)
     context = LocalContext(function_name, timeout_seconds=timeout_seconds, memory_limit_in_mb=memory_mb)
     event = sqs_event(messages, queue_arn)
     started = time.perf_counter()
@@ -209,6 +223,41 @@ def deliver_once(
             ],
         )
     return len(messages)
+
+
+def _receive(
+    sqs: SQSClient, queue_url: str, count: int, wait_seconds: int, hidden: int
+) -> list[MessageTypeDef]:
+    if hidden < 0:
+        response = sqs.receive_message(
+            QueueUrl=queue_url,
+            MaxNumberOfMessages=count,
+            WaitTimeSeconds=wait_seconds,
+            AttributeNames=["All"],
+        )
+    else:
+        response = sqs.receive_message(
+            QueueUrl=queue_url,
+            MaxNumberOfMessages=count,
+            WaitTimeSeconds=wait_seconds,
+            AttributeNames=["All"],
+            VisibilityTimeout=hidden,
+        )
+    return response.get("Messages", [])
+
+
+def _hand_over(sqs: SQSClient, queue_url: str, messages: Sequence[MessageTypeDef], seconds: int) -> None:
+    """The batch's messages hidden for the queue's visibility timeout from now: the invocation's.
+    One that cannot be (shown and taken by another poller meanwhile) is delivered all the same,
+    as a duplicate delivery, which the handlers take in their stride."""
+    for start in range(0, len(messages), 10):
+        entries: list[ChangeMessageVisibilityBatchRequestEntryTypeDef] = [
+            {"Id": str(i), "ReceiptHandle": m["ReceiptHandle"], "VisibilityTimeout": seconds}
+            for i, m in enumerate(messages[start : start + 10])
+        ]
+        failed = sqs.change_message_visibility_batch(QueueUrl=queue_url, Entries=entries).get("Failed", [])
+        if failed:
+            logging.getLogger(__name__).warning("%d messages could not be handed over", len(failed))
 
 
 def load_handler(path: str) -> Handler:

@@ -4,9 +4,11 @@ Queues (with their redrive policies), buckets (and the S3 -> manifest-queue noti
 the table, each function's environment, timeout and memory, and each event-source
 mapping's batch size, window and concurrency are read from the template, so the local
 stack and AWS cannot drift. Two local adjustments, both explicit: function timeouts are
-capped (``max_function_timeout``) and queue visibility timeouts follow from the capped
-timeouts by the template's own rule (6 x timeout + batching window), so a crashed local
-worker's messages come back in seconds rather than the half hour AWS settings imply. Job
+capped (``max_function_timeout``) and each consumed queue's visibility timeout follows from
+its consumer's capped timeout by the template's own rule for that queue (the whole multiple of
+the timeout the template gives it: 1 for the work and finalize queues, 6 for the manifest and
+dead-letter queues) + the batching window, so a crashed local worker's messages come back as
+they would on AWS, scaled to the capped timeouts. Job
 deadlines follow those local numbers (``template.deadline_environment``), and the schedule
 rules (the sweeper's) run every ``schedule_seconds`` instead of their rate.
 """
@@ -38,7 +40,6 @@ if TYPE_CHECKING:
     from mypy_boto3_sqs.literals import QueueAttributeNameType
 
 DOCKERFILE = TEMPLATE.parent / "Dockerfile"
-VISIBILITY_FACTOR = 6
 REGION = "us-east-1"
 ACCOUNT = "000000000000"
 
@@ -145,6 +146,14 @@ class _Provisioner:
                 logical_id, handler, timeout, int(self.resolve(props.get("MemorySize", 128))), {}
             )
         return specs
+
+    def visibility_factor(self, queue: str, function: str) -> int:
+        """The whole multiple of its consumer's timeout the template gives a queue's visibility
+        timeout (its batching window included), at least 1."""
+        resources_ = self.cfn["Resources"]
+        visibility = float(self.resolve(resources_[queue]["Properties"].get("VisibilityTimeout", 30)))
+        timeout = float(self.resolve(resources_[function]["Properties"].get("Timeout", 3)))
+        return max(1, int(visibility // timeout))
 
     def queues(self, sqs: SQSClient, consumers: dict[str, float]) -> None:
         """Create every queue, dead-letter targets first; ``consumers`` gives the visibility timeouts."""
@@ -311,9 +320,10 @@ def provision_from_template(
     }
     by_function = {p.physical[f]: f for f in specs}
     consumers = {
-        m["queue"]: VISIBILITY_FACTOR * specs[by_function[m["FunctionName"]]].timeout
+        m["queue"]: p.visibility_factor(m["queue"], function) * specs[function].timeout
         + float(m.get("MaximumBatchingWindowInSeconds", 0))
         for m in event_mappings.values()
+        for function in [by_function[m["FunctionName"]]]
     }
     p.queues(sqs, consumers)
     p.buckets(s3)
@@ -346,6 +356,7 @@ def provision_from_template(
                 timeout_seconds=fn.timeout,
                 memory_mb=fn.memory_mb,
                 environment=fn.environment,
+                visibility_seconds=int(p.visibility[m["queue"]]),
             )
         )
     queues = {name: (p.physical[name], p.arns[name]) for name in resources(cfn, "AWS::SQS::Queue")}

@@ -5,8 +5,11 @@ once (a warm container) and long-polls its queue with the mapping's batch size a
 batching window, invoking the handler with the exact SQS event shape and a context whose
 remaining time honours the function's timeout and whose memory limit is the function's
 MemorySize. What succeeded is deleted; failures come back after the visibility timeout.
-A worker that dies is replaced; the messages it held come back by visibility timeout, as
-on AWS. Each invocation ends with Lambda's REPORT line in the function's log (duration,
+A worker that dies is replaced; the messages of the invocation it was running come back by
+visibility timeout (or sooner, by the function's own heartbeat: predict's), as on AWS; those
+it had received but not yet handed to its handler come back within seconds, as a Lambda
+poller, which is not the function, would have invoked another environment with them. Each
+invocation ends with Lambda's REPORT line in the function's log (duration,
 billed duration, memory size, the worker's peak RSS), and a worker's environment carries
 Lambda's runtime variables (``AWS_LAMBDA_FUNCTION_NAME``, ``AWS_LAMBDA_FUNCTION_MEMORY_SIZE``).
 
@@ -49,6 +52,9 @@ class Mapping:
     environment: dict[str, str] = field(default_factory=dict)
     max_concurrency: int = 0  # > concurrency: scale out up to this many workers (see module doc)
     idle_exit_seconds: float = 0.0  # > 0: the worker leaves after this long without a message
+    # The queue's visibility timeout (0: not given): a poller that dies before it invokes then
+    # holds its messages only briefly, as Lambda's poller is not the function (lambda_shim).
+    visibility_seconds: int = 0
 
     def lambda_environment(self) -> dict[str, str]:
         """The variables Lambda's runtime sets in every execution environment of the function."""
@@ -84,6 +90,7 @@ def serve(mapping: Mapping, stop: threading.Event) -> None:
                 window_seconds=mapping.window_seconds,
                 timeout_seconds=mapping.timeout_seconds,
                 memory_mb=mapping.memory_mb,
+                visibility_seconds=mapping.visibility_seconds,
             )
             if delivered:
                 last_message = time.monotonic()
