@@ -47,6 +47,7 @@ from batchpredict.writer import LEASE_MARGIN_SECONDS, ChunkWriter, stopped_recor
 WRITER_THREADS = 4  # chunks written at once: S3 and DynamoDB calls, not CPU
 WRITE_RESERVE_SHARE = 0.2  # at most this share of the invocation's time is kept back for writes
 BEATS_PER_STEP = 3  # a beat every third of the step: two may fail before a message shows
+STOP_WAIT_SECONDS = 2.0  # how long the end of a run waits for a beat under way
 # A beat never hides a message longer than the invocation's remaining time + this: a message
 # whose invocation ended without deleting it is visible again right after.
 VISIBILITY_MARGIN_SECONDS = 1.0
@@ -119,10 +120,11 @@ class Heartbeat:
                 self._handles.pop(message_id, None)
 
     def stop(self) -> None:
-        """No beat after this returns."""
+        """No beat starts after this; one under way is waited for STOP_WAIT_SECONDS at most (an
+        SQS call that hangs must not hold the invocation past its end)."""
         self._stop.set()
         if self._thread is not None:
-            self._thread.join()
+            self._thread.join(STOP_WAIT_SECONDS)
 
     def _beat_until_stopped(self) -> None:
         period = self.step / BEATS_PER_STEP

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import threading
 import time
 from collections import Counter
 from collections.abc import Sequence
@@ -10,6 +11,7 @@ from typing import Any
 
 import pytest
 
+from batchpredict import batch as batch_module
 from batchpredict.batch import ChunkBatch, ChunkUnfinishedError, Heartbeat, event_messages, retry_delay
 from batchpredict.errors import ErrorCode
 from batchpredict.jobs import JobStatus
@@ -437,6 +439,30 @@ def test_a_refused_receipt_handle_is_dropped_from_the_beats() -> None:
     heartbeat.beat(time.monotonic() + 1)
 
     assert sqs.visibility == [("ha", 30), ("hc", 30), ("ha", 30), ("hc", 30)]
+
+
+def test_a_beat_that_hangs_does_not_hold_the_end_of_the_run(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(batch_module, "STOP_WAIT_SECONDS", 0.1)
+    hanging, release = threading.Event(), threading.Event()
+
+    class HangingSQS(VisibilitySQS):
+        def change_message_visibility_batch(self, **kwargs: Any) -> dict[str, Any]:
+            if self.visibility:  # the first beat (at keep) answers; the next hangs until released
+                hanging.set()
+                release.wait(30)
+            return super().change_message_visibility_batch(**kwargs)
+
+    heartbeat = Heartbeat(Queue(HangingSQS(), QUEUE_URL), 0.3, lambda: 60.0)  # type: ignore[arg-type]
+    heartbeat.keep({"a": "ha"})
+    assert hanging.wait(10)
+    stopping = threading.Thread(target=heartbeat.stop)
+
+    stopping.start()
+    stopping.join(10)
+    stopped = not stopping.is_alive()
+    release.set()
+
+    assert stopped  # stop() returned while the beat still hung
 
 
 class BusyWriter(RecordingWriter):
