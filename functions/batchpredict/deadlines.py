@@ -41,13 +41,13 @@ class DeadlineSettings:
     """The stack's timeouts and retry budgets that bound a job (seconds)."""
 
     split_seconds: float = 5 * 1800  # ManifestQueue: maxReceiveCount x VisibilityTimeout
-    predict_seconds: float = 180  # PredictFunction's timeout: one wave of invocations
-    attempts: int = 5  # WorkQueue's maxReceiveCount: deliveries of one chunk
+    predict_seconds: float = 90  # PredictFunction's timeout: one wave of invocations
+    attempts: int = 10  # WorkQueue's maxReceiveCount: deliveries of one chunk
     parallel_chunks: int = 2 * 20  # WorkBatchSize x PredictMaxConcurrency: chunks in flight
     # WorkQueue's redeliveries, each held back max(its visibility, RETRY_HOLD_FACTOR x predict's
     # timeout), then reconcile's first try (WorkDeadLetterQueue's visibility)
-    retry_seconds: float = 5 * RETRY_HOLD_FACTOR * 180 + 360
-    finalize_seconds: float = 5 * 5400  # FinalizeQueue: maxReceiveCount x VisibilityTimeout
+    retry_seconds: float = 10 * RETRY_HOLD_FACTOR * 90 + 360
+    finalize_seconds: float = 10 * 300  # FinalizeQueue: maxReceiveCount x VisibilityTimeout
 
     def run_seconds(self, chunks: int) -> float:
         """From the end of the split to the end of finalize, for a job of ``chunks`` chunks."""

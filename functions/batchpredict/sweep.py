@@ -26,8 +26,10 @@ from batchpredict.jobs import OPEN_STATUSES, Job, JobStatus, JobStore
 from batchpredict.observability import MetricUnit, logger, metrics
 from batchpredict.results import ResultStore
 
-# Stop looking at more jobs once the invocation has less than this left.
+# Stop looking at more jobs once the invocation has less than this left, or less than this share
+# of the time it started with (the local stack's timeouts are a few seconds).
 RESERVE_SECONDS = 5.0
+RESERVE_SHARE = 0.2
 
 
 @dataclass
@@ -89,9 +91,10 @@ class Sweeper:
 
     def sweep(self, remaining_seconds: Callable[[], float] = lambda: math.inf) -> SweepReport:
         report = SweepReport()
+        reserve = min(RESERVE_SECONDS, RESERVE_SHARE * remaining_seconds())
         for status in OPEN_STATUSES:
             for job in self.jobs.open_jobs(status):
-                if remaining_seconds() < RESERVE_SECONDS:
+                if remaining_seconds() < reserve:
                     report.out_of_time = True  # the next sweep goes on
                     return report
                 report.looked_at += 1

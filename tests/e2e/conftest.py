@@ -16,6 +16,7 @@ from batchpredict.cli.targets import LOCAL_DIR_ENV, local_state
 from batchpredict.local.provision import LocalOptions
 from batchpredict.local.servers import FileServer
 from batchpredict.local.stack import LocalStack
+from tests.e2e.hangs import Tarpit
 
 # Short local timeouts: a killed worker's messages come back after 6 x 5 s + the window.
 FUNCTION_TIMEOUT = 5.0
@@ -26,12 +27,13 @@ PHOTOS = ["coffee.png", "chelsea.png", "astronaut.png", "rocket.jpg", "china.jpg
 # the tests of other folders must not inherit that.
 @pytest.fixture(scope="module")
 def local_stack(
-    bundle_dir: Path, photos_url: str, tmp_path_factory: pytest.TempPathFactory
+    bundle_dir: Path, photos_url: str, tarpit_url: str, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[tuple[LocalStack, StackRef]]:
     options = LocalOptions(
         model_uri=str(bundle_dir.resolve()),
         prefix="e2e",
-        allowed_networks=photos_url.removeprefix("http://"),  # that server only, as `local run` does
+        # Those servers only, as `local run` does: the photos, and a server that never answers.
+        allowed_networks=",".join(url.removeprefix("http://") for url in (photos_url, tarpit_url)),
         predict_workers=2,
         max_function_timeout=FUNCTION_TIMEOUT,
         environment={"INFERENCE_THREADS": "1"},
@@ -47,6 +49,13 @@ def local_stack(
 @pytest.fixture(scope="session")
 def photos_url(samples_dir: Path) -> Iterator[str]:
     server = FileServer(samples_dir)
+    yield server.start()
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def tarpit_url() -> Iterator[str]:
+    server = Tarpit()
     yield server.start()
     server.stop()
 

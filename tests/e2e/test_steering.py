@@ -7,8 +7,13 @@ import json
 import time
 from collections import Counter
 from pathlib import Path
+from typing import Any
 
 import pytest
+
+from batchpredict import aws
+from batchpredict.cli.client import Client
+from batchpredict.messages import ManifestObject
 
 pytestmark = pytest.mark.integration
 
@@ -74,3 +79,71 @@ def test_cancel_mid_job_on_the_local_stack(run_cli, local_stack, photo_job) -> N
     # the running invocations were predicted (the moto stack's test shows not one fetch after it).
     assert codes["ok"] - done_at_cancel <= in_flight < total - done_at_cancel
     print(f"\ncancel mid-job: {done_at_cancel} done at the cancel, {codes['ok']} in all, of {total}")
+
+
+def _events_of(run_cli, job_id: str) -> list[dict[str, Any]]:  # type: ignore[no-untyped-def]
+    lines = run_cli("watch", "--events", "--idle", "1").stdout.splitlines()
+    return [e["detail"] for e in map(json.loads, lines) if e["detail"]["job_id"] == job_id]
+
+
+def test_a_job_its_split_left_splitting_ends_failed_from_the_dead_letter_queue(run_cli, local_stack) -> None:  # type: ignore[no-untyped-def]
+    stack, ref = local_stack
+    client = Client(ref)
+    # What a split that dies right after creating its job leaves, delivery after delivery: the
+    # JOB SPLITTING for ever (before reconcile read this queue), and the S3 event moved by SQS
+    # to the manifest dead-letter queue.
+    manifest = ManifestObject(ref.input_bucket, "manifests/crashed.txt", "v-crash", "e-crash")
+    assert client.jobs.create(manifest.job_id, manifest.uri, "m-crash", manifest_version="v-crash")
+    event = {
+        "Records": [
+            {
+                "eventName": "ObjectCreated:Put",
+                "s3": {
+                    "bucket": {"name": manifest.bucket},
+                    "object": {"key": manifest.key, "versionId": "v-crash", "eTag": "e-crash"},
+                },
+            }
+        ]
+    }
+    dead_letters, _ = stack.plan.queues["ManifestDeadLetterQueue"]
+    aws.client("sqs").send_message(QueueUrl=dead_letters, MessageBody=json.dumps(event))
+
+    job = client.watch(manifest.job_id, lambda _: None, timeout=60)  # reconcile's worker polls every second
+
+    assert (
+        job.status.value == "FAILED"
+        and job.error is not None
+        and job.error.startswith(
+            f"manifest {manifest.uri} could not be split: split_manifest failed on every delivery"
+        )
+    )
+    summary = client.summary(manifest.job_id)
+    assert (summary["status"], summary["error"]) == ("FAILED", job.error)
+    assert [(e["status"], e["reason"]) for e in _events_of(run_cli, manifest.job_id)] == [
+        ("FAILED", job.error)
+    ]
+
+
+def test_a_job_past_its_timeout_ends_failed_timed_out_by_the_sweeper(  # type: ignore[no-untyped-def]
+    run_cli, local_stack, tarpit_url: str, tmp_path: Path
+) -> None:
+    # Last in this module: its hanging fetches hold predict's fetch threads a while after.
+    manifest = tmp_path / "hangs.txt"
+    manifest.write_text("".join(f"{tarpit_url}/never-{n}.jpg\n" for n in range(4)))
+    started = time.monotonic()
+
+    submitted = run_cli("submit", str(manifest), "--timeout", "10")
+    job_id = submitted.stdout.splitlines()[0]
+    client = Client(local_stack[1])
+
+    job = client.watch(job_id, lambda _: None, timeout=90)  # the sweeper runs every 3 s locally
+
+    assert job.status.value == "FAILED" and job.error is not None
+    assert (
+        job.error.startswith("timed_out: still RUNNING at its deadline")
+        and "(its timeout of 10 s)" in job.error
+    )
+    summary = client.summary(job_id)
+    assert (summary["status"], summary["error"]) == ("FAILED", job.error)
+    assert [e["status"] for e in _events_of(run_cli, job_id)] == ["FAILED"]
+    print(f"\ntimed out: {time.monotonic() - started:.1f} s after its submit, for a timeout of 10 s")

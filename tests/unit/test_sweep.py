@@ -37,12 +37,12 @@ T0 = epoch(CREATED)
 def test_a_job_may_take_a_split_then_every_wave_at_its_worst_then_finalize() -> None:
     d = DeadlineSettings()
     assert d.splitting(T0) == T0 + 5 * 1800
-    assert d.run_seconds(0) == 7560 + 27000  # an empty job: the tail and finalize alone
-    assert d.run_seconds(1) == 1 * 180 * 5 + 7560 + 27000 + 0.1
-    assert d.run_seconds(40) == 1 * 180 * 5 + 7560 + 27000 + 4  # 40 chunks in flight at once
-    assert d.run_seconds(41) == 2 * 180 * 5 + 7560 + 27000 + 4.1
+    assert d.run_seconds(0) == 7560 + 3000  # an empty job: the tail and finalize alone
+    assert d.run_seconds(1) == 1 * 90 * 10 + 7560 + 3000 + 0.1
+    assert d.run_seconds(40) == 1 * 90 * 10 + 7560 + 3000 + 4  # 40 chunks in flight at once
+    assert d.run_seconds(41) == 2 * 90 * 10 + 7560 + 3000 + 4.1
     # The largest job the splitter takes (1,000,000 lines in chunks of 16): finite, about 17 days.
-    assert d.running(T0, 62_500) - T0 == pytest.approx(1563 * 900 + 7560 + 27000 + 6250, abs=1)
+    assert d.running(T0, 62_500) - T0 == pytest.approx(1563 * 900 + 7560 + 3000 + 6250, abs=1)
     assert d.fallback(T0, 3) == math.ceil(T0 + 9000 + d.run_seconds(3))
     assert timeout_deadline(T0, 10) == T0 + 10
 
@@ -237,13 +237,23 @@ def test_a_sweeper_that_loses_the_race_writes_nothing(winner: JobStatus) -> None
 def test_a_sweep_short_of_time_stops_and_leaves_the_rest_to_the_next() -> None:
     store = OpenJobs(*(_job(f"job-{n}", JobStatus.RUNNING, T0) for n in range(3)))
     sweeper, _, _, _ = _sweeper(store, T0 + 5)
-    left = iter([60.0, RESERVE_SECONDS - 0.1])
+    left = iter([60.0, 60.0, RESERVE_SECONDS - 0.1])  # at the start, then before each job
 
     report = sweeper.sweep(lambda: next(left))
 
     assert report.out_of_time and len(report.ended) == 1
     assert len(sweeper.sweep().ended) == 2
     assert all(job.status in FINAL_STATUSES for job in store.jobs.values())
+
+
+def test_a_sweep_given_a_few_seconds_keeps_a_share_of_them() -> None:
+    # The local stack's functions run a few seconds: a whole RESERVE_SECONDS would leave none.
+    store = OpenJobs(*(_job(f"job-{n}", JobStatus.RUNNING, T0) for n in range(3)))
+    sweeper, _, _, _ = _sweeper(store, T0 + 5)
+
+    report = sweeper.sweep(lambda: RESERVE_SECONDS - 1)  # a 4 s invocation
+
+    assert not report.out_of_time and len(report.ended) == 3
 
 
 def test_a_schedule_rate_is_played_locally_in_seconds() -> None:
