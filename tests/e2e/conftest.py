@@ -18,7 +18,8 @@ from batchpredict.local.servers import FileServer
 from batchpredict.local.stack import LocalStack
 from tests.e2e.hangs import Tarpit
 
-# Short local timeouts: a killed worker's messages come back after 6 x 5 s + the window.
+# Short local timeouts: a killed predict worker's messages come back within 6 s (its heartbeat's
+# 5 s left + 1, or the work queue's 5 s + the window), a finalize worker's within 5 s.
 FUNCTION_TIMEOUT = 5.0
 PHOTOS = ["coffee.png", "chelsea.png", "astronaut.png", "rocket.jpg", "china.jpg", "flower.jpg"]
 
