@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 
 from batchpredict.config import deadline_settings
-from batchpredict.deadlines import DeadlineSettings, epoch, iso, timeout_deadline
+from batchpredict.deadlines import RETRY_HOLD_FACTOR, DeadlineSettings, epoch, iso, timeout_deadline
 from batchpredict.events import JobEvents
 from batchpredict.jobs import FINAL_STATUSES, Job, JobStatus
 from batchpredict.local.schedules import rate_seconds
@@ -45,6 +45,15 @@ def test_a_job_may_take_a_split_then_every_wave_at_its_worst_then_finalize() -> 
     assert d.running(T0, 62_500) - T0 == pytest.approx(1563 * 900 + 7560 + 3000 + 6250, abs=1)
     assert d.fallback(T0, 3) == math.ceil(T0 + 9000 + d.run_seconds(3))
     assert timeout_deadline(T0, 10) == T0 + 10
+
+
+def test_a_failed_chunk_is_never_held_back_longer_than_the_deadline_allows() -> None:
+    # predict holds a failed chunk back up to RETRY_MAX_FACTOR invocations (batch.retry_delay);
+    # the deadline's retry tail counts RETRY_HOLD_FACTOR of them a receive.
+    from batchpredict.batch import RETRY_MAX_FACTOR, retry_delay
+
+    assert RETRY_HOLD_FACTOR >= RETRY_MAX_FACTOR
+    assert max(retry_delay(n, 90) for n in range(1, 11)) <= RETRY_HOLD_FACTOR * 90
 
 
 def test_the_deadline_settings_follow_the_environment() -> None:
