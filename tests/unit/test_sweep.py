@@ -48,12 +48,14 @@ def test_a_job_may_take_a_split_then_every_wave_at_its_worst_then_finalize() -> 
 
 
 def test_a_failed_chunk_is_never_held_back_longer_than_the_deadline_allows() -> None:
-    # predict holds a failed chunk back up to RETRY_MAX_FACTOR invocations (batch.retry_delay);
-    # the deadline's retry tail counts RETRY_HOLD_FACTOR of them a receive.
-    from batchpredict.batch import RETRY_MAX_FACTOR, retry_delay
+    # predict holds a failed chunk back a delay growing with its receives (batch.retry_delay, in
+    # heartbeat steps); the deadline's retry tail counts RETRY_HOLD_FACTOR predict timeouts a receive.
+    from batchpredict.batch import retry_delay
+    from batchpredict.config import DEFAULT_HEARTBEAT_SECONDS
 
-    assert RETRY_HOLD_FACTOR >= RETRY_MAX_FACTOR
-    assert max(retry_delay(n, 90) for n in range(1, 11)) <= RETRY_HOLD_FACTOR * 90
+    d = DeadlineSettings()
+    longest = max(retry_delay(n, DEFAULT_HEARTBEAT_SECONDS) for n in range(1, d.attempts + 1))
+    assert longest <= RETRY_HOLD_FACTOR * d.predict_seconds
 
 
 def test_the_deadline_settings_follow_the_environment() -> None:
