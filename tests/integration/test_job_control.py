@@ -455,3 +455,23 @@ def test_the_local_stack_plays_the_sweepers_schedule_with_deadlines_of_its_own(s
         env = stack.plan.functions[function].environment
         assert (env["DEADLINE_SPLIT_SECONDS"], env["PREDICT_MAX_CONCURRENCY"]) == ("10", "1")
     assert wiring.job_store(sweep_config(schedule.environment).tables).deadlines.split_seconds == 10
+
+
+def test_a_split_that_crashes_after_creating_its_job_fails_it_at_once(stack: Stack) -> None:
+    # No test hook: the real split_manifest, whose work queue is gone, so sending the first
+    # chunks raises (NonExistentQueue, the sender's fault) after the JOB record exists. It used
+    # to escape split and leave the job SPLITTING through every redelivery.
+    stack.sqs.delete_queue(QueueUrl=stack.queue("WorkQueue")[0])
+    _upload(stack, "crash.txt", "https://img.example/a.jpg\n", {})
+
+    while stack.deliver("ManifestQueue", split_manifest.lambda_handler):
+        pass
+
+    job_id = stack.only_job_id()
+    job = stack.job(job_id)
+    assert job.status is JobStatus.FAILED and job.error is not None
+    assert job.error.startswith("manifest s3://") and "could not be split: QueueDoesNotExist" in job.error
+    assert "NonExistentQueue" in job.error
+    assert stack.summary(job_id)["error"] == job.error
+    assert [(e["detail"]["job_id"], e["detail"]["status"]) for e in _events(stack)] == [(job_id, "FAILED")]
+    assert stack.depth("ManifestQueue") == 0  # handled, not left to redeliver into the DLQ
