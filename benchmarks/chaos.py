@@ -168,9 +168,12 @@ def chaos_job(
     started = time.perf_counter()
     job_id = client.submit(manifest)
     killer.start()
+    counted_at = None  # when every line was counted: predict's part done, finalize's to come
     try:
         while True:
             job = client.jobs.get(job_id)
+            if counted_at is None and job is not None and job.total == job.succeeded + job.failed == total:
+                counted_at = time.perf_counter() - started
             if job is not None and job.status.value in FINAL:
                 break
             if time.perf_counter() - started > timeout:
@@ -182,6 +185,7 @@ def chaos_job(
     return {
         "job_id": job_id,
         "wall": wall,
+        "counted_at": counted_at if counted_at is not None else wall,
         "kills": [asdict(k) for k in killer.kills],
         "replaced": stack.runner.replaced - replaced,
         **check_exactly_once(client, job_id, total),
@@ -294,8 +298,10 @@ def describe_leg(result: dict[str, Any]) -> str:
     kills = Counter(k["function"] for k in result["kills"])
     killed = ", ".join(f"{n} {f}" for f, n in sorted(kills.items())) or "none"
     verdict = "every line exactly once" if result["exactly_once"] else "NOT EXACTLY ONCE"
+    counted = result.get("counted_at", result["wall"])
     return (
-        f"{result['wall']:6.1f} s  {result['status']:<21} {verdict}: results.jsonl {result['lines']} lines"
+        f"{result['wall']:6.1f} s (lines counted at {counted:5.1f} s)  {result['status']:<21} {verdict}: "
+        f"results.jsonl {result['lines']} lines"
         f"{'' if result['lines_in_order'] else ' (out of order or missing)'}, IMG# rows {result['rows']}"
         f"{'' if result['rows_once'] else ' (not one per line)'}, "
         f"counts {'add up' if result['counted'] else 'WRONG'}; {dict(result['codes'])}; "

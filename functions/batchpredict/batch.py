@@ -26,7 +26,6 @@ into the dead-letter queue within minutes.
 from __future__ import annotations
 
 import math
-import threading
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -40,17 +39,12 @@ from batchpredict.jobs import STOPPED_STATUSES
 from batchpredict.messages import Chunk
 from batchpredict.observability import MetricUnit, logger, metrics
 from batchpredict.pipeline import ImageResult, StreamingPredictor
-from batchpredict.queues import Queue, QueueSendError, Received
+from batchpredict.queues import Heartbeat, Queue, Received
 from batchpredict.records import SUCCEEDED, ImageInfo, ResultError, ResultRecord, Timing, WorkItem
 from batchpredict.writer import LEASE_MARGIN_SECONDS, ChunkWriter, stopped_records
 
 WRITER_THREADS = 4  # chunks written at once: S3 and DynamoDB calls, not CPU
 WRITE_RESERVE_SHARE = 0.2  # at most this share of the invocation's time is kept back for writes
-BEATS_PER_STEP = 3  # a beat every third of the step: two may fail before a message shows
-STOP_WAIT_SECONDS = 2.0  # how long the end of a run waits for a beat under way
-# A beat never hides a message longer than the invocation's remaining time + this: a message
-# whose invocation ended without deleting it is visible again right after.
-VISIBILITY_MARGIN_SECONDS = 1.0
 # A failed chunk's delay before its next delivery: the heartbeat's step after its first receive,
 # doubling with every receive, at most RETRY_MAX_FACTOR steps.
 RETRY_MAX_FACTOR = 16
@@ -78,75 +72,6 @@ def event_messages(event: Mapping[str, object]) -> list[Received]:
         )
         for r in records
     ]
-
-
-class Heartbeat:
-    """Keeps an invocation's messages hidden while it lives (see the module's doc).
-
-    Each beat sets the visibility of every message kept to ``visibility()`` seconds from now:
-    ``step``, or the invocation's remaining time + VISIBILITY_MARGIN_SECONDS if that is less;
-    a beat every ``step / BEATS_PER_STEP``. A beat that fails is logged (the messages keep the
-    visibility they had); a receipt handle SQS refuses (the message was deleted, or taken by
-    another delivery after it showed) is dropped.
-    """
-
-    def __init__(self, queue: Queue, step: float, remaining: Callable[[], float]) -> None:
-        self.queue = queue
-        self.step = step
-        self._remaining = remaining
-        self._handles: dict[str, str] = {}  # message id -> receipt handle
-        self._lock = threading.Lock()
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
-        self.beats = 0
-
-    def visibility(self) -> int:
-        return max(1, math.ceil(min(self.step, self._remaining() + VISIBILITY_MARGIN_SECONDS)))
-
-    def keep(self, handles: Mapping[str, str]) -> None:
-        """Keep these messages (id -> receipt handle) hidden too. The first call beats at once (the
-        messages' visibility is the heartbeat's before it returns) and starts the beats."""
-        with self._lock:
-            self._handles.update({m: h for m, h in handles.items() if h})
-            if self._thread is not None or not self._handles:
-                return
-            self._thread = threading.Thread(target=self._beat_until_stopped, name="heartbeat", daemon=True)
-        self.beat(time.monotonic() + self.step / BEATS_PER_STEP)
-        self._thread.start()
-
-    def release(self, message_ids: Iterable[str]) -> None:
-        with self._lock:
-            for message_id in message_ids:
-                self._handles.pop(message_id, None)
-
-    def stop(self) -> None:
-        """No beat starts after this; one under way is waited for STOP_WAIT_SECONDS at most (an
-        SQS call that hangs must not hold the invocation past its end)."""
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(STOP_WAIT_SECONDS)
-
-    def _beat_until_stopped(self) -> None:
-        period = self.step / BEATS_PER_STEP
-        while not self._stop.wait(period):
-            self.beat(time.monotonic() + period)
-
-    def beat(self, deadline: float) -> None:
-        with self._lock:
-            kept = list(self._handles.items())
-        if not kept:
-            return
-        try:
-            self.queue.change_visibility([h for _, h in kept], self.visibility(), deadline)
-            self.beats += 1
-        except QueueSendError as exc:
-            gone = [kept[int(i)][0] for i in exc.refused]
-            logger.warning("heartbeat: SQS refused receipt handles", extra={"messages": gone})
-            self.release(gone)
-        except Exception:
-            logger.exception(
-                "heartbeat failed: the messages keep their visibility", extra={"messages": len(kept)}
-            )
 
 
 def image_record(
@@ -257,7 +182,8 @@ class ChunkBatch:
             if run.heartbeat is not None:
                 run.heartbeat.stop()
         finish_by = self._clock() + max(remaining() - 0.5, 0.1)
-        self._retry_later(run.received.values(), run.outcomes, finish_by)
+        step = run.heartbeat.step if run.heartbeat is not None else self.heartbeat_seconds
+        self._retry_later(run.received.values(), run.outcomes, step, finish_by)
         self._delete_taken({m: run.received[m].receipt_handle for m in run.taken}, run.outcomes, finish_by)
         return run.outcomes
 
@@ -290,7 +216,7 @@ class ChunkBatch:
             logger.exception("releasing refilled messages failed", extra={"messages": len(unstarted)})
 
     def _retry_later(
-        self, received: Iterable[Received], outcomes: dict[str, ChunkOutcome], deadline: float
+        self, received: Iterable[Received], outcomes: dict[str, ChunkOutcome], step: float, deadline: float
     ) -> None:
         """A chunk that failed (not done in time, its write failed, its claim held by another
         delivery) stays hidden for its retry delay (``retry_delay``). A malformed message is left
@@ -308,7 +234,7 @@ class ChunkBatch:
                 or not message.receipt_handle
             ):
                 continue
-            delay = retry_delay(message.receive_count, self.heartbeat_seconds)
+            delay = retry_delay(message.receive_count, step)
             delays.setdefault(delay, []).append(message.receipt_handle)
         for delay, handles in delays.items():
             try:

@@ -5,11 +5,14 @@ messages hidden while it works on them (predict's heartbeat) changes their visib
 
 from __future__ import annotations
 
+import math
+import threading
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, TypeVar
 
+from batchpredict.observability import logger
 from batchpredict.throttling import Backoff, UnprocessedError
 
 if TYPE_CHECKING:
@@ -39,6 +42,11 @@ BatchResult = TypeVar(
 )
 
 SEND_BATCH_LIMIT = 10  # entries per SendMessageBatch call (AWS limit)
+BEATS_PER_STEP = 3  # a heartbeat every third of its step: two may fail before a message shows
+STOP_WAIT_SECONDS = 2.0  # how long Heartbeat.stop waits for a beat under way
+# A beat never hides a message longer than the invocation's remaining time + this: a message
+# whose invocation ended without deleting it is visible again right after.
+VISIBILITY_MARGIN_SECONDS = 1.0
 # Total body bytes per call: SQS caps a batch's payload (256 KiB before 2025-08, 1 MiB since);
 # the lower figure holds everywhere, moto and older regions included.
 SEND_BATCH_MAX_BYTES = 256 * 1024
@@ -73,6 +81,21 @@ class Queue:
         self.client = client
         self.url = url
         self.backoff = Backoff(sleep=sleep, clock=monotonic)
+        self._visibility: int | None = None
+
+    def visibility_timeout(self) -> int | None:
+        """The queue's own VisibilityTimeout (GetQueueAttributes, read once per process); None if
+        it cannot be read."""
+        if self._visibility is None:
+            try:
+                attributes = self.client.get_queue_attributes(
+                    QueueUrl=self.url, AttributeNames=["VisibilityTimeout"]
+                )["Attributes"]
+                self._visibility = int(attributes["VisibilityTimeout"])
+            except Exception as exc:
+                logger.warning("the queue's visibility timeout is unknown", extra={"error": repr(exc)[:200]})
+                return None
+        return self._visibility
 
     def send(self, body: str, delay_seconds: int = 0) -> None:
         self.client.send_message(QueueUrl=self.url, MessageBody=body, DelaySeconds=delay_seconds)
@@ -191,3 +214,93 @@ class Queue:
             return [by_id[f["Id"]] for f in failures]
 
         return failed
+
+
+class Heartbeat:
+    """Keeps an invocation's messages hidden from other consumers while it works on them (predict's
+    event and refilled chunks, finalize's message), so that a crashed invocation's messages come
+    back within ``step``, however long the queue's visibility timeout.
+
+    Each beat sets the visibility of every message kept to ``visibility()`` seconds from now:
+    ``step``, or the invocation's remaining time + VISIBILITY_MARGIN_SECONDS if that is less;
+    a beat every ``step / BEATS_PER_STEP``. The step is never longer than the queue's own
+    visibility timeout: a heartbeat only ever brings a crashed invocation's messages back
+    sooner. A beat that fails is logged (the messages keep the visibility they had); a receipt
+    handle SQS refuses (the message was deleted, or taken by another delivery after it showed)
+    is dropped.
+    """
+
+    def __init__(self, queue: Queue, step: float, remaining: Callable[[], float]) -> None:
+        self.queue = queue
+        own = queue.visibility_timeout()
+        self.step = min(step, own) if own else step
+        self._remaining = remaining
+        self._handles: dict[str, str] = {}  # message id -> receipt handle
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.beats = 0
+
+    def visibility(self) -> int:
+        return max(1, math.ceil(min(self.step, self._remaining() + VISIBILITY_MARGIN_SECONDS)))
+
+    def keep(self, handles: Mapping[str, str]) -> None:
+        """Keep these messages (id -> receipt handle) hidden too. The first call beats at once (the
+        messages' visibility is the heartbeat's before it returns) and starts the beats."""
+        with self._lock:
+            self._handles.update({m: h for m, h in handles.items() if h})
+            if self._thread is not None or not self._handles:
+                return
+            self._thread = threading.Thread(target=self._beat_until_stopped, name="heartbeat", daemon=True)
+        self.beat(time.monotonic() + self.step / BEATS_PER_STEP)
+        self._thread.start()
+
+    def release(self, message_ids: Iterable[str]) -> None:
+        with self._lock:
+            for message_id in message_ids:
+                self._handles.pop(message_id, None)
+
+    def stop(self) -> None:
+        """No beat starts after this; one under way is waited for STOP_WAIT_SECONDS at most (an
+        SQS call that hangs must not hold the invocation past its end)."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(STOP_WAIT_SECONDS)
+
+    def retry_later(self, seconds: int | None = None) -> None:
+        """After a failure (the beats stopped): the messages kept are hidden ``seconds`` (None:
+        the queue's own visibility timeout), as long as a failed delivery waits without a
+        heartbeat, so that a stage that is down is not retried into the dead-letter queue in
+        minutes. Errors are logged: the messages then come back when the last beat's visibility
+        ends."""
+        with self._lock:
+            handles = list(self._handles.values())
+        hidden = seconds if seconds is not None else self.queue.visibility_timeout()
+        if not handles or hidden is None:
+            return
+        try:
+            self.queue.change_visibility(handles, hidden, time.monotonic() + self.step / BEATS_PER_STEP)
+        except Exception:
+            logger.exception("hiding failed messages failed", extra={"messages": len(handles)})
+
+    def _beat_until_stopped(self) -> None:
+        period = self.step / BEATS_PER_STEP
+        while not self._stop.wait(period):
+            self.beat(time.monotonic() + period)
+
+    def beat(self, deadline: float) -> None:
+        with self._lock:
+            kept = list(self._handles.items())
+        if not kept:
+            return
+        try:
+            self.queue.change_visibility([h for _, h in kept], self.visibility(), deadline)
+            self.beats += 1
+        except QueueSendError as exc:
+            gone = [kept[int(i)][0] for i in exc.refused]
+            logger.warning("heartbeat: SQS refused receipt handles", extra={"messages": gone})
+            self.release(gone)
+        except Exception:
+            logger.exception(
+                "heartbeat failed: the messages keep their visibility", extra={"messages": len(kept)}
+            )

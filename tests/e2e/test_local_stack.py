@@ -139,3 +139,4 @@ def test_the_chaos_benchmark_kills_workers_and_every_line_stays_exactly_once(  #
     assert (result["status"], result["lines"], result["rows"]) == ("COMPLETED", total, total)
     assert result["lines_in_order"] and result["rows_once"] and result["counted"]
     assert result["exactly_once"] and result["codes"] == {"SUCCEEDED": total}
+    assert 0 < result["counted_at"] <= result["wall"]  # predict's part, then finalize's

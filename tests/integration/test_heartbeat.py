@@ -1,6 +1,7 @@
-"""predict's heartbeat (batch.Heartbeat) against a moto server's SQS, patched as the local stack's
-(local/sqs_depth.py): messages in work stay hidden while it beats, and come back one step after
-the beats stop (a crashed invocation), however long the queue's own visibility timeout."""
+"""The heartbeat (queues.Heartbeat: predict's and finalize's) against a moto server's SQS,
+patched as the local stack's (local/sqs_depth.py): messages in work stay hidden while it beats,
+and come back one step after the beats stop (a crashed invocation), however long the queue's own
+visibility timeout."""
 
 from __future__ import annotations
 
@@ -10,8 +11,7 @@ from typing import Any
 
 import boto3
 
-from batchpredict.batch import Heartbeat
-from batchpredict.queues import Queue
+from batchpredict.queues import Heartbeat, Queue
 
 QUEUE_VISIBILITY = 120  # the queue's own: what a crashed invocation's message waited before
 STEP = 6.0  # the heartbeat's: a beat every 2 s

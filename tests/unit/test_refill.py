@@ -11,13 +11,13 @@ from typing import Any
 
 import pytest
 
-from batchpredict import batch as batch_module
-from batchpredict.batch import ChunkBatch, ChunkUnfinishedError, Heartbeat, event_messages, retry_delay
+from batchpredict import queues as queues_module
+from batchpredict.batch import ChunkBatch, ChunkUnfinishedError, event_messages, retry_delay
 from batchpredict.errors import ErrorCode
 from batchpredict.jobs import JobStatus
 from batchpredict.messages import Chunk
 from batchpredict.pipeline import ImageResult, StreamingPredictor
-from batchpredict.queues import Queue, Received
+from batchpredict.queues import Heartbeat, Queue, Received
 from batchpredict.records import FAILED, SUCCEEDED, Prediction, WorkItem
 from batchpredict.writer import ChunkBusyError
 from tests.unit.fakes import HANG, FakeSQS, ScriptedFetcher
@@ -288,12 +288,17 @@ def test_no_receive_when_the_lines_allowed_hold_no_whole_chunk() -> None:
 class VisibilitySQS(FakeSQS):
     """FakeSQS that also takes ChangeMessageVisibilityBatch: ``visibility`` holds every entry set
     (receipt handle, seconds), in order; ``refuse`` names receipt handles SQS refuses (as for a
-    deleted message's)."""
+    deleted message's). The queue's own visibility timeout is ``queue_visibility``."""
 
-    def __init__(self, *, refuse: Sequence[str] = (), **kwargs: Any) -> None:
+    def __init__(self, *, refuse: Sequence[str] = (), queue_visibility: int = 150, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.visibility: list[tuple[str, int]] = []
         self.refuse = set(refuse)
+        self.queue_visibility = queue_visibility
+
+    def get_queue_attributes(self, *, QueueUrl: str, AttributeNames: list[str]) -> dict[str, Any]:
+        assert QueueUrl == QUEUE_URL and AttributeNames == ["VisibilityTimeout"]
+        return {"Attributes": {"VisibilityTimeout": str(self.queue_visibility)}}
 
     def change_message_visibility_batch(
         self, *, QueueUrl: str, Entries: list[dict[str, Any]]
@@ -430,6 +435,21 @@ def test_no_heartbeat_hides_a_message_past_the_invocations_end() -> None:
     assert sqs.visibility and all(seconds <= 3 for _, seconds in sqs.visibility)  # 2 s left + 1
 
 
+def test_a_heartbeat_never_hides_a_message_longer_than_its_queue_would() -> None:
+    # A queue whose own visibility timeout is 5 s (a short test stack's): the beats hide its
+    # messages 5 s, not 30, and a failed chunk's retry delay counts in those steps.
+    predictor, _ = _hanging_stream(hanging=[0], images=range(0), total_timeout=30.0)
+    sqs = VisibilitySQS(queue_visibility=5)
+    batch = _queued_batch(predictor, sqs)  # a 30 s step
+
+    outcomes = _run_batch(batch, [Received("m0", "h0", _body(0, _items(range(1))), 2)], seconds=2.0)
+
+    assert isinstance(outcomes["m0"].error, ChunkUnfinishedError)
+    beats, (retry,) = sqs.visibility[:-1], sqs.visibility[-1:]
+    assert beats and all(seconds <= 3 for _, seconds in beats)  # 2 s left + 1, under the 5 s step
+    assert retry == ("h0", retry_delay(2, 5.0)) == ("h0", 10)  # its second receive: 2 steps of 5 s
+
+
 def test_a_refused_receipt_handle_is_dropped_from_the_beats() -> None:
     sqs = VisibilitySQS(refuse=["gone"])
     heartbeat = Heartbeat(Queue(sqs, QUEUE_URL), 30.0, lambda: 60.0)  # type: ignore[arg-type]
@@ -442,7 +462,7 @@ def test_a_refused_receipt_handle_is_dropped_from_the_beats() -> None:
 
 
 def test_a_beat_that_hangs_does_not_hold_the_end_of_the_run(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(batch_module, "STOP_WAIT_SECONDS", 0.1)
+    monkeypatch.setattr(queues_module, "STOP_WAIT_SECONDS", 0.1)
     hanging, release = threading.Event(), threading.Event()
 
     class HangingSQS(VisibilitySQS):
