@@ -31,6 +31,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import wait as wait_for
 from dataclasses import dataclass, field
+from typing import Any
 
 from batchpredict.config import DEFAULT_CHUNK_SIZE, DEFAULT_HEARTBEAT_SECONDS
 from batchpredict.costs import ComputeMeter
@@ -59,10 +60,9 @@ def retry_delay(receive_count: int, step: float) -> int:
     return max(1, math.ceil(step * factor))
 
 
-def event_messages(event: Mapping[str, object]) -> list[Received]:
+def event_messages(event: Mapping[str, Any]) -> list[Received]:
     """The messages of an SQS event: id, receipt handle, body and receive count."""
-    records = event.get("Records") or []
-    assert isinstance(records, list)
+    records: list[dict[str, Any]] = event.get("Records") or []
     return [
         Received(
             r["messageId"],
