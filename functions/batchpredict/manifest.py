@@ -36,6 +36,7 @@ from typing import Any, BinaryIO, Protocol, cast
 from urllib.parse import urlsplit
 
 from batchpredict.errors import ErrorCode
+from batchpredict.records import PREVIEW_CHARS
 
 MAX_LINE_BYTES = 8192
 MAX_URL_LENGTH = 2048
@@ -48,7 +49,7 @@ MAX_METADATA_BYTES = 4096  # compact UTF-8 JSON
 # Every this many physical lines (blank and comment lines included) the caller's ``tick`` runs,
 # so a run of lines that yield no item still lets the caller check its remaining time.
 TICK_EVERY_LINES = 10_000
-RAW_PREVIEW_CHARS = 200  # InvalidLine.raw keeps this much of the line for the error report
+RAW_PREVIEW_CHARS = PREVIEW_CHARS  # InvalidLine.raw keeps this much of the line for the error report
 _CHUNK_BYTES = 64 * 1024
 _BOM = b"\xef\xbb\xbf"
 _BAD_URL_CHARS = re.compile(r"[\s\x00-\x1f\x7f-\x9f]")  # \s is Unicode-aware for str patterns

@@ -13,6 +13,18 @@ from typing import Any, Final, Literal
 
 from batchpredict.errors import ErrorCode
 
+PREVIEW_CHARS = 200  # what a failed line keeps of its raw text, url or id for the error report
+
+
+def preview(text: str | None) -> str | None:
+    """``text`` cut to PREVIEW_CHARS (an ellipsis marks the cut), as UTF-8 can carry it (a lone
+    surrogate becomes "?")."""
+    if text is None:
+        return None
+    text = text.encode("utf-8", "replace").decode("utf-8")
+    return text if len(text) <= PREVIEW_CHARS else text[:PREVIEW_CHARS] + "…"
+
+
 Status = Literal["SUCCEEDED", "FAILED"]
 SUCCEEDED: Final = "SUCCEEDED"
 FAILED: Final = "FAILED"

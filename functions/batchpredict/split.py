@@ -19,7 +19,6 @@ from batchpredict.finalize import fail_job
 from batchpredict.inputs import ManifestBody, ManifestStore, ManifestUnreadableError
 from batchpredict.jobs import STOPPED_STATUSES, JobStatus, JobStore
 from batchpredict.manifest import (
-    RAW_PREVIEW_CHARS,
     InvalidLine,
     ManifestError,
     ManifestItem,
@@ -39,7 +38,7 @@ from batchpredict.messages import (
 from batchpredict.observability import logger
 from batchpredict.options import JobOptions, OptionError, parse_options
 from batchpredict.queues import SEND_BATCH_LIMIT, Queue
-from batchpredict.records import WorkItem
+from batchpredict.records import WorkItem, preview
 from batchpredict.results import ResultStore
 from batchpredict.throttling import is_transient
 from batchpredict.writer import ChunkWriter
@@ -96,17 +95,10 @@ def _unsendable(item: ManifestItem, why: str) -> WorkItem:
     url = item.raw if isinstance(item, InvalidLine) else item.url
     return WorkItem(
         index=item.index,
-        url=_preview(url),
-        id=_preview(item.id),
+        url=preview(url),
+        id=preview(item.id),
         error={"code": ErrorCode.INVALID_MANIFEST_LINE.value, "message": f"line {item.line}: the line {why}"},
     )
-
-
-def _preview(text: str | None) -> str | None:
-    if text is None:
-        return None
-    text = text.encode("utf-8", "replace").decode("utf-8")  # a lone surrogate becomes "?"
-    return text if len(text) <= RAW_PREVIEW_CHARS else text[:RAW_PREVIEW_CHARS] + "…"
 
 
 class _OutOfTimeError(Exception):

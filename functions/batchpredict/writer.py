@@ -13,12 +13,11 @@ from batchpredict.messages import Chunk, finalize_body
 from batchpredict.observability import logger
 from batchpredict.options import TOLERATED_FAILURES_EXCEEDED, MaxFailures
 from batchpredict.queues import Queue
-from batchpredict.records import SUCCEEDED, ResultRecord, WorkItem
+from batchpredict.records import SUCCEEDED, ResultRecord, WorkItem, preview
 from batchpredict.results import ResultStore
 
 # The TTL JobStore.put_results may add: ten digits at most.
 _LONGEST_EXPIRY = {"expires_at": 9_999_999_999}
-_PREVIEW_CHARS = 200
 
 
 class ChunkBusyError(RuntimeError):
@@ -160,12 +159,6 @@ def storable(record: ResultRecord) -> ResultRecord:
     problem = item_problem(record.to_item() | _LONGEST_EXPIRY)
     if problem is None:
         return record
-    item = WorkItem(index=record.index, url=_preview(record.url), id=_preview(record.id))
+    item = WorkItem(index=record.index, url=preview(record.url), id=preview(record.id))
     message = f"the result row would be refused by DynamoDB ({problem}); its metadata is left out"
     return ResultRecord.failed(record.job_id, item, ErrorCode.INVALID_MANIFEST_LINE, message, record.model)
-
-
-def _preview(text: str | None) -> str | None:
-    if text is None:
-        return None
-    return text if len(text) <= _PREVIEW_CHARS else text[:_PREVIEW_CHARS] + "…"
