@@ -149,10 +149,11 @@ class Splitter:
         job_id = obj.job_id
         logger.append_keys(job_id=job_id, manifest=obj.uri)
         options, bad_option = self._options(obj)
+        stored_options = options.as_item()
         created = self.jobs.create(
-            job_id, obj.uri, message_id, manifest_version=obj.version_id, options=options.as_item()
+            job_id, obj.uri, message_id, manifest_version=obj.version_id, options=stored_options
         )
-        stored: dict[str, Any] = {}
+        checkpoint: dict[str, Any] = {}
         if not created:
             job = self.jobs.get(job_id)
             # The same SQS message again means our earlier attempt died mid-split: resume.
@@ -161,18 +162,15 @@ class Splitter:
             if job is None or not resumable or job.split_message_id != message_id:
                 logger.info("duplicate event for an existing job", extra={"status": job and job.status})
                 return SplitOutcome(job_id, "duplicate")
-            stored = job.position
+            checkpoint = job.position
         if bad_option:
             # Never silently ignored: the job fails at once, naming the option.
             return self._fail(job_id, f"manifest {obj.uri}: {bad_option}")
-        item = options.as_item()
-        chunk_options = _chunk_options(item.get("top_k"), item.get("max_failures"))
+        chunk_options = _chunk_options(stored_options.get("top_k"), stored_options.get("max_failures"))
         return self._guarded(
             job_id,
             obj,
-            lambda: self._split(
-                job_id, obj, Position.from_dict(stored) if stored else Position(), remaining_ms, chunk_options
-            ),
+            lambda: self._split(job_id, obj, _resume_at(checkpoint), remaining_ms, chunk_options),
         )
 
     def _options(self, obj: ManifestObject) -> tuple[JobOptions, str | None]:
@@ -321,6 +319,10 @@ class Splitter:
 def _chunk_options(top_k: int | None, max_failures: str | None) -> dict[str, Any]:
     """The job's options every chunk message carries, so predict needs no lookup for them."""
     return {"top_k": top_k, "max_failures": max_failures}
+
+
+def _resume_at(checkpoint: dict[str, Any]) -> Position:
+    return Position.from_dict(checkpoint) if checkpoint else Position()
 
 
 def _described(exc: Exception, limit: int = 500) -> str:
