@@ -41,6 +41,7 @@ OUTPUT_KEYS = {
 
 
 SPLIT_TIME_CODES = frozenset({ErrorCode.INVALID_MANIFEST_LINE.value, ErrorCode.UNSUPPORTED_SCHEME.value})
+SUMMARY_GRACE_SECONDS = 30.0  # a final job's _summary.json follows its status write within this
 
 
 class UserError(Exception):
@@ -159,10 +160,23 @@ class Client:
             job = self.job(job_id)
             on_progress(Progress(job, time.monotonic() - started))
             if job.status in FINAL_STATUSES:
+                self._await_summary(job_id, interval)
                 return job
             if timeout is not None and time.monotonic() - started > timeout:
                 raise UserError(f"job {job_id} still {job.status.value} after {timeout:.0f}s")
             time.sleep(interval)
+
+    def _await_summary(self, job_id: str, interval: float) -> None:
+        """A job's final status is written before its _summary.json (so a writer that loses the race
+        writes no summary): give the winner up to SUMMARY_GRACE_SECONDS to put it, so that `--wait`
+        followed by `report` never meets a final job without one."""
+        until = time.monotonic() + SUMMARY_GRACE_SECONDS
+        while time.monotonic() < until:
+            try:
+                self.s3.head_object(Bucket=self.stack.output_bucket, Key=summary_key(job_id))
+                return
+            except ClientError:
+                time.sleep(interval)
 
     def recent_jobs(
         self,
