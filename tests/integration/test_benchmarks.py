@@ -94,3 +94,16 @@ def test_pipeline_throughput_runs_a_job_to_completed(bundle_dir: Path, samples_d
     assert "job of 16 images, chunk size 16, max batch 32, status COMPLETED" in out, out
     assert re.search(r"end to end \(submit -> COMPLETED\)\s+[\d.]+ s\s+[\d.]+ images/s", out), out
     assert re.search(r"predict handler / bare engine: [\d.]+x", out), out
+
+
+def test_estimate_accuracy_sets_the_dry_run_beside_two_real_jobs(bundle_dir: Path, samples_dir: Path) -> None:
+    out = bench(
+        "estimate_accuracy.py", "--model", str(bundle_dir), "--samples", str(samples_dir), "--images", "8",
+        "--photos", "4",
+    )  # fmt: skip
+    rows = re.findall(r"^\s+(defaults|history)\s+(?:[\d.]+x?\s+){6}(\w+)$", out, re.MULTILINE)
+    assert rows == [("defaults", "COMPLETED"), ("history", "COMPLETED")], out
+    assert re.search(r"defaults: GB-s ratio [\d.]+, wall ratio [\d.]+ \(shipped defaults", out), out
+    assert re.search(r"history: GB-s ratio [\d.]+, wall ratio [\d.]+ \(the stack's 1 recent job", out), out
+    figures = r"^defaults: billed_ms=[\d.]+, invocations=[\d.]+, write_units=[\d.]+, overhead_seconds="
+    assert re.search(figures, out, re.MULTILINE), out
