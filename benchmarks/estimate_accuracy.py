@@ -35,6 +35,7 @@ from types import ModuleType
 from typing import Any
 
 SCRIPT = Path(__file__).resolve()
+LEGS = ("defaults", "history", "history 2")
 sys.path.insert(0, str(SCRIPT.parent))
 # chaos.py's helpers: local_stack_throughput.py (the workload, the file server) and the CPU's name.
 chaos: ModuleType = importlib.import_module("chaos")
@@ -89,7 +90,7 @@ def run(args: argparse.Namespace, files_url: str, workload: Any, run_dir: Path) 
         client = Client(ref)
         settings = StackSettings(predict_concurrency=args.workers)
         legs = {}
-        for n, leg in enumerate(("defaults", "history")):
+        for n, leg in enumerate(LEGS):
             manifest = lst.write_manifest(run_dir / f"{leg}.txt", workload, args.images, files_url, None, 0)
             # Other URLs for the second job: the same photos, nothing cached on the way.
             text = manifest.path.read_text().replace("?n=", f"?job={n}&n=")
@@ -110,7 +111,7 @@ def report(runs: list[dict[str, dict[str, Any]]], args: argparse.Namespace) -> N
     print(f"\n{args.images} lines a job, {args.workers} predict workers, {len(runs)} run(s)")
     heads = ("estimate GB-s", "job GB-s", "ratio", "estimate wall s", "job wall s", "ratio")
     print(f"  {'leg':9} " + " ".join(f"{h:>16}" for h in heads))
-    for leg in ("defaults", "history"):
+    for leg in LEGS:
         for result in (r[leg] for r in runs):
             cells = (
                 f"{result['estimate_gb_s']:.2f}",
