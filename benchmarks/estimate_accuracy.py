@@ -154,6 +154,12 @@ def main(argv: Sequence[str] | None = None) -> None:
     try:
         for n in range(args.repeat):
             runs.append(run(args, files.url, workload, run_dir / f"run-{n + 1}"))
+            figures = (
+                f"{leg} GB-s {r['estimate_gb_s']:.1f}/{r['gb_s']:.1f},"
+                f" wall {r['estimate_wall']:.1f}/{r['wall']:.1f} s"
+                for leg, r in runs[-1].items()
+            )
+            print(f"run {n + 1} (estimate/job): " + "; ".join(figures), flush=True)
     finally:
         files.stop()
     report(runs, args)

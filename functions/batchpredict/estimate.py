@@ -68,16 +68,20 @@ class PerLine:
 
 
 # Measured on the local stack (its REPORT accounting, ``local up``'s layout: one predict worker per
-# core), on benchmarks/local_stack_throughput.py's web-size JPEGs, by
+# core, one inference thread each), on benchmarks/local_stack_throughput.py's 300 web-size JPEGs:
+# the first job on a fresh stack (the case the defaults serve: no job yet; its workers' cold
+# starts included), the medians ("defaults:" line) of two runs of
 #     python benchmarks/estimate_accuracy.py --images 600 --repeat 3
-# (the figures its "defaults" line prints); AMD EPYC (Zen 4), 2 vCPUs. Re-measure when predict's
-# accounting or engine changes. A fidelity with no figures of its own uses exact's, and says so.
+# billed_ms 62.64 and 62.96, invocations 0.03167, write_units 1.50 and 1.50, overhead_seconds
+# 2.28 and 1.92, AMD EPYC (Zen 4), 2 vCPUs, load 2-5, 2026-12-04. Re-measure when
+# predict's accounting or engine changes. A fidelity with no figures of its own uses exact's, and
+# says so.
 DEFAULTS: dict[tuple[str, str], PerLine] = {
     (DEFAULT_MODEL, EXACT): PerLine(
-        billed_ms=72.0,
-        invocations=1 / 32,
-        write_units=4.0,
-        overhead_seconds=4.0,
+        billed_ms=63.0,
+        invocations=0.0317,
+        write_units=1.5,
+        overhead_seconds=2.1,
         source="shipped defaults (benchmarks/estimate_accuracy.py, local stack)",
     ),
 }
@@ -86,7 +90,7 @@ DEFAULTS: dict[tuple[str, str], PerLine] = {
 @dataclass(frozen=True)
 class FailingLines:
     count: int
-    examples: tuple[str, ...]  # "line N: message", the first few
+    examples: tuple[str, ...]  # the first few lines' messages ("line N: ...", as the split writes them)
 
 
 @dataclass(frozen=True)
@@ -132,7 +136,7 @@ def scan_manifest(stream: ByteStream, key: str, settings: SplitSettings = SPLIT_
                 counts[error["code"]] += 1
                 shown = examples.setdefault(error["code"], [])
                 if len(shown) < EXAMPLES_PER_CODE:
-                    shown.append(f"line {item.line}: {error['message']}")
+                    shown.append(error["message"])  # the splitter's, which names the line
     except ManifestError as exc:
         return ManifestScan(lines, error=str(exc))
     failing = {code: FailingLines(n, tuple(examples[code])) for code, n in sorted(counts.items())}

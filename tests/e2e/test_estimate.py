@@ -42,6 +42,7 @@ def test_the_dry_run_reads_the_manifest_as_the_job_does_and_learns_from_it(  # t
     assert after.compute["dynamodb_write_units"] == summary["compute"]["dynamodb_write_units"]
     for name, found in (("defaults", before), ("the job", after)):
         report(name, found.compute, found.wall_seconds, summary)
+    print(run_cli("submit", str(manifest), "--dry-run").output)
 
 
 def report(name: str, compute: dict[str, Any], wall: float, summary: dict[str, Any]) -> None:

@@ -80,7 +80,9 @@ def test_the_lines_that_would_fail_at_split_are_counted_by_code_with_examples() 
         "unsupported_scheme": 2,
     }
     assert found.predicted_lines == 2
-    assert found.failing["unsupported_scheme"].examples[0].startswith("line 2: ")
+    assert found.failing["unsupported_scheme"].examples[0] == (
+        "line 2: unsupported scheme 'ftp' (allowed: https, http, s3)"
+    )
     assert "'gopher'" in found.failing["unsupported_scheme"].examples[1]
 
 
@@ -226,7 +228,7 @@ def test_submit_dry_run_prints_the_lines_the_failures_and_the_estimate(
     assert result.exit_code == 0, result.output
     out = result.output
     assert "lines: 3 (2 to predict, 1 would fail)" in out
-    assert "unsupported_scheme: 1" in out and "line 2: unsupported scheme 'ftp'" in out
+    assert "unsupported_scheme: 1\n    line 2: unsupported scheme 'ftp'" in out
     assert "recent job(s) of this model and fidelity (job-1)" in out
     assert "estimate at predict concurrency 20" in out and "GB-s 0.691" in out and "wall time" in out
     refused = tmp_path / "photos.pdf"
