@@ -235,3 +235,25 @@ def test_submit_dry_run_prints_the_lines_the_failures_and_the_estimate(
     refused.write_text(GOOD)
     result = CliRunner().invoke(main, ["submit", str(refused), "--dry-run", "--stack", "s"])
     assert result.exit_code == 1 and "the job would FAIL: unsupported manifest extension" in result.output
+
+
+def test_a_deployed_stacks_settings_are_its_cloudformation_parameters() -> None:
+    class Stacks:
+        def describe_stacks(self, StackName: str) -> dict[str, Any]:
+            outputs = {"InputBucketName": "in", "OutputBucketName": "out", "ResultsTableName": "t"}
+            return {
+                "Stacks": [
+                    {
+                        "Outputs": [{"OutputKey": k, "OutputValue": v} for k, v in outputs.items()],
+                        "Parameters": [
+                            {"ParameterKey": "PredictMaxConcurrency", "ParameterValue": "200"},
+                            {"ParameterKey": "PredictMemorySize", "ParameterValue": "5307"},
+                            {"ParameterKey": "AlarmEmail", "ParameterValue": ""},
+                        ],
+                    }
+                ]
+            }
+
+    ref = StackRef.from_cloudformation("prod", Stacks())  # type: ignore[arg-type]
+    client = Client(ref, s3=NoUploads(), dynamodb=object())  # type: ignore[arg-type]
+    assert client.settings() == StackSettings(predict_concurrency=200, predict_memory_mb=5307)
