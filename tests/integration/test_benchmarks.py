@@ -96,14 +96,15 @@ def test_pipeline_throughput_runs_a_job_to_completed(bundle_dir: Path, samples_d
     assert re.search(r"predict handler / bare engine: [\d.]+x", out), out
 
 
-def test_estimate_accuracy_sets_the_dry_run_beside_two_real_jobs(bundle_dir: Path, samples_dir: Path) -> None:
+def test_estimate_accuracy_sets_the_dry_run_beside_real_jobs(bundle_dir: Path, samples_dir: Path) -> None:
     out = bench(
         "estimate_accuracy.py", "--model", str(bundle_dir), "--samples", str(samples_dir), "--images", "8",
         "--photos", "4",
     )  # fmt: skip
-    rows = re.findall(r"^\s+(defaults|history)\s+(?:[\d.]+x?\s+){6}(\w+)$", out, re.MULTILINE)
-    assert rows == [("defaults", "COMPLETED"), ("history", "COMPLETED")], out
+    rows = re.findall(r"^\s+(defaults|history|history 2)\s{2,}(?:[\d.]+x?\s+){6}(\w+)$", out, re.MULTILINE)
+    assert rows == [("defaults", "COMPLETED"), ("history", "COMPLETED"), ("history 2", "COMPLETED")], out
     assert re.search(r"defaults: GB-s ratio [\d.]+, wall ratio [\d.]+ \(shipped defaults", out), out
     assert re.search(r"history: GB-s ratio [\d.]+, wall ratio [\d.]+ \(the stack's 1 recent job", out), out
+    assert re.search(r"history 2: GB-s ratio [\d.]+, wall ratio [\d.]+ \(the stack's 2 recent job", out), out
     figures = r"^defaults: billed_ms=[\d.]+, invocations=[\d.]+, write_units=[\d.]+, overhead_seconds="
     assert re.search(figures, out, re.MULTILINE), out
