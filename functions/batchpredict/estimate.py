@@ -229,6 +229,8 @@ class Estimate:
             out += [f"    {example}" for example in failing.examples]
         if scan.error:
             return "\n".join([*out, f"the job would FAIL: {scan.error}"]) + "\n"
+        if not scan.lines:
+            return "\n".join([*out, "no line: the job would end COMPLETED at once"]) + "\n"
         compute, usd = self.compute, self.compute["estimated_usd"]
         costs = ", ".join(f"{name} {value:.4g}" for name, value in usd.items() if name != "total")
         per_million = compute["estimated_usd_per_million_images"]

@@ -86,6 +86,15 @@ def test_the_lines_that_would_fail_at_split_are_counted_by_code_with_examples() 
     assert "'gopher'" in found.failing["unsupported_scheme"].examples[1]
 
 
+def test_a_manifest_of_no_line_is_a_job_that_ends_at_once() -> None:
+    found = estimate(scan("# only a comment\n\n"), DEFAULTS[DEFAULT_MODEL, EXACT], StackSettings())
+    assert (found.scan.lines, found.chunks, found.wall_seconds) == (0, 0, 0.0)
+    assert found.text().splitlines() == [
+        "lines: 0 (0 to predict, 0 would fail)",
+        "no line: the job would end COMPLETED at once",
+    ]
+
+
 def test_examples_are_a_few_per_code_however_many_lines_fail() -> None:
     found = scan("ftp://x/y.jpg\n" * 50)
     assert found.failing["unsupported_scheme"].count == 50
