@@ -171,10 +171,12 @@ def _split(report: StageReport, args: dict[str, Any]) -> None:
 
 def _count(report: StageReport, args: dict[str, Any]) -> None:
     from batchpredict import wiring
-    from batchpredict.config import finalize_config
+    from batchpredict.config import predict_config
     from batchpredict.messages import Chunk
 
-    config = finalize_config(os.environ)
+    # The stage plays predict, in predict's environment: its settings are predict's (finalize's
+    # would ask for EVENT_BUS_NAME, which predict is not given).
+    config = predict_config(os.environ)
     writer = wiring.chunk_writer(config.tables, config.output_bucket, config.finalize_queue_url)
     if not args["rows"]:
         writer.jobs.put_results = lambda records, *a, **k: 0  # type: ignore[method-assign]

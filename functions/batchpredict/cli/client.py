@@ -20,6 +20,15 @@ from botocore.exceptions import ClientError
 
 from batchpredict import aws
 from batchpredict.errors import ErrorCode
+from batchpredict.estimate import (
+    DEFAULT_MODEL,
+    EXACT,
+    Estimate,
+    StackSettings,
+    estimate,
+    per_line_for,
+    scan_manifest,
+)
 from batchpredict.jobs import FINAL_STATUSES, Job, JobStatus, JobStore
 from batchpredict.manifest import ManifestError, detect_format
 from batchpredict.messages import ManifestObject
@@ -41,6 +50,7 @@ OUTPUT_KEYS = {
 
 
 SPLIT_TIME_CODES = frozenset({ErrorCode.INVALID_MANIFEST_LINE.value, ErrorCode.UNSUPPORTED_SCHEME.value})
+HISTORY_SEARCHED = 20  # finished jobs a dry run looks through for ones of its model and fidelity
 SUMMARY_GRACE_SECONDS = 30.0  # a final job's _summary.json follows its status write within this
 
 
@@ -56,6 +66,7 @@ class StackRef:
     endpoints: dict[str, str] | None = None  # local stack only: AWS_ENDPOINT_URL_* settings
     api_url: str | None = None
     events_queue: str | None = None  # local stack only: a copy of every job state change event
+    parameters: dict[str, str] | None = None  # deployed stack only: its CloudFormation parameters
 
     @classmethod
     def from_cloudformation(
@@ -77,6 +88,9 @@ class StackRef:
             output_bucket=outputs[OUTPUT_KEYS["output_bucket"]],
             table=outputs[OUTPUT_KEYS["table"]],
             api_url=outputs.get("PredictApiUrl"),
+            parameters={
+                p["ParameterKey"]: p.get("ParameterValue", "") for p in stacks[0].get("Parameters", ())
+            },
         )
 
 
@@ -130,6 +144,41 @@ class Client:
             response.get("VersionId"),
             response.get("ETag", "").strip('"') or None,
         ).job_id
+
+    def dry_run(
+        self,
+        manifest: Path,
+        key: str | None = None,
+        options: JobOptions | None = None,
+        settings: StackSettings | None = None,
+        model: str | None = None,
+    ) -> Estimate:
+        """What ``submit`` of ``manifest`` would make and cost, without uploading it: its lines and
+        those that would fail, read by the splitter's own code, and an estimate of GB-s, $ and wall
+        time at the job's fidelity from this stack's recent jobs of the same model and fidelity
+        (the shipped defaults when it has none). ``settings``: the stack's (default: a deployed
+        stack's parameters, or the template's with ``local up``'s one predict worker per core);
+        ``model``: default the model of the stack's newest finished job."""
+        if not manifest.is_file():
+            raise UserError(f"manifest not found: {manifest}")
+        with manifest.open("rb") as stream:
+            scan = scan_manifest(stream, key or manifest.name)
+        settings = settings or self.settings()
+        fidelity = str(getattr(options, "fidelity", None) or EXACT)
+        history = self.jobs.list_jobs(
+            (JobStatus.COMPLETED, JobStatus.COMPLETED_WITH_ERRORS), limit=HISTORY_SEARCHED
+        )
+        model = model or next((j.model for j in history if j.model), DEFAULT_MODEL)
+        return estimate(scan, per_line_for(history, model, fidelity, settings), settings, model, fidelity)
+
+    def settings(self) -> StackSettings:
+        """The stack's settings an estimate follows: a deployed stack's parameters; for the local
+        stack the template's, at one predict worker per core (``local up``'s default)."""
+        if self.stack.parameters is not None:
+            return StackSettings.from_parameters(self.stack.parameters)
+        from batchpredict.model import available_cpus  # as local up counts its workers
+
+        return StackSettings(predict_concurrency=available_cpus())
 
     def job(self, job_id: str) -> Job:
         job = self.jobs.get(job_id)

@@ -57,11 +57,18 @@ def _job_options(metadata: Mapping[str, object]) -> Any:
         "batchpredict submit photos.csv.gz --key nightly/photos.csv.gz",
         "batchpredict submit urls.txt --name nightly --tag team=vision --top-k 3 --max-failures 5%",
         "batchpredict submit urls.txt --max-failures 1000 --timeout 7200",
+        "batchpredict submit photos.jsonl --dry-run",
         "BATCHPREDICT_STACK=batchpredict batchpredict submit urls.txt --profile prod --region eu-west-1",
     )
 )
 @click.argument("manifest", type=click.Path(path_type=Path))
 @click.option("--wait", is_flag=True, help="Show a live progress bar until the job ends.")
+@click.option(
+    "--dry-run",
+    is_flag=True,
+    help="Upload nothing: read MANIFEST as the splitter would (its lines, those that would fail, by"
+    " code) and estimate the job's GB-s, $ and wall time from the stack's recent jobs.",
+)
 @click.option("--key", help="Object name under manifests/ (default: the file name).")
 @click.option("--name", help="The job's name (x-amz-meta-name): shown by status/jobs, in events.")
 @click.option("--tag", "tags", multiple=True, metavar="K=V", help="A tag (x-amz-meta-tags). Repeatable.")
@@ -91,6 +98,7 @@ def _job_options(metadata: Mapping[str, object]) -> Any:
 def submit(
     manifest: Path,
     wait: bool,
+    dry_run: bool,
     key: str | None,
     name: str | None,
     tags: tuple[str, ...],
@@ -105,6 +113,12 @@ def submit(
     metadata = {"name": name, "tags": ",".join(tags) or None, "top-k": top_k, "max-failures": max_failures}
     options = _job_options(metadata | {"timeout": timeout, "notify": notify})
     client = target.client()
+    if dry_run:
+        found = client.dry_run(manifest, key, options)
+        click.echo(found.text(), nl=False)
+        if found.scan.error:
+            raise fail("the manifest cannot be split")
+        return
     job_id = client.submit(manifest, key, options)
     click.echo(job_id)
     if wait:
