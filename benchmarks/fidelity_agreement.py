@@ -141,13 +141,17 @@ def _rgb(data: bytes) -> Image.Image:
 
 
 def build_photo(
-    index: int, sources: Sequence[tuple[str, Image.Image]], seed: int, max_mp: float = MAX_MP
+    index: int,
+    sources: Sequence[tuple[str, Image.Image]],
+    seed: int,
+    max_mp: float = MAX_MP,
+    min_mp: float = MIN_MP,
 ) -> Photo:
     """Photo ``index`` of the set: the same bytes for the same seed and sources."""
     rng = random.Random(f"{seed}:{index}")
     name, source = sources[index % len(sources)]
     picture = _varied(source, rng)
-    megapixels = math.exp(rng.uniform(math.log(MIN_MP), math.log(max_mp)))
+    megapixels = math.exp(rng.uniform(math.log(min_mp), math.log(max_mp)))
     kind = rng.choices(list(KINDS), weights=list(KINDS.values()))[0]
     if kind == "webp":
         megapixels = min(megapixels, 16.0)  # WebP's 16383 px side
@@ -221,6 +225,7 @@ def photo_set(
     seed: int,
     cache: Path | None = None,
     max_mp: float = MAX_MP,
+    min_mp: float = MIN_MP,
 ) -> Iterator[Photo]:
     """The set, one photo at a time (built, or read from ``cache`` where an earlier run left it)."""
     for index in range(count):
@@ -232,7 +237,7 @@ def photo_set(
                 stored = Photo(
                     info["name"], info["kind"], info["megapixels"], (cache / info["file"]).read_bytes()
                 )
-        photo = stored or build_photo(index, sources, seed, max_mp)
+        photo = stored or build_photo(index, sources, seed, max_mp, min_mp)
         if stored is None and cache is not None:
             cache.mkdir(parents=True, exist_ok=True)
             file = f"{seed}-{index:05d}.bin"
@@ -446,10 +451,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--rule", action="append", default=[], metavar="DRAFT:GAP", help="A candidate rule.")
     parser.add_argument("--max-megapixels", type=float, default=MAX_MP, help=argparse.SUPPRESS)
     parser.add_argument("--json", type=Path, help="Write the tallies as JSON here.")
+    parser.add_argument(
+        "--build-only", action="store_true", help="Only fill --cache (e.g. niced, outside a measurement)."
+    )
     args = parser.parse_args(argv)
     rules = [PRODUCTION, *(r for r in map(Rule.parse, args.rule) if r != PRODUCTION)]
     wheels = args.wheels if str(args.wheels) not in ("", ".") else None
     sources = source_photos(args.samples, wheels)
+    if args.build_only:
+        built = sum(1 for _ in photo_set(args.images, sources, args.seed, args.cache, args.max_megapixels))
+        print(f"{built} photos in {args.cache}")
+        return 0
     engine = load_model(resolve_bundle(str(args.model)), max_batch=BATCH)
     print(machine())
     print(
