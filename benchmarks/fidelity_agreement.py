@@ -343,8 +343,13 @@ class Pending:
     fast_ms: list[float]
 
 
-def measure(engine: Engine, photos: Iterator[Photo], rules: Sequence[Rule]) -> dict[Rule, dict[str, Tally]]:
-    """Decode every photo exactly and by each rule, infer, and tally: overall, by kind, by size."""
+def measure(
+    engine: Engine, photos: Iterator[Photo], rules: Sequence[Rule], fast_engine: Engine | None = None
+) -> dict[Rule, dict[str, Tally]]:
+    """Decode every photo exactly and by each rule, infer, and tally: overall, by kind, by size.
+
+    ``fast_engine``: the engine fast would use (fidelity.engine_for), e.g. an int8 one; its
+    answers on the fast tensors are held against ``engine``'s on the exact ones, the same gate."""
     preprocess = engine.spec.preprocess
     exact = exact_decoder(preprocess)
     fast = [fast_decoder(rule, preprocess) for rule in rules]
@@ -364,14 +369,18 @@ def measure(engine: Engine, photos: Iterator[Photo], rules: Sequence[Rule]) -> d
             )
         )
         if len(pending) == BATCH:
-            _tally(engine, pending, rules, tallies)
+            _tally(engine, fast_engine, pending, rules, tallies)
             pending = []
-    _tally(engine, pending, rules, tallies)
+    _tally(engine, fast_engine, pending, rules, tallies)
     return tallies
 
 
 def _tally(
-    engine: Engine, batch: list[Pending], rules: Sequence[Rule], tallies: dict[Rule, dict[str, Tally]]
+    engine: Engine,
+    fast_engine: Engine | None,
+    batch: list[Pending],
+    rules: Sequence[Rule],
+    tallies: dict[Rule, dict[str, Tally]],
 ) -> None:
     if not batch:
         return
@@ -379,9 +388,10 @@ def _tally(
     for r, rule in enumerate(rules):
         changed = [not np.array_equal(p.exact, p.fast[r]) for p in batch]
         fast_p = exact_p.copy()
-        rows = [i for i, c in enumerate(changed) if c]
+        # The same tensor through the same engine gives the same answer: infer only the others.
+        rows = [i for i, c in enumerate(changed) if c or fast_engine is not None]
         if rows:
-            fast_p[rows] = engine.probabilities(np.stack([batch[i].fast[r] for i in rows]))
+            fast_p[rows] = (fast_engine or engine).probabilities(np.stack([batch[i].fast[r] for i in rows]))
         for i, pending in enumerate(batch):
             exact_top = list(np.argsort(-exact_p[i])[:5])
             fast_top = list(np.argsort(-fast_p[i])[:5])
