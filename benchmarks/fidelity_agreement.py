@@ -292,7 +292,7 @@ class Tally:
     def add(self, exact_top: Sequence[int], fast_top: Sequence[int], changed: bool, drift: float) -> None:
         self.images += 1
         self.changed += changed
-        self.top1_same += exact_top[0] == fast_top[0]
+        self.top1_same += int(exact_top[0] == fast_top[0])
         self.shared[len(set(exact_top[:5]) & set(fast_top[:5]))] += 1
         self.top1_drift.append(drift)
 
@@ -323,7 +323,7 @@ class Tally:
             "fast_decode_cpu_ms": round(self.fast_ms / max(self.images, 1), 2),
             "top1_probability_drift_p50": round(_quantile(self.top1_drift, 0.5), 4),
             "top1_probability_drift_p99": round(_quantile(self.top1_drift, 0.99), 4),
-            "passes_gate": self.passes,
+            "passes_gate": bool(self.passes),
         }
 
 
@@ -393,8 +393,8 @@ def _tally(
         if rows:
             fast_p[rows] = (fast_engine or engine).probabilities(np.stack([batch[i].fast[r] for i in rows]))
         for i, pending in enumerate(batch):
-            exact_top = list(np.argsort(-exact_p[i])[:5])
-            fast_top = list(np.argsort(-fast_p[i])[:5])
+            exact_top = [int(c) for c in np.argsort(-exact_p[i])[:5]]
+            fast_top = [int(c) for c in np.argsort(-fast_p[i])[:5]]
             drift = float(abs(fast_p[i][exact_top[0]] - exact_p[i][exact_top[0]]))
             photo = pending.photo
             for key in ("all", f"kind {photo.kind}", f"size {_bucket(photo.megapixels)}"):
