@@ -12,6 +12,7 @@ import pytest
 from click.testing import CliRunner
 
 from batchpredict.cli import main
+from batchpredict.cli.render import job_view
 from batchpredict.fidelity import DEFAULT_FIDELITY, Fidelity, engine_for
 from batchpredict.finalize import record_summary
 from batchpredict.images import DecodedImage
@@ -144,3 +145,9 @@ def test_without_an_engine_of_its_own_fast_uses_the_exact_engine() -> None:
     assert engine_for(Fidelity.FAST, exact, int8) is int8
     assert engine_for(Fidelity.EXACT, exact, int8) is exact
     assert DEFAULT_FIDELITY is Fidelity.EXACT
+
+
+def test_status_shows_a_fast_jobs_fidelity_among_its_options() -> None:
+    fast = Job("job-1", JobStatus.RUNNING, "s3://in/manifests/a.txt", top_k=3, fidelity="fast")
+    assert "options  top-k=3 fidelity=fast\n" in job_view(fast, "table")
+    assert "fidelity" not in job_view(Job("job-1", JobStatus.RUNNING, "s3://in/manifests/a.txt"), "table")
