@@ -301,14 +301,14 @@ def test_decode_image_never_drafts_a_jpeg(
 @pytest.mark.parametrize(
     ("resize_shorter", "size", "drafted"),
     [
-        (256, (8000, 6000), (1000, 750)),  # 1/8: the largest scale that keeps >= 512
-        (256, (2048, 2048), (512, 512)),
-        (128, (4096, 4100), (512, 513)),
-        (320, (5200, 2600), (1300, 650)),
-        (256, (1023, 2000), (1023, 2000)),  # half of it would be under 512: not drafted
+        (256, (8000, 6000), (2000, 1500)),  # 1/4: the largest scale that keeps >= 768
+        (256, (2048, 2048), (1024, 1024)),
+        (128, (4096, 4100), (512, 513)),  # 1/8 keeps >= 384
+        (320, (5200, 2600), (2600, 1300)),
+        (256, (1535, 3000), (1535, 3000)),  # half of it would be under 768: not drafted
     ],
 )
-def test_fidelity_fast_drafts_a_jpeg_down_to_twice_the_resize_target(
+def test_fidelity_fast_drafts_a_jpeg_down_to_three_times_the_resize_target(
     resized_sizes: list[tuple[int, int]], resize_shorter: int, size: tuple[int, int], drafted: tuple[int, int]
 ) -> None:
     data = encode(Image.new("RGB", size, RED), "JPEG", quality=50)
