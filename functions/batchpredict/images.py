@@ -519,7 +519,7 @@ def _resize_bytes(
     if resized[0] * resized[1] <= _WHOLE_RESIZE_PIXELS:
         first_pass = max(resized[0] * height, width * resized[1])
         pixels = first_pass + resized[0] * resized[1] + crop * crop
-        if reducing_gap is not None:
+        if reducing_gap is not None and max(width / resized[0], height / resized[1]) >= 2 * reducing_gap:
             pixels += width * height // 2
     else:
         pixels = crop * max(width, height) + crop * crop
