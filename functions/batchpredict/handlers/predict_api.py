@@ -4,8 +4,8 @@
 ``POST {"urls": [...]}`` (up to API_MAX_URLS) returns ``{"results": [...]}``. ``fidelity``
 (``exact``, the default, or ``fast``: a query field for GET, a body field for POST) chooses the
 decode as a job's x-amz-meta-fidelity does. 400 for bad input, 422 for a single image that
-cannot be predicted. Same engine and fetch guard as
-the batch path; the model is loaded once per process, not on every request.
+cannot be predicted. Same engine and fetch guard as the batch path; the model is loaded once
+per process, not on every request.
 """
 
 from __future__ import annotations
