@@ -36,6 +36,7 @@ from typing import Any
 from batchpredict.config import DEFAULT_CHUNK_SIZE, DEFAULT_HEARTBEAT_SECONDS
 from batchpredict.costs import ComputeMeter
 from batchpredict.errors import ErrorCode
+from batchpredict.fidelity import DEFAULT_FIDELITY, Fidelity
 from batchpredict.jobs import STOPPED_STATUSES
 from batchpredict.messages import Chunk
 from batchpredict.observability import MetricUnit, logger, metrics
@@ -360,13 +361,15 @@ class _Invocation:
         return [chunk.items for chunk in new], self.batch._top_k(new)
 
 
-def predict_urls(predictor: StreamingPredictor, urls: Sequence[str], deadline: float) -> list[ResultRecord]:
+def predict_urls(
+    predictor: StreamingPredictor, urls: Sequence[str], deadline: float, fidelity: Fidelity = DEFAULT_FIDELITY
+) -> list[ResultRecord]:
     """predict_api's path: the same stream for a few URLs; records without a job, in order.
 
     Each URL is a group of its own, so an image done before the deadline keeps its result
     and one that is not fails alone, as ``fetch_timeout``.
     """
-    items = [WorkItem(index=i, url=url) for i, url in enumerate(urls)]
+    items = [WorkItem(index=i, url=url, fidelity=fidelity) for i, url in enumerate(urls)]
     done: dict[int, ImageResult] = {}
     predictor.run([[item] for item in items], deadline, lambda g, results: done.update({g: results[0]}))
     late = "not done before the request's deadline"

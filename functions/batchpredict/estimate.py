@@ -20,11 +20,12 @@ from typing import Any
 
 from batchpredict.costs import PRICES, Prices, compute_summary
 from batchpredict.deadlines import epoch
+from batchpredict.fidelity import DEFAULT_FIDELITY
 from batchpredict.jobs import Job
 from batchpredict.manifest import ByteStream, ManifestError, detect_format, iter_manifest
 from batchpredict.split import SplitSettings, work_item
 
-EXACT = "exact"  # the fidelity of a job that names none
+EXACT = DEFAULT_FIDELITY.value  # the fidelity of a job that names none
 DEFAULT_MODEL = "efficientnet-lite0:1"  # the default bundle's model id (model.json name:version)
 HISTORY_JOBS = 5  # the newest finished jobs of the same model and fidelity an estimate averages
 EXAMPLES_PER_CODE = 3  # failing lines shown for each error code
@@ -145,7 +146,7 @@ def scan_manifest(stream: ByteStream, key: str, settings: SplitSettings = SPLIT_
 
 def job_fidelity(job: Job) -> str:
     """A job's fidelity: ``exact`` for a job that records none (older jobs, or no option)."""
-    return str(getattr(job, "fidelity", None) or EXACT)
+    return job.fidelity or EXACT
 
 
 def _parallel(settings: StackSettings, chunks: int) -> int:

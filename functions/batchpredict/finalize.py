@@ -26,6 +26,7 @@ from batchpredict.costs import compute_summary
 from batchpredict.deadlines import iso
 from batchpredict.errors import ErrorCode
 from batchpredict.events import JobEvents, announce
+from batchpredict.fidelity import DEFAULT_FIDELITY
 from batchpredict.jobs import FINAL_STATUSES, Job, JobStatus, JobStore, utc_now
 from batchpredict.merge import MergeMismatchError, Merger, MergeSettings, MergeState
 from batchpredict.merges import MergeCheckpoint, MergeStore
@@ -79,8 +80,10 @@ def record_summary(job: Job) -> dict[str, Any]:
 
 
 def _named(job: Job) -> dict[str, Any]:
-    """The job's own options, for the summary."""
-    return {k: v for k, v in (("name", job.name), ("tags", job.tags)) if v}
+    """The job's own options, for the summary: its name and tags if given, and its fidelity
+    (``exact`` unless the job asked for ``fast``)."""
+    named = {k: v for k, v in (("name", job.name), ("tags", job.tags)) if v}
+    return named | {"fidelity": job.fidelity or DEFAULT_FIDELITY.value}
 
 
 def final_status(job: Job, tally_succeeded: int, tally_lines: int) -> tuple[JobStatus, str | None]:

@@ -24,6 +24,7 @@ from PIL import ExifTags, Image, ImageFile, ImageOps, UnidentifiedImageError
 
 from batchpredict.defaults import DEFAULT_MAX_PIXELS as DEFAULT_MAX_PIXELS
 from batchpredict.errors import ErrorCode, PredictionError
+from batchpredict.fidelity import DEFAULT_FIDELITY, FAST_DRAFT_FACTOR, FAST_REDUCING_GAP, Fidelity
 
 # The formats an image URL plausibly serves. Pillow reads ~40 more (EPS even runs Ghostscript);
 # each is attack surface for untrusted bytes and of no use here.
@@ -104,6 +105,7 @@ def decode_image(
     max_pixels: int = DEFAULT_MAX_PIXELS,
     *,
     deadline: float | None = None,
+    fidelity: Fidelity = DEFAULT_FIDELITY,
 ) -> DecodedImage:
     """Decode untrusted image bytes into the model's input tensor.
 
@@ -111,14 +113,20 @@ def decode_image(
     DECODE_TIMEOUT (see ``_DeadlineReader`` for how promptly). Raises PredictionError
     NOT_AN_IMAGE, IMAGE_TOO_LARGE, IMAGE_TOO_COMPLEX or DECODE_TIMEOUT.
 
-    The tensor is, bit for bit, the reference preprocessing's: the whole picture decoded at full
-    resolution, resized, centre-cropped (tests/unit/test_decode_fidelity.py). A JPEG is never
-    drafted (libjpeg's 1/2, 1/4, 1/8 scaled IDCT): a draft at any scale moves probabilities
-    (~0.01 even at 8x the resize target) and reorders near-tied classes.
+    ``exact``: the tensor is, bit for bit, the reference preprocessing's: the whole picture
+    decoded at full resolution, resized, centre-cropped (tests/unit/test_decode_fidelity.py). A
+    JPEG is never drafted (libjpeg's 1/2, 1/4, 1/8 scaled IDCT): a draft at any scale moves
+    probabilities (~0.01 even at 8x the resize target) and reorders near-tied classes.
+
+    ``fast``: a JPEG is drafted to a shorter side of at least FAST_DRAFT_FACTOR x the resize
+    target, and the picture is reduced by an integer factor down to FAST_REDUCING_GAP x the
+    target before the resize (fidelity.py; agreement in benchmarks/fidelity_agreement.py).
     """
-    image, (width, height) = _load(data, max_pixels, None, deadline)
+    fast = fidelity is Fidelity.FAST
+    draft_to = FAST_DRAFT_FACTOR * preprocess.resize_shorter if fast else None
+    image, (width, height) = _load(data, max_pixels, draft_to, deadline)
     _check_deadline(deadline)
-    tensor = _to_tensor(image, preprocess)
+    tensor = _to_tensor(image, preprocess, FAST_REDUCING_GAP if fast else None)
     return DecodedImage(tensor=tensor, width=width, height=height, bytes=len(data))
 
 
@@ -132,16 +140,21 @@ def load_rgb(
     """Decode untrusted image bytes into an EXIF-oriented RGB image (first frame if animated).
 
     ``draft_to`` lets a JPEG decode at 1/2, 1/4 or 1/8 scale as long as its shorter side stays
-    >= draft_to: for thumbnails (report.py), never for a model's input, which ``decode_image``
-    always decodes in full. Raises PredictionError like ``decode_image``.
+    >= draft_to: for thumbnails (report.py); a model's input is drafted only by ``decode_image``
+    at fidelity ``fast``. Raises PredictionError like ``decode_image``.
     """
     image = _load(data, max_pixels, draft_to, deadline)[0]
     return image if image.mode == "RGB" else image.convert("RGB")
 
 
-def decode_memory_bytes(data: bytes, preprocess: Preprocess, max_pixels: int = DEFAULT_MAX_PIXELS) -> int:
-    """An upper bound on the memory ``decode_image(data, preprocess, max_pixels)`` holds at its
-    peak, beyond ``data`` itself, read from the header alone (no pixel is decoded).
+def decode_memory_bytes(
+    data: bytes,
+    preprocess: Preprocess,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    fidelity: Fidelity = DEFAULT_FIDELITY,
+) -> int:
+    """An upper bound on the memory ``decode_image(data, preprocess, max_pixels, fidelity=...)``
+    holds at its peak, beyond ``data`` itself, read from the header alone (no pixel is decoded).
 
     Bytes that ``decode_image`` refuses before decoding (not an image, too large, too complex)
     get the small fixed cost of finding that out.
@@ -160,7 +173,8 @@ def decode_memory_bytes(data: bytes, preprocess: Preprocess, max_pixels: int = D
             scans = _jpeg_scan_offsets(data, None) if image.format in ("JPEG", "MPO") else []
             if len(scans) > MAX_JPEG_SCANS:
                 return _FIXED_BYTES
-            return _FIXED_BYTES + _peak_bytes(image, data, preprocess, len(scans))
+            gap = FAST_REDUCING_GAP if fidelity is Fidelity.FAST else None
+            return _FIXED_BYTES + _peak_bytes(image, data, preprocess, len(scans), gap)
         except MemoryError:
             raise
         except Exception:  # a header too odd to model (tags of unexpected types, ...)
@@ -314,9 +328,11 @@ def _strips(size: tuple[int, int]) -> Iterator[tuple[int, int, int, int]]:
         yield (0, top, width, min(top + rows, height))
 
 
-def _to_tensor(image: Image.Image, preprocess: Preprocess) -> npt.NDArray[np.float32]:
+def _to_tensor(
+    image: Image.Image, preprocess: Preprocess, reducing_gap: float | None = None
+) -> npt.NDArray[np.float32]:
     """Resize, crop and normalise an "RGB" or "L" picture into the model's CHW float32 input."""
-    image = _resize_and_crop(image, preprocess)
+    image = _resize_and_crop(image, preprocess, reducing_gap)
     if image.mode != "RGB":  # "L": grey resizes channel for channel like its RGB copy would
         image = image.convert("RGB")
     pixels = np.asarray(image)  # HWC uint8, RGB
@@ -342,8 +358,14 @@ def _resized_size(size: tuple[int, int], shorter: int) -> tuple[int, int]:
     return shorter, shorter
 
 
-def _resize_and_crop(image: Image.Image, preprocess: Preprocess) -> Image.Image:
+def _resize_and_crop(
+    image: Image.Image, preprocess: Preprocess, reducing_gap: float | None = None
+) -> Image.Image:
     """Shorter side to ``resize_shorter``, then the centre ``crop`` x ``crop``.
+
+    ``reducing_gap`` (fidelity ``fast`` only; None: exact): Pillow first shrinks the picture by
+    an integer factor (``Image.reduce``, a box filter) as long as it stays ``reducing_gap``
+    times the target, then resamples the rest of the way.
 
     The whole picture is resized and then cropped: the reference preprocessing, bit for bit.
     Resizing only the crop's source box (``resize(box=...)``) is not: Pillow takes the box in
@@ -362,7 +384,8 @@ def _resize_and_crop(image: Image.Image, preprocess: Preprocess) -> Image.Image:
     left, top = (size[0] - crop) // 2, (size[1] - crop) // 2
     resampling = _RESAMPLING[preprocess.interpolation]
     if size[0] * size[1] <= _WHOLE_RESIZE_PIXELS:
-        return image.resize(size, resampling).crop((left, top, left + crop, top + crop))
+        resized = image.resize(size, resampling, reducing_gap=reducing_gap)
+        return resized.crop((left, top, left + crop, top + crop))
     scale_x, scale_y = image.width / size[0], image.height / size[1]
     box = (left * scale_x, top * scale_y, (left + crop) * scale_x, (top + crop) * scale_y)
     return image.resize((crop, crop), resampling, box=box)
@@ -416,7 +439,8 @@ def _jpeg_scan_offsets(data: bytes, deadline: float | None) -> list[int]:
 # ---------------------------------------------------------------------------------------------
 # Memory estimate. Every term is a buffer alive at the peak of some stage of a decode;
 # tests/unit/test_images.py measures the real peak (RSS of a child process) of hostile images
-# against it. "Pixels" are those of the image as decoded: its full size (nothing is drafted).
+# against it. "Pixels" are those of the image at its full size: a ``fast`` decode (drafted,
+# reduced) holds less, so the same estimate bounds it too.
 
 _FIXED_BYTES = 16 << 20  # codec state, row buffers, Python objects, the tensor
 
@@ -434,7 +458,9 @@ _WORST_BYTES_PER_PIXEL = 24
 _PAYLOAD_COPIES = {"WEBP": 2, "AVIF": 2}
 
 
-def _peak_bytes(image: ImageFile.ImageFile, data: bytes, preprocess: Preprocess, scans: int) -> int:
+def _peak_bytes(
+    image: ImageFile.ImageFile, data: bytes, preprocess: Preprocess, scans: int, reducing_gap: float | None
+) -> int:
     decoding = held = 0  # decoder memory beside Pillow's image: at its peak, and kept after
     if image.format in ("JPEG", "MPO"):
         decoding = _jpeg_buffer_bytes(image, scans)
@@ -471,24 +497,30 @@ def _peak_bytes(image: ImageFile.ImageFile, data: bytes, preprocess: Preprocess,
     turning = stored if oriented else 0
     # Resizing the flattened picture: its intermediate and output beside it (either way up if
     # the picture may be turned).
-    resizing = _resize_bytes((width, height), flat_mode, preprocess)
+    resizing = _resize_bytes((width, height), flat_mode, preprocess, reducing_gap)
     if oriented:
-        resizing = max(resizing, _resize_bytes((height, width), flat_mode, preprocess))
+        resizing = max(resizing, _resize_bytes((height, width), flat_mode, preprocess, reducing_gap))
     copies = _PAYLOAD_COPIES.get(str(image.format), 0) * len(data)
     peak = copies + max(decoding, held + turning, held + flattening, held + converted + resizing) + stored
     return peak + peak // 16  # allocator slack: glibc arenas, page rounding, alignment
 
 
-def _resize_bytes(size: tuple[int, int], mode: str, preprocess: Preprocess) -> int:
+def _resize_bytes(
+    size: tuple[int, int], mode: str, preprocess: Preprocess, reducing_gap: float | None = None
+) -> int:
     """What ``_resize_and_crop`` allocates for a ``size`` picture in ``mode`` ("RGB" or "L"):
     the intermediate of Pillow's first pass (at most the output's width by every row, or every
-    column by the output's height, whichever pass runs first), the output, the crop's copy."""
+    column by the output's height, whichever pass runs first), the output, the crop's copy;
+    with a ``reducing_gap`` also the reduced copy the passes then start from (half the picture
+    at most: Pillow reduces by a factor of 2 or more along one axis at least)."""
     width, height = size
     resized = _resized_size(size, preprocess.resize_shorter)
     crop = preprocess.crop
     if resized[0] * resized[1] <= _WHOLE_RESIZE_PIXELS:
         first_pass = max(resized[0] * height, width * resized[1])
         pixels = first_pass + resized[0] * resized[1] + crop * crop
+        if reducing_gap is not None and max(width / resized[0], height / resized[1]) >= 2 * reducing_gap:
+            pixels += width * height // 2
     else:
         pixels = crop * max(width, height) + crop * crop
     return _STORED_BYTES.get(mode, 4) * pixels

@@ -20,6 +20,7 @@ from urllib.parse import unquote_plus
 
 from aws_lambda_powertools.utilities.data_classes import S3Event
 
+from batchpredict.fidelity import DEFAULT_FIDELITY, Fidelity
 from batchpredict.records import WorkItem
 
 # Size limits of the work queue's messages. SQS holds 256 KiB a message (1 MiB since 2025-08;
@@ -123,6 +124,7 @@ class Chunk:
     items: list[WorkItem]
     top_k: int | None = None  # the job's top-k option (None: the function's TOP_K)
     max_failures: str | None = None  # the job's max-failures: its writer then judges the threshold
+    fidelity: Fidelity | None = None  # the job's fidelity (None: exact); parse gives it to each item
 
     def body(self) -> str:
         # MAX_CHUNK_SIZE items of at most MAX_WORK_ITEM_BYTES each fit one SQS message.
@@ -131,19 +133,23 @@ class Chunk:
             doc["top_k"] = self.top_k
         if self.max_failures is not None:
             doc["max_failures"] = self.max_failures
+        if self.fidelity is not None:
+            doc["fidelity"] = self.fidelity.value
         doc["items"] = [item.as_message() for item in self.items]
         return _compact(doc)
 
     @classmethod
     def parse(cls, body: str) -> Chunk:
         doc = json.loads(body)
-        top_k = doc.get("top_k")
+        top_k, fidelity = doc.get("top_k"), doc.get("fidelity")
+        chosen = Fidelity(fidelity) if fidelity is not None else None
         return cls(
             str(doc["job_id"]),
             int(doc["chunk"]),
-            [WorkItem.from_message(i) for i in doc["items"]],
+            [WorkItem.from_message(i, chosen or DEFAULT_FIDELITY) for i in doc["items"]],
             int(top_k) if top_k is not None else None,
             doc.get("max_failures"),
+            chosen,
         )
 
 

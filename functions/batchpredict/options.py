@@ -11,6 +11,8 @@ option fails the job at once with a message naming it (never silently ignored).
                              it, after at least 100 finished lines, the job stops and ends FAILED
     x-amz-meta-timeout       seconds the job may run, 1..604800 (7 days)
     x-amz-meta-notify        email: mail this job's state changes (the stack's NotificationEmail)
+    x-amz-meta-fidelity      exact (default: the reference preprocessing, bit for bit) or fast
+                             (JPEGs drafted, big pictures reduced first: see fidelity.py)
 
 The values come from whoever uploads a manifest: every parser takes ASCII digits only (no
 other script's digits, no sign, no underscore, no exponent; surrounding ASCII blanks are
@@ -24,6 +26,8 @@ from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
 from fractions import Fraction
 from typing import Any
+
+from batchpredict.fidelity import Fidelity
 
 MAX_NAME = 256
 MAX_TAGS = 50
@@ -176,6 +180,7 @@ class JobOptions:
     max_failures: MaxFailures | None = None
     timeout_seconds: int | None = None
     notify: tuple[str, ...] = ()
+    fidelity: Fidelity | None = None  # None: exact
 
     def as_metadata(self) -> dict[str, str]:
         """What to put in the manifest object's user metadata (the inverse of ``parse_options``)."""
@@ -186,6 +191,7 @@ class JobOptions:
             "max-failures": _text(self.max_failures),
             "timeout": _text(self.timeout_seconds),
             "notify": ",".join(self.notify) or None,
+            "fidelity": _text(self.fidelity),
         }
         return {k: v for k, v in metadata.items() if v is not None}
 
@@ -199,6 +205,7 @@ class JobOptions:
             "max_failures": _text(self.max_failures),
             "timeout_seconds": self.timeout_seconds,
             "notify": list(self.notify) or None,
+            "fidelity": _text(self.fidelity),
         }
         return {k: v for k, v in item.items() if v is not None}
 
@@ -256,6 +263,16 @@ def parse_notify(raw: str) -> tuple[str, ...]:
     return tuple(dict.fromkeys(channels))
 
 
+FIDELITIES = tuple(f.value for f in Fidelity)
+
+
+def parse_fidelity(raw: str) -> Fidelity:
+    text = raw.strip(_BLANKS).lower()
+    if text not in FIDELITIES:
+        raise OptionError(f"fidelity={_shown(raw)}: give one of {', '.join(FIDELITIES)}")
+    return Fidelity(text)
+
+
 _PARSERS = {
     "name": ("name", _name),
     "tags": ("tags", parse_tags),
@@ -263,6 +280,7 @@ _PARSERS = {
     "max-failures": ("max_failures", MaxFailures.parse),
     "timeout": ("timeout_seconds", parse_timeout),
     "notify": ("notify", parse_notify),
+    "fidelity": ("fidelity", parse_fidelity),
 }
 OPTIONS = tuple(_PARSERS)  # the x-amz-meta-<option> names
 

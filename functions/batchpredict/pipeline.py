@@ -36,6 +36,7 @@ from batchpredict.budget import MemoryBudget
 from batchpredict.config import StreamSettings
 from batchpredict.errors import ErrorCode, PredictionError
 from batchpredict.fetching import FetchResult, ImageFetcher
+from batchpredict.fidelity import Fidelity, engine_for
 from batchpredict.images import DecodedImage, Preprocess
 from batchpredict.model import Engine, available_cpus
 from batchpredict.observability import logger
@@ -74,11 +75,11 @@ EMPTY_REFILL_BACKOFF = 5
 
 
 class Decoder(Protocol):
-    def memory_bytes(self, payload: bytes) -> int:
+    def memory_bytes(self, payload: bytes, fidelity: Fidelity) -> int:
         """The peak memory decoding ``payload`` will take, from its header alone."""
         ...
 
-    def decode(self, payload: bytes, deadline: float) -> DecodedImage:
+    def decode(self, payload: bytes, deadline: float, fidelity: Fidelity) -> DecodedImage:
         """The model's input tensor; PredictionError for a payload that cannot be one."""
         ...
 
@@ -90,11 +91,13 @@ class ImageDecoder:
     preprocess: Preprocess
     max_pixels: int
 
-    def memory_bytes(self, payload: bytes) -> int:
-        return images.decode_memory_bytes(payload, self.preprocess, self.max_pixels)
+    def memory_bytes(self, payload: bytes, fidelity: Fidelity) -> int:
+        return images.decode_memory_bytes(payload, self.preprocess, self.max_pixels, fidelity)
 
-    def decode(self, payload: bytes, deadline: float) -> DecodedImage:
-        return images.decode_image(payload, self.preprocess, self.max_pixels, deadline=deadline)
+    def decode(self, payload: bytes, deadline: float, fidelity: Fidelity) -> DecodedImage:
+        return images.decode_image(
+            payload, self.preprocess, self.max_pixels, deadline=deadline, fidelity=fidelity
+        )
 
 
 @dataclass
@@ -151,11 +154,13 @@ class StreamingPredictor:
         memory: MemoryBudget,
         *,
         decoder: Decoder | None = None,
+        fast_engine: Engine | None = None,
         clock: Clock = time.monotonic,
     ) -> None:
         if not 1 <= settings.bucket <= engine.max_batch:
             raise ValueError(f"bucket must be between 1 and the engine's max batch {engine.max_batch}")
         self.engine = engine
+        self.fast_engine = fast_engine  # fidelity fast's own engine, once one passes its gate
         self.fetcher = fetcher
         self.settings = settings
         self.top_k = top_k
@@ -304,10 +309,20 @@ class StreamingPredictor:
         return max(until, 0.001)
 
     def _infer(self, run: _Run, batch: list[_Ready]) -> None:
+        """One forward pass per engine the batch's fidelities pick (fidelity.engine_for)."""
+        passes: dict[int, tuple[Engine, list[_Ready]]] = {}
+        for ready in batch:
+            fidelity = run.groups[ready.group][ready.position].fidelity
+            engine = engine_for(fidelity, self.engine, self.fast_engine)
+            passes.setdefault(id(engine), (engine, []))[1].append(ready)
+        for engine, part in passes.values():
+            self._forward(run, engine, part)
+
+    def _forward(self, run: _Run, engine: Engine, batch: list[_Ready]) -> None:
         tensors = np.stack([r.outcome.image.tensor for r in batch])  # type: ignore[union-attr]
         started = time.perf_counter()
         try:
-            predictions = self.engine.run_inference(tensors, run.top_k)
+            predictions = engine.run_inference(tensors, run.top_k)
         except Exception:
             # Not one image's fault (every tensor has the engine's shape): leave these images
             # unfinished so their chunks come back, rather than failing lines that may be fine.
@@ -357,9 +372,9 @@ class StreamingPredictor:
         try:
             if run.closed:
                 return
-            with self.memory.reserve(self.decoder.memory_bytes(payload)):
+            with self.memory.reserve(self.decoder.memory_bytes(payload, item.fidelity)):
                 deadline = min(self._clock() + self.settings.decode_seconds, run.deadline)
-                outcome.image = self.decoder.decode(payload, deadline)
+                outcome.image = self.decoder.decode(payload, deadline, item.fidelity)
         except PredictionError as exc:
             outcome.error = exc
         except Exception as exc:

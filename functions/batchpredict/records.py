@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Any, Final, Literal
 
 from batchpredict.errors import ErrorCode
+from batchpredict.fidelity import DEFAULT_FIDELITY, Fidelity
 
 PREVIEW_CHARS = 200  # what a failed line keeps of its raw text, url or id for the error report
 
@@ -52,13 +53,15 @@ def img_sk(index: int) -> str:
 @dataclass(frozen=True)
 class WorkItem:
     """One manifest line as it travels in a chunk message: an image to predict, or a line
-    that already failed while the manifest was split (``error`` set)."""
+    that already failed while the manifest was split (``error`` set). ``fidelity`` is its job's:
+    the chunk message carries it once for all its lines (``messages.Chunk``), not each line."""
 
     index: int
     url: str | None = None
     id: str | None = None
     metadata: dict[str, Any] | None = None
     error: dict[str, str] | None = None
+    fidelity: Fidelity = DEFAULT_FIDELITY
 
     def as_message(self) -> dict[str, Any]:
         fields = {
@@ -71,13 +74,14 @@ class WorkItem:
         return {k: v for k, v in fields.items() if v is not None}
 
     @classmethod
-    def from_message(cls, body: dict[str, Any]) -> WorkItem:
+    def from_message(cls, body: dict[str, Any], fidelity: Fidelity = DEFAULT_FIDELITY) -> WorkItem:
         return cls(
             index=int(body["index"]),
             url=body.get("url"),
             id=body.get("id"),
             metadata=body.get("metadata"),
             error=body.get("error"),
+            fidelity=fidelity,
         )
 
 
@@ -135,7 +139,8 @@ class Timing:
 @dataclass(frozen=True, slots=True, kw_only=True)
 class ResultRecord:
     """One manifest line's result. ``job_id`` None: predict_api's record, which has none;
-    ``metadata`` None: the line had none (both are then left out of the JSON)."""
+    ``metadata`` None: the line had none (both are then left out of the JSON). ``fidelity``:
+    the decode its job asked for (a record written before there was a choice was ``exact``)."""
 
     job_id: str | None
     index: int
@@ -145,6 +150,7 @@ class ResultRecord:
     predictions: tuple[Prediction, ...] = ()
     error: ResultError | None = None
     model: str | None = None
+    fidelity: Fidelity = DEFAULT_FIDELITY
     image: ImageInfo | None = None
     timing_ms: Timing = Timing()
     metadata: dict[str, Any] | None = None
@@ -175,6 +181,7 @@ class ResultRecord:
             predictions=predictions,
             error=error,
             model=model,
+            fidelity=item.fidelity,
             image=image,
             timing_ms=timing,
             metadata=item.metadata,
@@ -198,6 +205,7 @@ class ResultRecord:
             "predictions": [p.as_dict() for p in self.predictions],
             "error": None if self.error is None else {"code": self.error.code, "message": self.error.message},
             "model": self.model,
+            "fidelity": self.fidelity.value,
             "image": None
             if self.image is None
             else {"width": self.image.width, "height": self.image.height, "bytes": self.image.bytes},
@@ -231,6 +239,7 @@ class ResultRecord:
             predictions=tuple(Prediction.from_dict(p) for p in data["predictions"]),
             error=None if error is None else ResultError(error["code"], error["message"]),
             model=data["model"],
+            fidelity=Fidelity(data.get("fidelity", DEFAULT_FIDELITY)),
             image=None if image is None else ImageInfo(image["width"], image["height"], image["bytes"]),
             timing_ms=Timing(timing["fetch"], timing["preprocess"], timing["inference"]),
             metadata=data.get("metadata"),

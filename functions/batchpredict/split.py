@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from batchpredict.errors import ErrorCode
 from batchpredict.events import JobEvents
+from batchpredict.fidelity import Fidelity
 from batchpredict.finalize import fail_job
 from batchpredict.inputs import ManifestBody, ManifestStore, ManifestUnreadableError
 from batchpredict.jobs import STOPPED_STATUSES, JobStatus, JobStore
@@ -166,7 +167,9 @@ class Splitter:
         if bad_option:
             # Never silently ignored: the job fails at once, naming the option.
             return self._fail(job_id, f"manifest {obj.uri}: {bad_option}")
-        chunk_options = _chunk_options(stored_options.get("top_k"), stored_options.get("max_failures"))
+        chunk_options = _chunk_options(
+            stored_options.get("top_k"), stored_options.get("max_failures"), stored_options.get("fidelity")
+        )
         return self._guarded(
             job_id,
             obj,
@@ -197,7 +200,7 @@ class Splitter:
                 continuation.manifest,
                 Position.from_dict(continuation.position),
                 remaining_ms,
-                _chunk_options(job.top_k, job.max_failures),
+                _chunk_options(job.top_k, job.max_failures, job.fidelity),
             ),
         )
 
@@ -316,9 +319,13 @@ class Splitter:
         return SplitOutcome(job_id, "failed")
 
 
-def _chunk_options(top_k: int | None, max_failures: str | None) -> dict[str, Any]:
+def _chunk_options(top_k: int | None, max_failures: str | None, fidelity: str | None) -> dict[str, Any]:
     """The job's options every chunk message carries, so predict needs no lookup for them."""
-    return {"top_k": top_k, "max_failures": max_failures}
+    return {
+        "top_k": top_k,
+        "max_failures": max_failures,
+        "fidelity": Fidelity(fidelity) if fidelity is not None else None,
+    }
 
 
 def _resume_at(checkpoint: dict[str, Any]) -> Position:

@@ -159,6 +159,8 @@ def storable(record: ResultRecord) -> ResultRecord:
     problem = item_problem(record.to_item() | _LONGEST_EXPIRY)
     if problem is None:
         return record
-    item = WorkItem(index=record.index, url=preview(record.url), id=preview(record.id))
+    item = WorkItem(
+        index=record.index, url=preview(record.url), id=preview(record.id), fidelity=record.fidelity
+    )
     message = f"the result row would be refused by DynamoDB ({problem}); its metadata is left out"
     return ResultRecord.failed(record.job_id, item, ErrorCode.INVALID_MANIFEST_LINE, message, record.model)

@@ -99,6 +99,7 @@ def test_options_from_metadata_reach_the_job_the_results_and_the_event(
             "top-k": "2",
             "max-failures": "5%",
             "notify": "email",
+            "fidelity": "fast",
         },
     )
     stack.run()
@@ -112,9 +113,11 @@ def test_options_from_metadata_reach_the_job_the_results_and_the_event(
         ["email"],
     )
     assert job.status == JobStatus.COMPLETED
-    assert [len(line["predictions"]) for line in _exactly_once(stack, job_id, 3)] == [2, 2, 2]
+    lines = _exactly_once(stack, job_id, 3)
+    assert [(len(line["predictions"]), line["fidelity"]) for line in lines] == [(2, "fast")] * 3
     summary = stack.summary(job_id)
     assert (summary["name"], summary["tags"]) == ("nightly run", {"team": "vision", "run": "7"})
+    assert (job.fidelity, summary["fidelity"]) == ("fast", "fast")
     (event,) = _events(stack)
     assert (event["source"], event["detail-type"]) == (SOURCE, DETAIL_TYPE)
     detail = event["detail"]

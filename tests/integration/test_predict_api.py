@@ -81,6 +81,32 @@ def test_bad_input_is_400(api: None, method: str, query: Any, body: Any, code: s
     assert status == 400 and response["error"]["code"] == code
 
 
+def test_fidelity_is_a_query_field_for_get_and_a_body_field_for_post(api: None, image_server: str) -> None:
+    url = f"{image_server}/coffee.png"
+    status, body, _ = _call("GET", {"url": url, "fidelity": "fast"})
+    assert status == 200 and body["fidelity"] == "fast" and body["predictions"][0]["label"] == "espresso"
+    status, body, _ = _call("GET", {"url": url})
+    assert status == 200 and body["fidelity"] == "exact"
+    status, body, _ = _call("POST", body={"urls": [url, f"{image_server}/flower.jpg"], "fidelity": "fast"})
+    assert status == 200 and [r["fidelity"] for r in body["results"]] == ["fast", "fast"]
+    status, body, _ = _call("POST", body={"url": url, "fidelity": "exact"})
+    assert status == 200 and body["fidelity"] == "exact"
+
+
+@pytest.mark.parametrize(
+    ("method", "query", "body"),
+    [
+        ("GET", {"url": "http://127.0.0.1/a.jpg", "fidelity": "slow"}, None),
+        ("POST", None, {"url": "http://127.0.0.1/a.jpg", "fidelity": "slow"}),
+        ("POST", None, {"urls": ["http://127.0.0.1/a.jpg"], "fidelity": 1}),
+    ],
+)
+def test_a_bad_fidelity_is_400_naming_it(api: None, method: str, query: Any, body: Any) -> None:
+    status, response, _ = _call(method, query, body)
+    assert (status, response["error"]["code"]) == (400, "invalid_request")
+    assert response["error"]["message"].startswith("fidelity")
+
+
 DEEP = 100_000
 
 

@@ -24,6 +24,7 @@ from PIL import ExifTags, Image, ImageFile, ImageOps, JpegImagePlugin
 
 from batchpredict import images
 from batchpredict.errors import ErrorCode, PredictionError
+from batchpredict.fidelity import Fidelity
 from batchpredict.images import DEFAULT_MAX_PIXELS, DecodedImage, Preprocess, decode_image, load_rgb
 
 RED, BLUE, WHITE = (255, 0, 0), (0, 0, 255), (255, 255, 255)
@@ -257,9 +258,9 @@ def resized_sizes(monkeypatch: pytest.MonkeyPatch) -> list[tuple[int, int]]:
     sizes: list[tuple[int, int]] = []
     original = images._resize_and_crop
 
-    def spy(image: Image.Image, preprocess: Preprocess) -> Image.Image:
+    def spy(image: Image.Image, preprocess: Preprocess, reducing_gap: float | None = None) -> Image.Image:
         sizes.append(image.size)
-        return original(image, preprocess)
+        return original(image, preprocess, reducing_gap)
 
     monkeypatch.setattr(images, "_resize_and_crop", spy)
     return sizes
@@ -295,6 +296,27 @@ def test_decode_image_never_drafts_a_jpeg(
     decode_image(data, Preprocess(resize_shorter=resize_shorter, crop=resize_shorter))
 
     assert resized_sizes == [size]
+
+
+@pytest.mark.parametrize(
+    ("resize_shorter", "size", "drafted"),
+    [
+        (256, (8000, 6000), (2000, 1500)),  # 1/4: the largest scale that keeps >= 768
+        (256, (2048, 2048), (1024, 1024)),
+        (128, (4096, 4100), (512, 513)),  # 1/8 keeps >= 384
+        (320, (5200, 2600), (2600, 1300)),
+        (256, (1535, 3000), (1535, 3000)),  # half of it would be under 768: not drafted
+    ],
+)
+def test_fidelity_fast_drafts_a_jpeg_down_to_three_times_the_resize_target(
+    resized_sizes: list[tuple[int, int]], resize_shorter: int, size: tuple[int, int], drafted: tuple[int, int]
+) -> None:
+    data = encode(Image.new("RGB", size, RED), "JPEG", quality=50)
+
+    decoded = decode_image(data, Preprocess(resize_shorter, resize_shorter), fidelity=Fidelity.FAST)
+
+    assert resized_sizes == [drafted]
+    assert (decoded.width, decoded.height) == size
 
 
 def test_load_rgb_still_drafts_for_thumbnails(big_jpeg: bytes) -> None:

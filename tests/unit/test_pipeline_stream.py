@@ -22,6 +22,7 @@ from batchpredict.config import StreamSettings
 from batchpredict.errors import ErrorCode, PredictionError
 from batchpredict.fetch import FetchPolicy
 from batchpredict.fetching import ImageFetcher
+from batchpredict.fidelity import Fidelity
 from batchpredict.images import DecodedImage
 from batchpredict.jobs import Job, JobStatus
 from batchpredict.messages import Chunk
@@ -40,11 +41,11 @@ class FakeDecoder:
         self.delay = delay
         self.reserved: list[int] = []
 
-    def memory_bytes(self, payload: bytes) -> int:
+    def memory_bytes(self, payload: bytes, fidelity: Fidelity) -> int:
         self.reserved.append(len(payload))
         return len(payload)
 
-    def decode(self, payload: bytes, deadline: float) -> DecodedImage:
+    def decode(self, payload: bytes, deadline: float, fidelity: Fidelity) -> DecodedImage:
         time.sleep(self.delay)
         kind, _, value = payload.decode().partition(":")
         if kind == "img":
@@ -190,11 +191,11 @@ class SlowLastDecoder(FakeDecoder):
         self.slow, self.seconds = slow, seconds
         self.slow_done = 0.0
 
-    def decode(self, payload: bytes, deadline: float) -> DecodedImage:
+    def decode(self, payload: bytes, deadline: float, fidelity: Fidelity) -> DecodedImage:
         if payload == _img(self.slow):
             time.sleep(self.seconds)
             self.slow_done = time.monotonic()
-        return super().decode(payload, deadline)
+        return super().decode(payload, deadline, fidelity)
 
 
 def test_at_the_end_of_a_run_the_engine_infers_by_fours_instead_of_waiting_for_the_last_decode() -> None:

@@ -164,7 +164,7 @@ class Client:
         with manifest.open("rb") as stream:
             scan = scan_manifest(stream, key or manifest.name)
         settings = settings or self.settings()
-        fidelity = str(getattr(options, "fidelity", None) or EXACT)
+        fidelity = str(options.fidelity or EXACT) if options else EXACT
         history = self.jobs.list_jobs(
             (JobStatus.COMPLETED, JobStatus.COMPLETED_WITH_ERRORS), limit=HISTORY_SEARCHED
         )

@@ -19,7 +19,13 @@ from batchpredict.cli.report import write_report
 from batchpredict.cli.shared import allow_network_option, examples, fail, int_option, output_option
 from batchpredict.cli.targets import StackTarget, stack_options
 from batchpredict.jobs import Job, JobStatus
-from batchpredict.options import MAX_FAILURES_COUNT, MAX_TIMEOUT_SECONDS, MAX_TOP_K, MIN_TIMEOUT_SECONDS
+from batchpredict.options import (
+    FIDELITIES,
+    MAX_FAILURES_COUNT,
+    MAX_TIMEOUT_SECONDS,
+    MAX_TOP_K,
+    MIN_TIMEOUT_SECONDS,
+)
 from batchpredict.records import FAILED
 
 JOB = "job-30481560046df9c31196"  # in --help examples
@@ -58,6 +64,7 @@ def _job_options(metadata: Mapping[str, object]) -> Any:
         "batchpredict submit urls.txt --name nightly --tag team=vision --top-k 3 --max-failures 5%",
         "batchpredict submit urls.txt --max-failures 1000 --timeout 7200",
         "batchpredict submit photos.jsonl --dry-run",
+        "batchpredict submit urls.txt --fidelity fast",
         "BATCHPREDICT_STACK=batchpredict batchpredict submit urls.txt --profile prod --region eu-west-1",
     )
 )
@@ -94,6 +101,12 @@ def _job_options(metadata: Mapping[str, object]) -> Any:
 @click.option(
     "--notify", type=click.Choice(["email"]), help="Mail this job's end (the stack's NotificationEmail)."
 )
+@click.option(
+    "--fidelity",
+    type=click.Choice(FIDELITIES),
+    help="exact (default): the reference preprocessing, bit for bit; fast: JPEGs drafted and big"
+    " pictures reduced before the resize, far less decode CPU (x-amz-meta-fidelity).",
+)
 @stack_options
 def submit(
     manifest: Path,
@@ -106,12 +119,13 @@ def submit(
     max_failures: str | None,
     timeout: int | None,
     notify: str | None,
+    fidelity: str | None,
     target: StackTarget,
 ) -> None:
     """Upload MANIFEST under manifests/ and print the job id; the options travel as the
     object's S3 user metadata (as `aws s3 cp --metadata name=…,top-k=3` would send them)."""
     metadata = {"name": name, "tags": ",".join(tags) or None, "top-k": top_k, "max-failures": max_failures}
-    options = _job_options(metadata | {"timeout": timeout, "notify": notify})
+    options = _job_options(metadata | {"timeout": timeout, "notify": notify, "fidelity": fidelity})
     client = target.client()
     if dry_run:
         found = client.dry_run(manifest, key, options)

@@ -72,7 +72,12 @@ def jobs_view(jobs: Sequence[Any], output: str) -> str:
 
 
 def _options(job: Any) -> list[tuple[str, Any]]:
-    return [("top-k", job.top_k), ("max-failures", job.max_failures), ("notify", ",".join(job.notify))]
+    return [
+        ("top-k", job.top_k),
+        ("max-failures", job.max_failures),
+        ("notify", ",".join(job.notify)),
+        ("fidelity", job.fidelity),
+    ]
 
 
 def job_view(job: Any, output: str) -> str:

@@ -1,9 +1,11 @@
 """predict_api: the original post's synchronous endpoint behind an HTTP API.
 
 ``GET /predict?url=…`` or ``POST /predict {"url": …}`` returns that image's record;
-``POST {"urls": [...]}`` (up to API_MAX_URLS) returns ``{"results": [...]}``. 400 for bad
-input, 422 for a single image that cannot be predicted. Same engine and fetch guard as
-the batch path; the model is loaded once per process, not on every request.
+``POST {"urls": [...]}`` (up to API_MAX_URLS) returns ``{"results": [...]}``. ``fidelity``
+(``exact``, the default, or ``fast``: a query field for GET, a body field for POST) chooses the
+decode as a job's x-amz-meta-fidelity does. 400 for bad input, 422 for a single image that
+cannot be predicted. Same engine and fetch guard as the batch path; the model is loaded once
+per process, not on every request.
 """
 
 from __future__ import annotations
@@ -22,8 +24,10 @@ from aws_lambda_powertools.utilities.typing import LambdaContext
 from batchpredict import wiring
 from batchpredict.batch import predict_urls
 from batchpredict.config import api_config
+from batchpredict.fidelity import DEFAULT_FIDELITY, Fidelity
 from batchpredict.manifest import check_url
 from batchpredict.observability import logger, metrics, tracer
+from batchpredict.options import OptionError, parse_fidelity
 from batchpredict.pipeline import StreamingPredictor
 from batchpredict.records import SUCCEEDED
 
@@ -69,8 +73,12 @@ def _body_json(body: str | None, base64_encoded: bool) -> Any:
     return value
 
 
-def _predict(urls: list[str], single: bool) -> Response[str]:
+def _predict(urls: list[str], single: bool, fidelity: object = None) -> Response[str]:
     svc = service()
+    try:
+        chosen = DEFAULT_FIDELITY if fidelity is None else _fidelity(fidelity)
+    except OptionError as exc:
+        return _bad_request("invalid_request", str(exc))
     if not urls:
         return _bad_request("invalid_request", 'give an image URL: ?url=… or a JSON body {"url": …}')
     if len(urls) > svc.max_urls:
@@ -83,16 +91,24 @@ def _predict(urls: list[str], single: bool) -> Response[str]:
             return _bad_request(problem[0].value, problem[1])
     # The batch path's stream: same fetch guard, decoders, engine and records.
     remaining = app.lambda_context.get_remaining_time_in_millis() / 1000
-    records = predict_urls(svc.predictor, urls, time.monotonic() + remaining - svc.reply_reserve_seconds)
+    deadline = time.monotonic() + remaining - svc.reply_reserve_seconds
+    records = predict_urls(svc.predictor, urls, deadline, chosen)
     if single:
         return _json(200 if records[0].status == SUCCEEDED else 422, records[0].to_json())
     return _json(200, {"results": [record.to_json() for record in records]})
 
 
+def _fidelity(value: object) -> Fidelity:
+    if not isinstance(value, str):
+        raise OptionError(f"fidelity: give one of {', '.join(f.value for f in Fidelity)} as a string")
+    return parse_fidelity(value)
+
+
 @app.get("/predict")
 def predict_get() -> Response[str]:
-    url = app.current_event.get_query_string_value(name="url", default_value="") or ""
-    return _predict([url] if url else [], single=True)
+    event = app.current_event
+    url = event.get_query_string_value(name="url", default_value="") or ""
+    return _predict([url] if url else [], single=True, fidelity=event.get_query_string_value(name="fidelity"))
 
 
 @app.post("/predict")
@@ -108,8 +124,8 @@ def predict_post() -> Response[str]:
         urls = body["urls"]
         if not isinstance(urls, list):
             return _bad_request("invalid_request", '"urls" must be a list')
-        return _predict(urls, single=False)
-    return _predict([body["url"]] if body.get("url") else [], single=True)
+        return _predict(urls, single=False, fidelity=body.get("fidelity"))
+    return _predict([body["url"]] if body.get("url") else [], single=True, fidelity=body.get("fidelity"))
 
 
 @logger.inject_lambda_context(clear_state=True)
