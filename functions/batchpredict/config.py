@@ -279,6 +279,9 @@ class PredictorConfig:
     # The function's memory (Lambda sets AWS_LAMBDA_FUNCTION_MEMORY_SIZE; the local runner too).
     # None elsewhere: the decode budget then follows the machine's memory, and no GB-s are charged.
     memory_mb: int | None
+    # LOCAL_CPU_SLOTS: the folder of the machine's CPU slots the local stack's predict workers
+    # compute in turn on (local/cpu_slots.py); None (Lambda): the vCPUs are the invocation's own.
+    cpu_slots: str | None = None
 
 
 def predictor_config(env: Mapping[str, str], policy: FetchPolicy) -> PredictorConfig:
@@ -288,6 +291,7 @@ def predictor_config(env: Mapping[str, str], policy: FetchPolicy) -> PredictorCo
         policy=policy,
         stream=stream_settings(env),
         memory_mb=setting(env, "AWS_LAMBDA_FUNCTION_MEMORY_SIZE", positive_int, None),
+        cpu_slots=setting(env, "LOCAL_CPU_SLOTS", str, None),
     )
 
 

@@ -34,6 +34,7 @@ import numpy as np
 from batchpredict import images
 from batchpredict.budget import MemoryBudget
 from batchpredict.config import StreamSettings
+from batchpredict.cpu_gate import UNGATED, CpuGate
 from batchpredict.errors import ErrorCode, PredictionError
 from batchpredict.fetching import FetchResult, ImageFetcher
 from batchpredict.images import DecodedImage, Preprocess
@@ -151,6 +152,7 @@ class StreamingPredictor:
         memory: MemoryBudget,
         *,
         decoder: Decoder | None = None,
+        gate: CpuGate = UNGATED,
         clock: Clock = time.monotonic,
     ) -> None:
         if not 1 <= settings.bucket <= engine.max_batch:
@@ -161,6 +163,7 @@ class StreamingPredictor:
         self.top_k = top_k
         self.memory = memory
         self.decoder = decoder or ImageDecoder(engine.spec.preprocess, settings.max_pixels)
+        self.gate = gate  # held around each decode and forward pass (cpu_gate.py)
         self._clock = clock
         self._fetchers = ThreadPoolExecutor(fetcher.policy.concurrency, thread_name_prefix="fetch")
         self._decoders = ThreadPoolExecutor(
@@ -241,7 +244,11 @@ class StreamingPredictor:
                     if lines and now >= self._stall_ends(run):
                         refill_lines = lines
                         break
-                    run.cond.wait(self._wait_seconds(run, now, bool(lines)))
+                    if run.ready or run.decoding:
+                        run.cond.wait(self._wait_seconds(run, now, bool(lines)))
+                        continue
+                    with self.gate.idle():  # only fetches out: other workers may compute
+                        run.cond.wait(self._wait_seconds(run, now, bool(lines)))
             for g in finished:
                 handed.add(g)
                 on_done(g, [r for r in run.results[g] if r is not None])
@@ -304,10 +311,11 @@ class StreamingPredictor:
         return max(until, 0.001)
 
     def _infer(self, run: _Run, batch: list[_Ready]) -> None:
-        tensors = np.stack([r.outcome.image.tensor for r in batch])  # type: ignore[union-attr]
-        started = time.perf_counter()
         try:
-            predictions = self.engine.run_inference(tensors, run.top_k)
+            with self.gate.computing():
+                tensors = np.stack([r.outcome.image.tensor for r in batch])  # type: ignore[union-attr]
+                started = time.perf_counter()
+                predictions = self.engine.run_inference(tensors, run.top_k)
         except Exception:
             # Not one image's fault (every tensor has the engine's shape): leave these images
             # unfinished so their chunks come back, rather than failing lines that may be fine.
@@ -357,7 +365,7 @@ class StreamingPredictor:
         try:
             if run.closed:
                 return
-            with self.memory.reserve(self.decoder.memory_bytes(payload)):
+            with self.memory.reserve(self.decoder.memory_bytes(payload)), self.gate.computing():
                 deadline = min(self._clock() + self.settings.decode_seconds, run.deadline)
                 outcome.image = self.decoder.decode(payload, deadline)
         except PredictionError as exc:
