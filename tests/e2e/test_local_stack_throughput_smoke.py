@@ -21,7 +21,9 @@ def test_the_throughput_benchmark_prints_gb_seconds_against_the_floor_for_each_w
         *("--images", "16", "--photos", "3", "--workers", "1", "2", "--reference-seconds", "0.1"),
         *("--model", str(bundle_dir), "--samples", str(samples_dir), "--timeout", "300"),
     ]
-    done = subprocess.run(command, capture_output=True, text=True, cwd=ROOT, env=os.environ, timeout=600)
+    done = subprocess.run(
+        command, check=False, capture_output=True, text=True, cwd=ROOT, env=os.environ, timeout=600
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     out = done.stdout
     for workers in (1, 2):
