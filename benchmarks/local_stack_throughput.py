@@ -20,6 +20,14 @@ CPU went (every process read from /proc over the job: the workers, DynamoDB Loca
 the file server, the rest of the machine); and, from the predict workers' REPORT lines, the GB-s
 and the Lambda cost per million images beside the original AWS blog design's.
 
+Billing: the current code's predict workers run on CPU slots (local/cpu_slots.py: each on as many
+cores as its memory buys, in turn, the time it waits for them not billed), so their REPORT lines
+estimate what Lambda would bill however many share the machine. For every leg the report prints
+predict's GB-s per manifest line (REPORT lines, and the job's _summary.json), the floor (memory GB
+x decode + inference CPU-s per image / vCPUs: every vCPU busy all the time) and the ratio, and
+images/s against the bound. ``--workers 1 2`` runs a leg with each worker count and prints the
+GB-s of each against the first's; ``--no-cpu-slots`` lets the workers share the cores freely.
+
 ``--before REF`` runs the same job on the code of git REF (a worktree under build/bench/, its
 ``functions/`` first on PYTHONPATH) right before each run of the current code, on the same
 workload and machine. Its local stack is its own, with two equalisers so the ratio is that of the
@@ -39,7 +47,7 @@ Usage::
 
     python benchmarks/local_stack_throughput.py [--images 1000] [--photos 300] [--repeat 1]
         [--before 9ac1592] [--tarpit-percent 2 [--clean-peer] [--fetch-total-timeout 5]]
-        [--compare-images 2000]
+        [--compare-images 2000] [--workers 1 2] [--threads N] [--no-cpu-slots]
         [--model build/model/efficientnet-lite0] [--samples build/samples]
 """
 
@@ -84,7 +92,7 @@ SOURCE_SUFFIXES = (".jpg", ".jpeg", ".png")
 
 # --- the reference and the price of a GB-s ----------------------------------------------------
 
-REFERENCE_BATCH = 32  # the engine's MAX_BATCH, and WorkBatchSize 2 x ChunkSize 16 of the template
+REFERENCE_BATCH = 32  # the engine's MAX_BATCH
 
 
 @dataclass(frozen=True)
