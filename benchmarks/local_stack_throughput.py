@@ -20,6 +20,14 @@ CPU went (every process read from /proc over the job: the workers, DynamoDB Loca
 the file server, the rest of the machine); and, from the predict workers' REPORT lines, the GB-s
 and the Lambda cost per million images beside the original AWS blog design's.
 
+Billing: the current code's predict workers run on CPU slots (local/cpu_slots.py: each on as many
+cores as its memory buys, in turn, the time it waits for them not billed), so their REPORT lines
+estimate what Lambda would bill however many share the machine. For every leg the report prints
+predict's GB-s per manifest line (REPORT lines, and the job's _summary.json), the floor (memory GB
+x decode + inference CPU-s per image / vCPUs: every vCPU busy all the time) and the ratio, and
+images/s against the bound. ``--workers 1 2`` runs a leg with each worker count and prints the
+GB-s of each against the first's; ``--no-cpu-slots`` lets the workers share the cores freely.
+
 ``--before REF`` runs the same job on the code of git REF (a worktree under build/bench/, its
 ``functions/`` first on PYTHONPATH) right before each run of the current code, on the same
 workload and machine. Its local stack is its own, with two equalisers so the ratio is that of the
@@ -39,7 +47,7 @@ Usage::
 
     python benchmarks/local_stack_throughput.py [--images 1000] [--photos 300] [--repeat 1]
         [--before 9ac1592] [--tarpit-percent 2 [--clean-peer] [--fetch-total-timeout 5]]
-        [--compare-images 2000]
+        [--compare-images 2000] [--workers 1 2] [--threads N] [--no-cpu-slots]
         [--model build/model/efficientnet-lite0] [--samples build/samples]
 """
 
@@ -84,7 +92,7 @@ SOURCE_SUFFIXES = (".jpg", ".jpeg", ".png")
 
 # --- the reference and the price of a GB-s ----------------------------------------------------
 
-REFERENCE_BATCH = 32  # the engine's MAX_BATCH, and WorkBatchSize 2 x ChunkSize 16 of the template
+REFERENCE_BATCH = 32  # the engine's MAX_BATCH
 
 
 @dataclass(frozen=True)
@@ -443,13 +451,14 @@ class LegSpec:
     model: str
     manifest: str
     workers: int
-    threads: int
+    threads: int | None  # INFERENCE_THREADS (None: the stack's, from the function's memory)
     environment: dict[str, str]
     parameters: dict[str, str]  # SAM template parameters, e.g. WorkBatchSize
     log_dir: str
     out: str
     watch: dict[str, int]  # more processes to measure: name -> pid
     timeout: float
+    cpu_slots: bool = True  # the predict workers compute on the machine's cores in turn
 
 
 def client_class() -> Any:
@@ -472,21 +481,39 @@ def failed_lines(lines: Iterable[Any]) -> dict[int, str]:
     return failed
 
 
+def job_compute(client: Any, job_id: str) -> dict[str, Any] | None:
+    """The ``compute`` of the job's _summary.json (what predict's chunks were billed), None when
+    the tree writes none."""
+    for _ in range(50):  # the summary follows the final status within moments
+        try:
+            return client.summary(job_id).get("compute")  # type: ignore[no-any-return]
+        except AttributeError:
+            return None
+        except Exception:
+            time.sleep(0.2)
+    return None
+
+
 def run_leg(spec: LegSpec) -> None:
     """Worker: the local stack of whichever batchpredict is first on sys.path; one job; JSON out."""
+    import dataclasses
     import inspect
     import resource
 
     from batchpredict.local.provision import LocalOptions
     from batchpredict.local.stack import LocalStack
 
+    threads = {"INFERENCE_THREADS": str(spec.threads)} if spec.threads else {}
+    # Trees from before the CPU slots (--before) have no such option: their workers share freely.
+    slots = {f.name for f in dataclasses.fields(LocalOptions)} >= {"cpu_slots"}
     options = LocalOptions(
         model_uri=spec.model,
         prefix="bench",
         allowed_networks="127.0.0.1",  # the benchmark's image servers (photos, tarpit)
         predict_workers=spec.workers,
-        environment={"INFERENCE_THREADS": str(spec.threads)} | spec.environment,
+        environment=threads | spec.environment,
         parameters=spec.parameters,
+        **({"cpu_slots": spec.cpu_slots} if slots else {}),
     )
     extra = {"serve_api": False} if "serve_api" in inspect.signature(LocalStack).parameters else {}
     started = time.perf_counter()
@@ -529,6 +556,7 @@ def run_leg(spec: LegSpec) -> None:
         cpu["moto server (driver process less its thread)"] = cpu.pop("leg process") - cpu["driver thread"]
         failed = failed_lines(client.result_lines(job_id))
         result = {
+            "compute": job_compute(client, job_id),
             "label": spec.label,
             "wall": wall,
             "startup": startup,
@@ -559,12 +587,35 @@ class LegResult:
     replaced: int
     java_start: float  # CPU s of DynamoDB Local up to the submit (start, provisioning)
     submitted_at: float = 0.0  # wall-clock time of the upload (time.time())
+    compute: dict[str, Any] | None = None  # _summary.json's
     reports: dict[str, list[Any]] = field(default_factory=dict)  # function -> Report
 
     @property
     def rate(self) -> float:
         """Successful images per second of wall time, upload -> COMPLETED."""
         return self.succeeded / self.wall
+
+    @property
+    def predict_reports(self) -> list[Any]:
+        return self.reports.get(PREDICT, [])
+
+    @property
+    def gb_s_per_line(self) -> float | None:
+        """Predict's billed GB-s (its REPORT lines) per manifest line."""
+        reports = self.predict_reports
+        return sum(r.gb_seconds for r in reports) / max(1, self.total) if reports else None
+
+    @property
+    def memory_mb(self) -> int | None:
+        reports = self.predict_reports
+        return reports[0].memory_mb if reports else None
+
+    @property
+    def summary_gb_s_per_line(self) -> float | None:
+        """The same from the job's own _summary.json (the chunks' shares of the billed time)."""
+        if not self.compute or not self.total:
+            return None
+        return float(self.compute.get("predict_gb_seconds") or 0.0) / self.total
 
 
 def ensure_worktree(ref: str) -> tuple[Path, str]:
@@ -692,10 +743,17 @@ def print_cost(result: LegResult, workers: int, cores: int) -> None:
         f"{billed:.1f} s billed at {'/'.join(map(str, memory))} MB (the template's PredictMemorySize; "
         f"max memory used {peak} MB)"
     )
-    print(
-        f"    (durations measured here, {workers} workers on {cores} cores, not on the vCPUs Lambda gives"
-        " that memory)"
-    )
+    waited = sum(r.cpu_wait_ms or 0.0 for r in reports) / 1000
+    if any(r.cpu_wait_ms is not None for r in reports):
+        print(
+            f"    (durations: each invocation's wall time on {cores} cores shared by {workers} workers, less "
+            f"the {waited:.1f} s in all it waited for CPU slots while another computed)"
+        )
+    else:
+        print(
+            f"    (durations measured here, {workers} workers on {cores} cores, not on the vCPUs Lambda gives"
+            " that memory)"
+        )
     print(
         f"    {gb_s:.1f} GB-s, {per_image:.3f} GB-s per manifest line, "
         f"${cost:.2f} per million images ({price.architecture} ${price.gb_second}/GB-s + "
@@ -770,18 +828,90 @@ def print_tarpit(
         )
 
 
+@dataclass(frozen=True)
+class Leg:
+    """One kind of job leg of the run: its label, its tree, its manifest and its predict workers."""
+
+    label: str
+    kind: str  # before, clean, compare, current: also the name of its files
+    tree: Path
+    workers: int
+    threads: int | None  # INFERENCE_THREADS set for it (None: the stack's)
+
+
+def floor_per_line(reference: Reference, memory_mb: int) -> float:
+    """The least predict GB-s a line can be billed: memory GB x necessary CPU-s / vCPUs."""
+    from batchpredict.costs import floor_gb_seconds
+
+    return floor_gb_seconds(memory_mb, reference.per_image)
+
+
+def print_billing(plan: list[Leg], legs: dict[str, list[LegResult]], reference: Reference) -> None:
+    """Predict's billed GB-s per line (REPORT lines, and _summary.json's), against the floor, and
+    images/s against the bound, leg by leg; then the GB-s of each worker count against the
+    first's (the estimate must not depend on the machine's co-tenants)."""
+    print("\npredict's billing (GB-s per manifest line) against the floor and images/s against the bound:")
+    print(f"  {'leg':<38} {'REPORT':>7} {'summary':>8} {'floor':>7} {'/floor':>7} {'img/s':>7} {'/bound':>7}")
+    medians: dict[str, float] = {}
+    for leg in plan:
+        per_line = []
+        for i, r in enumerate(legs[leg.label], 1):
+            gb_s, summary = r.gb_s_per_line, r.summary_gb_s_per_line
+            if gb_s is None or r.memory_mb is None:
+                print(f"  {leg.label:<38} run {i}: no REPORT lines")
+                continue
+            floor = floor_per_line(reference, r.memory_mb)
+            per_line.append(gb_s)
+            shown = f"{summary:8.4f}" if summary is not None else f"{'-':>8}"
+            print(
+                f"  {f'{leg.label} run {i}':<38} {gb_s:7.4f} {shown} {floor:7.4f} {gb_s / floor:6.2f}x "
+                f"{r.rate:7.1f} {r.rate / reference.bound:6.2f}x"
+            )
+        if per_line:
+            medians[leg.label] = statistics.median(per_line)
+            print(f"  {leg.label:<38} GB-s per line {fmt_range(per_line, 4)}")
+    current = [leg for leg in plan if leg.kind == "current" and leg.label in medians]
+    if len(current) > 1:
+        first = current[0]
+        for leg in current[1:]:
+            ratio = medians[leg.label] / medians[first.label]
+            runs = [
+                b.gb_s_per_line / a.gb_s_per_line
+                for a, b in zip(legs[first.label], legs[leg.label], strict=False)
+                if a.gb_s_per_line and b.gb_s_per_line
+            ]
+            print(
+                f"  invariance: {leg.workers} workers / {first.workers}: GB-s per line {ratio:.3f}x "
+                f"(medians; run by run {fmt_range(runs, 3)})"
+            )
+
+
+def print_tarpit_billing(results: list[LegResult], peers: list[LegResult]) -> None:
+    """A tarpit run's rest against its clean peer: rate and GB-s per line, run by run."""
+    for i, (run, peer) in enumerate(zip(results, peers, strict=False), 1):
+        gb_s, peer_gb_s = run.gb_s_per_line, peer.gb_s_per_line
+        billing = f"{gb_s:.4f} vs {peer_gb_s:.4f}: {gb_s / peer_gb_s:.2f}x" if gb_s and peer_gb_s else "n/a"
+        print(
+            f"  run {i}: the rest {run.rate:.1f} vs the clean peer's {peer.rate:.1f} images/s: "
+            f"{run.rate / peer.rate:.2f}x; GB-s per line {billing}"
+        )
+
+
 def report(
     args: argparse.Namespace,
     workload: Workload,
+    plan: list[Leg],
     manifests: dict[str, Manifest],
     reference: Reference,
     legs: dict[str, list[LegResult]],
     machine: dict[str, Any],
 ) -> None:
-    print(f"\nmachine: {machine['cpus']} CPUs (os.cpu_count {os.cpu_count()}); load average (1/5/15 min)")
-    print(f"  before {machine['load_before']}, after {machine['load_after']}")
+    cpus = f"{machine['cpus']} CPUs (os.cpu_count {os.cpu_count()})"
+    print(f"\nmachine: {machine['cpu']}, {cpus}; load average")
+    print(f"  (1/5/15 min) before {machine['load_before']}, after {machine['load_after']}")
     print(f"workload: {workload.describe()}")
-    manifest = manifests[CURRENT]
+    current = [leg for leg in plan if leg.kind == "current"]
+    manifest = manifests[current[0].label]
     tarpit = f", {len(manifest.tarpit)} ({args.tarpit_percent:g}%) at a tarpit" if manifest.tarpit else ""
     print(f"manifest: {len(manifest.photos)} lines{tarpit}, every URL distinct")
     if args.compare_images:
@@ -803,31 +933,36 @@ def report(
         f"= {reference.bound:.1f} images/s"
     )
     what = "successful images/s (the rest)" if manifest.tarpit else "images/s"
-    print(
-        f"\njob legs: {args.workers} predict workers x {args.threads} inference thread(s); {what}, "
-        "upload -> COMPLETED:"
-    )
-    for label, results in legs.items():
+    slots = "sharing the cores freely" if args.no_cpu_slots else "computing in turn on the cores (CPU slots)"
+    print(f"\njob legs: predict workers {slots}; {what}, upload -> COMPLETED:")
+    for leg in plan:
+        results = legs[leg.label]
+        threads = f" x {leg.threads} inference thread(s)" if leg.threads else ""
         for i, r in enumerate(results, 1):
             replaced = f", {r.replaced} workers replaced" if r.replaced else ""
             print(
-                f"  {label:<28} run {i}: {r.rate:7.1f} images/s  {r.rate / reference.bound:5.2f}x bound  "
-                f"{r.wall:6.1f} s  {r.status} ({r.succeeded}/{r.total} succeeded; stack start "
-                f"{r.startup:.1f} s{replaced})"
+                f"  {leg.label:<34} run {i}: {r.rate:7.1f} images/s  {r.rate / reference.bound:5.2f}x bound  "
+                f"{r.wall:6.1f} s  {r.status} ({r.succeeded}/{r.total} succeeded; {leg.workers} workers"
+                f"{threads}; stack start {r.startup:.1f} s{replaced})"
             )
         rates = [r.rate for r in results]
         bound = fmt_range([x / reference.bound for x in rates], 2)
-        print(f"  {label:<28} {fmt_range(rates)} images/s, {bound}x bound")
-    if len(legs) == 2:
-        (before_label, before), (after_label, after) = legs.items()
-        ratios = [a.rate / b.rate for a, b in zip(after, before, strict=True)]
-        print(f"  {after_label} / {before_label}: {fmt_range(ratios, 2)}x (run by run)")
-    for results in legs.values():
+        print(f"  {leg.label:<34} {fmt_range(rates)} images/s, {bound}x bound")
+    befores = [leg for leg in plan if leg.kind == "before"]
+    for before, after in zip(befores, current, strict=False):
+        ratios = [a.rate / b.rate for a, b in zip(legs[after.label], legs[before.label], strict=True)]
+        print(f"  {after.label} / {before.label}: {fmt_range(ratios, 2)}x (run by run)")
+    print_billing(plan, legs, reference)
+    peers = {leg.workers: legs[leg.label] for leg in plan if leg.kind == "clean"}
+    for leg in plan:
+        results = legs[leg.label]
         last = results[-1]
         print()
-        print_tarpit(results, manifests[last.label], legs.get(CLEAN_PEER, []), fetch_total_timeout(args))
+        if leg.kind == "current" and manifests[leg.label].tarpit:
+            print_tarpit(results, manifests[leg.label], peers.get(leg.workers, []), fetch_total_timeout(args))
+            print_tarpit_billing(results, peers.get(leg.workers, []))
         print_cpu(last, reference)
-        print_cost(last, args.workers, reference.cores)
+        print_cost(last, leg.workers, reference.cores)
 
 
 # ============================================================================ main
@@ -838,30 +973,46 @@ CLEAN_PEER = "current, no tarpit"
 COMPARE = "current, --compare-images"
 
 
+def leg_plan(args: argparse.Namespace, cpus: int) -> list[Leg]:
+    """The legs of each run, in order: for each worker count, --before, the clean peer, the
+    compare leg, then the current code."""
+    plan = []
+    before = None
+    if args.before:
+        tree, sha = ensure_worktree(args.before)
+        name = args.before if sha.startswith(args.before) else f"{args.before} {sha[:7]}"
+        before = (f"before ({name})", tree)
+    for workers in args.workers:
+        suffix = f", {workers} workers" if len(args.workers) > 1 else ""
+        if before is not None:
+            # Its workers share the cores as they always did: one inference thread per core each.
+            plan.append(Leg(before[0] + suffix, "before", before[1], workers, max(1, cpus // workers)))
+        if args.clean_peer:
+            plan.append(Leg(CLEAN_PEER + suffix, "clean", ROOT, workers, args.threads))
+        if args.compare_images:
+            plan.append(Leg(COMPARE + suffix, "compare", ROOT, workers, args.threads))
+        plan.append(Leg(CURRENT + suffix, "current", ROOT, workers, args.threads))
+    return plan
+
+
 def main_parent(args: argparse.Namespace) -> None:
-    from batchpredict.model import available_cpus
+    from batchpredict.model import available_cpus, cpu_info
 
     def say(message: str) -> None:
         print(message, file=sys.stderr, flush=True)
 
     cpus = available_cpus()
-    args.workers = args.workers or cpus
-    args.threads = max(1, cpus // args.workers)
-    machine: dict[str, Any] = {"cpus": cpus, "load_before": " ".join(f"{x:.2f}" for x in os.getloadavg())}
+    args.workers = args.workers or [cpus]
+    machine: dict[str, Any] = {
+        "cpu": cpu_info().get("model name", "unknown CPU"),
+        "cpus": cpus,
+        "load_before": " ".join(f"{x:.2f}" for x in os.getloadavg()),
+    }
     BENCH.mkdir(parents=True, exist_ok=True)
     run_dir = BENCH / "runs" / time.strftime("%Y%m%d-%H%M%S")
     run_dir.mkdir(parents=True)
     workload = ensure_workload(args.samples, args.photos, args.seed, say)
-    trees: list[tuple[str, Path]] = []
-    if args.before:
-        tree, sha = ensure_worktree(args.before)
-        name = args.before if sha.startswith(args.before) else f"{args.before} {sha[:7]}"
-        trees.append((f"before ({name})", tree))
-    if args.clean_peer:
-        trees.append((CLEAN_PEER, ROOT))
-    if args.compare_images:
-        trees.append((COMPARE, ROOT))
-    trees.append((CURRENT, ROOT))
+    plan = leg_plan(args, cpus)
     environment = dict(args.env)
     if args.fetch_total_timeout is not None:
         environment["FETCH_TOTAL_TIMEOUT"] = str(args.fetch_total_timeout)
@@ -874,44 +1025,45 @@ def main_parent(args: argparse.Namespace) -> None:
             tarpit.url if tarpit else None,
             args.tarpit_percent,
         )
-        manifests = {label: manifest for label, _ in trees}
-        if args.clean_peer:
-            manifests[CLEAN_PEER] = write_manifest(
-                run_dir / "bench-clean.txt", workload, args.images, files.url, None, 0
-            )
-        if args.compare_images:
-            manifests[COMPARE] = write_manifest(
-                run_dir / "bench-compare.txt", workload, args.compare_images, files.url, None, 0
-            )
+        manifests = {leg.label: manifest for leg in plan}
+        for leg in plan:
+            if leg.kind == "clean":
+                manifests[leg.label] = write_manifest(
+                    run_dir / "bench-clean.txt", workload, args.images, files.url, None, 0
+                )
+            elif leg.kind == "compare":
+                manifests[leg.label] = write_manifest(
+                    run_dir / "bench-compare.txt", workload, args.compare_images, files.url, None, 0
+                )
         say(
             "reference: decode and inference CPU in fresh processes "
             f"({args.reference_seconds:g} s of inference)"
         )
         reference = measure_reference(args, workload, manifest, cpus)
         watch = {"file server": files.process.pid} | ({"tarpit": tarpit.process.pid} if tarpit else {})
-        legs: dict[str, list[LegResult]] = {label: [] for label, _ in trees}
+        legs: dict[str, list[LegResult]] = {leg.label: [] for leg in plan}
         for run in range(1, args.repeat + 1):
             say(f"run {run} of {args.repeat}")
-            for label, tree in trees:
-                kind = {CLEAN_PEER: "clean", COMPARE: "compare", CURRENT: "current"}.get(label, "before")
-                name = f"{kind}-{run}"
+            for leg in plan:
+                name = f"{leg.kind}-w{leg.workers}-{run}"
                 spec = LegSpec(
-                    label=label,
-                    tree=str(tree),
+                    label=leg.label,
+                    tree=str(leg.tree),
                     model=str(args.model.resolve()),
-                    manifest=str(manifests[label].path),
-                    workers=args.workers,
-                    threads=args.threads,
+                    manifest=str(manifests[leg.label].path),
+                    workers=leg.workers,
+                    threads=leg.threads,
                     environment=environment,
                     parameters=dict(args.parameter),
                     log_dir=str(run_dir / f"logs-{name}"),
                     out=str(run_dir / f"{name}.json"),
                     watch=watch,
                     timeout=args.timeout,
+                    cpu_slots=not args.no_cpu_slots,
                 )
-                legs[label].append(job_leg(spec, say, same_jvm=not args.before_own_jvm))
+                legs[leg.label].append(job_leg(spec, say, same_jvm=not args.before_own_jvm))
     machine["load_after"] = " ".join(f"{x:.2f}" for x in os.getloadavg())
-    report(args, workload, manifests, reference, legs, machine)
+    report(args, workload, plan, manifests, reference, legs, machine)
     print(f"\nlogs and leg results: {run_dir}")
     short = [
         f"{r.label}: {r.succeeded}/{expected}"
@@ -964,7 +1116,25 @@ def workload_parser(doc: str | None, images: int) -> tuple[argparse.ArgumentPars
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser, add = workload_parser(__doc__, images=1000)
     add("--seed", type=int, default=0, help="of the workload (default 0)")
-    add("--workers", type=int, default=None, help="predict workers (default: one per core)")
+    add(
+        "--workers",
+        type=int,
+        nargs="+",
+        default=None,
+        help="predict workers; several counts run a leg of each, to compare the GB-s (default: one per core)",
+    )
+    add(
+        "--threads",
+        type=int,
+        default=None,
+        help="INFERENCE_THREADS of the current code's legs (default: the stack's, as many as the "
+        "function's memory buys vCPUs)",
+    )
+    add(
+        "--no-cpu-slots",
+        action="store_true",
+        help="the current code's predict workers share the cores freely (and bill their wall time)",
+    )
     add("--repeat", type=int, default=1, help="runs of the job legs (default 1)")
     add(
         "--clean-peer",
@@ -1000,7 +1170,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     add("--names", type=Path, help=hidden)
     add("--seconds", type=float, default=10.0, help=hidden)
     args = parser.parse_args(argv)
-    if args.images < 1 or args.photos < 1 or args.repeat < 1:
+    if args.images < 1 or args.photos < 1 or args.repeat < 1 or min(args.workers or [1]) < 1:
         parser.error("--images, --photos and --repeat must be >= 1")
     if not 0 <= args.tarpit_percent < 100:
         parser.error("--tarpit-percent must be in [0, 100)")

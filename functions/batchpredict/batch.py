@@ -35,6 +35,7 @@ from typing import Any
 
 from batchpredict.config import DEFAULT_CHUNK_SIZE, DEFAULT_HEARTBEAT_SECONDS
 from batchpredict.costs import ComputeMeter
+from batchpredict.cpu_gate import UNGATED, CpuGate
 from batchpredict.errors import ErrorCode
 from batchpredict.fidelity import DEFAULT_FIDELITY, Fidelity
 from batchpredict.jobs import STOPPED_STATUSES
@@ -132,6 +133,7 @@ class ChunkBatch:
         work_queue: Queue | None = None,
         chunk_size: int = DEFAULT_CHUNK_SIZE,
         heartbeat_seconds: float = DEFAULT_HEARTBEAT_SECONDS,
+        gate: CpuGate = UNGATED,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         # The predictor, or how to build it (the model load of a cold start): built in the first
@@ -143,6 +145,7 @@ class ChunkBatch:
         self.heartbeat_seconds = heartbeat_seconds
         self.memory_mb = memory_mb
         self.write_reserve_seconds = write_reserve_seconds
+        self.gate = gate  # the predictor's: the time it waits for CPUs is not billed (costs.py)
         self._clock = clock
         self._writes = ThreadPoolExecutor(WRITER_THREADS, thread_name_prefix="write")
 
@@ -178,7 +181,8 @@ class ChunkBatch:
             for group in unfinished:
                 message_id, chunk = run.chunks[group]
                 run.outcomes[message_id] = ChunkOutcome(chunk, error=ChunkUnfinishedError(chunk))
-            self._wait_for_writes(run.writes, run.outcomes, remaining)
+            with self.gate.idle():  # the last writes wait on S3 and DynamoDB, not on the CPU
+                self._wait_for_writes(run.writes, run.outcomes, remaining)
         finally:
             if run.heartbeat is not None:
                 run.heartbeat.stop()
@@ -305,7 +309,7 @@ class _Invocation:
         self.batch = batch
         self.event = event
         self.remaining = remaining
-        self.meter = ComputeMeter(batch.memory_mb, batch._clock)
+        self.meter = ComputeMeter(batch.memory_mb, batch._clock, batch.gate.waited_seconds)
         self.outcomes: dict[str, ChunkOutcome] = {}
         self.chunks: list[tuple[str, Chunk]] = []  # the predictor's groups, in order
         self.received = {m.message_id: m for m in event}  # the event's and the refilled messages

@@ -10,7 +10,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, TypeVar
 
-from batchpredict.deadlines import DeadlineSettings
+from batchpredict.deadlines import DEFAULT_WORK_BATCH_SIZE, DeadlineSettings
 from batchpredict.defaults import DEFAULT_MAX_BATCH, DEFAULT_MAX_PIXELS, DEFAULT_TOP_K
 from batchpredict.fetch import FetchLimits, FetchPolicy, parse_networks, parse_s3_prefixes
 from batchpredict.messages import MAX_CHUNK_SIZE
@@ -127,7 +127,7 @@ def deadline_settings(env: Mapping[str, str]) -> DeadlineSettings:
     template's (tests/infra compares); the template passes the two parameters that shape them
     (WORK_BATCH_SIZE, PREDICT_MAX_CONCURRENCY) and the local stack sets all, from its own caps."""
     d = DeadlineSettings()
-    batch = setting(env, "WORK_BATCH_SIZE", positive_int, 2)
+    batch = setting(env, "WORK_BATCH_SIZE", positive_int, DEFAULT_WORK_BATCH_SIZE)
     concurrency = setting(env, "PREDICT_MAX_CONCURRENCY", positive_int, d.parallel_chunks // batch)
     return DeadlineSettings(
         split_seconds=setting(env, "DEADLINE_SPLIT_SECONDS", positive_float, d.split_seconds),
@@ -279,6 +279,9 @@ class PredictorConfig:
     # The function's memory (Lambda sets AWS_LAMBDA_FUNCTION_MEMORY_SIZE; the local runner too).
     # None elsewhere: the decode budget then follows the machine's memory, and no GB-s are charged.
     memory_mb: int | None
+    # LOCAL_CPU_SLOTS: the folder of the machine's CPU slots the local stack's predict workers
+    # compute in turn on (local/cpu_slots.py); None (Lambda): the vCPUs are the invocation's own.
+    cpu_slots: str | None = None
 
 
 def predictor_config(env: Mapping[str, str], policy: FetchPolicy) -> PredictorConfig:
@@ -288,6 +291,7 @@ def predictor_config(env: Mapping[str, str], policy: FetchPolicy) -> PredictorCo
         policy=policy,
         stream=stream_settings(env),
         memory_mb=setting(env, "AWS_LAMBDA_FUNCTION_MEMORY_SIZE", positive_int, None),
+        cpu_slots=setting(env, "LOCAL_CPU_SLOTS", str, None),
     )
 
 

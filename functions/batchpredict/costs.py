@@ -4,6 +4,11 @@ predict charges every counted chunk its share of the invocation's billed time (t
 time since the previous chunk it counted, or since the invocation began), so the shares of
 an invocation add up to its billed duration, less the short tail after its last count.
 The JOB record sums them; finalize turns the sums into ``_summary.json``'s ``compute``.
+
+Wall time less the time the invocation waited for CPUs it would have had to itself on Lambda
+(``cpu_gate.CpuGate.waited_seconds``: always 0 on Lambda; on the local stack, the time a worker
+waited for its cores while another worker computed, see ``local/cpu_slots.py``), so that the
+local figures estimate Lambda's bill whatever the number of workers sharing the machine.
 """
 
 from __future__ import annotations
@@ -19,6 +24,25 @@ from typing import Any
 WRITE_UNIT_BYTES = 1024
 TRANSACTION_WRITE_FACTOR = 2
 SQS_BATCH = 10  # chunks per SendMessageBatch / DeleteMessageBatch
+# Lambda gives a function CPU in proportion to its memory: one vCPU at 1,769 MB, six at the
+# largest size (10,240 MB).
+LAMBDA_MB_PER_VCPU = 1769
+LAMBDA_MAX_MB = 10_240
+LAMBDA_MAX_VCPUS = 6
+
+
+def vcpus(memory_mb: int) -> int:
+    """Whole vCPUs a function of ``memory_mb`` has on Lambda (at least 1: below 1,769 MB Lambda
+    gives a fraction of one, which the local stack counts as one)."""
+    if memory_mb >= LAMBDA_MAX_MB:
+        return LAMBDA_MAX_VCPUS
+    return max(1, memory_mb // LAMBDA_MB_PER_VCPU)
+
+
+def floor_gb_seconds(memory_mb: int, cpu_seconds: float) -> float:
+    """The least GB-s a function of ``memory_mb`` can be billed for ``cpu_seconds`` of CPU work:
+    every one of its vCPUs busy from its first to its last millisecond."""
+    return memory_mb / 1024 * cpu_seconds / vcpus(memory_mb)
 
 
 @dataclass(frozen=True)
@@ -56,12 +80,23 @@ class ChunkUsage:
 
 
 class ComputeMeter:
-    """Splits one invocation's billed time between the chunks it counts (thread-safe)."""
+    """Splits one invocation's billed time between the chunks it counts (thread-safe).
 
-    def __init__(self, memory_mb: int, clock: Callable[[], float] = time.monotonic) -> None:
+    ``waited``: seconds the process has waited for CPUs so far (``CpuGate.waited_seconds``);
+    what it grows by between two charges is left out of the second.
+    """
+
+    def __init__(
+        self,
+        memory_mb: int,
+        clock: Callable[[], float] = time.monotonic,
+        waited: Callable[[], float] = lambda: 0.0,
+    ) -> None:
         self.memory_mb = memory_mb
         self._clock = clock
+        self._waited = waited
         self._mark = clock()
+        self._waited_mark = waited()
         self._carried_ms = 0.0
         self._invocation_charged = False
         self._lock = threading.Lock()
@@ -69,13 +104,13 @@ class ComputeMeter:
     def take(self, write_units: int) -> ChunkUsage:
         """The time since the last charge; call right before the counting transaction."""
         with self._lock:
-            now = self._clock()
-            spent = (now - self._mark) * 1000 + self._carried_ms
-            self._mark, self._carried_ms = now, 0.0
+            now, waited = self._clock(), self._waited()
+            spent = (now - self._mark - (waited - self._waited_mark)) * 1000 + self._carried_ms
+            self._mark, self._waited_mark, self._carried_ms = now, waited, 0.0
             first = not self._invocation_charged
             self._invocation_charged = True
         # Rounded to the microsecond first: float noise must not bill an extra ms.
-        return ChunkUsage(math.ceil(round(spent, 3)), self.memory_mb, int(first), write_units)
+        return ChunkUsage(math.ceil(round(max(spent, 0.0), 3)), self.memory_mb, int(first), write_units)
 
     def refund(self, usage: ChunkUsage) -> None:
         """The chunk was counted by an earlier delivery: its time goes to the next one."""

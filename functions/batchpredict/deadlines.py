@@ -34,6 +34,9 @@ TIMED_OUT = "timed_out"
 MERGE_PARTS_PER_SECOND = 10.0
 # The longest a failed chunk may be held back before its next delivery, in predict timeouts.
 RETRY_HOLD_FACTOR = 8
+# The template's WorkBatchSize and PredictMaxConcurrency defaults.
+DEFAULT_WORK_BATCH_SIZE = 8
+DEFAULT_PREDICT_CONCURRENCY = 20
 
 
 @dataclass(frozen=True)
@@ -43,7 +46,9 @@ class DeadlineSettings:
     split_seconds: float = 5 * 1800  # ManifestQueue: maxReceiveCount x VisibilityTimeout
     predict_seconds: float = 90  # PredictFunction's timeout: one wave of invocations
     attempts: int = 10  # WorkQueue's maxReceiveCount: deliveries of one chunk
-    parallel_chunks: int = 2 * 20  # WorkBatchSize x PredictMaxConcurrency: chunks in flight
+    # WorkBatchSize x PredictMaxConcurrency: chunks in flight (an invocation that refills takes
+    # more in a wave, so a job's waves are fewer: the deadline stays a bound)
+    parallel_chunks: int = DEFAULT_WORK_BATCH_SIZE * DEFAULT_PREDICT_CONCURRENCY
     # WorkQueue's redeliveries, each held back max(its visibility, RETRY_HOLD_FACTOR x predict's
     # timeout), then reconcile's first try (WorkDeadLetterQueue's visibility)
     retry_seconds: float = 10 * RETRY_HOLD_FACTOR * 90 + 360

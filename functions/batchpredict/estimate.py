@@ -37,7 +37,7 @@ class StackSettings:
     infrastructure/template.yaml (tests/unit/test_estimate.py compares)."""
 
     predict_concurrency: int = 20  # PredictMaxConcurrency: predict invocations at once
-    work_batch_size: int = 2  # WorkBatchSize: chunks per predict invocation
+    work_batch_size: int = 8  # WorkBatchSize: chunks per predict invocation
     chunk_size: int = 16  # ChunkSize: lines per chunk
     predict_memory_mb: int = 3538  # PredictMemorySize: what a GB-s is billed on
 

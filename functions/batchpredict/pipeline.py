@@ -12,7 +12,12 @@
 * when every fetch still out has been out for ``refill_after_seconds`` (slow or stalled
   servers) and the CPU has at most a bucket of work left, the run asks its ``refill`` for more
   groups, so that a stalled fetch costs its own line's wait, not the invocation's idle cores
-  (see batch.ChunkBatch).
+  (see batch.ChunkBatch);
+* and at the tail of its compute (no fetch out, at most AHEAD_BUCKETS buckets of work left) it
+  asks for more too, so that the next groups' fetches, and the last groups' writes, overlap the tail instead
+  of the invocation ending with idle vCPUs and the next one starting with them: an invocation
+  keeps taking work while it has time for a whole fetch and decode (its cost per image then no
+  longer carries the fixed cost of an invocation's start and end; see README, "What it costs").
 
 One URL or payload can only fail its own result: whatever a fetch or decode raises
 becomes that image's error. Work not done by the run's deadline is left out (its group
@@ -34,6 +39,7 @@ import numpy as np
 from batchpredict import images
 from batchpredict.budget import MemoryBudget
 from batchpredict.config import StreamSettings
+from batchpredict.cpu_gate import UNGATED, CpuGate
 from batchpredict.errors import ErrorCode, PredictionError
 from batchpredict.fetching import FetchResult, ImageFetcher
 from batchpredict.fidelity import Fidelity, engine_for
@@ -72,6 +78,11 @@ GroupDone = Callable[[int, list[ImageResult]], None]
 Refill = Callable[[int], tuple[Sequence[Sequence[WorkItem]], int | None]]
 # After a refill that found nothing, the next waits this many times ``refill_after_seconds``.
 EMPTY_REFILL_BACKOFF = 5
+# At the tail of its compute a run takes more work once no fetch is out and at most this many
+# buckets are left to decode and infer: about 0.7 s of 2 vCPUs at 16 a bucket, so that the next
+# chunks' fetches are in before the CPU runs dry. One bucket left was not enough: the fetches of
+# a refill took up to 1.2 s on a loaded machine, and the vCPUs idled 0.3-0.6 s an invocation.
+AHEAD_BUCKETS = 2
 
 
 class Decoder(Protocol):
@@ -155,6 +166,7 @@ class StreamingPredictor:
         *,
         decoder: Decoder | None = None,
         fast_engine: Engine | None = None,
+        gate: CpuGate = UNGATED,
         clock: Clock = time.monotonic,
     ) -> None:
         if not 1 <= settings.bucket <= engine.max_batch:
@@ -166,6 +178,7 @@ class StreamingPredictor:
         self.top_k = top_k
         self.memory = memory
         self.decoder = decoder or ImageDecoder(engine.spec.preprocess, settings.max_pixels)
+        self.gate = gate  # held around each decode and forward pass (cpu_gate.py)
         self._clock = clock
         self._fetchers = ThreadPoolExecutor(fetcher.policy.concurrency, thread_name_prefix="fetch")
         self._decoders = ThreadPoolExecutor(
@@ -246,7 +259,15 @@ class StreamingPredictor:
                     if lines and now >= self._stall_ends(run):
                         refill_lines = lines
                         break
-                    run.cond.wait(self._wait_seconds(run, now, bool(lines)))
+                    ahead = self._ahead_lines(run, now) if refill is not None else 0
+                    if ahead:
+                        refill_lines = ahead
+                        break
+                    if run.ready or run.decoding:
+                        run.cond.wait(self._wait_seconds(run, now, bool(lines)))
+                        continue
+                    with self.gate.idle():  # only fetches out: other workers may compute
+                        run.cond.wait(self._wait_seconds(run, now, bool(lines)))
             for g in finished:
                 handed.add(g)
                 on_done(g, [r for r in run.results[g] if r is not None])
@@ -265,6 +286,17 @@ class StreamingPredictor:
             return 0
         rounds = int((run.deadline - now - self.settings.decode_seconds) // self.fetcher.total_timeout)
         return free * max(rounds, 0)
+
+    def _ahead_lines(self, run: _Run, now: float) -> int:
+        """How many lines to take at the tail of the compute (0: none): no fetch out, some but at
+        most AHEAD_BUCKETS buckets of CPU work left, no refill found the queue empty lately, and
+        time for the new lines' whole fetch and decode before the run ends."""
+        if run.fetching or now < run.next_refill or not (run.ready or run.decoding):
+            return 0
+        if len(run.ready) + run.decoding > AHEAD_BUCKETS * self.settings.bucket:
+            return 0
+        rounds = int((run.deadline - now - self.settings.decode_seconds) // self.fetcher.total_timeout)
+        return self.fetcher.policy.concurrency * max(rounds, 0)
 
     def _stall_ends(self, run: _Run) -> float:
         """When the fetches out count as stalled: the latest has been out ``refill_after_seconds``."""
@@ -319,10 +351,11 @@ class StreamingPredictor:
             self._forward(run, engine, part)
 
     def _forward(self, run: _Run, engine: Engine, batch: list[_Ready]) -> None:
-        tensors = np.stack([r.outcome.image.tensor for r in batch])  # type: ignore[union-attr]
-        started = time.perf_counter()
         try:
-            predictions = engine.run_inference(tensors, run.top_k)
+            with self.gate.computing():
+                tensors = np.stack([r.outcome.image.tensor for r in batch])  # type: ignore[union-attr]
+                started = time.perf_counter()
+                predictions = engine.run_inference(tensors, run.top_k)
         except Exception:
             # Not one image's fault (every tensor has the engine's shape): leave these images
             # unfinished so their chunks come back, rather than failing lines that may be fine.
@@ -372,7 +405,10 @@ class StreamingPredictor:
         try:
             if run.closed:
                 return
-            with self.memory.reserve(self.decoder.memory_bytes(payload, item.fidelity)):
+            with (
+                self.memory.reserve(self.decoder.memory_bytes(payload, item.fidelity)),
+                self.gate.computing(),
+            ):
                 deadline = min(self._clock() + self.settings.decode_seconds, run.deadline)
                 outcome.image = self.decoder.decode(payload, deadline, item.fidelity)
         except PredictionError as exc:

@@ -21,6 +21,8 @@ from batchpredict.config import (
     SweepConfig,
     Tables,
 )
+from batchpredict.costs import LAMBDA_MB_PER_VCPU
+from batchpredict.cpu_gate import UNGATED, CpuGate
 from batchpredict.events import JobEvents
 from batchpredict.fetch import Fetcher, FetchLimits, wide_allowances
 from batchpredict.jobs import JobStore
@@ -113,7 +115,18 @@ def chunk_writer(tables: Tables, output_bucket: str, finalize_queue_url: str) ->
     return ChunkWriter(job_store(tables), result_store(output_bucket), queue(finalize_queue_url))
 
 
-def streaming_predictor(config: PredictorConfig) -> StreamingPredictor:
+def cpu_gate(config: PredictorConfig) -> CpuGate:
+    """What predict's compute waits on: nothing on Lambda; on the local stack, the machine's
+    cores shared between the predict workers (local/cpu_slots.py)."""
+    if config.cpu_slots is None:
+        return UNGATED
+    from batchpredict.costs import vcpus
+    from batchpredict.local.cpu_slots import process_gate
+
+    return process_gate(config.cpu_slots, vcpus(config.memory_mb or LAMBDA_MB_PER_VCPU))
+
+
+def streaming_predictor(config: PredictorConfig, gate: CpuGate = UNGATED) -> StreamingPredictor:
     """The model, the guarded fetcher and the decoders' memory budget, once per process."""
     from batchpredict.budget import MemoryBudget, decode_budget_bytes, machine_memory_mb, resident_bytes
     from batchpredict.fetching import ImageFetcher
@@ -123,24 +136,28 @@ def streaming_predictor(config: PredictorConfig) -> StreamingPredictor:
     images = ImageFetcher(fetcher(config.fetch), config.policy, config.fetch.total_timeout)
     # Measured after the model is loaded and bound: what is left is the decoders'.
     budget = decode_budget_bytes(config.memory_mb or machine_memory_mb(), resident_bytes())
-    return StreamingPredictor(model, images, config.stream, config.engine.top_k, MemoryBudget(budget))
+    return StreamingPredictor(
+        model, images, config.stream, config.engine.top_k, MemoryBudget(budget), gate=gate
+    )
 
 
 def chunk_batch(config: PredictConfig) -> ChunkBatch:
     from batchpredict.batch import ChunkBatch
 
+    gate = cpu_gate(config.predictor)
     return ChunkBatch(
         # Built in the first run, under the heartbeat: a worker that dies loading the model frees
         # its messages as soon as one that dies predicting.
-        partial(streaming_predictor, config.predictor),
+        partial(streaming_predictor, config.predictor, gate),
         chunk_writer(config.tables, config.output_bucket, config.finalize_queue_url),
         memory_mb=config.predictor.memory_mb or 0,
         write_reserve_seconds=config.write_reserve_seconds,
         work_queue=queue(config.work_queue_url) if config.work_queue_url else None,
         chunk_size=config.chunk_size,
         heartbeat_seconds=config.heartbeat_seconds,
+        gate=gate,
     )
 
 
 def url_predictor(config: ApiConfig) -> StreamingPredictor:
-    return streaming_predictor(config.predictor)
+    return streaming_predictor(config.predictor, cpu_gate(config.predictor))

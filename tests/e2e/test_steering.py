@@ -62,8 +62,10 @@ def test_cancel_mid_job_on_the_local_stack(run_cli, local_stack, photo_job) -> N
     # The cancel's own conditional update returns the counts at that moment (the CLI's `cancel`
     # makes the same call, after starting a process and a session).
     done_at_cancel = client.cancel(job_id).succeeded
-    # What the predict invocations running at the cancel may still finish: each worker's batch.
-    in_flight = len(stack.runner.workers["PredictFunction"]) * 2 * 16
+    # What the predict invocations running at the cancel may still finish: each worker's batch
+    # (the template's WorkBatchSize chunks of 16; no refill fits the 5 s timeout of these tests).
+    (predict,) = [m for m in stack.runner.mappings if m.function == "PredictFunction"]
+    in_flight = len(stack.runner.workers["PredictFunction"]) * predict.batch_size * 16
     followed = run_cli("watch", job_id)
     assert followed.exit_code == 0 and "CANCELLED" in followed.output, followed.output
     job = client.job(job_id)

@@ -357,7 +357,7 @@ def test_parameters_have_the_documented_defaults(cfn: dict[str, Any]) -> None:
         "ApiRateLimit": 5,
         "ApiBurstLimit": 10,
         "ChunkSize": 16,
-        "WorkBatchSize": 2,
+        "WorkBatchSize": 8,
         "WorkBatchingWindowSeconds": 1,
         "PredictMaxConcurrency": 20,
         "SplitMemorySize": 512,
@@ -515,8 +515,8 @@ def test_the_api_is_authorized_limited_and_logged(cfn: dict[str, Any]) -> None:
 
 # --- job deadlines: what the sweeper allows a job is at least what the stack lets it take ------
 
-# Jobs of these many chunks: empty, one, a wave of 40, one more, the largest (1M lines of 16).
-DEADLINE_SIZES = (0, 1, 40, 41, 62_500)
+# Jobs of these many chunks: empty, one, a wave of 160, one more, the largest (1M lines of 16).
+DEADLINE_SIZES = (0, 1, 160, 161, 62_500)
 DEADLINE_PARAMETERS = {"WORK_BATCH_SIZE": "WorkBatchSize", "PREDICT_MAX_CONCURRENCY": "PredictMaxConcurrency"}
 
 

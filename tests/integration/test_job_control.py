@@ -183,7 +183,13 @@ def test_cancel_mid_job_stops_fetching_and_keeps_every_line_once(
     stack.submit("cancel.txt", "\n".join(f"{image_server}/{p}" for p in PHOTOS * 4))  # 6 chunks of 4
     stack.deliver("ManifestQueue", split_manifest.lambda_handler)
     job_id = stack.only_job_id()
-    stack.deliver("WorkQueue", predict.lambda_handler, batch_size=2)  # one invocation: 8 images
+
+    # One invocation: 8 images. 30 s leave no time for a refill's whole fetch and decode, so it
+    # takes no more chunks at the tail of its compute.
+    def invocation(event: dict[str, Any], context: LocalContext) -> Any:
+        return predict.lambda_handler(event, LocalContext(context.function_name, timeout_seconds=30))
+
+    stack.deliver("WorkQueue", invocation, batch_size=2)
     assert len(fetched) == 8
     jobs = JobStore(stack.dynamodb, stack.table)
     assert jobs.cancel(job_id) is not None
@@ -242,17 +248,18 @@ def test_a_manifest_failing_late_has_its_queued_chunks_written_not_fetched(
 def test_passing_max_failures_stops_the_job_and_fails_it(
     stack: Stack, image_server: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    # 120 lines that all fail (404s on loopback): 4% tolerated, passed at 100 finished lines.
+    # 300 lines that all fail (404s on loopback): 4% tolerated, passed at 100 finished lines,
+    # within the first invocation's 8 chunks (WorkBatchSize) of 16.
     fetched = _counting_fetches(monkeypatch)
     _upload(
         stack,
         "bad.txt",
-        "\n".join(f"{image_server}/missing-{i}.jpg" for i in range(120)),
+        "\n".join(f"{image_server}/missing-{i}.jpg" for i in range(300)),
         {"max-failures": "4%"},
     )
     stack.run()
     job_id = stack.only_job_id()
-    lines = _exactly_once(stack, job_id, 120)
+    lines = _exactly_once(stack, job_id, 300)
     codes = Counter(line["error"]["code"] for line in lines)
     assert codes["http_error"] >= 100 and codes["cancelled"] > 0
     assert len(fetched) == codes["http_error"]  # the cancelled lines were never fetched

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import math
 import re
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import pytest
@@ -70,3 +74,52 @@ def test_a_failed_invocation_is_reported_too() -> None:
     sqs = FakeSQS(receive=(["a"],))
     assert deliver_once(sqs, "url", "arn", handler, function_name="f", report=reports.append) == 1
     assert len(reports) == 1 and reports[0].memory_mb == 1024 and sqs.deleted == []
+
+
+class WaitingGate:
+    """A CpuGate whose holder waits 30 ms for its cores in the middle of the invocation."""
+
+    def __init__(self) -> None:
+        self.waited = 3.0  # the worker had waited 3 s before this invocation
+        self.held = 0
+
+    @contextmanager
+    def computing(self) -> Iterator[None]:
+        self.held += 1
+        yield
+        self.held -= 1
+
+    @contextmanager
+    def idle(self) -> Iterator[None]:
+        yield
+        self.waited += 0.03
+
+    def waited_seconds(self) -> float:
+        return self.waited
+
+
+def test_the_time_a_worker_waited_for_cpu_slots_is_left_out_of_the_billed_duration() -> None:
+    reports: list[Report] = []
+    gate = WaitingGate()
+    held: list[int] = []
+
+    def handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
+        held.append(gate.held)  # the invocation runs on its cores
+        with gate.idle():
+            time.sleep(0.05)  # of these 50 ms, the last 30 were spent waiting for its cores back
+        return {"batchItemFailures": []}
+
+    sqs = FakeSQS(receive=(["a"],))
+    deliver_once(sqs, "url", "arn", handler, function_name="f", report=reports.append, gate=gate)
+    (report,) = reports
+    assert held == [1] and gate.held == 0
+    assert report.cpu_wait_ms == pytest.approx(30.0)
+    assert report.duration_ms + report.cpu_wait_ms >= 50.0  # the wall time, less the wait
+    assert report.billed_ms == math.ceil(report.duration_ms)
+
+
+def test_a_report_with_a_cpu_wait_reads_back() -> None:
+    report = Report.measured("id-1", 2500.0, 3538, 700, cpu_wait_ms=1000.0)
+    assert (report.duration_ms, report.billed_ms, report.cpu_wait_ms) == (1500.0, 1500, 1000.0)
+    assert report.line().endswith("\tCPU Wait: 1000.00 ms")
+    assert parse_report(report.line()) == report

@@ -284,9 +284,9 @@ def test_the_split_moves_the_deadline_on_with_the_job_it_found() -> None:
 
     checkpoint, finish = (from_dynamo(u["ExpressionAttributeValues"])[":deadline"] for u in client.updates)
     assert checkpoint == WALL + 250 + 9000  # another split's time from here
-    # 250 chunks, 40 at once: 7 waves x 90 s x 10 deliveries, the last chunks' redeliveries and
+    # 250 chunks, 160 at once: 2 waves x 90 s x 10 deliveries, the last chunks' redeliveries and
     # reconcile (7,560 s), finalize's (3,000 s), and a merge of 250 parts at 10 a second.
-    assert finish == WALL + 250 + 7 * 90 * 10 + 7560 + 3000 + 25
+    assert finish == WALL + 250 + 2 * 90 * 10 + 7560 + 3000 + 25
 
 
 def test_create_returns_false_when_the_job_exists() -> None:

@@ -7,8 +7,10 @@ engine answers class N for it and records every forward pass.
 
 from __future__ import annotations
 
+import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from types import SimpleNamespace
 from typing import Any
@@ -342,6 +344,54 @@ def test_decodes_reserve_their_estimated_memory() -> None:
 
     assert sorted(decoder.reserved) == [len(_img(i)) for i in range(3)]
     assert predictor.memory.in_use == 0
+
+
+class RecordingGate:
+    """A CpuGate that records whether every decode and forward pass ran inside it."""
+
+    def __init__(self) -> None:
+        self.inside = 0
+        self.entered = 0
+        self._lock = threading.Lock()
+
+    @contextmanager
+    def computing(self) -> Iterator[None]:
+        with self._lock:
+            self.inside += 1
+            self.entered += 1
+        try:
+            yield
+        finally:
+            with self._lock:
+                self.inside -= 1
+
+    def waited_seconds(self) -> float:
+        return 0.0
+
+
+def test_every_decode_and_forward_pass_holds_the_cpu_gate() -> None:
+    gate = RecordingGate()
+    seen: list[int] = []
+
+    class GatedDecoder(FakeDecoder):
+        def decode(self, payload: bytes, deadline: float) -> DecodedImage:
+            seen.append(gate.inside)
+            return super().decode(payload, deadline)
+
+    class GatedEngine(FakeEngine):
+        def run_inference(self, batch: Any, top_k: int) -> list[list[Prediction]]:
+            seen.append(gate.inside)
+            return super().run_inference(batch, top_k)
+
+    fetcher = ScriptedFetcher({_url(i): [_img(i)] for i in range(6)})
+    predictor, engine = _stream(fetcher, engine=GatedEngine(), decoder=GatedDecoder(), linger=0.02)
+    predictor.gate = gate
+
+    done, _, _ = _run(predictor, [_items(range(6))])
+
+    assert len(done[0]) == 6 and gate.entered == 6 + len(engine.passes)
+    assert len(seen) == gate.entered and all(inside >= 1 for inside in seen)
+    assert gate.inside == 0
 
 
 # --- ChunkBatch: chunks written as they complete, failures per message ---------------------

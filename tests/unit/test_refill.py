@@ -21,7 +21,15 @@ from batchpredict.queues import Heartbeat, Queue, Received
 from batchpredict.records import FAILED, SUCCEEDED, Prediction, WorkItem
 from batchpredict.writer import ChunkBusyError
 from tests.unit.fakes import HANG, FakeSQS, ScriptedFetcher
-from tests.unit.test_pipeline_stream import FakeEngine, RecordingWriter, _img, _items, _stream, _url
+from tests.unit.test_pipeline_stream import (
+    FakeDecoder,
+    FakeEngine,
+    RecordingWriter,
+    _img,
+    _items,
+    _stream,
+    _url,
+)
 
 QUEUE_URL = "https://sqs.local/work"
 
@@ -538,3 +546,40 @@ def test_event_messages_carry_receipt_handles_and_receive_counts() -> None:
     }
 
     assert event_messages(event) == [Received("a", "ra", "{}", 3), Received("b", "rb", "[]", 1)]
+
+
+def _computing_run(images: int, total_timeout: float) -> tuple[StreamingPredictor, FakeEngine]:
+    """Every fetch answers at once; decodes take 50 ms: the run's tail is its compute."""
+    return _stream(
+        ScriptedFetcher({_url(i): [_img(i)] for i in range(images)}),
+        decoder=FakeDecoder(delay=0.05),
+        linger=0.01,
+        total_timeout=total_timeout,
+        refill_after=0.05,
+        decode_seconds=0.1,
+    )
+
+
+def test_at_the_tail_of_its_compute_a_run_takes_more_groups_without_a_stall() -> None:
+    predictor, engine = _computing_run(8, total_timeout=1.0)
+    refill = Refills(([_items(range(4, 8))], None))
+    done_at: dict[int, float] = {}
+
+    def on_done(group: int, results: list[ImageResult]) -> None:
+        done_at[group] = time.monotonic()
+
+    unfinished = predictor.run([_items(range(4))], time.monotonic() + 5.0, on_done, 5, refill)
+
+    assert unfinished == set() and sorted(done_at) == [0, 1]
+    assert sorted(i for p in engine.passes for i in p) == list(range(8))
+    # Taken while the first group was still computing, so its fetches overlapped that compute;
+    # then one more ask found nothing, and the run ended without waiting for another.
+    assert refill.calls[0] < done_at[0]
+    assert len(refill.calls) == 2
+
+
+def test_no_refill_at_the_tail_without_the_time_for_a_whole_fetch_and_decode() -> None:
+    predictor, _ = _computing_run(4, total_timeout=10.0)  # 5 s left: no room for a 10 s fetch
+    refill = Refills(([_items(range(4, 8))], None))
+    unfinished = predictor.run([_items(range(4))], time.monotonic() + 5.0, lambda g, r: None, 5, refill)
+    assert unfinished == set() and refill.calls == []

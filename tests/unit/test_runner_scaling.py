@@ -94,3 +94,44 @@ def test_an_extra_worker_that_leaves_is_not_replaced_but_a_regular_one_is(
 def test_cpu_idle_reads_the_machine() -> None:
     sample = runner_module.CpuIdle()
     assert 0.0 <= sample() <= 1.0
+
+
+class FakePopen:
+    def __init__(self, command: list[str], env: dict[str, str], **_: Any) -> None:
+        self.pid = next(_pids)
+        self.command, self.env = command, env
+        self.returncode: int | None = None
+
+    def poll(self) -> int | None:
+        return self.returncode
+
+    def terminate(self) -> None:
+        self.returncode = 0
+
+    def wait(self, timeout: float | None = None) -> int:
+        return 0
+
+
+def test_predict_workers_compute_on_cpu_slots_with_as_many_threads_as_their_memory_buys(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(runner_module.subprocess, "Popen", FakePopen)
+    computes = Mapping("PredictFunction", "h.f", "url", "arn", memory_mb=3538, cpu_slots=True)
+    own = Mapping(
+        "Other", "h.g", "url2", "arn2", memory_mb=5307, cpu_slots=True, environment={"DECODERS": "1"}
+    )
+    waits = Mapping("FinalizeFunction", "h.g", "url3", "arn3", memory_mb=3538)
+    runner = Runner([computes, own, waits], cores=2)
+    runner.start()
+    try:
+        (predict,), (other,), (finalize,) = (runner.workers[m.function] for m in (computes, own, waits))
+        slots = runner.slots
+        assert slots is not None and sorted(p.name for p in slots.iterdir()) == ["slot-0", "slot-1", "turn"]
+        env = predict.env  # type: ignore[attr-defined]
+        assert (env["LOCAL_CPU_SLOTS"], env["INFERENCE_THREADS"], env["DECODERS"]) == (str(slots), "2", "2")
+        env = other.env  # type: ignore[attr-defined]
+        assert (env["INFERENCE_THREADS"], env["DECODERS"]) == ("3", "1")  # the function's own setting wins
+        assert "LOCAL_CPU_SLOTS" not in finalize.env  # type: ignore[attr-defined]
+    finally:
+        runner.stop()
+    assert not slots.exists()

@@ -39,10 +39,10 @@ def test_a_job_may_take_a_split_then_every_wave_at_its_worst_then_finalize() -> 
     assert d.splitting(T0) == T0 + 5 * 1800
     assert d.run_seconds(0) == 7560 + 3000  # an empty job: the tail and finalize alone
     assert d.run_seconds(1) == 1 * 90 * 10 + 7560 + 3000 + 0.1
-    assert d.run_seconds(40) == 1 * 90 * 10 + 7560 + 3000 + 4  # 40 chunks in flight at once
-    assert d.run_seconds(41) == 2 * 90 * 10 + 7560 + 3000 + 4.1
-    # The largest job the splitter takes (1,000,000 lines in chunks of 16): finite, about 17 days.
-    assert d.running(T0, 62_500) - T0 == pytest.approx(1563 * 900 + 7560 + 3000 + 6250, abs=1)
+    assert d.run_seconds(160) == 1 * 90 * 10 + 7560 + 3000 + 16  # 8 x 20 chunks in flight at once
+    assert d.run_seconds(161) == 2 * 90 * 10 + 7560 + 3000 + 16.1
+    # The largest job the splitter takes (1,000,000 lines in chunks of 16): finite, about 4 days.
+    assert d.running(T0, 62_500) - T0 == pytest.approx(391 * 900 + 7560 + 3000 + 6250, abs=1)
     assert d.fallback(T0, 3) == math.ceil(T0 + 9000 + d.run_seconds(3))
     assert timeout_deadline(T0, 10) == T0 + 10
 

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 from botocore.exceptions import ClientError
 
 from batchpredict import aws
+from batchpredict.costs import vcpus
 from batchpredict.errors import ErrorCode
 from batchpredict.estimate import (
     DEFAULT_MODEL,
@@ -173,12 +174,14 @@ class Client:
 
     def settings(self) -> StackSettings:
         """The stack's settings an estimate follows: a deployed stack's parameters; for the local
-        stack the template's, at one predict worker per core (``local up``'s default)."""
+        stack the template's, with as many predict invocations at once as its CPU slots allow
+        (cores ÷ the vCPUs a predict function's memory buys: local/cpu_slots.py)."""
         if self.stack.parameters is not None:
             return StackSettings.from_parameters(self.stack.parameters)
-        from batchpredict.model import available_cpus  # as local up counts its workers
+        from batchpredict.model import available_cpus
 
-        return StackSettings(predict_concurrency=available_cpus())
+        memory_mb = StackSettings().predict_memory_mb
+        return StackSettings(predict_concurrency=max(1, available_cpus() // vcpus(memory_mb)))
 
     def job(self, job_id: str) -> Job:
         job = self.jobs.get(job_id)

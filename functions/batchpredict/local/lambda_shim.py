@@ -19,6 +19,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from batchpredict.cpu_gate import UNGATED, CpuGate
+
 if TYPE_CHECKING:
     from mypy_boto3_sqs import SQSClient
     from mypy_boto3_sqs.type_defs import ChangeMessageVisibilityBatchRequestEntryTypeDef, MessageTypeDef
@@ -28,7 +30,13 @@ Handler = Callable[[dict[str, Any], Any], Any]  # (event, context) -> response
 
 @dataclass(frozen=True)
 class Report:
-    """One invocation's accounting, as Lambda's ``REPORT`` log line carries it."""
+    """One invocation's accounting, as Lambda's ``REPORT`` log line carries it.
+
+    Locally the duration is Lambda's estimate: the handler's wall time less ``cpu_wait_ms``,
+    the time the worker waited for CPU slots while other workers computed (local/cpu_slots.py),
+    which its own vCPUs on Lambda would have spared it. The line then ends with a local-only
+    ``CPU Wait`` field.
+    """
 
     request_id: str
     duration_ms: float
@@ -36,12 +44,24 @@ class Report:
     memory_mb: int
     max_memory_used_mb: int
     init_ms: float | None = None  # Lambda adds "Init Duration" to a cold start's line
+    cpu_wait_ms: float | None = None  # local only: left out of the duration
 
     @classmethod
-    def measured(cls, request_id: str, duration_ms: float, memory_mb: int, max_memory_used_mb: int) -> Report:
-        duration_ms = round(duration_ms, 2)
+    def measured(
+        cls,
+        request_id: str,
+        duration_ms: float,
+        memory_mb: int,
+        max_memory_used_mb: int,
+        cpu_wait_ms: float | None = None,
+    ) -> Report:
+        """``duration_ms``: the handler's wall time; ``cpu_wait_ms``: how much of it was spent
+        waiting for CPU slots (not billed)."""
+        wait = None if cpu_wait_ms is None else round(min(max(cpu_wait_ms, 0.0), duration_ms), 2)
+        duration_ms = round(duration_ms - (wait or 0.0), 2)
         # Billed in 1 ms steps, rounded up (Lambda since December 2020), at least 1 ms.
-        return cls(request_id, duration_ms, max(1, math.ceil(duration_ms)), memory_mb, max_memory_used_mb)
+        billed = max(1, math.ceil(duration_ms))
+        return cls(request_id, duration_ms, billed, memory_mb, max_memory_used_mb, cpu_wait_ms=wait)
 
     @property
     def gb_seconds(self) -> float:
@@ -54,13 +74,16 @@ class Report:
             f"\tBilled Duration: {self.billed_ms} ms\tMemory Size: {self.memory_mb} MB"
             f"\tMax Memory Used: {self.max_memory_used_mb} MB"
         )
-        return line if self.init_ms is None else f"{line}\tInit Duration: {self.init_ms:.2f} ms"
+        if self.init_ms is not None:
+            line = f"{line}\tInit Duration: {self.init_ms:.2f} ms"
+        return line if self.cpu_wait_ms is None else f"{line}\tCPU Wait: {self.cpu_wait_ms:.2f} ms"
 
 
 _REPORT = re.compile(
     r"REPORT RequestId: (?P<id>\S+)\s+Duration: (?P<duration>\d+(?:\.\d+)?) ms"
     r"\s+Billed Duration: (?P<billed>\d+) ms\s+Memory Size: (?P<memory>\d+) MB"
     r"\s+Max Memory Used: (?P<used>\d+) MB(?:\s+Init Duration: (?P<init>\d+(?:\.\d+)?) ms)?"
+    r"(?:\s+CPU Wait: (?P<wait>\d+(?:\.\d+)?) ms)?"
 )
 
 
@@ -69,7 +92,7 @@ def parse_report(line: str) -> Report | None:
     match = _REPORT.search(line)
     if match is None:
         return None
-    init = match["init"]
+    init, wait = match["init"], match["wait"]
     return Report(
         match["id"],
         float(match["duration"]),
@@ -77,6 +100,7 @@ def parse_report(line: str) -> Report | None:
         int(match["memory"]),
         int(match["used"]),
         float(init) if init is not None else None,
+        float(wait) if wait is not None else None,
     )
 
 
@@ -161,6 +185,7 @@ def deliver_once(
     memory_mb: int = 1024,
     visibility_seconds: int = 0,
     report: Callable[[Report], None] = print_report,
+    gate: CpuGate | None = None,
 ) -> int:
     """One poll of the mapping: receive up to ``batch_size``, invoke, delete what succeeded.
 
@@ -169,7 +194,9 @@ def deliver_once(
     them to the dead-letter queue, as on AWS. Every invocation, failed or not, ends with
     one ``report`` (by default Lambda's REPORT line on stdout): the handler's duration, the
     billed duration, ``memory_mb`` as configured and the process's peak RSS. Returns how
-    many messages were delivered.
+    many messages were delivered. ``gate``: the worker's CPU slots (local/cpu_slots.py), held
+    for the invocation: waited for before its clock starts, and what it waits for them later is
+    not billed (the REPORT line's ``CPU Wait``).
 
     ``visibility_seconds`` (the queue's visibility timeout; 0: none given): the messages are
     received hidden only for the batching window + POLLER_HOLD_SECONDS, and given the queue's
@@ -198,20 +225,23 @@ def deliver_once(
         return 0
     if visibility_seconds:
         _hand_over(sqs, queue_url, messages, visibility_seconds)
-    context = LocalContext(function_name, timeout_seconds=timeout_seconds, memory_limit_in_mb=memory_mb)
-    event = sqs_event(messages, queue_arn)
-    started = time.perf_counter()
-    try:
-        response = handler(event, context)
-    except Exception:
-        # A function error fails the whole batch: every message comes back, as on AWS.
-        logging.getLogger(__name__).exception(
-            "%s failed; %d messages will be redelivered", function_name, len(messages)
-        )
-        return len(messages)
-    finally:
-        duration_ms = (time.perf_counter() - started) * 1000
-        report(Report.measured(context.aws_request_id, duration_ms, memory_mb, peak_rss_mb()))
+    with (gate or UNGATED).computing():
+        context = LocalContext(function_name, timeout_seconds=timeout_seconds, memory_limit_in_mb=memory_mb)
+        event = sqs_event(messages, queue_arn)
+        waited = gate.waited_seconds() if gate is not None else 0.0
+        started = time.perf_counter()
+        try:
+            response = handler(event, context)
+        except Exception:
+            # A function error fails the whole batch: every message comes back, as on AWS.
+            logging.getLogger(__name__).exception(
+                "%s failed; %d messages will be redelivered", function_name, len(messages)
+            )
+            return len(messages)
+        finally:
+            duration_ms = (time.perf_counter() - started) * 1000
+            wait_ms = None if gate is None else (gate.waited_seconds() - waited) * 1000
+            report(Report.measured(context.aws_request_id, duration_ms, memory_mb, peak_rss_mb(), wait_ms))
     failed = {f["itemIdentifier"] for f in (response or {}).get("batchItemFailures", [])}
     done = [m for m in messages if m["MessageId"] not in failed]
     for start in range(0, len(done), 10):

@@ -60,6 +60,10 @@ class LocalOptions:
     schedule_seconds: float | None = 3.0
     environment: dict[str, str] = field(default_factory=dict)  # added to every function's
     parameters: dict[str, str] = field(default_factory=dict)  # template parameter overrides
+    # The predictor image's workers compute on the machine's cores in turn, each on as many as
+    # its memory buys on Lambda, and their REPORT lines and chunks estimate Lambda's bill
+    # (local/cpu_slots.py). False: they share the cores freely (and bill their wall time).
+    cpu_slots: bool = True
 
 
 @dataclass(frozen=True)
@@ -357,6 +361,8 @@ def provision_from_template(
                 memory_mb=fn.memory_mb,
                 environment=fn.environment,
                 visibility_seconds=int(p.visibility[m["queue"]]),
+                # The predictor image (MXNet) computes; the zip functions wait on AWS calls.
+                cpu_slots=options.cpu_slots and _is_image(cfn, fn.logical_id),
             )
         )
     queues = {name: (p.physical[name], p.arns[name]) for name in resources(cfn, "AWS::SQS::Queue")}
@@ -372,6 +378,10 @@ def provision_from_template(
         events_queue,
         p.schedules(functions),
     )
+
+
+def _is_image(cfn: dict[str, Any], logical_id: str) -> bool:
+    return bool(cfn["Resources"][logical_id]["Properties"].get("PackageType") == "Image")
 
 
 def _local_deadlines(

@@ -17,6 +17,13 @@ A mapping with ``max_concurrency`` scales out as Lambda's does while messages wa
 worker every few seconds, up to that many, as long as the machine has idle CPU (Lambda gives
 each invocation CPUs of its own; here they are shared, so workers waiting on slow URLs are
 what extra workers are for). Extra workers leave after a while without messages.
+
+A mapping with ``cpu_slots`` (predict's) runs on the machine's cores in turn
+(local/cpu_slots.py): the runner makes one slot per core, and each of the mapping's workers
+runs on as many as its memory buys on Lambda (``costs.vcpus``: its decoders and inference
+threads, unless the function's environment sets them), holding them for its invocations except
+while they only wait on the network. Its REPORT lines leave out the time it waited for them, so
+they estimate what Lambda would bill however many workers share the machine.
 """
 
 from __future__ import annotations
@@ -24,9 +31,11 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Callable
@@ -55,6 +64,20 @@ class Mapping:
     # The queue's visibility timeout (0: not given): a poller that dies before it invokes then
     # holds its messages only briefly, as Lambda's poller is not the function (lambda_shim).
     visibility_seconds: int = 0
+    # The function computes on the machine's CPU slots, as many as its memory buys (module doc).
+    cpu_slots: bool = False
+
+    def compute_environment(self, slots: Path) -> dict[str, str]:
+        """A ``cpu_slots`` mapping's worker: where the slots are, and compute threads for as many
+        vCPUs as its memory buys (the function's own settings win)."""
+        from batchpredict.costs import vcpus
+
+        threads = str(vcpus(self.memory_mb))
+        return (
+            {"INFERENCE_THREADS": threads, "DECODERS": threads}
+            | self.environment
+            | {"LOCAL_CPU_SLOTS": str(slots)}
+        )
 
     def lambda_environment(self) -> dict[str, str]:
         """The variables Lambda's runtime sets in every execution environment of the function."""
@@ -68,9 +91,14 @@ class Mapping:
 def serve(mapping: Mapping, stop: threading.Event) -> None:
     """A worker's loop: import the handler once, then poll and invoke until told to stop."""
     from batchpredict import aws
+    from batchpredict.costs import vcpus
+    from batchpredict.local.cpu_slots import process_gate
     from batchpredict.local.lambda_shim import deliver_once, load_handler
 
     handler = load_handler(mapping.handler)
+    slots = mapping.environment.get("LOCAL_CPU_SLOTS") if mapping.cpu_slots else None
+    # Held for each invocation; the handler's compute holds the same one (wiring.cpu_gate).
+    gate = process_gate(slots, vcpus(mapping.memory_mb)) if slots else None
     sqs = aws.client("sqs")
     parent = os.getppid()
     last_message = time.monotonic()
@@ -91,6 +119,7 @@ def serve(mapping: Mapping, stop: threading.Event) -> None:
                 timeout_seconds=mapping.timeout_seconds,
                 memory_mb=mapping.memory_mb,
                 visibility_seconds=mapping.visibility_seconds,
+                gate=gate,
             )
             if delivered:
                 last_message = time.monotonic()
@@ -154,9 +183,12 @@ class Runner:
         backlog: Callable[[Mapping], int] | None = None,
         cpu_idle: Callable[[], float] | None = None,
         clock: Callable[[], float] = time.monotonic,
+        cores: int | None = None,
     ) -> None:
         self.mappings = mappings
         self.log_dir = log_dir
+        self._cores = cores  # CPU slots to make (None: the CPUs this process may use)
+        self.slots: Path | None = None  # made at start, if a mapping computes on slots
         self._stop = threading.Event()
         self.workers: dict[str, list[subprocess.Popen[bytes]]] = {m.function: [] for m in mappings}
         self.replaced = 0
@@ -171,6 +203,8 @@ class Runner:
     def _spawn(self, mapping: Mapping) -> subprocess.Popen[bytes]:
         # A fresh interpreter with the function's environment set before anything is imported,
         # as Lambda starts a container: module-level settings (Powertools) see it.
+        if mapping.cpu_slots and self.slots is not None:
+            mapping = replace(mapping, environment=mapping.compute_environment(self.slots))
         command = [sys.executable, "-m", "batchpredict.local.runner", json.dumps(asdict(mapping))]
         env = os.environ | mapping.environment | mapping.lambda_environment()
         if self.log_dir is None:
@@ -181,6 +215,12 @@ class Runner:
             return subprocess.Popen(command, env=env, stdout=log_file, stderr=subprocess.STDOUT)
 
     def start(self) -> None:
+        if any(m.cpu_slots for m in self.mappings):
+            from batchpredict.local.cpu_slots import make_slots
+            from batchpredict.model import available_cpus
+
+            folder = Path(tempfile.mkdtemp(prefix="batchpredict-cpu-slots-"))
+            self.slots = make_slots(folder, self._cores or available_cpus())
         for mapping in self.mappings:
             self.workers[mapping.function] = [self._spawn(mapping) for _ in range(mapping.concurrency)]
         self._watcher.start()
@@ -245,6 +285,8 @@ class Runner:
             except subprocess.TimeoutExpired:
                 process.kill()
                 process.wait()
+        if self.slots is not None:
+            shutil.rmtree(self.slots, ignore_errors=True)
 
 
 if __name__ == "__main__":
