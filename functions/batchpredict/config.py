@@ -280,7 +280,7 @@ class PredictorConfig:
     # None elsewhere: the decode budget then follows the machine's memory, and no GB-s are charged.
     memory_mb: int | None
     # LOCAL_CPU_SLOTS: the folder of the machine's CPU slots the local stack's predict workers
-    # compute in turn on (local/cpu_slots.py); None (Lambda): the vCPUs are the invocation's own.
+    # compute in turn on (cpu_slots.py); None (Lambda): the vCPUs are the invocation's own.
     cpu_slots: str | None = None
 
 

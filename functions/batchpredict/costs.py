@@ -7,7 +7,7 @@ The JOB record sums them; finalize turns the sums into ``_summary.json``'s ``com
 
 Wall time less the time the invocation waited for CPUs it would have had to itself on Lambda
 (``cpu_gate.CpuGate.waited_seconds``: always 0 on Lambda; on the local stack, the time a worker
-waited for its cores while another worker computed, see ``local/cpu_slots.py``), so that the
+waited for its cores while another worker computed, see ``cpu_slots.py``), so that the
 local figures estimate Lambda's bill whatever the number of workers sharing the machine.
 """
 

@@ -2,7 +2,7 @@
 
 On Lambda an invocation's vCPUs are its own (1,769 MB of memory buys one): nothing to wait
 for, so predict runs ``UNGATED``. The local stack shares a machine's cores between several
-predict workers; there a gate (``batchpredict.local.cpu_slots``) makes an invocation hold as
+predict workers; there a gate (``batchpredict.cpu_slots``) makes an invocation hold as
 many cores as its memory buys while it runs, except while it only waits on image URLs or on its
 last writes, and counts the time it waited for them, which Lambda would not have billed (see
 costs.ComputeMeter and the local REPORT lines).

@@ -117,11 +117,11 @@ def chunk_writer(tables: Tables, output_bucket: str, finalize_queue_url: str) ->
 
 def cpu_gate(config: PredictorConfig) -> CpuGate:
     """What predict's compute waits on: nothing on Lambda; on the local stack, the machine's
-    cores shared between the predict workers (local/cpu_slots.py)."""
+    cores shared between the predict workers (cpu_slots.py)."""
     if config.cpu_slots is None:
         return UNGATED
     from batchpredict.costs import vcpus
-    from batchpredict.local.cpu_slots import process_gate
+    from batchpredict.cpu_slots import process_gate
 
     return process_gate(config.cpu_slots, vcpus(config.memory_mb or LAMBDA_MB_PER_VCPU))
 

@@ -243,7 +243,7 @@ def test_function_sizes_and_roles(stack: DeployedStack) -> None:
 def test_event_source_mappings(stack: DeployedStack) -> None:
     batch_sizes = {
         "ManifestQueue": 1,
-        "WorkQueue": 2,
+        "WorkQueue": 8,
         "FinalizeQueue": 1,
         "WorkDeadLetterQueue": 10,
         "FinalizeDeadLetterQueue": 1,

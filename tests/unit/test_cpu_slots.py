@@ -1,4 +1,4 @@
-"""The local stack's CPU slots (local/cpu_slots.py): predict workers compute on the machine's
+"""The local stack's CPU slots (cpu_slots.py): predict workers compute on the machine's
 cores in turn, each on as many as its memory buys, and the time one waits for them is not billed."""
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from batchpredict.costs import ComputeMeter, floor_gb_seconds, vcpus
-from batchpredict.local.cpu_slots import CpuSlots, SlotGate, make_slots
+from batchpredict.cpu_slots import CpuSlots, SlotGate, make_slots
 
 # How long a test lets a blocked thread show that it is blocked (it must not get through).
 BLOCKED_FOR = 0.2
@@ -126,7 +126,7 @@ def test_a_worker_that_dies_computing_frees_its_cores(tmp_path: Path) -> None:
     code = (
         "import sys, time\n"
         "from pathlib import Path\n"
-        "from batchpredict.local.cpu_slots import CpuSlots\n"
+        "from batchpredict.cpu_slots import CpuSlots\n"
         "CpuSlots(Path(sys.argv[1])).acquire(1)\n"
         "print('held', flush=True)\n"
         "time.sleep(60)\n"

@@ -134,16 +134,17 @@ def test_a_manifest_like_a_finished_job_is_estimated_at_that_jobs_cost_and_time(
 
 
 def test_the_wall_time_follows_the_stacks_concurrency_and_the_jobs_size() -> None:
-    per_line = from_jobs([finished_job()], StackSettings(predict_concurrency=20))
+    per_line = from_jobs([finished_job()], StackSettings(predict_concurrency=20, work_batch_size=2))
     assert per_line is not None  # 100 ms a line; 100 s - 64 s / 20 = 96.8 s besides predict
     assert per_line.billed_ms == 100 and per_line.overhead_seconds == pytest.approx(96.8)
     lines = scan(f"{GOOD}\n" * 6400)  # 400 chunks: 200 batches
-    wide = estimate(lines, per_line, StackSettings(predict_concurrency=100))
-    narrow = estimate(lines, per_line, StackSettings(predict_concurrency=10))
+    wide = estimate(lines, per_line, StackSettings(predict_concurrency=100, work_batch_size=2))
+    narrow = estimate(lines, per_line, StackSettings(predict_concurrency=10, work_batch_size=2))
     assert (wide.parallel_invocations, narrow.parallel_invocations) == (100, 10)
     assert wide.wall_seconds == pytest.approx(96.8 + 640 / 100)
     assert narrow.wall_seconds == pytest.approx(96.8 + 640 / 10)
-    small = estimate(scan(f"{GOOD}\n" * 40), per_line, StackSettings(predict_concurrency=100))
+    wide_settings = StackSettings(predict_concurrency=100, work_batch_size=2)
+    small = estimate(scan(f"{GOOD}\n" * 40), per_line, wide_settings)
     assert small.parallel_invocations == 2  # 3 chunks, 2 an invocation
     assert wide.compute["predict_gb_seconds"] == narrow.compute["predict_gb_seconds"]
 

@@ -374,9 +374,9 @@ def test_every_decode_and_forward_pass_holds_the_cpu_gate() -> None:
     seen: list[int] = []
 
     class GatedDecoder(FakeDecoder):
-        def decode(self, payload: bytes, deadline: float) -> DecodedImage:
+        def decode(self, payload: bytes, deadline: float, fidelity: Fidelity) -> DecodedImage:
             seen.append(gate.inside)
-            return super().decode(payload, deadline)
+            return super().decode(payload, deadline, fidelity)
 
     class GatedEngine(FakeEngine):
         def run_inference(self, batch: Any, top_k: int) -> list[list[Prediction]]:

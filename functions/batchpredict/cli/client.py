@@ -175,7 +175,7 @@ class Client:
     def settings(self) -> StackSettings:
         """The stack's settings an estimate follows: a deployed stack's parameters; for the local
         stack the template's, with as many predict invocations at once as its CPU slots allow
-        (cores ÷ the vCPUs a predict function's memory buys: local/cpu_slots.py)."""
+        (cores ÷ the vCPUs a predict function's memory buys: cpu_slots.py)."""
         if self.stack.parameters is not None:
             return StackSettings.from_parameters(self.stack.parameters)
         from batchpredict.model import available_cpus

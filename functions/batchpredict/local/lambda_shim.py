@@ -33,7 +33,7 @@ class Report:
     """One invocation's accounting, as Lambda's ``REPORT`` log line carries it.
 
     Locally the duration is Lambda's estimate: the handler's wall time less ``cpu_wait_ms``,
-    the time the worker waited for CPU slots while other workers computed (local/cpu_slots.py),
+    the time the worker waited for CPU slots while other workers computed (cpu_slots.py),
     which its own vCPUs on Lambda would have spared it. The line then ends with a local-only
     ``CPU Wait`` field.
     """
@@ -194,7 +194,7 @@ def deliver_once(
     them to the dead-letter queue, as on AWS. Every invocation, failed or not, ends with
     one ``report`` (by default Lambda's REPORT line on stdout): the handler's duration, the
     billed duration, ``memory_mb`` as configured and the process's peak RSS. Returns how
-    many messages were delivered. ``gate``: the worker's CPU slots (local/cpu_slots.py), held
+    many messages were delivered. ``gate``: the worker's CPU slots (cpu_slots.py), held
     for the invocation: waited for before its clock starts, and what it waits for them later is
     not billed (the REPORT line's ``CPU Wait``).
 

@@ -62,7 +62,7 @@ class LocalOptions:
     parameters: dict[str, str] = field(default_factory=dict)  # template parameter overrides
     # The predictor image's workers compute on the machine's cores in turn, each on as many as
     # its memory buys on Lambda, and their REPORT lines and chunks estimate Lambda's bill
-    # (local/cpu_slots.py). False: they share the cores freely (and bill their wall time).
+    # (cpu_slots.py). False: they share the cores freely (and bill their wall time).
     cpu_slots: bool = True
 
 

@@ -19,7 +19,7 @@ each invocation CPUs of its own; here they are shared, so workers waiting on slo
 what extra workers are for). Extra workers leave after a while without messages.
 
 A mapping with ``cpu_slots`` (predict's) runs on the machine's cores in turn
-(local/cpu_slots.py): the runner makes one slot per core, and each of the mapping's workers
+(cpu_slots.py): the runner makes one slot per core, and each of the mapping's workers
 runs on as many as its memory buys on Lambda (``costs.vcpus``: its decoders and inference
 threads, unless the function's environment sets them), holding them for its invocations except
 while they only wait on the network. Its REPORT lines leave out the time it waited for them, so
@@ -92,7 +92,7 @@ def serve(mapping: Mapping, stop: threading.Event) -> None:
     """A worker's loop: import the handler once, then poll and invoke until told to stop."""
     from batchpredict import aws
     from batchpredict.costs import vcpus
-    from batchpredict.local.cpu_slots import process_gate
+    from batchpredict.cpu_slots import process_gate
     from batchpredict.local.lambda_shim import deliver_once, load_handler
 
     handler = load_handler(mapping.handler)
@@ -216,7 +216,7 @@ class Runner:
 
     def start(self) -> None:
         if any(m.cpu_slots for m in self.mappings):
-            from batchpredict.local.cpu_slots import make_slots
+            from batchpredict.cpu_slots import make_slots
             from batchpredict.model import available_cpus
 
             folder = Path(tempfile.mkdtemp(prefix="batchpredict-cpu-slots-"))
