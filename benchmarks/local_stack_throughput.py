@@ -20,7 +20,7 @@ CPU went (every process read from /proc over the job: the workers, DynamoDB Loca
 the file server, the rest of the machine); and, from the predict workers' REPORT lines, the GB-s
 and the Lambda cost per million images beside the original AWS blog design's.
 
-Billing: the current code's predict workers run on CPU slots (local/cpu_slots.py: each on as many
+Billing: the current code's predict workers run on CPU slots (cpu_slots.py: each on as many
 cores as its memory buys, in turn, the time it waits for them not billed), so their REPORT lines
 estimate what Lambda would bill however many share the machine. For every leg the report prints
 predict's GB-s per manifest line (REPORT lines, and the job's _summary.json), the floor (memory GB
