@@ -45,8 +45,10 @@ from batchpredict.records import Prediction as Prediction  # the engine returns 
 FP32 = "fp32"
 INT8 = "int8"
 PRECISIONS = (FP32, INT8)
-# model.json's files.<role> of the int8 variant's graph and weights.
-INT8_ROLES = {"symbol": "symbol_int8", "params": "params_int8"}
+# model.json's files.<role> of the int8 variant's graph, and of its weights if they differ from
+# fp32's (MXNet's oneDNN quantization keeps the fp32 weights and quantizes them at bind).
+INT8_SYMBOL_ROLE = "symbol_int8"
+INT8_PARAMS_ROLE = "params_int8"
 # The agreement a cheaper engine must keep with the exact one before ``fast`` may use it (issue 18).
 GATE_TOP1 = 0.98  # share of images whose top-1 class is the same
 GATE_TOP5_SHARE4 = 0.99  # share of images whose top-5 lists share at least 4 classes
@@ -105,7 +107,7 @@ def int8_variant(spec: BundleSpec) -> Int8Variant | None:
     """The bundle's int8 variant, or None for a bundle without one (every bundle built before it)."""
     about = spec.raw.get("variants", {}).get(INT8)
     roles = {f.role for f in spec.files}
-    if not isinstance(about, dict) or not set(INT8_ROLES.values()) <= roles:
+    if not isinstance(about, dict) or INT8_SYMBOL_ROLE not in roles:
         return None
     agreement = about.get("agreement", {})
     try:
@@ -117,8 +119,10 @@ def int8_variant(spec: BundleSpec) -> Int8Variant | None:
     except (KeyError, TypeError, ValueError) as exc:
         raise BundleError(f"model.json variants.int8.agreement is malformed ({exc!r})") from exc
     return Int8Variant(
-        symbol_file=bundle_path(spec.root, spec.file(INT8_ROLES["symbol"])),
-        params_file=bundle_path(spec.root, spec.file(INT8_ROLES["params"])),
+        symbol_file=bundle_path(spec.root, spec.file(INT8_SYMBOL_ROLE)),
+        params_file=bundle_path(spec.root, spec.file(INT8_PARAMS_ROLE))
+        if INT8_PARAMS_ROLE in roles
+        else spec.params_file,
         agreement=measured,
         measured_on=str(about.get("measured_on", "unknown")),
     )
