@@ -26,7 +26,9 @@ Environment knobs (``MXNET_SUBGRAPH_BACKEND``, ``OMP_PROC_BIND``, ...) pass thro
 the workers, except ``OMP_NUM_THREADS``, which each worker sets to its thread count.
 ``--mxnet-env NAME=VALUE[,NAME=VALUE...]`` (repeatable) adds an MXNet worker with those
 variables to the same alternation, so a knob is compared against the default in one run:
-``--mxnet-env DNNL_MAX_CPU_ISA=ALL`` is the engine without its AVX2 cap on AMD Zen 3/4.
+``--mxnet-env DNNL_MAX_CPU_ISA=ALL`` is the engine without its AVX2 cap on AMD Zen 3/4. The
+2-thread layout for a process alone on its vCPUs (``batchpredict.model.HOT_THREADS``) gets
+its own row unless ``--no-hot-threads``.
 
 The header names the CPU (oneDNN and ONNX Runtime pick their kernels by its instruction
 sets, so figures from different hosts differ), and every row shows the load average seen
@@ -58,6 +60,7 @@ from batchpredict.images import decode_image
 from batchpredict.model import (
     DEFAULT_TOP_K,
     FP32,
+    HOT_THREADS,
     INT8,
     Agreement,
     cpu_info,
@@ -538,7 +541,8 @@ def describe_host() -> str:
 def run_parent(args: argparse.Namespace) -> None:
     spec = resolve_bundle(str(args.model))
     names, samples = load_samples(spec, args.samples)
-    runtimes = [Runtime(MXNET), *(Runtime(MXNET, env) for env in args.mxnet_env), Runtime(ORT)]
+    envs = [*args.mxnet_env, *([tuple(HOT_THREADS.items())] if args.hot_threads else [])]
+    runtimes = [Runtime(MXNET), *(Runtime(MXNET, env) for env in envs), Runtime(ORT)]
     print(
         f"model {spec.model_id}, {len(names)} sample photos, {args.seconds:g} s per measurement "
         f"in {args.rounds} alternating windows, {len(os.sched_getaffinity(0))} CPUs visible"
@@ -603,6 +607,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     add("--seconds", type=float, default=3.0, help="timed seconds per measurement (default 3)")
     add("--rounds", type=int, default=5, help="windows each measurement is split into (default 5)")
     add("--concurrent-batch", type=int, default=16, help="batch of the 1 vs N processes rows (default 16)")
+    add(
+        "--hot-threads",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="also measure MXNet with batchpredict.model.HOT_THREADS, the API's layout (default: yes)",
+    )
     add(
         "--int8",
         action=argparse.BooleanOptionalAction,

@@ -21,6 +21,17 @@ built by ``bundlebuild.int8``; see ``int8_variant``) instead of the fp32 graph. 
 never capped: without VNNI oneDNN's int8 kernels sum u8 x s8 pairs in saturating int16,
 which on this model cost a third of the top-1 agreement (58% against 76% with VNNI) and
 half the speed. The cap is process-wide, so the first engine loaded in a process sets it.
+
+Two threads: under MXNet's threaded engine a 2-thread engine kept about one CPU busy (cpu/wall
+0.74-0.99) and ran at about its 1-thread speed. With the ops run in the calling thread and its
+OpenMP team spinning between them (``HOT_THREADS``: ``MXNET_ENGINE_TYPE=NaiveEngine``,
+``OMP_WAIT_POLICY=ACTIVE``) it used 1.6-2.0 CPUs and ran 1.4-2x faster, batch 1 included
+(README, Benchmarks). A bounded spin (``GOMP_SPINCOUNT`` 1e6 or 1e7) lost all of it. The price:
+the spinning thread burns a CPU for as long as the process is idle (1.00 CPU-s per idle second)
+and starves anything else on the cores, so it is not a default: it belongs in the environment of
+a process alone on its vCPUs that runs one forward at a time (the predict API's function with 2+
+vCPUs), not in the local stack, whose workers share the cores (local/provision.py copies a
+function's template environment to its worker). The variables are read when mxnet is imported.
 """
 
 from __future__ import annotations
@@ -50,6 +61,8 @@ PRECISIONS = (FP32, INT8)
 INT8_SYMBOL_ROLE = "symbol_int8"
 INT8_PARAMS_ROLE = "params_int8"
 # The agreement a cheaper engine must keep with the exact one before ``fast`` may use it (issue 18).
+# The 2-thread layout for a process alone on its vCPUs (see the module docs).
+HOT_THREADS = {"MXNET_ENGINE_TYPE": "NaiveEngine", "OMP_WAIT_POLICY": "ACTIVE"}
 GATE_TOP1 = 0.98  # share of images whose top-1 class is the same
 GATE_TOP5_SHARE4 = 0.99  # share of images whose top-5 lists share at least 4 classes
 

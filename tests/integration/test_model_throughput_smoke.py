@@ -9,7 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from batchpredict.model import Agreement
+from batchpredict.model import HOT_THREADS, Agreement
 from tests.fake_int8 import add_fake_int8_variant
 
 SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "model_throughput.py"
@@ -33,4 +33,6 @@ def test_model_throughput_shows_fp32_int8_and_ort_rows(
     assert "mxnet-int8 vs mxnet fp32: top-1 equal on 100.0% of 6, top-5 sharing >= 4 on 100.0%" in out
     rows = {m[1] for m in re.finditer(r"^\s+1\s+1\s+(\S+)\s+\d+\.\d\s+\d+\.\d\dx", out, re.M)}
     assert {"mxnet", "mxnet-int8", "onnxruntime"} <= rows
+    hot = " ".join(f"{k}={v}" for k, v in HOT_THREADS.items())
+    assert re.search(rf"^\s+1\s+1\s+mxnet {hot}\s+\d+\.\d", out, re.M)
     assert "onnxruntime-int8" in rows or "ONNX Runtime int8: its quantizer does not run here (" in out
