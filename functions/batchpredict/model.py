@@ -14,7 +14,9 @@ On AMD family 19h CPUs (Zen 3 / Zen 4) oneDNN is held to its AVX2 kernels
 AVX-512 is double-pumped, oneDNN 2.4's AVX-512 path picks brgemm kernels in NHWC for
 some layers and blocked jit kernels for others, reorders between them (24 reorders, ~9%
 of a forward) and was 20-30% slower per image than its AVX2 kernels on this model
-(benchmarks/model_throughput.py). Zen 3 has no AVX-512, so there it changes nothing.
+(benchmarks/model_throughput.py). Zen 3 has no AVX-512, so there it changes nothing. Intel
+CPUs with AVX-512 get the same cap: issue 18 measured it 2-7% faster on a Xeon (family 6
+model 167); no Intel CPU was at hand to measure it again.
 
 ``precision="int8"`` loads the bundle's int8 variant (oneDNN post-training quantization,
 built by ``bundlebuild.int8``; see ``int8_variant``) instead of the fp32 graph. int8 is
@@ -176,6 +178,8 @@ def onednn_isa_cap(info: dict[str, str] | None = None, precision: str = FP32) ->
         return None  # int8 needs the VNNI kernels the AVX2 cap would take away
     if info.get("vendor_id") == "AuthenticAMD" and info.get("cpu family") == "25":  # 19h: Zen 3, Zen 4
         return "AVX2"
+    if info.get("vendor_id") == "GenuineIntel" and "avx512f" in info.get("flags", "").split():
+        return "AVX2"  # issue 18's Xeon (family 6 model 167): +2-7% (not measured here: no Intel)
     return None
 
 
