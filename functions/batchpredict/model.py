@@ -28,12 +28,13 @@ Two threads: under MXNet's threaded engine a 2-thread engine kept about one CPU 
 0.74-0.99) and ran at about its 1-thread speed. With the ops run in the calling thread and its
 OpenMP team spinning between them (``HOT_THREADS``: ``MXNET_ENGINE_TYPE=NaiveEngine``,
 ``OMP_WAIT_POLICY=ACTIVE``) it used 1.2-2.0 CPUs and ran 1.3-2x faster at batch 8-32, and
-1.3-1.6x at batch 1 in three runs of four (README, Benchmarks). A bounded spin (``GOMP_SPINCOUNT`` 1e6 or 1e7) lost all of it. The price:
-the spinning thread burns a CPU for as long as the process is idle (1.00 CPU-s per idle second)
-and starves anything else on the cores, so it is not a default: it belongs in the environment of
-a process alone on its vCPUs that runs one forward at a time (the predict API's function with 2+
-vCPUs), not in the local stack, whose workers share the cores (local/provision.py copies a
-function's template environment to its worker). The variables are read when mxnet is imported.
+1.3-1.6x at batch 1 in three runs of four (README, Benchmarks). A bounded spin
+(``GOMP_SPINCOUNT`` 1e6 or 1e7) lost all of it. The price: the spinning thread burns a CPU for
+as long as the process is idle (1.00 CPU-s per idle second) and starves anything else on the
+cores, so it is not a default: it belongs in the environment of a process alone on its vCPUs
+that runs one forward at a time (the predict API's function with 2+ vCPUs), not in the local
+stack, whose workers share the cores (local/provision.py copies a function's template
+environment to its worker). The variables are read when mxnet is imported.
 """
 
 from __future__ import annotations
