@@ -60,6 +60,7 @@ $(STAMP): pyproject.toml
 
 $(BUNDLE)/model.json: $(STAMP) $(wildcard infrastructure/model/bundlebuild/*.py)
 	$(BUILD_ENV) $(BIN)/python -m bundlebuild --out $(BUNDLE) --cache $(WHEELS)
+	$(BUILD_ENV) $(BIN)/python -m bundlebuild.int8 --bundle $(BUNDLE) --cache $(WHEELS)
 
 $(SAMPLES)/.done: $(STAMP) infrastructure/model/bundlebuild/samples.py
 	$(BUILD_ENV) $(BIN)/python -m bundlebuild.samples --out $(SAMPLES) --cache $(WHEELS)

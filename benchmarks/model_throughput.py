@@ -5,6 +5,11 @@ Usage::
     python benchmarks/model_throughput.py --model build/model/efficientnet-lite0 \\
         --samples build/samples [--batches 1,8,16,32] [--threads 1,2] [--seconds 3]
 
+Runtimes: MXNet fp32 (the engine), MXNet int8 (the bundle's int8 variant, when it has one:
+``bundlebuild.int8``), ONNX Runtime fp32 and ONNX Runtime int8 (its own static quantization
+of the same exported graph, calibrated on the samples, when its quantizer runs here: it
+needs an onnx newer than the one MXNet's exporter is pinned to, so the run says why not).
+
 Each (runtime, threads) pair gets its own fresh worker process of this script: OpenMP
 fixes its thread count when mxnet is imported. The ONNX model is exported from the
 bundle's own symbol and params with ``mx.onnx.export_model``; both runtimes are fed the
@@ -21,7 +26,9 @@ Environment knobs (``MXNET_SUBGRAPH_BACKEND``, ``OMP_PROC_BIND``, ...) pass thro
 the workers, except ``OMP_NUM_THREADS``, which each worker sets to its thread count.
 ``--mxnet-env NAME=VALUE[,NAME=VALUE...]`` (repeatable) adds an MXNet worker with those
 variables to the same alternation, so a knob is compared against the default in one run:
-``--mxnet-env DNNL_MAX_CPU_ISA=ALL`` is the engine without its AVX2 cap on AMD Zen 3/4.
+``--mxnet-env DNNL_MAX_CPU_ISA=ALL`` is the engine without its AVX2 cap on AMD Zen 3/4. The
+2-thread layout for a process alone on its vCPUs (``batchpredict.model.HOT_THREADS``) gets
+its own row unless ``--no-hot-threads``.
 
 The header names the CPU (oneDNN and ONNX Runtime pick their kernels by its instruction
 sets, so figures from different hosts differ), and every row shows the load average seen
@@ -50,11 +57,25 @@ import numpy.typing as npt
 
 from batchpredict.bundle import BundleSpec, resolve_bundle
 from batchpredict.images import decode_image
-from batchpredict.model import DEFAULT_TOP_K, cpu_info, load_model, onednn_isa_cap, softmax
+from batchpredict.model import (
+    DEFAULT_TOP_K,
+    FP32,
+    HOT_THREADS,
+    INT8,
+    Agreement,
+    cpu_info,
+    int8_variant,
+    load_model,
+    onednn_isa_cap,
+    softmax,
+)
 
 MXNET = "mxnet"
+MXNET_INT8 = "mxnet-int8"
 ORT = "onnxruntime"
-RUNTIMES = (MXNET, ORT)
+ORT_INT8 = "onnxruntime-int8"
+RUNTIMES = (MXNET, MXNET_INT8, ORT, ORT_INT8)
+INT8_OF = {MXNET_INT8: MXNET, ORT_INT8: ORT}  # an int8 runtime's fp32 peer
 SCRIPT = str(Path(__file__).resolve())
 SAMPLE_SUFFIXES = (".jpg", ".jpeg", ".png")
 WARMUP_CALLS = 2
@@ -123,8 +144,8 @@ class Samples:
 # ---------------------------------------------------------------------------- worker side
 
 
-def mxnet_forward(spec: BundleSpec, threads: int, max_batch: int) -> Forward:
-    engine = load_model(spec, max_batch=max_batch, threads=threads)
+def mxnet_forward(spec: BundleSpec, threads: int, max_batch: int, precision: str = FP32) -> Forward:
+    engine = load_model(spec, max_batch=max_batch, threads=threads, precision=precision)
     return engine.probabilities
 
 
@@ -170,6 +191,40 @@ def export_onnx(spec: BundleSpec, out: Path) -> None:
     onnx.save(model, str(out))
 
 
+def int8_onnx(onnx_file: Path) -> Path:
+    return onnx_file.with_name(f"{onnx_file.stem}-int8.onnx")
+
+
+def quantize_onnx(onnx_file: Path, samples: Array) -> str | None:
+    """ONNX Runtime's static int8 quantization (QDQ, per-channel weights) of the exported graph,
+    calibrated on the samples; the reason it did not run, or None."""
+    try:
+        from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+    except Exception as exc:  # any failure to import means it does not run here
+        return f"{type(exc).__name__}: {exc}"
+
+    class Reader(CalibrationDataReader):  # type: ignore[misc]
+        def __init__(self) -> None:
+            self.batches = iter([{"data": samples[i : i + 1]} for i in range(len(samples))])
+
+        def get_next(self) -> dict[str, Array] | None:
+            return next(self.batches, None)
+
+    try:
+        quantize_static(
+            str(onnx_file),
+            str(int8_onnx(onnx_file)),
+            Reader(),
+            quant_format=QuantFormat.QDQ,
+            per_channel=True,
+            activation_type=QuantType.QUInt8,
+            weight_type=QuantType.QInt8,
+        )
+    except Exception as exc:
+        return f"{type(exc).__name__}: {exc}"
+    return None
+
+
 def tile(samples: Array, batch: int) -> Array:
     reps = -(-batch // len(samples))
     return np.ascontiguousarray(np.concatenate([samples] * reps)[:batch])
@@ -190,15 +245,20 @@ def measure(forward: Forward, batch: Array, seconds: float) -> Window:
 def run_worker(args: argparse.Namespace) -> None:
     """Load and warm up, say ``ready``, then serve ``BATCH SECONDS`` lines on stdin until EOF."""
     spec = resolve_bundle(str(args.model))
+    samples: Array = np.load(args.input)
     if args.worker == "export":
         export_onnx(spec, args.onnx)
+        why_not = quantize_onnx(args.onnx, samples)
+        print(f"ort-int8 {why_not or 'ok'}".splitlines()[0], flush=True)
         return
-    samples: Array = np.load(args.input)
     batches: list[int] = args.batches
-    if args.worker == MXNET:
-        forward = mxnet_forward(spec, args.worker_threads, max(batches))
+    if args.worker in (MXNET, MXNET_INT8):
+        precision = INT8 if args.worker == MXNET_INT8 else FP32
+        forward = mxnet_forward(spec, args.worker_threads, max(batches), precision)
     else:
-        forward = ort_forward(args.onnx, args.worker_threads)
+        forward = ort_forward(
+            int8_onnx(args.onnx) if args.worker == ORT_INT8 else args.onnx, args.worker_threads
+        )
     inputs = {b: tile(samples, b) for b in batches}
     for batch in inputs.values():
         for _ in range(WARMUP_CALLS):
@@ -206,7 +266,7 @@ def run_worker(args: argparse.Namespace) -> None:
     if args.probs_out:
         np.save(args.probs_out, forward(samples))
     # The oneDNN ISA cap in force (the engine sets its default before importing mxnet).
-    isa = os.environ.get("DNNL_MAX_CPU_ISA", "none") if args.worker == MXNET else "-"
+    isa = os.environ.get("DNNL_MAX_CPU_ISA", "none") if args.worker in (MXNET, MXNET_INT8) else "-"
     print(f"ready {isa}", flush=True)
     for line in sys.stdin:
         batch_size, seconds = line.split()
@@ -396,7 +456,7 @@ def measure_concurrency(launcher: Launcher, batch: int, procs: int, rounds: int,
     )
     one_head, many_head = f"1 x {procs} threads", f"{procs} x 1 thread"
     print(f"{'runtime':<12} {one_head:>16} {many_head:>15} {'gain':>7}   (best window)")
-    for kind in RUNTIMES:
+    for kind in (MXNET, ORT):
         single = launcher.start(Runtime(kind), procs, [batch])
         group = [launcher.start(Runtime(kind), 1, [batch]) for _ in range(procs)]
         for worker in (single, *group):
@@ -410,11 +470,14 @@ def measure_concurrency(launcher: Launcher, batch: int, procs: int, rounds: int,
         print(f"{kind:<12} {one:>16.1f} {many:>15.1f} {many / one:>6.2f}x   ({best})")
 
 
-def export_in_worker(model: Path, onnx_file: Path) -> None:
+def export_in_worker(model: Path, onnx_file: Path, samples: Path) -> str:
+    """Export the ONNX graph and try ORT's int8 quantization of it: ``ok`` or why it did not run."""
     cmd = [sys.executable, SCRIPT, "--worker", "export", "--model", str(model), "--onnx", str(onnx_file)]
-    export = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    export = subprocess.run([*cmd, "--input", str(samples)], capture_output=True, text=True, check=False)
     if export.returncode != 0:
         raise SystemExit(f"ONNX export failed:\n{export.stderr}")
+    status = next((line for line in export.stdout.splitlines() if line.startswith("ort-int8 ")), "")
+    return status.removeprefix("ort-int8 ") or "no answer from the export worker"
 
 
 def check_agreement(
@@ -427,7 +490,40 @@ def check_agreement(
     for rt in runtimes:
         if rt.kind == MXNET:
             report_agreement(spec, names, np.load(probs[rt]), ort, rt.label)
+        elif rt.kind in INT8_OF:
+            peer = np.load(next(p for other, p in probs.items() if other.kind == INT8_OF[rt.kind]))
+            print(int8_agreement_line(rt.kind, Agreement.between(peer, np.load(probs[rt]))))
     launcher.close()
+
+
+def int8_agreement_line(kind: str, agreement: Agreement) -> str:
+    return (
+        f"{kind} vs {INT8_OF[kind]} fp32: top-1 equal on {agreement.top1_equal:.1%} of {agreement.images}, "
+        f"top-5 sharing >= 4 on {agreement.top5_share4:.1%}, overlap 0..5: {list(agreement.top5_overlap)}"
+    )
+
+
+def int8_runtimes(spec: BundleSpec, ort_int8: str) -> list[Runtime]:
+    """The int8 runtimes that run here; says why a missing one is missing, and what the bundle's
+    build measured of its int8 variant's agreement (on far more photos than the samples)."""
+    found = []
+    variant = int8_variant(spec)
+    if variant is None:
+        print("MXNet int8: the bundle has no int8 variant (make model builds it: bundlebuild.int8)")
+    else:
+        a = variant.agreement
+        print(
+            f"MXNet int8 variant, as its build measured it on {a.images} varied images "
+            f"({variant.measured_on}): "
+            f"top-1 equal to fp32 on {a.top1_equal:.1%}, top-5 sharing >= 4 on {a.top5_share4:.1%}, "
+            f"overlap 0..5: {list(a.top5_overlap)}; gate {'passed' if variant.passes_gate else 'FAILED'}"
+        )
+        found.append(Runtime(MXNET_INT8))
+    if ort_int8 == "ok":
+        found.append(Runtime(ORT_INT8))
+    else:
+        print(f"ONNX Runtime int8: its quantizer does not run here ({ort_int8})")
+    return found
 
 
 def describe_host() -> str:
@@ -445,7 +541,8 @@ def describe_host() -> str:
 def run_parent(args: argparse.Namespace) -> None:
     spec = resolve_bundle(str(args.model))
     names, samples = load_samples(spec, args.samples)
-    runtimes = [Runtime(MXNET), *(Runtime(MXNET, env) for env in args.mxnet_env), Runtime(ORT)]
+    envs = [*args.mxnet_env, *([tuple(HOT_THREADS.items())] if args.hot_threads else [])]
+    runtimes = [Runtime(MXNET), *(Runtime(MXNET, env) for env in envs), Runtime(ORT)]
     print(
         f"model {spec.model_id}, {len(names)} sample photos, {args.seconds:g} s per measurement "
         f"in {args.rounds} alternating windows, {len(os.sched_getaffinity(0))} CPUs visible"
@@ -455,7 +552,9 @@ def run_parent(args: argparse.Namespace) -> None:
     with tempfile.TemporaryDirectory(prefix="bench-") as tmp:
         work = Path(tmp)
         np.save(work / "samples.npy", samples)
-        export_in_worker(args.model, work / "model.onnx")
+        ort_int8 = export_in_worker(args.model, work / "model.onnx", work / "samples.npy")
+        if args.int8:
+            runtimes += int8_runtimes(spec, ort_int8)
         data = ("--input", str(work / "samples.npy"), "--onnx", str(work / "model.onnx"))
         launcher = Launcher(work, ("--model", str(args.model), *data))
         try:
@@ -465,7 +564,7 @@ def run_parent(args: argparse.Namespace) -> None:
             )
             launcher.close()
             print_grid(grid, runtimes, args.threads, args.batches)
-            caps = ", ".join(f"{rt.label}: {isas[rt]}" for rt in runtimes if rt.kind == MXNET)
+            caps = ", ".join(f"{rt.label}: {isas[rt]}" for rt in runtimes if rt.kind in (MXNET, MXNET_INT8))
             print(f"DNNL_MAX_CPU_ISA in the MXNet workers: {caps}")
             procs = max(args.threads)
             if procs > 1:
@@ -508,6 +607,18 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     add("--seconds", type=float, default=3.0, help="timed seconds per measurement (default 3)")
     add("--rounds", type=int, default=5, help="windows each measurement is split into (default 5)")
     add("--concurrent-batch", type=int, default=16, help="batch of the 1 vs N processes rows (default 16)")
+    add(
+        "--hot-threads",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="also measure MXNet with batchpredict.model.HOT_THREADS, the API's layout (default: yes)",
+    )
+    add(
+        "--int8",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="also measure the int8 runtimes that run here (default: yes)",
+    )
     add(
         "--mxnet-env",
         type=env_list,

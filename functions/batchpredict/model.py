@@ -14,7 +14,27 @@ On AMD family 19h CPUs (Zen 3 / Zen 4) oneDNN is held to its AVX2 kernels
 AVX-512 is double-pumped, oneDNN 2.4's AVX-512 path picks brgemm kernels in NHWC for
 some layers and blocked jit kernels for others, reorders between them (24 reorders, ~9%
 of a forward) and was 20-30% slower per image than its AVX2 kernels on this model
-(benchmarks/model_throughput.py). Zen 3 has no AVX-512, so there it changes nothing.
+(benchmarks/model_throughput.py). Zen 3 has no AVX-512, so there it changes nothing. Intel
+CPUs with AVX-512 get the same cap: issue 18 measured it 2-7% faster on a Xeon (family 6
+model 167); no Intel CPU was at hand to measure it again.
+
+``precision="int8"`` loads the bundle's int8 variant (oneDNN post-training quantization,
+built by ``bundlebuild.int8``; see ``int8_variant``) instead of the fp32 graph. int8 is
+never capped: without VNNI oneDNN's int8 kernels sum u8 x s8 pairs in saturating int16,
+which on this model cost a third of the top-1 agreement (58% against 76% with VNNI) and
+half the speed. The cap is process-wide, so the first engine loaded in a process sets it.
+
+Two threads: under MXNet's threaded engine a 2-thread engine kept about one CPU busy (cpu/wall
+0.74-0.99) and ran at about its 1-thread speed. With the ops run in the calling thread and its
+OpenMP team spinning between them (``HOT_THREADS``: ``MXNET_ENGINE_TYPE=NaiveEngine``,
+``OMP_WAIT_POLICY=ACTIVE``) it used 1.2-2.0 CPUs and ran 1.3-2x faster at batch 8-32, and
+1.3-1.6x at batch 1 in three runs of four (README, Benchmarks). A bounded spin
+(``GOMP_SPINCOUNT`` 1e6 or 1e7) lost all of it. The price: the spinning thread burns a CPU for
+as long as the process is idle (1.00 CPU-s per idle second) and starves anything else on the
+cores, so it is not a default: it belongs in the environment of a process alone on its vCPUs
+that runs one forward at a time (the predict API's function with 2+ vCPUs), not in the local
+stack, whose workers share the cores (local/provision.py copies a function's template
+environment to its worker). The variables are read when mxnet is imported.
 """
 
 from __future__ import annotations
@@ -30,11 +50,98 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from batchpredict.bundle import BundleSpec
+from batchpredict.bundle import BundleSpec, bundle_path
 from batchpredict.defaults import DEFAULT_MAX_BATCH as DEFAULT_MAX_BATCH
 from batchpredict.defaults import DEFAULT_TOP_K as DEFAULT_TOP_K
 from batchpredict.errors import BundleError
 from batchpredict.records import Prediction as Prediction  # the engine returns the record's type
+
+FP32 = "fp32"
+INT8 = "int8"
+PRECISIONS = (FP32, INT8)
+# model.json's files.<role> of the int8 variant's graph, and of its weights if they differ from
+# fp32's (MXNet's oneDNN quantization keeps the fp32 weights and quantizes them at bind).
+INT8_SYMBOL_ROLE = "symbol_int8"
+INT8_PARAMS_ROLE = "params_int8"
+# The agreement a cheaper engine must keep with the exact one before ``fast`` may use it (issue 18).
+# The 2-thread layout for a process alone on its vCPUs (see the module docs).
+HOT_THREADS = {"MXNET_ENGINE_TYPE": "NaiveEngine", "OMP_WAIT_POLICY": "ACTIVE"}
+GATE_TOP1 = 0.98  # share of images whose top-1 class is the same
+GATE_TOP5_SHARE4 = 0.99  # share of images whose top-5 lists share at least 4 classes
+
+
+@dataclass(frozen=True)
+class Agreement:
+    """How a variant's predictions agree with the reference's on the same images."""
+
+    images: int
+    top1_equal: float
+    top5_overlap: tuple[int, ...]  # images whose top-5 lists share 0, 1, ..., 5 classes
+
+    @property
+    def top5_share4(self) -> float:
+        return sum(self.top5_overlap[4:]) / self.images if self.images else 0.0
+
+    @property
+    def passes_gate(self) -> bool:
+        return self.images > 0 and self.top1_equal >= GATE_TOP1 and self.top5_share4 >= GATE_TOP5_SHARE4
+
+    @classmethod
+    def between(cls, reference: npt.NDArray[np.float32], other: npt.NDArray[np.float32]) -> Agreement:
+        """The agreement of ``other``'s probabilities (or logits) with ``reference``'s, row by row."""
+        ref5 = np.argsort(-reference, axis=1, kind="stable")[:, :5]
+        oth5 = np.argsort(-other, axis=1, kind="stable")[:, :5]
+        shared = [len(set(a.tolist()) & set(b.tolist())) for a, b in zip(ref5, oth5, strict=True)]
+        same = float((ref5[:, 0] == oth5[:, 0]).mean()) if shared else 0.0
+        return cls(len(shared), same, tuple(int(n) for n in np.bincount(shared, minlength=6)))
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "images": self.images,
+            "top1_equal": round(self.top1_equal, 4),
+            "top5_share4": round(self.top5_share4, 4),
+            "top5_overlap": list(self.top5_overlap),
+            "passes_gate": self.passes_gate,
+        }
+
+
+@dataclass(frozen=True)
+class Int8Variant:
+    """A bundle's int8 graph and what its build measured: model.json ``variants.int8``."""
+
+    symbol_file: Path
+    params_file: Path
+    agreement: Agreement
+    measured_on: str  # the CPU the agreement was measured on: int8 kernels differ by ISA
+
+    @property
+    def passes_gate(self) -> bool:
+        return self.agreement.passes_gate
+
+
+def int8_variant(spec: BundleSpec) -> Int8Variant | None:
+    """The bundle's int8 variant, or None for a bundle without one (every bundle built before it)."""
+    about = spec.raw.get("variants", {}).get(INT8)
+    roles = {f.role for f in spec.files}
+    if not isinstance(about, dict) or INT8_SYMBOL_ROLE not in roles:
+        return None
+    agreement = about.get("agreement", {})
+    try:
+        measured = Agreement(
+            int(agreement["images"]),
+            float(agreement["top1_equal"]),
+            tuple(map(int, agreement["top5_overlap"])),
+        )
+    except (KeyError, TypeError, ValueError) as exc:
+        raise BundleError(f"model.json variants.int8.agreement is malformed ({exc!r})") from exc
+    return Int8Variant(
+        symbol_file=bundle_path(spec.root, spec.file(INT8_SYMBOL_ROLE)),
+        params_file=bundle_path(spec.root, spec.file(INT8_PARAMS_ROLE))
+        if INT8_PARAMS_ROLE in roles
+        else spec.params_file,
+        agreement=measured,
+        measured_on=str(about.get("measured_on", "unknown")),
+    )
 
 
 def available_cpus() -> int:
@@ -65,11 +172,15 @@ def cpu_info(text: str | None = None) -> dict[str, str]:
     return fields
 
 
-def onednn_isa_cap(info: dict[str, str] | None = None) -> str | None:
+def onednn_isa_cap(info: dict[str, str] | None = None, precision: str = FP32) -> str | None:
     """The ``DNNL_MAX_CPU_ISA`` the engine sets by default on this CPU (see the module docs)."""
     info = cpu_info() if info is None else info
+    if precision == INT8:
+        return None  # int8 needs the VNNI kernels the AVX2 cap would take away
     if info.get("vendor_id") == "AuthenticAMD" and info.get("cpu family") == "25":  # 19h: Zen 3, Zen 4
         return "AVX2"
+    if info.get("vendor_id") == "GenuineIntel" and "avx512f" in info.get("flags", "").split():
+        return "AVX2"  # issue 18's Xeon (family 6 model 167): +2-7% (not measured here: no Intel)
     return None
 
 
@@ -78,7 +189,7 @@ _MX: Any = None
 Shapes = tuple[list[tuple[int, ...]], list[tuple[int, ...]], list[tuple[int, ...]]]
 
 
-def _mxnet(threads: int) -> Any:
+def _mxnet(threads: int, precision: str = FP32) -> Any:
     """Import mxnet once; OpenMP reads its thread count at import time, so set it first.
 
     oneDNN reads ``DNNL_MAX_CPU_ISA`` when it first dispatches a kernel, so the cap
@@ -89,7 +200,7 @@ def _mxnet(threads: int) -> Any:
         os.environ.setdefault("OMP_NUM_THREADS", str(threads))
         os.environ.setdefault("MXNET_SUBGRAPH_BACKEND", "MKLDNN")
         os.environ.setdefault("MXNET_SUBGRAPH_VERBOSE", "0")
-        isa = onednn_isa_cap()
+        isa = onednn_isa_cap(precision=precision)
         if isa:
             os.environ.setdefault("DNNL_MAX_CPU_ISA", isa)
         import mxnet
@@ -126,14 +237,27 @@ class Engine:
     """A bound MXNet model. Not re-entrant: calls are serialised by a lock."""
 
     def __init__(
-        self, spec: BundleSpec, max_batch: int = DEFAULT_MAX_BATCH, threads: int | None = None
+        self,
+        spec: BundleSpec,
+        max_batch: int = DEFAULT_MAX_BATCH,
+        threads: int | None = None,
+        precision: str = FP32,
     ) -> None:
         if max_batch < 1:
             raise ValueError(f"max_batch must be >= 1, got {max_batch}")
+        if precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
         self.spec = spec
+        self.precision = precision
+        self.symbol_file, self.params_file = spec.symbol_file, spec.params_file
+        if precision == INT8:
+            variant = int8_variant(spec)
+            if variant is None:
+                raise BundleError(f"{spec.root}: the bundle has no int8 variant (model.json variants.int8)")
+            self.symbol_file, self.params_file = variant.symbol_file, variant.params_file
         self.max_batch = max_batch
         self.buckets = bucket_sizes(max_batch)
-        self._mx = _mxnet(threads or available_cpus())
+        self._mx = _mxnet(threads or available_cpus(), precision)
         self._ctx = self._mx.cpu()
         self._symbol = self._load_symbol()
         shapes = self._infer_shapes()
@@ -149,17 +273,18 @@ class Engine:
     def _load_symbol(self) -> Any:
         mx = self._mx
         try:
-            symbol = mx.sym.load(str(self.spec.symbol_file))
+            symbol = mx.sym.load(str(self.symbol_file))
         except mx.base.MXNetError as exc:
-            raise BundleError(f"{self.spec.symbol_file.name}: not a valid MXNet symbol ({exc})") from exc
-        name = self.spec.output_name
+            raise BundleError(f"{self.symbol_file.name}: not a valid MXNet symbol ({exc})") from exc
+        # The int8 graph's output is the quantized head's, under another name.
+        name = self.spec.output_name if self.precision == FP32 else None
         if name and symbol.list_outputs() != [name]:
             internals = symbol.get_internals()
             if name not in internals.list_outputs():
-                raise BundleError(f"{self.spec.symbol_file.name}: no output named {name!r}")
+                raise BundleError(f"{self.symbol_file.name}: no output named {name!r}")
             symbol = internals[name]
         if self.spec.input_name not in symbol.list_arguments():
-            raise BundleError(f"{self.spec.symbol_file.name}: no input named {self.spec.input_name!r}")
+            raise BundleError(f"{self.symbol_file.name}: no input named {self.spec.input_name!r}")
         return symbol
 
     def _input_shape(self, batch: int) -> tuple[int, ...]:
@@ -172,11 +297,11 @@ class Engine:
             shapes = self._symbol.infer_shape(**{self.spec.input_name: shape})
         except self._mx.base.MXNetError as exc:
             raise BundleError(
-                f"{self.spec.symbol_file.name}: the network takes no input {self.spec.input_name!r} "
+                f"{self.symbol_file.name}: the network takes no input {self.spec.input_name!r} "
                 f"of shape {shape} ({str(exc).splitlines()[0]})"
             ) from exc
         if shapes[0] is None:
-            raise BundleError(f"{self.spec.symbol_file.name}: cannot infer its shapes from input {shape}")
+            raise BundleError(f"{self.symbol_file.name}: cannot infer its shapes from input {shape}")
         return shapes  # type: ignore[no-any-return]
 
     def _check_classes(self, output_shape: tuple[int, ...]) -> None:
@@ -186,7 +311,7 @@ class Engine:
         output = spec.output_name or self._symbol.list_outputs()[0]
         if len(output_shape) != 2:
             raise BundleError(
-                f"{spec.symbol_file.name}: output {output!r} has shape {tuple(output_shape)} for one "
+                f"{self.symbol_file.name}: output {output!r} has shape {tuple(output_shape)} for one "
                 "image, expected (1, classes)"
             )
         if output_shape[1] != len(spec.labels):
@@ -197,9 +322,9 @@ class Engine:
 
     def _load_params(self, shapes: Shapes) -> tuple[dict[str, Any], dict[str, Any]]:
         mx = self._mx
-        fname = self.spec.params_file.name
+        fname = self.params_file.name
         try:
-            saved = mx.nd.load(str(self.spec.params_file))
+            saved = mx.nd.load(str(self.params_file))
         except mx.base.MXNetError as exc:
             raise BundleError(f"{fname}: not a valid MXNet params file ({exc})") from exc
         args = {k[4:]: v for k, v in saved.items() if k.startswith("arg:")}
@@ -280,11 +405,17 @@ class Engine:
         return self.top_k(self.probabilities(batch), k)
 
 
-def load_model(spec: BundleSpec, max_batch: int = DEFAULT_MAX_BATCH, threads: int | None = None) -> Engine:
-    """Bind an engine for a verified bundle (see ``bundle.resolve_bundle``)."""
+def load_model(
+    spec: BundleSpec, max_batch: int = DEFAULT_MAX_BATCH, threads: int | None = None, precision: str = FP32
+) -> Engine:
+    """Bind an engine for a verified bundle (see ``bundle.resolve_bundle``).
+
+    ``precision="int8"`` binds the bundle's int8 variant (BundleError if it has none); whether
+    its agreement with fp32 passes the gate is ``int8_variant(spec).passes_gate``: the caller decides.
+    """
     if len(spec.labels) == 0:
         raise BundleError(f"{spec.root}: no labels")
-    return Engine(spec, max_batch=max_batch, threads=threads)
+    return Engine(spec, max_batch=max_batch, threads=threads, precision=precision)
 
 
 # --- what a classic checkpoint says about itself (``batchpredict model import``) -------------
