@@ -27,3 +27,20 @@ def add_fake_int8_variant(bundle: Path, agreement: Agreement) -> None:
         "measured_on": "Some CPU, VNNI yes",
     }
     (bundle / "model.json").write_text(json.dumps(doc))
+
+
+def bundle_file_count(bundle: Path) -> int:
+    """The files a bundle folder ships: those model.json lists, and model.json (``make model``
+    adds the int8 variant's, so a count must come from the bundle, not be fixed)."""
+    return len(json.loads((bundle / "model.json").read_text())["files"]) + 1
+
+
+def remove_int8_variant(bundle: Path) -> None:
+    """The bundle as it was before int8 variants (what an older bundle looks like)."""
+    doc = json.loads((bundle / "model.json").read_text())
+    for role in (INT8_SYMBOL_ROLE, INT8_PARAMS_ROLE):
+        entry = doc["files"].pop(role, None)
+        if entry is not None:
+            (bundle / entry["path"]).unlink()
+    doc.get("variants", {}).pop(INT8, None)
+    (bundle / "model.json").write_text(json.dumps(doc))

@@ -18,6 +18,7 @@ from moto import mock_aws
 
 from batchpredict.bundle import STAGING_PREFIX, cache_dir_for, resolve_bundle
 from batchpredict.errors import BundleError
+from tests.fake_int8 import bundle_file_count
 
 URI = "s3://models/lite0/v1"
 
@@ -105,7 +106,7 @@ def test_bundle_from_s3_is_cached_and_verified(s3: Any, bundle_dir: Path, cache:
     spy = Spy(s3)
     spec = resolve_bundle(URI, lambda: spy, cache_root=cache)
     assert spec.model_id == "efficientnet-lite0:1"
-    assert spec.root.parent == cache_dir_for(URI, cache) and len(spy.bodies) == 4
+    assert spec.root.parent == cache_dir_for(URI, cache) and len(spy.bodies) == bundle_file_count(bundle_dir)
     params = spec.params_file.stat().st_ino
     # A second cold start finds the bundle in the cache and reads only model.json.
     again = Spy(s3)
@@ -123,7 +124,7 @@ def test_cache_is_private_and_a_bundle_appears_only_whole(s3: Any, bundle_dir: P
         seen.append(sorted(str(p.relative_to(cache)) for p in found))
 
     spec = resolve_bundle(URI, lambda: Spy(s3, look), cache_root=cache)
-    assert len(seen) == 4 and all(names == [] for names in seen)
+    assert len(seen) == bundle_file_count(bundle_dir) and all(names == [] for names in seen)
     assert [p.name for p in spec.root.parent.iterdir()] == [spec.root.name]  # no staging folder left
     for folder in (cache, spec.root.parent, spec.root):
         info = folder.stat()

@@ -30,7 +30,7 @@ from batchpredict.model import (
     onednn_isa_cap,
 )
 from tests.conftest import export_model_zoo_resnet18
-from tests.fake_int8 import add_fake_int8_variant
+from tests.fake_int8 import add_fake_int8_variant, remove_int8_variant
 
 
 @pytest.fixture(scope="module")
@@ -318,6 +318,7 @@ def test_agreement_counts_equal_top1_and_shared_top5() -> None:
 
 
 def test_a_bundle_without_an_int8_variant_refuses_int8(bundle_copy: Path) -> None:
+    remove_int8_variant(bundle_copy)
     spec = verify_bundle(bundle_copy)
     assert int8_variant(spec) is None
     with pytest.raises(BundleError, match="no int8 variant"):
