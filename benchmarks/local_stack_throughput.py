@@ -28,6 +28,14 @@ x decode + inference CPU-s per image / vCPUs: every vCPU busy all the time) and 
 images/s against the bound. ``--workers 1 2`` runs a leg with each worker count and prints the
 GB-s of each against the first's; ``--no-cpu-slots`` lets the workers share the cores freely.
 
+``--fidelity exact fast`` runs a leg at each fidelity (the job's option, S3 metadata
+``fidelity``; the leg's line shows the fidelity _summary.json recorded). Each fidelity has its
+own reference: the decode CPU is measured with ``decode_image(..., fidelity=...)``, with the
+share of the lines whose tensor fast changes (it drafts only big JPEGs); the inference CPU is
+the one engine's (fidelity.engine_for gives fast no engine of its own yet). So a fast leg is
+held against fast's bound and floor, and the report prints fast's GB-s and images/s against
+exact's, run by run. Without the flag no option is sent (the job's default, exact).
+
 ``--before REF`` runs the same job on the code of git REF (a worktree under build/bench/, its
 ``functions/`` first on PYTHONPATH) right before each run of the current code, on the same
 workload and machine. Its local stack is its own, with two equalisers so the ratio is that of the
@@ -47,7 +55,7 @@ Usage::
 
     python benchmarks/local_stack_throughput.py [--images 1000] [--photos 300] [--repeat 1]
         [--before 9ac1592] [--tarpit-percent 2 [--clean-peer] [--fetch-total-timeout 5]]
-        [--compare-images 2000] [--workers 1 2] [--threads N] [--no-cpu-slots]
+        [--compare-images 2000] [--workers 1 2] [--fidelity exact fast] [--threads N] [--no-cpu-slots]
         [--model build/model/efficientnet-lite0] [--samples build/samples]
 """
 
@@ -81,6 +89,9 @@ BENCH = ROOT / "build" / "bench"
 REPORT_SHIM = SCRIPT.parent / "report_shim"
 PREDICT = "PredictFunction"
 FINAL = ("COMPLETED", "COMPLETED_WITH_ERRORS", "FAILED")
+# batchpredict.fidelity.Fidelity's values, spelled out: this module imports only the standard
+# library at its top (its leg processes may run an older tree's batchpredict).
+FIDELITIES = ("exact", "fast")
 
 # --- the workload ---------------------------------------------------------------------------
 
@@ -352,20 +363,28 @@ def start_tarpit() -> Server:
 # ============================================================================ the reference
 
 
-def measure_decode(model: Path, folder: Path, names: list[str]) -> None:
-    """Worker: CPU seconds of decode_image for each photo, as JSON on stdout."""
+def measure_decode(model: Path, folder: Path, names: list[str], fidelity: str) -> None:
+    """Worker: CPU seconds of decode_image at ``fidelity`` for each photo, and the photos whose
+    tensor differs from exact's (none for exact), as JSON on stdout."""
+    import numpy as np
+
     from batchpredict.bundle import resolve_bundle
+    from batchpredict.fidelity import Fidelity
     from batchpredict.images import decode_image
 
     preprocess = resolve_bundle(str(model)).preprocess  # what the engine's spec.preprocess is
+    chosen = Fidelity(fidelity)
     photos = {name: (folder / name).read_bytes() for name in names}
-    decode_image(photos[names[0]], preprocess)  # first-call set-up out of the figures
+    decode_image(photos[names[0]], preprocess, fidelity=chosen)  # first-call set-up out of the figures
     cpu: dict[str, float] = {}
+    changed: list[str] = []
     for name, data in photos.items():
         started = time.process_time()
-        decode_image(data, preprocess)
+        tensor = decode_image(data, preprocess, fidelity=chosen).tensor
         cpu[name] = time.process_time() - started
-    print(json.dumps(cpu))
+        if chosen is not Fidelity.EXACT and not np.array_equal(tensor, decode_image(data, preprocess).tensor):
+            changed.append(name)
+    print(json.dumps({"cpu": cpu, "changed": changed}))
 
 
 def measure_inference(model: Path, folder: Path, names: list[str], seconds: float) -> None:
@@ -394,9 +413,11 @@ def measure_inference(model: Path, folder: Path, names: list[str], seconds: floa
 
 @dataclass(frozen=True)
 class Reference:
-    decode: float  # CPU s per image, over the manifest's successful lines
+    decode: float  # CPU s per image at the fidelity, over the manifest's successful lines
     inference: float  # CPU s per image
     cores: int
+    fidelity: str = "exact"
+    changed: float = 0.0  # share of the manifest's successful lines whose tensor differs from exact's
 
     @property
     def per_image(self) -> float:
@@ -421,13 +442,18 @@ def run_worker(*args: str, env: dict[str, str] | None = None) -> Any:
 
 
 def measure_reference(
-    args: argparse.Namespace, workload: Workload, manifest: Manifest, cores: int
-) -> Reference:
+    args: argparse.Namespace, workload: Workload, manifest: Manifest, cores: int, fidelities: Sequence[str]
+) -> dict[str, Reference]:
+    """Each fidelity's reference: its own decode CPU; the inference CPU is the one engine's
+    (fidelity.engine_for: fast has no engine of its own until one passes the gate)."""
     names = [p.name for p in workload.photos]
     common = ("--model", str(args.model), "--photo-dir", str(workload.folder))
     names_file = BENCH / "reference-photos.json"
     names_file.write_text(json.dumps(names))
-    decode: dict[str, float] = run_worker("--measure-decode", *common, "--names", str(names_file))
+    decodes = {
+        fidelity: run_worker("--measure-decode", *common, "--names", str(names_file), "--fidelity", fidelity)
+        for fidelity in fidelities
+    }
     inference = run_worker(
         "--measure-inference",
         *common,
@@ -438,7 +464,17 @@ def measure_reference(
         env={"OMP_NUM_THREADS": "1"},
     )
     lines = [name for i, name in enumerate(manifest.photos) if i not in manifest.tarpit]
-    return Reference(statistics.fmean(decode[n] for n in lines), float(inference["per_image"]), cores)
+    references = {}
+    for fidelity, decode in decodes.items():
+        changed = set(decode["changed"])
+        references[fidelity] = Reference(
+            statistics.fmean(decode["cpu"][n] for n in lines),
+            float(inference["per_image"]),
+            cores,
+            fidelity,
+            sum(n in changed for n in lines) / max(1, len(lines)),
+        )
+    return references
 
 
 # ============================================================================ a job leg
@@ -459,6 +495,7 @@ class LegSpec:
     watch: dict[str, int]  # more processes to measure: name -> pid
     timeout: float
     cpu_slots: bool = True  # the predict workers compute on the machine's cores in turn
+    fidelity: str | None = None  # the job's x-amz-meta-fidelity (None: no option, the default)
 
 
 def client_class() -> Any:
@@ -481,17 +518,28 @@ def failed_lines(lines: Iterable[Any]) -> dict[int, str]:
     return failed
 
 
-def job_compute(client: Any, job_id: str) -> dict[str, Any] | None:
-    """The ``compute`` of the job's _summary.json (what predict's chunks were billed), None when
-    the tree writes none."""
+def job_summary(client: Any, job_id: str) -> dict[str, Any]:
+    """The job's _summary.json (its ``compute``: what predict's chunks were billed; its
+    ``fidelity``), empty when the tree writes none."""
     for _ in range(50):  # the summary follows the final status within moments
         try:
-            return client.summary(job_id).get("compute")  # type: ignore[no-any-return]
+            return client.summary(job_id)  # type: ignore[no-any-return]
         except AttributeError:
-            return None
+            return {}
         except Exception:
             time.sleep(0.2)
-    return None
+    return {}
+
+
+def job_options(fidelity: str | None) -> dict[str, Any]:
+    """``Client.submit``'s keyword for the job's fidelity (sent as S3 metadata ``fidelity``):
+    none without one, so that trees from before the option (``--before``) still submit."""
+    if fidelity is None:
+        return {}
+    from batchpredict.fidelity import Fidelity
+    from batchpredict.options import JobOptions
+
+    return {"options": JobOptions(fidelity=Fidelity(fidelity))}
 
 
 def run_leg(spec: LegSpec) -> None:
@@ -541,7 +589,7 @@ def run_leg(spec: LegSpec) -> None:
         before = snapshot()
         java_start = before["DynamoDB Local"]  # its start and the provisioning, before the clock
         t0, submitted_at = time.perf_counter(), time.time()
-        job_id = client.submit(Path(spec.manifest))
+        job_id = client.submit(Path(spec.manifest), **job_options(spec.fidelity))
         while True:
             job = client.jobs.get(job_id)
             if job is not None and job.status.value in FINAL:
@@ -555,8 +603,10 @@ def run_leg(spec: LegSpec) -> None:
         # moto's server threads live in this process, beside the driver (submit + polling).
         cpu["moto server (driver process less its thread)"] = cpu.pop("leg process") - cpu["driver thread"]
         failed = failed_lines(client.result_lines(job_id))
+        summary = job_summary(client, job_id)
         result = {
-            "compute": job_compute(client, job_id),
+            "compute": summary.get("compute"),
+            "fidelity": summary.get("fidelity"),
             "label": spec.label,
             "wall": wall,
             "startup": startup,
@@ -588,6 +638,7 @@ class LegResult:
     java_start: float  # CPU s of DynamoDB Local up to the submit (start, provisioning)
     submitted_at: float = 0.0  # wall-clock time of the upload (time.time())
     compute: dict[str, Any] | None = None  # _summary.json's
+    fidelity: str | None = None  # _summary.json's: the fidelity the job ran at
     reports: dict[str, list[Any]] = field(default_factory=dict)  # function -> Report
 
     @property
@@ -837,6 +888,8 @@ class Leg:
     tree: Path
     workers: int
     threads: int | None  # INFERENCE_THREADS set for it (None: the stack's)
+    fidelity: str = "exact"  # the job's fidelity, and so the reference it is held against
+    option: bool = False  # the fidelity is sent as the job's option (--fidelity given)
 
 
 def floor_per_line(reference: Reference, memory_mb: int) -> float:
@@ -846,44 +899,76 @@ def floor_per_line(reference: Reference, memory_mb: int) -> float:
     return floor_gb_seconds(memory_mb, reference.per_image)
 
 
-def print_billing(plan: list[Leg], legs: dict[str, list[LegResult]], reference: Reference) -> None:
-    """Predict's billed GB-s per line (REPORT lines, and _summary.json's), against the floor, and
-    images/s against the bound, leg by leg; then the GB-s of each worker count against the
-    first's (the estimate must not depend on the machine's co-tenants)."""
+def summary_per_million(result: LegResult) -> float | None:
+    """_summary.json's estimated $ per million images (predict compute and requests, SQS,
+    DynamoDB writes, S3 requests; split and finalize not included)."""
+    value = (result.compute or {}).get("estimated_usd_per_million_images")
+    return float(value) if value is not None else None
+
+
+def print_billing(
+    plan: list[Leg], legs: dict[str, list[LegResult]], references: dict[str, Reference]
+) -> None:
+    """Predict's billed GB-s per line (REPORT lines, and _summary.json's), against the floor of
+    the leg's fidelity, images/s against its bound and _summary.json's $ per million, leg by
+    leg; then the GB-s of each worker count against the first's (the estimate must not depend
+    on the machine's co-tenants) and each fidelity against the first's."""
+    width = max(38, *(len(leg.label) + 7 for leg in plan))
     print("\npredict's billing (GB-s per manifest line) against the floor and images/s against the bound:")
-    print(f"  {'leg':<38} {'REPORT':>7} {'summary':>8} {'floor':>7} {'/floor':>7} {'img/s':>7} {'/bound':>7}")
-    medians: dict[str, float] = {}
+    print(
+        f"  {'leg':<{width}} {'REPORT':>7} {'summary':>8} {'floor':>7} {'/floor':>7} {'img/s':>7} "
+        f"{'/bound':>7} {'$/M (summary)':>13}"
+    )
     for leg in plan:
-        per_line = []
+        reference = references[leg.fidelity]
+        rows: list[tuple[float, float, float, float, float | None]] = []
         for i, r in enumerate(legs[leg.label], 1):
             gb_s, summary = r.gb_s_per_line, r.summary_gb_s_per_line
             if gb_s is None or r.memory_mb is None:
-                print(f"  {leg.label:<38} run {i}: no REPORT lines")
+                print(f"  {leg.label:<{width}} run {i}: no REPORT lines")
                 continue
             floor = floor_per_line(reference, r.memory_mb)
-            per_line.append(gb_s)
+            per_million = summary_per_million(r)
+            rows.append((gb_s, gb_s / floor, r.rate, r.rate / reference.bound, per_million))
             shown = f"{summary:8.4f}" if summary is not None else f"{'-':>8}"
             print(
-                f"  {f'{leg.label} run {i}':<38} {gb_s:7.4f} {shown} {floor:7.4f} {gb_s / floor:6.2f}x "
-                f"{r.rate:7.1f} {r.rate / reference.bound:6.2f}x"
+                f"  {f'{leg.label} run {i}':<{width}} {gb_s:7.4f} {shown} {floor:7.4f} {gb_s / floor:6.2f}x "
+                f"{r.rate:7.1f} {r.rate / reference.bound:6.2f}x {per_million or '-':>13}"
             )
-        if per_line:
-            medians[leg.label] = statistics.median(per_line)
-            print(f"  {leg.label:<38} GB-s per line {fmt_range(per_line, 4)}")
-    current = [leg for leg in plan if leg.kind == "current" and leg.label in medians]
-    if len(current) > 1:
-        first = current[0]
-        for leg in current[1:]:
-            ratio = medians[leg.label] / medians[first.label]
-            runs = [
-                b.gb_s_per_line / a.gb_s_per_line
-                for a, b in zip(legs[first.label], legs[leg.label], strict=False)
-                if a.gb_s_per_line and b.gb_s_per_line
-            ]
+        if rows:
+            gb_s_all, floors, rates, bounds, dollars_all = zip(*rows, strict=True)
+            dollars = [d for d in dollars_all if d is not None]
             print(
-                f"  invariance: {leg.workers} workers / {first.workers}: GB-s per line {ratio:.3f}x "
-                f"(medians; run by run {fmt_range(runs, 3)})"
+                f"  {leg.label}: GB-s per line {fmt_range(gb_s_all, 4)}, {fmt_range(floors, 2)}x the floor; "
+                f"{fmt_range(rates)} images/s, {fmt_range(bounds, 2)}x the bound"
+                + (f"; ${fmt_range(dollars, 2)} per million (summary)" if dollars else "")
             )
+    current = [leg for leg in plan if leg.kind == "current"]
+    for fidelity in dict.fromkeys(leg.fidelity for leg in current):
+        same = [leg for leg in current if leg.fidelity == fidelity]
+        for leg in same[1:]:
+            what = f"{leg.workers} workers / {same[0].workers}" + (f" ({fidelity})" if leg.option else "")
+            print(f"  invariance: {what}: GB-s per line {compare(legs[same[0].label], legs[leg.label])}")
+    for workers in dict.fromkeys(leg.workers for leg in current):
+        same = [leg for leg in current if leg.workers == workers]
+        for leg in same[1:]:
+            first, runs = legs[same[0].label], legs[leg.label]
+            what = f"{leg.fidelity} / {same[0].fidelity} ({workers} workers)"
+            speed = compare(first, runs, lambda r: r.rate)
+            print(f"  {what}: GB-s per line {compare(first, runs)}; images/s {speed}")
+
+
+def compare(
+    first: list[LegResult], other: list[LegResult], metric: Callable[[LegResult], float | None] | None = None
+) -> str:
+    """``other``'s metric (default GB-s per line) against ``first``'s: the ratio of the medians,
+    and run by run."""
+    get = metric or (lambda r: r.gb_s_per_line)
+    pairs = [(a, b) for a, b in zip(map(get, first), map(get, other), strict=False) if a and b]
+    if not pairs:
+        return "n/a"
+    ratio = statistics.median(b for _, b in pairs) / statistics.median(a for a, _ in pairs)
+    return f"{ratio:.3f}x (medians; run by run {fmt_range([b / a for a, b in pairs], 3)})"
 
 
 def print_tarpit_billing(results: list[LegResult], peers: list[LegResult]) -> None:
@@ -902,7 +987,7 @@ def report(
     workload: Workload,
     plan: list[Leg],
     manifests: dict[str, Manifest],
-    reference: Reference,
+    references: dict[str, Reference],
     legs: dict[str, list[LegResult]],
     machine: dict[str, Any],
 ) -> None:
@@ -920,30 +1005,39 @@ def report(
         jvm = "its own JVM flags" if args.before_own_jvm else "the current JVM flags (JDK_JAVA_OPTIONS)"
         print(f"--before leg: that tree's code; the current REPORT accounting; DynamoDB Local with {jvm}")
     print("reference (fresh processes, this run):")
-    print(
-        f"  decode CPU per image     {reference.decode * 1000:7.1f} ms  "
-        "(decode_image(data, engine.spec.preprocess), mean over the manifest's lines)"
-    )
+    for fidelity, reference in references.items():
+        print(
+            f"  decode CPU per image     {reference.decode * 1000:7.1f} ms  "
+            f"(decode_image(data, engine.spec.preprocess, fidelity={fidelity}), mean over the lines)"
+        )
+        if fidelity != "exact":
+            print(
+                f"    {fidelity} changes the tensor of {reference.changed:.1%} of the lines "
+                "(the rest decode as exact does)"
+            )
+    reference = next(iter(references.values()))
     print(
         f"  inference CPU per image  {reference.inference * 1000:7.1f} ms  "
-        f"(1-thread engine, batch {REFERENCE_BATCH})"
+        f"(1-thread engine, batch {REFERENCE_BATCH}; every fidelity's engine)"
     )
-    print(
-        f"  bound = {reference.cores} cores / {reference.per_image * 1000:.1f} ms "
-        f"= {reference.bound:.1f} images/s"
-    )
+    for fidelity, reference in references.items():
+        print(
+            f"  bound ({fidelity}) = {reference.cores} cores / {reference.per_image * 1000:.1f} ms "
+            f"= {reference.bound:.1f} images/s"
+        )
     what = "successful images/s (the rest)" if manifest.tarpit else "images/s"
     slots = "sharing the cores freely" if args.no_cpu_slots else "computing in turn on the cores (CPU slots)"
     print(f"\njob legs: predict workers {slots}; {what}, upload -> COMPLETED:")
     for leg in plan:
         results = legs[leg.label]
+        reference = references[leg.fidelity]
         threads = f" x {leg.threads} inference thread(s)" if leg.threads else ""
         for i, r in enumerate(results, 1):
             replaced = f", {r.replaced} workers replaced" if r.replaced else ""
             print(
                 f"  {leg.label:<34} run {i}: {r.rate:7.1f} images/s  {r.rate / reference.bound:5.2f}x bound  "
                 f"{r.wall:6.1f} s  {r.status} ({r.succeeded}/{r.total} succeeded; {leg.workers} workers"
-                f"{threads}; stack start {r.startup:.1f} s{replaced})"
+                f"{threads}; stack start {r.startup:.1f} s{replaced}; fidelity {r.fidelity or '?'})"
             )
         rates = [r.rate for r in results]
         bound = fmt_range([x / reference.bound for x in rates], 2)
@@ -952,15 +1046,17 @@ def report(
     for before, after in zip(befores, current, strict=False):
         ratios = [a.rate / b.rate for a, b in zip(legs[after.label], legs[before.label], strict=True)]
         print(f"  {after.label} / {before.label}: {fmt_range(ratios, 2)}x (run by run)")
-    print_billing(plan, legs, reference)
-    peers = {leg.workers: legs[leg.label] for leg in plan if leg.kind == "clean"}
+    print_billing(plan, legs, references)
+    peers = {(leg.workers, leg.fidelity): legs[leg.label] for leg in plan if leg.kind == "clean"}
     for leg in plan:
         results = legs[leg.label]
         last = results[-1]
+        reference = references[leg.fidelity]
+        peer = peers.get((leg.workers, leg.fidelity), [])
         print()
         if leg.kind == "current" and manifests[leg.label].tarpit:
-            print_tarpit(results, manifests[leg.label], peers.get(leg.workers, []), fetch_total_timeout(args))
-            print_tarpit_billing(results, peers.get(leg.workers, []))
+            print_tarpit(results, manifests[leg.label], peer, fetch_total_timeout(args))
+            print_tarpit_billing(results, peer)
         print_cpu(last, reference)
         print_cost(last, leg.workers, reference.cores)
 
@@ -982,16 +1078,20 @@ def leg_plan(args: argparse.Namespace, cpus: int) -> list[Leg]:
         tree, sha = ensure_worktree(args.before)
         name = args.before if sha.startswith(args.before) else f"{args.before} {sha[:7]}"
         before = (f"before ({name})", tree)
+    option = args.fidelity is not None
     for workers in args.workers:
-        suffix = f", {workers} workers" if len(args.workers) > 1 else ""
-        if before is not None:
-            # Its workers share the cores as they always did: one inference thread per core each.
-            plan.append(Leg(before[0] + suffix, "before", before[1], workers, max(1, cpus // workers)))
-        if args.clean_peer:
-            plan.append(Leg(CLEAN_PEER + suffix, "clean", ROOT, workers, args.threads))
-        if args.compare_images:
-            plan.append(Leg(COMPARE + suffix, "compare", ROOT, workers, args.threads))
-        plan.append(Leg(CURRENT + suffix, "current", ROOT, workers, args.threads))
+        for fidelity in args.fidelity or ["exact"]:
+            suffix = f", {workers} workers" if len(args.workers) > 1 else ""
+            suffix += f", {fidelity}" if option else ""
+            if before is not None:
+                # Its workers share the cores as they always did: one inference thread per core each.
+                threads = max(1, cpus // workers)
+                plan.append(Leg(before[0] + suffix, "before", before[1], workers, threads, fidelity, option))
+            if args.clean_peer:
+                plan.append(Leg(CLEAN_PEER + suffix, "clean", ROOT, workers, args.threads, fidelity, option))
+            if args.compare_images:
+                plan.append(Leg(COMPARE + suffix, "compare", ROOT, workers, args.threads, fidelity, option))
+            plan.append(Leg(CURRENT + suffix, "current", ROOT, workers, args.threads, fidelity, option))
     return plan
 
 
@@ -1039,13 +1139,13 @@ def main_parent(args: argparse.Namespace) -> None:
             "reference: decode and inference CPU in fresh processes "
             f"({args.reference_seconds:g} s of inference)"
         )
-        reference = measure_reference(args, workload, manifest, cpus)
+        references = measure_reference(args, workload, manifest, cpus, args.fidelity or ["exact"])
         watch = {"file server": files.process.pid} | ({"tarpit": tarpit.process.pid} if tarpit else {})
         legs: dict[str, list[LegResult]] = {leg.label: [] for leg in plan}
         for run in range(1, args.repeat + 1):
             say(f"run {run} of {args.repeat}")
             for leg in plan:
-                name = f"{leg.kind}-w{leg.workers}-{run}"
+                name = f"{leg.kind}-w{leg.workers}-{leg.fidelity}-{run}"
                 spec = LegSpec(
                     label=leg.label,
                     tree=str(leg.tree),
@@ -1060,10 +1160,11 @@ def main_parent(args: argparse.Namespace) -> None:
                     watch=watch,
                     timeout=args.timeout,
                     cpu_slots=not args.no_cpu_slots,
+                    fidelity=leg.fidelity if leg.option else None,
                 )
                 legs[leg.label].append(job_leg(spec, say, same_jvm=not args.before_own_jvm))
     machine["load_after"] = " ".join(f"{x:.2f}" for x in os.getloadavg())
-    report(args, workload, plan, manifests, reference, legs, machine)
+    report(args, workload, plan, manifests, references, legs, machine)
     print(f"\nlogs and leg results: {run_dir}")
     short = [
         f"{r.label}: {r.succeeded}/{expected}"
@@ -1135,6 +1236,14 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         action="store_true",
         help="the current code's predict workers share the cores freely (and bill their wall time)",
     )
+    add(
+        "--fidelity",
+        nargs="+",
+        choices=FIDELITIES,
+        default=None,
+        help="the job's fidelity, sent as its option (S3 metadata fidelity); several run a leg of each, "
+        "each against its own bound and floor (default: no option, the job's exact)",
+    )
     add("--repeat", type=int, default=1, help="runs of the job legs (default 1)")
     add(
         "--clean-peer",
@@ -1190,7 +1299,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     elif args.measure_decode or args.measure_inference:
         names = json.loads(args.names.read_text())
         if args.measure_decode:
-            measure_decode(args.model, args.photo_dir, names)
+            measure_decode(args.model, args.photo_dir, names, (args.fidelity or ["exact"])[0])
         else:
             measure_inference(args.model, args.photo_dir, names[:REFERENCE_BATCH], args.seconds)
     else:
