@@ -3,8 +3,9 @@ beside the ``_summary.json`` of the same manifest run on the local stack.
 
 The workload is benchmarks/local_stack_throughput.py's (distinct JPEGs of web sizes on a separate
 ``http.server`` process, each line its own URL). Each run starts the local stack as ``batchpredict
-local run`` does (moto server, DynamoDB Local, one predict worker per core, one inference thread
-each) and runs two jobs of ``--images`` lines each:
+local run`` does (moto server, DynamoDB Local, predict workers on CPU slots, as many inference
+threads each as its memory buys vCPUs) and runs three jobs of ``--images`` lines each, estimated
+with the settings the dry run itself uses for the local stack (``local_stack_settings``):
 
 * ``defaults``: the stack has no finished job yet, so the estimate uses the shipped defaults
   (estimate.DEFAULTS);
@@ -70,25 +71,22 @@ def job(client: Any, manifest: Path, settings: Any, timeout: float) -> dict[str,
 
 def run(args: argparse.Namespace, files_url: str, workload: Any, run_dir: Path) -> dict[str, dict[str, Any]]:
     """One run: a fresh local stack, the defaults job, then the history job."""
-    from batchpredict.cli.client import Client
-    from batchpredict.estimate import StackSettings
+    from batchpredict.cli.client import Client, local_stack_settings
     from batchpredict.local.provision import LocalOptions
     from batchpredict.local.stack import LocalStack
 
     lst = throughput()
-    cpus = len(os.sched_getaffinity(0))
     options = LocalOptions(
         model_uri=str(args.model.resolve()),
         prefix="estimate",
         allowed_networks="127.0.0.1",
         predict_workers=args.workers,
-        environment={"INFERENCE_THREADS": str(max(1, cpus // args.workers))},
     )
     stack = LocalStack(options, log_dir=run_dir / "logs", serve_api=False)
     ref = stack.start()
     try:
         client = Client(ref)
-        settings = StackSettings(predict_concurrency=args.workers)
+        settings = local_stack_settings()
         legs = {}
         for n, leg in enumerate(LEGS):
             manifest = lst.write_manifest(run_dir / f"{leg}.txt", workload, args.images, files_url, None, 0)
@@ -125,11 +123,10 @@ def report(runs: list[dict[str, dict[str, Any]]], args: argparse.Namespace) -> N
         gb = [r[leg]["estimate_gb_s"] / r[leg]["gb_s"] for r in runs]
         wall = [r[leg]["estimate_wall"] / r[leg]["wall"] for r in runs]
         print(f"  {leg}: GB-s ratio {fmt_range(gb)}, wall ratio {fmt_range(wall)} ({runs[0][leg]['source']})")
-    from batchpredict.estimate import StackSettings, from_jobs
+    from batchpredict.cli.client import local_stack_settings
+    from batchpredict.estimate import from_jobs
 
-    measured = [
-        from_jobs([r["defaults"]["job"]], StackSettings(predict_concurrency=args.workers)) for r in runs
-    ]
+    measured = [from_jobs([r["defaults"]["job"]], local_stack_settings()) for r in runs]
     figures = {
         name: statistics.median(getattr(m, name) for m in measured if m is not None)
         for name in ("billed_ms", "invocations", "write_units", "overhead_seconds")

@@ -68,21 +68,21 @@ class PerLine:
     source: str  # where the figures come from, for the user
 
 
-# Measured on the local stack (its REPORT accounting, ``local up``'s layout: one predict worker per
-# core, one inference thread each), on benchmarks/local_stack_throughput.py's 300 web-size JPEGs:
-# the first job on a fresh stack (the case the defaults serve: no job yet; its workers' cold
-# starts included), the medians ("defaults:" line) of two runs of
+# Measured on the local stack (its REPORT accounting, predict workers on CPU slots: cpu_slots.py),
+# on benchmarks/local_stack_throughput.py's 300 web-size JPEGs: the first job on a fresh stack
+# (the case the defaults serve: no job yet; its workers' cold starts included), the medians
+# ("defaults:" line) of two runs of
 #     python benchmarks/estimate_accuracy.py --images 600 --repeat 3
-# billed_ms 62.64 and 62.96, invocations 0.03167, write_units 1.50 and 1.50, overhead_seconds
-# 2.28 and 1.92, AMD EPYC (Zen 4), 2 vCPUs, load 2-5, 2026-12-04. Re-measure when
-# predict's accounting or engine changes. A fidelity with no figures of its own uses exact's, and
-# says so.
+# billed_ms 33.76 and 32.61, invocations 0.006667 and 0.008333, write_units 1.747 and 1.738,
+# overhead_seconds 2.175 (the run at the dry run's own local concurrency), AMD EPYC (Zen 4), 2
+# vCPUs, load 0.2-2.3, 2026-12-04. Re-measure when predict's accounting or engine changes. A
+# fidelity with no figures of its own uses exact's, and says so.
 DEFAULTS: dict[tuple[str, str], PerLine] = {
     (DEFAULT_MODEL, EXACT): PerLine(
-        billed_ms=63.0,
-        invocations=0.0317,
-        write_units=1.5,
-        overhead_seconds=2.1,
+        billed_ms=33.0,
+        invocations=0.0075,
+        write_units=1.74,
+        overhead_seconds=2.2,
         source="shipped defaults (benchmarks/estimate_accuracy.py, local stack)",
     ),
 }

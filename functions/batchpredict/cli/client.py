@@ -115,6 +115,15 @@ class Progress:
         return max(self.job.total - self.done, 0) / self.rate
 
 
+def local_stack_settings() -> StackSettings:
+    """The local stack's settings: the template's, with as many predict invocations at once as its
+    CPU slots allow (cores ÷ the vCPUs a predict function's memory buys: cpu_slots.py)."""
+    from batchpredict.model import available_cpus
+
+    memory_mb = StackSettings().predict_memory_mb
+    return StackSettings(predict_concurrency=max(1, available_cpus() // vcpus(memory_mb)))
+
+
 class Client:
     def __init__(
         self, stack: StackRef, s3: S3Client | None = None, dynamodb: DynamoDBClient | None = None
@@ -178,10 +187,7 @@ class Client:
         (cores ÷ the vCPUs a predict function's memory buys: cpu_slots.py)."""
         if self.stack.parameters is not None:
             return StackSettings.from_parameters(self.stack.parameters)
-        from batchpredict.model import available_cpus
-
-        memory_mb = StackSettings().predict_memory_mb
-        return StackSettings(predict_concurrency=max(1, available_cpus() // vcpus(memory_mb)))
+        return local_stack_settings()
 
     def job(self, job_id: str) -> Job:
         job = self.jobs.get(job_id)
