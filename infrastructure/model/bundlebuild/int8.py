@@ -45,6 +45,7 @@ from batchpredict.model import (
     cpu_info,
     load_model,
 )
+from bundlebuild.build import write_manifest
 from bundlebuild.photos import calibration_photos, check_photos, variants
 
 CALIBRATION_IMAGES = 192
@@ -145,11 +146,6 @@ def add_int8_variant(bundle: Path, cache: Path) -> Agreement:
     write_manifest(bundle, doc)
     verify_bundle(bundle, sizes=True)
     return agreement
-
-
-def write_manifest(bundle: Path, doc: dict[str, Any]) -> None:
-    text = json.dumps(doc, indent=2, sort_keys=True) + "\n"
-    (bundle / MANIFEST_NAME).write_text(text, encoding="utf-8")
 
 
 def main() -> None:
