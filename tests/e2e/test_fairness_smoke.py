@@ -4,30 +4,22 @@ the benchmark prints (issue 19's must-show). No time is asserted: this is a run,
 
 from __future__ import annotations
 
-import os
 import re
-import subprocess
-import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[2]
+from tests.integration.test_benchmarks import bench
 
 
 def test_the_fairness_benchmark_times_a_small_job_alone_and_behind_a_large_one_with_and_without_groups(
     bundle_dir: Path, samples_dir: Path
 ) -> None:
-    command = [
-        sys.executable,
-        str(ROOT / "benchmarks" / "fairness.py"),
+    out = bench(
+        "fairness.py",
         *("--images", "96", "--small", "4", "--delay", "0.5", "--photos", "2", "--side", "96"),
         *("--workers", "1", "--warmup", "8", "--no-fair", "--timeout", "300"),
         *("--model", str(bundle_dir), "--samples", str(samples_dir)),
-    ]
-    done = subprocess.run(
-        command, check=False, capture_output=True, text=True, cwd=ROOT, env=os.environ, timeout=600
+        timeout=600,
     )
-    assert done.returncode == 0, done.stderr[-3000:]
-    out = done.stdout
     for queue in ("no-fair", "fair"):
         leg = re.search(
             rf"^{queue} +run 1: small job alone +([\d.]+) s, behind the large job +([\d.]+) s \(([\d.]+)x; "
