@@ -62,6 +62,7 @@ class WorkItem:
     metadata: dict[str, Any] | None = None
     error: dict[str, str] | None = None
     fidelity: Fidelity = DEFAULT_FIDELITY
+    host_rps: float | None = None  # the job's x-amz-meta-host-rps, carried once by the chunk too
 
     def as_message(self) -> dict[str, Any]:
         fields = {
@@ -74,7 +75,9 @@ class WorkItem:
         return {k: v for k, v in fields.items() if v is not None}
 
     @classmethod
-    def from_message(cls, body: dict[str, Any], fidelity: Fidelity = DEFAULT_FIDELITY) -> WorkItem:
+    def from_message(
+        cls, body: dict[str, Any], fidelity: Fidelity = DEFAULT_FIDELITY, host_rps: float | None = None
+    ) -> WorkItem:
         return cls(
             index=int(body["index"]),
             url=body.get("url"),
@@ -82,6 +85,7 @@ class WorkItem:
             metadata=body.get("metadata"),
             error=body.get("error"),
             fidelity=fidelity,
+            host_rps=host_rps,
         )
 
 
