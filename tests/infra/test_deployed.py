@@ -430,7 +430,9 @@ def test_default_stack_reads_no_model_and_no_image_source(stack: DeployedStack, 
     statements = _role_policy(stack, role)["Statement"]
     # Its own output bucket only: parts written, deferred lines read back (deferral.py).
     own = {"WriteParts", "ReadDeferredLines"}
-    assert not [s for s in statements if any(a.startswith("s3:") for a in _actions(s)) and s["Sid"] not in own]
+    assert not [
+        s for s in statements if any(a.startswith("s3:") for a in _actions(s)) and s["Sid"] not in own
+    ]
     deferred = [s for s in statements if s["Sid"] == "ReadDeferredLines"]
     assert all(s["Resource"].endswith("/results/*/deferred/*") for s in deferred)
 
