@@ -12,6 +12,7 @@ from collections import Counter
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import ClassVar
 
 import boto3
 import pytest
@@ -71,11 +72,11 @@ def test_a_refusal_seen_by_one_invocation_pauses_the_host_for_all(table: str) ->
 class _Refusing(BaseHTTPRequestHandler):
     """Each path: 429 with Retry-After 1 on its first request, then the photo."""
 
-    seen: Counter[str] = Counter()
-    photo = b""
-    lock = threading.Lock()
+    seen: ClassVar[Counter[str]] = Counter()
+    photo: ClassVar[bytes] = b""
+    lock: ClassVar[threading.Lock] = threading.Lock()
 
-    def do_GET(self) -> None:  # noqa: N802 (http.server's name)
+    def do_GET(self) -> None:
         with self.lock:
             self.seen[self.path] += 1
             first = self.seen[self.path] == 1
