@@ -363,7 +363,9 @@ class _Dispatcher:
                 # The claim lasts as long as this invocation can, as predict's does.
                 self.splitter.writer.write_stopped(chunk, self.remaining_ms() / 1000 + 5.0)
             return
-        self.splitter.work.send_batch([chunk.body() for chunk in chunks])
+        # The job's id as MessageGroupId: SQS fair queues deliver other jobs' chunks ahead of a
+        # large job's backlog (queues.py).
+        self.splitter.work.send_batch([chunk.body() for chunk in chunks], group_id=self.job_id)
 
     def _stopped(self) -> bool:
         now = self.splitter._clock()
