@@ -28,6 +28,9 @@ class ErrorCode(StrEnum):
     IMAGE_TOO_COMPLEX = "image_too_complex"
     INTERNAL_ERROR = "internal_error"
     CANCELLED = "cancelled"  # the job was cancelled, stopped or failed before this line was predicted
+    # The host asked not to be used so: X-Robots-Tag noai/noimageai/none on the image, or its
+    # robots.txt (when the stack checks it). Permanent: asking again gets the same answer.
+    ROBOTS_DISALLOWED = "robots_disallowed"
 
 
 # Worth another attempt: the same request may succeed later.

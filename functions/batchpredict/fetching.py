@@ -43,7 +43,8 @@ class ImageFetcher:
         self._clock = clock
         self._backoff = Backoff(sleep=sleep, clock=clock, base=policy.backoff_seconds, cap=math.inf)
 
-    def fetch(self, url: str, run_deadline: float | None = None) -> FetchResult:
+    def fetch(self, url: str, run_deadline: float | None = None, *, robots: bool = True) -> FetchResult:
+        """``robots``: honour what the host asks (``Fetcher.fetch``); False for the user's own hosts."""
         started = self._clock()
         deadline = started + self.total_timeout
         if run_deadline is not None:
@@ -52,7 +53,9 @@ class ImageFetcher:
         while True:
             attempt += 1
             try:
-                payload: bytes | PredictionError = self.fetcher.fetch(url, deadline=deadline).data
+                payload: bytes | PredictionError = self.fetcher.fetch(
+                    url, deadline=deadline, robots=robots
+                ).data
             except PredictionError as exc:
                 payload = exc
             if isinstance(payload, bytes) or not payload.transient or attempt >= self.policy.attempts:

@@ -208,6 +208,7 @@ class Job:
     timeout_seconds: int | None = None  # how long the job may run (x-amz-meta-timeout)
     notify: list[str] = field(default_factory=list)
     fidelity: str | None = None  # x-amz-meta-fidelity as stored (None: exact)
+    robots: str | None = None  # x-amz-meta-robots: "ignore", or None (honour)
     # Epoch seconds past which the sweeper ends the job (deadlines.py); timeout_at: created +
     # timeout_seconds, the deadline that never moves.
     deadline_at: int | None = None

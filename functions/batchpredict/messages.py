@@ -125,6 +125,7 @@ class Chunk:
     top_k: int | None = None  # the job's top-k option (None: the function's TOP_K)
     max_failures: str | None = None  # the job's max-failures: its writer then judges the threshold
     fidelity: Fidelity | None = None  # the job's fidelity (None: exact); parse gives it to each item
+    ignore_robots: bool = False  # the job's x-amz-meta-robots=ignore; parse gives it to each item
 
     def body(self) -> str:
         # MAX_CHUNK_SIZE items of at most MAX_WORK_ITEM_BYTES each fit one SQS message.
@@ -135,6 +136,8 @@ class Chunk:
             doc["max_failures"] = self.max_failures
         if self.fidelity is not None:
             doc["fidelity"] = self.fidelity.value
+        if self.ignore_robots:
+            doc["robots"] = "ignore"
         doc["items"] = [item.as_message() for item in self.items]
         return _compact(doc)
 
@@ -143,13 +146,18 @@ class Chunk:
         doc = json.loads(body)
         top_k, fidelity = doc.get("top_k"), doc.get("fidelity")
         chosen = Fidelity(fidelity) if fidelity is not None else None
+        ignore_robots = doc.get("robots") == "ignore"
         return cls(
             str(doc["job_id"]),
             int(doc["chunk"]),
-            [WorkItem.from_message(i, chosen or DEFAULT_FIDELITY) for i in doc["items"]],
+            [
+                WorkItem.from_message(i, chosen or DEFAULT_FIDELITY, honour_robots=not ignore_robots)
+                for i in doc["items"]
+            ],
             int(top_k) if top_k is not None else None,
             doc.get("max_failures"),
             chosen,
+            ignore_robots=ignore_robots,
         )
 
 

@@ -13,6 +13,9 @@ option fails the job at once with a message naming it (never silently ignored).
     x-amz-meta-notify        email: mail this job's state changes (the stack's NotificationEmail)
     x-amz-meta-fidelity      exact (default: the reference preprocessing, bit for bit) or fast
                              (JPEGs drafted, big pictures reduced first: see fidelity.py)
+    x-amz-meta-robots        honour (default: X-Robots-Tag noai/noimageai/none, and robots.txt
+                             where the stack checks it, fail the line robots_disallowed) or
+                             ignore (for the user's own hosts)
 
 The values come from whoever uploads a manifest: every parser takes ASCII digits only (no
 other script's digits, no sign, no underscore, no exponent; surrounding ASCII blanks are
@@ -181,6 +184,7 @@ class JobOptions:
     timeout_seconds: int | None = None
     notify: tuple[str, ...] = ()
     fidelity: Fidelity | None = None  # None: exact
+    robots: str | None = None  # ROBOTS_IGNORE, or None: honour
 
     def as_metadata(self) -> dict[str, str]:
         """What to put in the manifest object's user metadata (the inverse of ``parse_options``)."""
@@ -192,6 +196,7 @@ class JobOptions:
             "timeout": _text(self.timeout_seconds),
             "notify": ",".join(self.notify) or None,
             "fidelity": _text(self.fidelity),
+            "robots": self.robots,
         }
         return {k: v for k, v in metadata.items() if v is not None}
 
@@ -206,6 +211,7 @@ class JobOptions:
             "timeout_seconds": self.timeout_seconds,
             "notify": list(self.notify) or None,
             "fidelity": _text(self.fidelity),
+            "robots": self.robots,
         }
         return {k: v for k, v in item.items() if v is not None}
 
@@ -273,6 +279,18 @@ def parse_fidelity(raw: str) -> Fidelity:
     return Fidelity(text)
 
 
+ROBOTS_HONOUR = "honour"
+ROBOTS_IGNORE = "ignore"
+
+
+def parse_robots(raw: str) -> str | None:
+    """``honour`` (None: the default, stored as no option) or ``ignore``."""
+    text = raw.strip(_BLANKS).lower()
+    if text not in (ROBOTS_HONOUR, ROBOTS_IGNORE):
+        raise OptionError(f"robots={_shown(raw)}: give {ROBOTS_HONOUR} or {ROBOTS_IGNORE}")
+    return ROBOTS_IGNORE if text == ROBOTS_IGNORE else None
+
+
 _PARSERS = {
     "name": ("name", _name),
     "tags": ("tags", parse_tags),
@@ -281,6 +299,7 @@ _PARSERS = {
     "timeout": ("timeout_seconds", parse_timeout),
     "notify": ("notify", parse_notify),
     "fidelity": ("fidelity", parse_fidelity),
+    "robots": ("robots", parse_robots),
 }
 OPTIONS = tuple(_PARSERS)  # the x-amz-meta-<option> names
 

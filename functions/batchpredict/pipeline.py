@@ -376,7 +376,7 @@ class StreamingPredictor:
         fetched: FetchResult | None = None
         try:
             if not run.closed:
-                fetched = self.fetcher.fetch(item.url or "", run.deadline)
+                fetched = self.fetcher.fetch(item.url or "", run.deadline, robots=item.honour_robots)
         except Exception as exc:  # a bug or an unforeseen library error: this line only
             logger.exception("fetch failed unexpectedly", extra={"url": (item.url or "")[:200]})
             fetched = FetchResult(_internal(exc, "fetching"), 0.0)
