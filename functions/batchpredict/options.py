@@ -38,7 +38,7 @@ MAX_TAG_KEY = 128
 MAX_TAG_VALUE = 256
 # Classes per image, for a job (x-amz-meta-top-k, submit --top-k), the function (TOP_K) and the
 # CLI's predict --top-k. Each class is up to ~180 bytes of an IMG# row: at 20, with ImageNet's
-# longest labels, a row is ~4.3 KB (5 write units) against ~1.5 KB (2) at the default 5, where
+# longest labels, a row is ~4.3 KB (5 write units) against ~1.6 KB (2) at the default 5, where
 # 100 made it ~17 KB (17): the price of a line is the uploader's choice only within this.
 MAX_TOP_K = 20
 # A count past every line of the longest job the splitter takes (MAX_MANIFEST_LINES' default)

@@ -162,7 +162,7 @@ class RobotsCache:
             future, mine = self._claim(key)
             if mine:
                 return self._load(key, future, load)
-            rules = future.result(timeout=time_left())
+            rules = future.result(timeout=None if future.done() else time_left())
             if rules is not None:
                 return rules
 

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import gzip
+import hashlib
 import json
 from collections import Counter
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -47,7 +49,7 @@ def _assert_consistent(stack: Stack, job_id: str, total: int) -> list[dict[str, 
     return lines
 
 
-def test_mixed_manifest_gives_one_result_per_line(stack: Stack, image_server: str) -> None:
+def test_mixed_manifest_gives_one_result_per_line(stack: Stack, image_server: str, samples_dir: Path) -> None:
     lines = [{"url": f"{image_server}/{photo}", "id": photo} for photo in PHOTOS]
     lines += [
         {"url": f"s3://{stack.samples_bucket}/photos/coffee.png", "id": "s3-coffee"},
@@ -75,7 +77,16 @@ def test_mixed_manifest_gives_one_result_per_line(stack: Stack, image_server: st
     }
     assert _top1(by_id["flower.jpg"]) == "daisy"
     assert _top1(by_id["s3-coffee"]) == "espresso"
-    assert by_id["coffee.png"]["image"] == {"width": 600, "height": 400, "bytes": 466706}
+    coffee = (samples_dir / "coffee.png").read_bytes()
+    assert by_id["coffee.png"]["image"] == {
+        "width": 600,
+        "height": 400,
+        "bytes": 466706,
+        "sha256": hashlib.sha256(coffee).hexdigest(),
+        "format": "png",
+    }
+    assert by_id["s3-coffee"]["image"] == by_id["coffee.png"]["image"]  # the same bytes over s3://
+    assert by_id["rocket.jpg"]["image"]["format"] == "jpeg"
     assert by_id["coffee.png"]["model"] == "efficientnet-lite0:1"
     codes = [r["error"]["code"] if r["error"] else None for r in results[len(PHOTOS) + 1 :]]
     assert codes == [
