@@ -12,8 +12,9 @@ import pytest
 from click.testing import CliRunner
 
 from batchpredict.cli import main
+from batchpredict.cli.render import job_view
 from batchpredict.errors import ErrorCode, PredictionError
-from batchpredict.jobs import JobStatus
+from batchpredict.jobs import Job, JobStatus
 from batchpredict.messages import Chunk
 from batchpredict.options import JobOptions, OptionError, parse_options
 from batchpredict.records import WorkItem
@@ -99,3 +100,9 @@ def test_submit_ignore_robots_sends_the_option(tmp_path: Path, monkeypatch: pyte
         result = CliRunner().invoke(main, ["submit", str(manifest), *flags])
         assert result.exit_code == 0, result.output
         assert sent.pop().robots == robots
+
+
+def test_status_shows_a_job_that_ignores_robots() -> None:
+    mine = Job("job-1", JobStatus.RUNNING, "s3://in/manifests/a.txt", top_k=3, robots="ignore")
+    assert "options  top-k=3 robots=ignore\n" in job_view(mine, "table")
+    assert "robots" not in job_view(Job("job-1", JobStatus.RUNNING, "s3://in/manifests/a.txt"), "table")

@@ -77,6 +77,7 @@ def _options(job: Any) -> list[tuple[str, Any]]:
         ("max-failures", job.max_failures),
         ("notify", ",".join(job.notify)),
         ("fidelity", job.fidelity),
+        ("robots", job.robots),
     ]
 
 
