@@ -63,6 +63,7 @@ class WorkItem:
     metadata: dict[str, Any] | None = None
     error: dict[str, str] | None = None
     fidelity: Fidelity = DEFAULT_FIDELITY
+    host_rps: float | None = None  # the job's x-amz-meta-host-rps, carried once by the chunk too
     honour_robots: bool = True
 
     def as_message(self) -> dict[str, Any]:
@@ -77,7 +78,12 @@ class WorkItem:
 
     @classmethod
     def from_message(
-        cls, body: dict[str, Any], fidelity: Fidelity = DEFAULT_FIDELITY, *, honour_robots: bool = True
+        cls,
+        body: dict[str, Any],
+        fidelity: Fidelity = DEFAULT_FIDELITY,
+        host_rps: float | None = None,
+        *,
+        honour_robots: bool = True,
     ) -> WorkItem:
         return cls(
             index=int(body["index"]),
@@ -86,6 +92,7 @@ class WorkItem:
             metadata=body.get("metadata"),
             error=body.get("error"),
             fidelity=fidelity,
+            host_rps=host_rps,
             honour_robots=honour_robots,
         )
 

@@ -171,7 +171,8 @@ class Splitter:
             stored_options.get("top_k"),
             stored_options.get("max_failures"),
             stored_options.get("fidelity"),
-            stored_options.get("robots"),
+            stored_options.get("host_rps"),
+            robots=stored_options.get("robots"),
         )
         return self._guarded(
             job_id,
@@ -203,7 +204,7 @@ class Splitter:
                 continuation.manifest,
                 Position.from_dict(continuation.position),
                 remaining_ms,
-                _chunk_options(job.top_k, job.max_failures, job.fidelity, job.robots),
+                _chunk_options(job.top_k, job.max_failures, job.fidelity, job.host_rps, robots=job.robots),
             ),
         )
 
@@ -323,13 +324,19 @@ class Splitter:
 
 
 def _chunk_options(
-    top_k: int | None, max_failures: str | None, fidelity: str | None, robots: str | None = None
+    top_k: int | None,
+    max_failures: str | None,
+    fidelity: str | None,
+    host_rps: str | None = None,
+    *,
+    robots: str | None = None,
 ) -> dict[str, Any]:
     """The job's options every chunk message carries, so predict needs no lookup for them."""
     return {
         "top_k": top_k,
         "max_failures": max_failures,
         "fidelity": Fidelity(fidelity) if fidelity is not None else None,
+        "host_rps": float(host_rps) if host_rps is not None else None,
         "ignore_robots": robots == ROBOTS_IGNORE,
     }
 

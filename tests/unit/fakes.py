@@ -217,6 +217,7 @@ class FakeJobs:
         model: str | None,
         usage: ChunkUsage | None = None,
         deadline: float | None = None,
+        undeferred: int = 0,
     ) -> bool:
         self.count_calls.append((chunk, succeeded, failed, model))
         self.usages.append(usage)
@@ -229,8 +230,12 @@ class FakeJobs:
             failed=self.job.failed + failed,
             chunks_done=self.job.chunks_done + 1,
             model=self.job.model or model,
+            deferred=self.job.deferred - undeferred,
         )
         return True
+
+    def add_deferred(self, job_id: str, chunk: int, lines: int, deadline: float | None = None) -> None:
+        self.job = replace(self.job, deferred=self.job.deferred + lines)
 
     def may_be_done(self, job_id: str, chunk: int) -> bool:
         return True  # the writer then reads the whole job, as it does when a shard is complete
