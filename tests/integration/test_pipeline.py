@@ -15,8 +15,11 @@ from batchpredict import batch
 from batchpredict.handlers import split_manifest
 from batchpredict.jobs import JobStore
 from batchpredict.messages import ManifestObject
+from tests.unit.test_robots import Answer, Host, host
 
 from .conftest import PipelineStack as Stack
+
+__all__ = ["host"]  # the fixture
 
 PHOTOS = ["coffee.png", "chelsea.png", "astronaut.png", "rocket.jpg", "china.jpg", "flower.jpg"]
 
@@ -218,3 +221,27 @@ def test_local_queues_take_the_templates_visibility_rule_and_the_pollers_know_it
     assert {
         by_url[m.queue_url]: m.visibility_seconds for m in stack.plan.mappings if m.queue_url in by_url
     } == expected
+
+
+def test_a_job_honours_x_robots_tag_unless_it_says_ignore(
+    stack: Stack, host: Host, samples_dir: Path
+) -> None:
+    photo = (samples_dir / "coffee.png").read_bytes()
+    headers = [("X-Robots-Tag", "otherbot: none"), ("X-Robots-Tag", "noindex, NoImageAI")]
+    host.answer("/mine.png", Answer(body=photo, headers=headers))
+    host.answer("/open.png", Answer(body=photo, headers=[("X-Robots-Tag", "otherbot: noai")]))
+    manifest = f"{host.url('/mine.png')}\n{host.url('/open.png')}\n"
+    for key, metadata in (("honour.txt", {}), ("ignore.txt", {"robots": "ignore"})):
+        stack.s3.put_object(
+            Bucket=stack.input_bucket, Key=f"manifests/{key}", Body=manifest.encode(), Metadata=metadata
+        )
+    stack.run()
+
+    outcomes = {}
+    for job in JobStore(stack.dynamodb, stack.table).list_jobs():
+        lines = _assert_consistent(stack, job.job_id, 2)
+        outcomes[job.manifest_uri.rsplit("/", 1)[1]] = [
+            line["error"] and line["error"]["code"] for line in lines
+        ]
+    assert outcomes == {"honour.txt": ["robots_disallowed", None], "ignore.txt": [None, None]}
+    assert host.paths().count("/mine.png") == 2  # asked once by each job, never retried
