@@ -143,6 +143,7 @@ def deadline_settings(env: Mapping[str, str]) -> DeadlineSettings:
         parallel_chunks=batch * concurrency,
         retry_seconds=setting(env, "DEADLINE_RETRY_SECONDS", positive_float, d.retry_seconds),
         finalize_seconds=setting(env, "DEADLINE_FINALIZE_SECONDS", positive_float, d.finalize_seconds),
+        defer_seconds=setting(env, "DEFER_BUDGET_SECONDS", positive_float, d.defer_seconds),
     )
 
 

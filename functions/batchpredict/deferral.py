@@ -6,7 +6,7 @@ round), and a copy of the chunk holding only the deferred lines goes back to the
 with a delay (``DelaySeconds``) and a ``Deferral`` saying since when, how often, which rounds
 are saved and each line's refusals. The copy is the same chunk (same number, claim and marker):
 when its last line is done, the writer writes the saved and the new records as one part and
-counts the chunk once (writer.py). The job's ``deferred`` counter says how many lines wait.
+counts the chunk once (writer.py). The job's ``deferred_lines`` counter says how many lines wait.
 
 The budget (hostlimits.HostPolicy), per line:
 

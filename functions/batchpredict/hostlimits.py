@@ -41,6 +41,10 @@ GROW_FAST = 1.5
 GROW_SLOW = 1.05
 # A latency sample's weight in the host's moving average.
 LATENCY_WEIGHT = 0.2
+# Leases a second a host's item takes at most, whatever its rate: a lease at a rate above this
+# is at least rate / MAX_LEASES_PER_SECOND requests (some may go unused), so with the conflicts'
+# retries (hostlimiter.WRITE_TRIES) no host's item nears DynamoDB's 1,000 WCU/s per key.
+MAX_LEASES_PER_SECOND = 100
 # Retry-After past this is taken as this (a deferral then comes back and asks again).
 MAX_RETRY_AFTER_SECONDS = 900.0
 
@@ -132,7 +136,8 @@ def lease(
     timeline is the bottleneck."""
     rate = usable_rate(state, policy, job_rps)
     start = next_start(state, now)
-    count = max(1, min(want, math.floor(rate * policy.lease_seconds)))
+    least = max(1, math.ceil(rate / MAX_LEASES_PER_SECOND))
+    count = max(least, min(want, math.floor(rate * policy.lease_seconds)))
     grown = _grown(state, policy, now)
     return replace(grown, tat=start + count / rate), Lease(start, 1.0 / rate, count)
 

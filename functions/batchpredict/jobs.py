@@ -59,7 +59,7 @@ COUNT_SK = "COUNT"
 COUNTER_SHARDS = 16
 # What the shards sum (``Job`` fields); the JOB record's own values are added, so a job counted
 # before the shards existed still reads right.
-# ``deferred``: lines waiting for their host's turn (batch.py's deferrals add them, the count of
+# ``deferred_lines``: lines waiting for their host's turn (batch.py's deferrals add them, the count of
 # their chunk takes them off again).
 COUNTERS = (
     "succeeded",
@@ -69,7 +69,7 @@ COUNTERS = (
     "compute_mb_ms",
     "invocations",
     "write_units",
-    "deferred",
+    "deferred_lines",
 )
 CHUNK_PREFIX = "CHUNK#"
 CLAIM_PREFIX = "CLAIM#"
@@ -236,7 +236,7 @@ class Job:
     compute_mb_ms: int = 0
     invocations: int = 0
     write_units: int = 0
-    deferred: int = 0
+    deferred_lines: int = 0
 
     @property
     def usage(self) -> dict[str, int]:
@@ -654,7 +654,7 @@ class JobStore:
     ) -> bool:
         """Marker + counters on the chunk's shard (and what the chunk cost) in one transaction.
         False if this chunk was counted before. ``undeferred``: the chunk's lines the job's
-        ``deferred`` counter holds (a deferred chunk's), taken off with the count."""
+        ``deferred_lines`` counter holds (a deferred chunk's), taken off with the count."""
         shard = shard_pk(job_id, chunk)
         marker = {
             "pk": shard,
@@ -665,7 +665,7 @@ class JobStore:
         } | self._expiry()
         counters = {"succeeded": succeeded, "failed": failed, "chunks_done": 1}
         if undeferred:
-            counters["deferred"] = -undeferred
+            counters["deferred_lines"] = -undeferred
         if usage is not None:
             # The transaction's own writes: two items, each billed twice.
             spent = replace(usage, write_units=usage.write_units + 2 * TRANSACTION_WRITE_FACTOR)
@@ -713,7 +713,7 @@ class JobStore:
             lambda: self.client.update_item(
                 TableName=self.table,
                 Key=self._key(shard_pk(job_id, chunk), COUNT_SK),
-                UpdateExpression="ADD deferred :n",
+                UpdateExpression="ADD deferred_lines :n",
                 ConditionExpression="attribute_exists(pk)",
                 ExpressionAttributeValues={":n": {"N": str(lines)}},
             ),

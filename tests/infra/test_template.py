@@ -524,7 +524,11 @@ def test_the_api_is_authorized_limited_and_logged(cfn: dict[str, Any]) -> None:
 
 # Jobs of these many chunks: empty, one, a wave of 160, one more, the largest (1M lines of 16).
 DEADLINE_SIZES = (0, 1, 160, 161, 62_500)
-DEADLINE_PARAMETERS = {"WORK_BATCH_SIZE": "WorkBatchSize", "PREDICT_MAX_CONCURRENCY": "PredictMaxConcurrency"}
+DEADLINE_PARAMETERS = {
+    "WORK_BATCH_SIZE": "WorkBatchSize",
+    "PREDICT_MAX_CONCURRENCY": "PredictMaxConcurrency",
+    "DEFER_BUDGET_SECONDS": "DeferBudgetSeconds",
+}
 
 
 def template_deadlines(cfn: dict[str, Any], **parameters: str) -> DeadlineSettings:

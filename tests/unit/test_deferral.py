@@ -80,7 +80,7 @@ def test_deferred_lines_go_back_alone_and_the_finished_ones_wait_in_s3() -> None
     assert delay == 12  # the soonest line's turn (the refused one waits 30 s)
     saved = s3.objects["out"][deferred_key("job-1", 0, 1)].splitlines()
     assert [json.loads(line)["index"] for line in saved] == [0, 2]
-    assert jobs.job.deferred == 2
+    assert jobs.job.deferred_lines == 2
 
 
 def test_a_refusal_without_retry_after_waits_longer_with_each_refusal() -> None:
@@ -126,7 +126,7 @@ def test_past_its_budget_a_line_ends_rate_limited_and_the_chunk_is_written(
     chunk = Chunk(
         "job-1", 0, [items[1]], deferral=Deferral(deferral.round, deferral.first_at, (1,), deferral.refusals)
     )
-    jobs.job = replace(jobs.job, deferred=1)
+    jobs.job = replace(jobs.job, deferred_lines=1)
     result = _refused(items[1]) if line == "refused" else _busy(items[1], NOW + 5)
     records = deferrer.defer(chunk, [], [result], MODEL)
     assert records is not None and not sqs.sent
@@ -136,7 +136,7 @@ def test_past_its_budget_a_line_ends_rate_limited_and_the_chunk_is_written(
     # The writer adds the lines finished before, and counts the chunk once, all four lines.
     assert writer.write(chunk, records, MODEL)
     assert [r.index for r in records] == [0, 1, 2, 3]
-    assert (jobs.job.succeeded, jobs.job.failed, jobs.job.deferred) == (3, 1, 0)
+    assert (jobs.job.succeeded, jobs.job.failed, jobs.job.deferred_lines) == (3, 1, 0)
     part = s3.objects["out"]["results/job-1/parts/000000.jsonl"].splitlines()
     assert [json.loads(p)["status"] for p in part] == [SUCCEEDED, FAILED, SUCCEEDED, SUCCEEDED]
 
@@ -151,5 +151,5 @@ def test_a_second_deferral_keeps_the_first_rounds_lines_and_adds_its_own() -> No
     third, _ = _sent(sqs)
     assert third.deferral is not None and third.deferral.saved == (1, 2) and third.deferral.round == 2
     assert [i.index for i in third.items] == [3]
-    assert jobs.job.deferred == 1  # 3 waited, then 1
+    assert jobs.job.deferred_lines == 1  # 3 waited, then 1
     assert deferred_key("job-1", 0, 2) in s3.objects["out"]

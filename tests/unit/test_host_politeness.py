@@ -111,7 +111,7 @@ def test_a_chunk_with_a_refused_line_comes_back_and_is_written_whole_once_served
     outcomes = batch.run([("m-1", chunk.body())], lambda: 30.0)
     assert outcomes["m-1"].deferred and outcomes["m-1"].error is None  # the message is done with
     assert "results/job-1/parts/000000.jsonl" not in s3.objects["out"]
-    assert jobs.job.deferred == 1 and jobs.job.chunks_done == 0
+    assert jobs.job.deferred_lines == 1 and jobs.job.chunks_done == 0
     [resent] = [c for c in sqs.sent if c["QueueUrl"] == WORK]
     assert resent["DelaySeconds"] >= 2
 
@@ -120,7 +120,12 @@ def test_a_chunk_with_a_refused_line_comes_back_and_is_written_whole_once_served
     assert outcomes["m-2"].counted
     lines = s3.objects["out"]["results/job-1/parts/000000.jsonl"].splitlines()
     assert len(lines) == 2
-    assert (jobs.job.succeeded, jobs.job.failed, jobs.job.deferred, jobs.job.chunks_done) == (2, 0, 0, 1)
+    assert (jobs.job.succeeded, jobs.job.failed, jobs.job.deferred_lines, jobs.job.chunks_done) == (
+        2,
+        0,
+        0,
+        1,
+    )
     assert fetcher.calls == {urls[0]: 1, urls[1]: 2}  # the finished line was not fetched again
 
 

@@ -68,6 +68,17 @@ def test_a_lease_is_at_most_lease_seconds_of_the_host_and_at_least_one_request()
     assert one.count == 1 and one.interval == pytest.approx(5.0)
 
 
+def test_no_host_takes_more_than_a_hundred_leases_a_second_however_fast() -> None:
+    fast = HostPolicy(rps=1000.0, max_rps=1000.0)
+    state = hostlimits.new_state(fast)
+    leases = []
+    for _ in range(50):  # fifty holders of one line each
+        state, got = hostlimits.lease(state, fast, NOW, want=1)
+        leases.append(got)
+    assert all(lease.count == 10 for lease in leases)
+    assert state.tat - NOW == pytest.approx(50 * 10 / 1000)  # 50 leases took 0.5 s: 100 a second
+
+
 def test_an_idle_timeline_starts_now_not_in_the_past() -> None:
     state = HostState(rate=10.0, tat=NOW - 100)
     _, got = hostlimits.lease(state, POLICY, NOW, want=1)

@@ -110,7 +110,7 @@ def job_view(job: Any, output: str) -> str:
 
 def _deferred(job: Any) -> str | None:
     """Lines waiting for their host's turn (deferral.py), while the job runs; None: none."""
-    waiting = max(int(getattr(job, "deferred", 0) or 0), 0)
+    waiting = max(int(getattr(job, "deferred_lines", 0) or 0), 0)
     if not waiting or job.status.value not in ("RUNNING", "CANCELLING"):
         return None
     return f"{waiting} (waiting for their hosts' turn)"
