@@ -435,7 +435,9 @@ class StreamingPredictor:
         fetched: FetchResult | None = None
         try:
             if not run.closed:
-                fetched = self.fetcher.fetch(item.url or "", run.deadline, item.host_rps)
+                fetched = self.fetcher.fetch(
+                    item.url or "", run.deadline, item.host_rps, robots=item.honour_robots
+                )
         except Exception as exc:  # a bug or an unforeseen library error: this line only
             logger.exception("fetch failed unexpectedly", extra={"url": (item.url or "")[:200]})
             fetched = FetchResult(_internal(exc, "fetching"), 0.0)
