@@ -13,8 +13,15 @@ from typing import TYPE_CHECKING, TypeVar
 from batchpredict.deadlines import DEFAULT_WORK_BATCH_SIZE, DeadlineSettings
 from batchpredict.defaults import DEFAULT_MAX_BATCH, DEFAULT_MAX_PIXELS, DEFAULT_TOP_K
 from batchpredict.fetch import FetchLimits, FetchPolicy, parse_networks, parse_s3_prefixes
+from batchpredict.hostlimits import HostPolicy
 from batchpredict.messages import MAX_CHUNK_SIZE
 from batchpredict.options import MAX_TOP_K
+from batchpredict.useragent import (
+    PLACEHOLDER_CONTACT_URL,
+    parse_contact_url,
+    parse_user_agent,
+    user_agent_for,
+)
 
 if TYPE_CHECKING:
     # Imported where used: predict's cold start has no use for the splitter's modules.
@@ -136,6 +143,7 @@ def deadline_settings(env: Mapping[str, str]) -> DeadlineSettings:
         parallel_chunks=batch * concurrency,
         retry_seconds=setting(env, "DEADLINE_RETRY_SECONDS", positive_float, d.retry_seconds),
         finalize_seconds=setting(env, "DEADLINE_FINALIZE_SECONDS", positive_float, d.finalize_seconds),
+        defer_seconds=setting(env, "DEFER_BUDGET_SECONDS", positive_float, d.defer_seconds),
     )
 
 
@@ -150,7 +158,21 @@ def fetch_limits(env: Mapping[str, str]) -> FetchLimits:
         allowed_networks=setting(env, "ALLOWED_NETWORKS", parse_networks, ()),
         # Empty: no s3:// image at all (the template fills it from ImageSourcePrefixes).
         s3_prefixes=setting(env, "IMAGE_SOURCE_PREFIXES", image_source_prefixes, ()),
+        user_agent=user_agent(env),
+        robots_txt=setting(env, "ROBOTS_TXT", on_off, False),
     )
+
+
+def user_agent(env: Mapping[str, str]) -> str:
+    """USER_AGENT as given (the template's UserAgent), else ``batchpredict/VERSION (+CONTACT_URL)``."""
+    contact = setting(env, "CONTACT_URL", parse_contact_url, PLACEHOLDER_CONTACT_URL)
+    return setting(env, "USER_AGENT", parse_user_agent, user_agent_for(contact))
+
+
+def on_off(raw: str) -> bool:
+    if raw.lower() not in ("on", "off"):
+        raise ValueError("give on or off")
+    return raw.lower() == "on"
 
 
 def chunk_size(raw: str) -> int:
@@ -295,6 +317,25 @@ def predictor_config(env: Mapping[str, str], policy: FetchPolicy) -> PredictorCo
     )
 
 
+def host_policy(env: Mapping[str, str]) -> HostPolicy:
+    """Per-host politeness (hostlimits.py): every host's starting and highest rate, its
+    concurrency, how long a line waits for its turn in its run, and a line's deferral budget."""
+    d = HostPolicy()
+    rps = setting(env, "HOST_RPS", positive_float, d.rps)
+    max_rps = setting(env, "HOST_MAX_RPS", positive_float, max(d.max_rps, rps))
+    if max_rps < rps:
+        raise ConfigError(f"HOST_MAX_RPS={max_rps:g} is below HOST_RPS={rps:g}")
+    return HostPolicy(
+        rps=rps,
+        max_rps=max_rps,
+        min_rps=min(d.min_rps, rps),
+        concurrency=setting(env, "HOST_CONCURRENCY", positive_int, d.concurrency),
+        max_wait_seconds=setting(env, "HOST_MAX_WAIT_SECONDS", positive_float, d.max_wait_seconds),
+        defer_budget_seconds=setting(env, "DEFER_BUDGET_SECONDS", positive_float, d.defer_budget_seconds),
+        refusals=setting(env, "RATE_LIMIT_REFUSALS", positive_int, d.refusals),
+    )
+
+
 @dataclass(frozen=True)
 class PredictConfig:
     tables: Tables
@@ -311,6 +352,7 @@ class PredictConfig:
     # VISIBILITY_HEARTBEAT_SECONDS: how long each heartbeat keeps the messages in work hidden
     # (renewed every third of it), so how soon a crashed invocation's chunks come back.
     heartbeat_seconds: float = DEFAULT_HEARTBEAT_SECONDS
+    hosts: HostPolicy = field(default_factory=HostPolicy)
 
 
 def predict_config(env: Mapping[str, str]) -> PredictConfig:
@@ -325,6 +367,7 @@ def predict_config(env: Mapping[str, str]) -> PredictConfig:
         heartbeat_seconds=setting(
             env, "VISIBILITY_HEARTBEAT_SECONDS", heartbeat_seconds, DEFAULT_HEARTBEAT_SECONDS
         ),
+        hosts=host_policy(env),
     )
 
 

@@ -54,7 +54,8 @@ def img_sk(index: int) -> str:
 class WorkItem:
     """One manifest line as it travels in a chunk message: an image to predict, or a line
     that already failed while the manifest was split (``error`` set). ``fidelity`` is its job's:
-    the chunk message carries it once for all its lines (``messages.Chunk``), not each line."""
+    the chunk message carries it once for all its lines (``messages.Chunk``), not each line;
+    so is ``honour_robots`` (False: the job's x-amz-meta-robots=ignore)."""
 
     index: int
     url: str | None = None
@@ -62,6 +63,8 @@ class WorkItem:
     metadata: dict[str, Any] | None = None
     error: dict[str, str] | None = None
     fidelity: Fidelity = DEFAULT_FIDELITY
+    host_rps: float | None = None  # the job's x-amz-meta-host-rps, carried once by the chunk too
+    honour_robots: bool = True
 
     def as_message(self) -> dict[str, Any]:
         fields = {
@@ -74,7 +77,14 @@ class WorkItem:
         return {k: v for k, v in fields.items() if v is not None}
 
     @classmethod
-    def from_message(cls, body: dict[str, Any], fidelity: Fidelity = DEFAULT_FIDELITY) -> WorkItem:
+    def from_message(
+        cls,
+        body: dict[str, Any],
+        fidelity: Fidelity = DEFAULT_FIDELITY,
+        host_rps: float | None = None,
+        *,
+        honour_robots: bool = True,
+    ) -> WorkItem:
         return cls(
             index=int(body["index"]),
             url=body.get("url"),
@@ -82,6 +92,8 @@ class WorkItem:
             metadata=body.get("metadata"),
             error=body.get("error"),
             fidelity=fidelity,
+            host_rps=host_rps,
+            honour_robots=honour_robots,
         )
 
 
@@ -120,11 +132,28 @@ class ResultError:
 
 @dataclass(frozen=True, slots=True)
 class ImageInfo:
-    """The decoded image: its size in pixels (after EXIF orientation) and its encoded bytes."""
+    """The decoded image: its size in pixels (after EXIF orientation), its encoded bytes, their
+    sha256 (hex) and the format Pillow read (lower case: jpeg, png, webp, gif, bmp, tiff, avif).
+    ``sha256`` and ``format`` are None only in records written before they existed."""
 
     width: int
     height: int
     bytes: int
+    sha256: str | None
+    format: str | None
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "width": self.width,
+            "height": self.height,
+            "bytes": self.bytes,
+            "sha256": self.sha256,
+            "format": self.format,
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> ImageInfo:
+        return cls(data["width"], data["height"], data["bytes"], data.get("sha256"), data.get("format"))
 
 
 @dataclass(frozen=True, slots=True)
@@ -206,9 +235,7 @@ class ResultRecord:
             "error": None if self.error is None else {"code": self.error.code, "message": self.error.message},
             "model": self.model,
             "fidelity": self.fidelity.value,
-            "image": None
-            if self.image is None
-            else {"width": self.image.width, "height": self.image.height, "bytes": self.image.bytes},
+            "image": None if self.image is None else self.image.as_dict(),
             "timing_ms": {
                 "fetch": self.timing_ms.fetch,
                 "preprocess": self.timing_ms.preprocess,
@@ -240,7 +267,7 @@ class ResultRecord:
             error=None if error is None else ResultError(error["code"], error["message"]),
             model=data["model"],
             fidelity=Fidelity(data.get("fidelity", DEFAULT_FIDELITY)),
-            image=None if image is None else ImageInfo(image["width"], image["height"], image["bytes"]),
+            image=None if image is None else ImageInfo.from_dict(image),
             timing_ms=Timing(timing["fetch"], timing["preprocess"], timing["inference"]),
             metadata=data.get("metadata"),
         )

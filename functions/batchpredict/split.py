@@ -37,7 +37,7 @@ from batchpredict.messages import (
     work_item_bytes,
 )
 from batchpredict.observability import logger
-from batchpredict.options import JobOptions, OptionError, parse_options
+from batchpredict.options import ROBOTS_IGNORE, JobOptions, OptionError, parse_options
 from batchpredict.queues import SEND_BATCH_LIMIT, Queue
 from batchpredict.records import WorkItem, preview
 from batchpredict.results import ResultStore
@@ -168,7 +168,11 @@ class Splitter:
             # Never silently ignored: the job fails at once, naming the option.
             return self._fail(job_id, f"manifest {obj.uri}: {bad_option}")
         chunk_options = _chunk_options(
-            stored_options.get("top_k"), stored_options.get("max_failures"), stored_options.get("fidelity")
+            stored_options.get("top_k"),
+            stored_options.get("max_failures"),
+            stored_options.get("fidelity"),
+            stored_options.get("host_rps"),
+            robots=stored_options.get("robots"),
         )
         return self._guarded(
             job_id,
@@ -200,7 +204,7 @@ class Splitter:
                 continuation.manifest,
                 Position.from_dict(continuation.position),
                 remaining_ms,
-                _chunk_options(job.top_k, job.max_failures, job.fidelity),
+                _chunk_options(job.top_k, job.max_failures, job.fidelity, job.host_rps, robots=job.robots),
             ),
         )
 
@@ -319,12 +323,21 @@ class Splitter:
         return SplitOutcome(job_id, "failed")
 
 
-def _chunk_options(top_k: int | None, max_failures: str | None, fidelity: str | None) -> dict[str, Any]:
+def _chunk_options(
+    top_k: int | None,
+    max_failures: str | None,
+    fidelity: str | None,
+    host_rps: str | None = None,
+    *,
+    robots: str | None = None,
+) -> dict[str, Any]:
     """The job's options every chunk message carries, so predict needs no lookup for them."""
     return {
         "top_k": top_k,
         "max_failures": max_failures,
         "fidelity": Fidelity(fidelity) if fidelity is not None else None,
+        "host_rps": float(host_rps) if host_rps is not None else None,
+        "ignore_robots": robots == ROBOTS_IGNORE,
     }
 
 

@@ -14,7 +14,8 @@ from typing import Any
 import pytest
 from cfnlint.api import lint
 
-from batchpredict.config import deadline_settings
+from batchpredict import __version__
+from batchpredict.config import ConfigError, deadline_settings, fetch_limits
 from batchpredict.deadlines import DeadlineSettings
 from batchpredict.local.template import Resolver, deadline_environment, parameter_defaults
 from tests.infra.cfn import (
@@ -349,6 +350,9 @@ def test_parameters_have_the_documented_defaults(cfn: dict[str, Any]) -> None:
     assert defaults == {
         "ModelUri": "",
         "ImageSourcePrefixes": "",
+        "ContactUrl": "https://github.com/OPERATOR/batchpredict",
+        "UserAgent": "",
+        "RobotsTxt": "off",
         "ApiImageSourcePrefixes": "",
         "ApiAuth": "AWS_IAM",
         "ApiJwtIssuer": "",
@@ -360,6 +364,9 @@ def test_parameters_have_the_documented_defaults(cfn: dict[str, Any]) -> None:
         "WorkBatchSize": 8,
         "WorkBatchingWindowSeconds": 1,
         "PredictMaxConcurrency": 20,
+        "HostRps": 10,
+        "HostConcurrency": 8,
+        "DeferBudgetSeconds": 3600,
         "SplitMemorySize": 512,
         "PredictMemorySize": 3538,
         "FinalizeMemorySize": 512,
@@ -517,7 +524,11 @@ def test_the_api_is_authorized_limited_and_logged(cfn: dict[str, Any]) -> None:
 
 # Jobs of these many chunks: empty, one, a wave of 160, one more, the largest (1M lines of 16).
 DEADLINE_SIZES = (0, 1, 160, 161, 62_500)
-DEADLINE_PARAMETERS = {"WORK_BATCH_SIZE": "WorkBatchSize", "PREDICT_MAX_CONCURRENCY": "PredictMaxConcurrency"}
+DEADLINE_PARAMETERS = {
+    "WORK_BATCH_SIZE": "WorkBatchSize",
+    "PREDICT_MAX_CONCURRENCY": "PredictMaxConcurrency",
+    "DEFER_BUDGET_SECONDS": "DeferBudgetSeconds",
+}
 
 
 def template_deadlines(cfn: dict[str, Any], **parameters: str) -> DeadlineSettings:
@@ -673,6 +684,9 @@ def _listed(value: Any) -> list[Any]:
     return value if isinstance(value, list) else [value]
 
 
+DEFERRED_LINES = "arn:aws:s3:::outputbucket/results/*/deferred/*"
+
+
 def test_the_predictors_read_only_the_listed_prefixes_and_the_model(cfn: dict[str, Any]) -> None:
     parameters = {
         "ImageSourcePrefixes": "s3://photos/cats/,s3://other-bucket/birds/,s3://photos/dogs/2024/",
@@ -685,12 +699,13 @@ def test_the_predictors_read_only_the_listed_prefixes_and_the_model(cfn: dict[st
         "arn:aws:s3:::other-bucket/birds/*",
         "arn:aws:s3:::photos/dogs/2024/*",
         "arn:aws:s3:::models-bucket/effnet/v1/*",
+        DEFERRED_LINES,  # its own output: the lines a deferred chunk finished (deferral.py)
     }
     api = _s3_grants(cfn, "PredictApiRole", **parameters)
     assert api == {"s3:GetObject": {"arn:aws:s3:::photos/public/*", "arn:aws:s3:::models-bucket/effnet/v1/*"}}
     for role in PREDICTOR_ROLES:
         grants = _s3_grants(cfn, role)  # the defaults: no image source, the model in the image
-        assert "s3:GetObject" not in grants, role
+        assert grants.get("s3:GetObject", set()) <= {DEFERRED_LINES}, role
         assert "s3:ListBucket" not in _s3_grants(cfn, role, **parameters), role  # nothing to probe keys with
     # the environment carries the same lists, for fetch.py's own check
     functions = {
@@ -889,3 +904,73 @@ def test_a_dead_lettered_manifest_message_is_consumed_by_reconcile(cfn: dict[str
     assert "dynamodb:PutItem" in reconcile and "dynamodb:UpdateItem" in reconcile
     redrive = cfn["Resources"]["ManifestDeadLetterQueue"]["Properties"]["RedrivePolicy"]
     assert getatt_target(redrive["deadLetterTargetArn"]) == "ReconcileDeadLetterQueue"
+
+
+# --- who the fetcher says it is, and what it respects ------------------------------------------
+
+IDENTITY_SETTINGS = {"CONTACT_URL": "ContactUrl", "USER_AGENT": "UserAgent", "ROBOTS_TXT": "RobotsTxt"}
+
+
+@pytest.mark.parametrize(
+    ("parameters", "user_agent", "robots_txt"),
+    [
+        ({}, f"batchpredict/{__version__} (+https://github.com/OPERATOR/batchpredict)", False),
+        (
+            {"ContactUrl": "https://example.org/bot"},
+            f"batchpredict/{__version__} (+https://example.org/bot)",
+            False,
+        ),
+        (
+            {"UserAgent": "acmebot/2.1 (+https://acme.test/bot)", "RobotsTxt": "on"},
+            "acmebot/2.1 (+https://acme.test/bot)",
+            True,
+        ),
+    ],
+)
+def test_both_fetching_functions_identify_as_the_parameters_say(
+    parameters: dict[str, str], user_agent: str, robots_txt: bool, cfn: dict[str, Any]
+) -> None:
+    for name in IMAGE_FUNCTIONS:
+        variables = cfn["Resources"][name]["Properties"]["Environment"]["Variables"]
+        assert {k: variables.get(k) for k in IDENTITY_SETTINGS} == {
+            k: {"Ref": p} for k, p in IDENTITY_SETTINGS.items()
+        }, name
+        env = _resolver(cfn, **parameters)(variables)
+        limits = fetch_limits({k: str(v) for k, v in env.items()})
+        assert (limits.user_agent, limits.robots_txt) == (user_agent, robots_txt), name
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "accepted"),
+    [
+        ("UserAgent", "", True),
+        ("UserAgent", "acmebot/2.1 (+https://acme.test/bot)", True),
+        ("UserAgent", "acmebot", True),
+        ("UserAgent", "(acmebot) 2.1", False),  # no product token first
+        ("UserAgent", "acmebot/2.1 \u00e9", False),  # not ASCII
+        ("UserAgent", "acmebot/2.1\r\nX-Evil: 1", False),  # no header injection
+        ("ContactUrl", "https://example.org/bot", True),
+        ("ContactUrl", "mailto:bot@example.org", False),
+        ("ContactUrl", "https://example.org/a b", False),
+        ("RobotsTxt", "on", True),
+        ("RobotsTxt", "yes", False),
+    ],
+)
+def test_identity_parameters_take_only_what_the_settings_take(
+    name: str, value: str, accepted: bool, cfn: dict[str, Any]
+) -> None:
+    parameter = cfn["Parameters"][name]
+    in_template = (
+        value in parameter["AllowedValues"]
+        if "AllowedValues" in parameter
+        else bool(re.fullmatch(parameter["AllowedPattern"], value))
+        and len(value) <= parameter.get("MaxLength", 256)
+    )
+    assert in_template is accepted
+    setting = {"UserAgent": "USER_AGENT", "ContactUrl": "CONTACT_URL", "RobotsTxt": "ROBOTS_TXT"}[name]
+    try:
+        fetch_limits({setting: value})
+    except ConfigError:
+        assert not accepted
+    else:
+        assert accepted

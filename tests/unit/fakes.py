@@ -217,6 +217,7 @@ class FakeJobs:
         model: str | None,
         usage: ChunkUsage | None = None,
         deadline: float | None = None,
+        undeferred: int = 0,
     ) -> bool:
         self.count_calls.append((chunk, succeeded, failed, model))
         self.usages.append(usage)
@@ -229,8 +230,12 @@ class FakeJobs:
             failed=self.job.failed + failed,
             chunks_done=self.job.chunks_done + 1,
             model=self.job.model or model,
+            deferred_lines=self.job.deferred_lines - undeferred,
         )
         return True
+
+    def add_deferred(self, job_id: str, chunk: int, lines: int, deadline: float | None = None) -> None:
+        self.job = replace(self.job, deferred_lines=self.job.deferred_lines + lines)
 
     def may_be_done(self, job_id: str, chunk: int) -> bool:
         return True  # the writer then reads the whole job, as it does when a shard is complete
@@ -292,11 +297,13 @@ class ScriptedFetcher:
         self.delays = delays or {}
         self.calls: dict[str, int] = {}
         self.deadlines: dict[str, float] = {}
+        self.robots: dict[str, bool] = {}  # the robots= of each URL's latest call
         self._lock = threading.Lock()
 
-    def fetch(self, url: str, deadline: float | None = None) -> Fetched:
+    def fetch(self, url: str, deadline: float | None = None, *, robots: bool = True) -> Fetched:
         with self._lock:
             self.calls[url] = self.calls.get(url, 0) + 1
+            self.robots[url] = robots
             script = self.scripts[url]
             answer = script[min(self.calls[url], len(script)) - 1]
             self.deadlines[url] = deadline or 0.0
