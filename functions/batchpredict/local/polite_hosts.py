@@ -211,7 +211,7 @@ class PoliteHost(LoopbackHTTPServer):
         self._clock = clock
         self._log: list[Request] = []
         self._log_lock = threading.Lock()
-        super().__init__(_handler(self), port, name="polite-host")
+        super().__init__(_handler(self), port, name="polite-host", poll_interval=0.05)
 
     def requests(self) -> list[Request]:
         """Every request so far (a copy), in the order they ended."""

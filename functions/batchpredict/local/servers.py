@@ -41,10 +41,16 @@ class LoopbackHTTPServer:
     """A threading HTTP server on 127.0.0.1 (a free port unless given), run in a daemon thread."""
 
     def __init__(
-        self, handler: type[http.server.BaseHTTPRequestHandler], port: int = 0, name: str = "http"
+        self,
+        handler: type[http.server.BaseHTTPRequestHandler],
+        port: int = 0,
+        name: str = "http",
+        poll_interval: float = 0.5,  # how soon stop() is seen
     ) -> None:
         self._server = _ThreadingServer(("127.0.0.1", port), handler)
-        self._thread = threading.Thread(target=self._server.serve_forever, name=name, daemon=True)
+        self._thread = threading.Thread(
+            target=self._server.serve_forever, args=(poll_interval,), name=name, daemon=True
+        )
 
     @property
     def url(self) -> str:
