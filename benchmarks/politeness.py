@@ -22,8 +22,9 @@ time is within 1.3x the bound. (N/A: no request after the grace period, e.g. a t
 ``--all-429-host`` adds a host that answers 429 to everything (``--all-429-shape``), with its
 own lines (``--all-429-lines``, default a host's share) beside the same lines of the other hosts,
 and runs, right before it, a peer leg of the same job without that host. It reports that host's
-lines' final codes and when they ended (the S3 LastModified of the result part that holds them,
-after the upload; whole seconds on the local stack's moto server), and each other host's
+lines' final codes, how often each was requested and when they ended (the S3 LastModified of the
+result part that holds them, after the upload and after the line's first request; whole seconds
+on the local stack's moto server; ``--budget-seconds S`` checks the latter), and each other host's
 throughput (its lines / the time its last line ended) against the peer's: not slowed by more
 than 10%. A chunk is written when its last line is done, so a chunk that mixes hosts and waits on
 the all-429 host's lines shows here.
@@ -35,7 +36,7 @@ Usage::
 
     python benchmarks/politeness.py [--lines 3000] [--hosts 5:4:100,20:8:100,50:16:100]
         [--weights 1,1,1] [--workers 2] [--host-rps N] [--grace 60] [--all-429-host
-        [--all-429-shape -:-:0:reject-all] [--all-429-lines N]] [--repeat 1] [--check]
+        [--all-429-shape -:-:0:reject-all] [--all-429-lines N] [--budget-seconds S]] [--repeat 1] [--check]
         [--env K=V] [--model build/model/efficientnet-lite0] [--samples build/samples]
 
 Host shapes: ``RPS:CONCURRENCY[:LATENCY_MS][:FLAG...]`` (``-`` for no limit; flags ``reject-all``,
@@ -59,7 +60,7 @@ from pathlib import Path
 from typing import Any
 
 from batchpredict.local.host_traffic import Traffic, least_seconds, traffic, within
-from batchpredict.local.polite_hosts import HostShape, Request, read_log
+from batchpredict.local.polite_hosts import IMAGE_PATH, HostShape, Request, read_log
 
 ROOT = Path(__file__).resolve().parents[1]
 RUNS = ROOT / "build" / "bench" / "runs"
@@ -340,7 +341,7 @@ def checks(leg: LegResult, grace: float) -> list[tuple[bool | None, str]]:
     bound, _ = leg.bound()
     found.append(
         (
-            leg.wall <= WALL_FACTOR * bound,
+            leg.wall <= WALL_FACTOR * bound if bound else None,
             f"wall {leg.wall:.1f} s <= {WALL_FACTOR:g}x the bound {bound:.1f} s "
             f"= {WALL_FACTOR * bound:.1f} s",
         )
@@ -380,23 +381,60 @@ def host_finish(leg: LegResult, host: HostRun) -> float | None:
     return max(ends) if len(ends) == len(host.lines) and ends else None
 
 
-def print_all_429(leg: LegResult, peer: LegResult) -> list[tuple[bool | None, str]]:
+def line_attempts(leg: LegResult, host: HostRun) -> dict[int, list[float]]:
+    """Each of the host's lines' request arrivals, in s after the upload (from its log)."""
+    attempts: dict[int, list[float]] = {i: [] for i in host.lines}
+    for request in host.log:
+        match = IMAGE_PATH.match(request.path.split("?", 1)[0])
+        if match and int(match[1]) in attempts:
+            attempts[int(match[1])].append(request.arrived - leg.submitted_at)
+    return attempts
+
+
+def print_refusing_host(leg: LegResult, host: HostRun, budget: float | None) -> list[tuple[bool | None, str]]:
+    """An all-429 host's lines: final codes, when they ended, how long and how often each was tried."""
+    codes = leg.host_outcomes(host)
+    print(f"  all-429 host {host.url}: {len(host.lines)} lines: {fmt_counts(codes)}")
+    found: list[tuple[bool | None, str]] = [
+        (codes == Counter({"rate_limited": len(host.lines)}), "all-429 host: every line rate_limited")
+    ]
+    ends = sorted(leg.line_ends[i] for i in host.lines if i in leg.line_ends)
+    if not ends:
+        return found
+    print(
+        f"    results written {ends[0]:.0f} to {ends[-1]:.0f} s after the upload (median "
+        f"{statistics.median(ends):.0f} s; S3 LastModified, whole seconds)"
+    )
+    attempts = line_attempts(leg, host)
+    tried = [len(times) for times in attempts.values()]
+    spans = [leg.line_ends[i] - min(t) for i, t in attempts.items() if t and i in leg.line_ends]
+    print(
+        f"    requests a line: {min(tried)} to {max(tried)} (median {statistics.median(tried):g}); "
+        + (
+            f"first request -> result written: {min(spans):.0f} to {max(spans):.0f} s "
+            f"(median {statistics.median(spans):.0f} s)"
+            if spans
+            else "no line was requested"
+        )
+    )
+    if budget is not None:
+        longest = max(spans, default=0.0)
+        found.append(
+            (
+                longest <= budget + 1,  # + 1: LastModified has whole seconds
+                f"all-429 host: every line ended within {budget:g} s of its first request "
+                f"(longest {longest:.0f} s)",
+            )
+        )
+    return found
+
+
+def print_all_429(leg: LegResult, peer: LegResult, budget: float | None) -> list[tuple[bool | None, str]]:
     """The all-429 host's lines, and the other hosts' throughput against the peer leg's."""
     found: list[tuple[bool | None, str]] = []
     print(f"\n{leg.label} against {peer.label} (the same hosts and lines, without the all-429 host):")
     for host in (h for h in leg.hosts if h.spec.shape.reject_all):
-        codes = leg.host_outcomes(host)
-        ends = sorted(leg.line_ends[i] for i in host.lines if i in leg.line_ends)
-        attempts = len(host.log) / max(1, len(host.lines))
-        print(f"  all-429 host {host.url}: {len(host.lines)} lines: {fmt_counts(codes)}")
-        if ends:
-            print(
-                f"    ended {ends[0]:.1f} to {ends[-1]:.1f} s after the upload (median "
-                f"{statistics.median(ends):.1f} s); {len(host.log)} requests, {attempts:.1f} a line"
-            )
-        found.append(
-            (codes == Counter({"rate_limited": len(host.lines)}), "all-429 host: every line rate_limited")
-        )
+        found += print_refusing_host(leg, host, budget)
     ratios = []
     for n, (host, twin) in enumerate(zip(leg.hosts, peer.hosts, strict=False), 1):
         done, twin_done = host_finish(leg, host), host_finish(peer, twin)
@@ -461,6 +499,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     )
     add("--all-429-shape", default=ALL_429_SHAPE, help=f"that host's shape (default {ALL_429_SHAPE})")
     add("--all-429-lines", type=int, default=None, help="that host's lines (default: lines / hosts)")
+    add(
+        "--budget-seconds",
+        type=float,
+        default=None,
+        help="with --all-429-host: check each of its lines ended within this many s of its first request",
+    )
     add("--repeat", type=int, default=1, help="runs (default 1)")
     add("--check", action="store_true", help="exit 1 when a target FAILs")
     add("--env", type=_pair, action="append", default=[], help="function setting K=V (repeatable)")
@@ -508,7 +552,7 @@ def main(argv: Sequence[str] | None = None) -> None:
                 folder / "leg",
             )
             results += print_leg(leg, args.grace)
-            results += print_all_429(leg, peer)
+            results += print_all_429(leg, peer, args.budget_seconds)
         else:
             leg = run_leg(args, f"run {run}", args.specs, counts, folder)
             results += print_leg(leg, args.grace)
