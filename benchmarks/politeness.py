@@ -40,7 +40,8 @@ Usage::
         [--env K=V] [--model build/model/efficientnet-lite0] [--samples build/samples]
 
 Host shapes: ``RPS:CONCURRENCY[:LATENCY_MS][:FLAG...]`` (``-`` for no limit; flags ``reject-all``,
-``503``, ``date``, ``no-retry-after``, ``retry=S``, ``count-refused``: see HostShape.parse).
+``503``, ``date``, ``no-retry-after``, ``retry=S``, ``count-refused``, ``queue``: see
+HostShape.parse).
 """
 
 from __future__ import annotations
@@ -369,6 +370,8 @@ def print_leg(leg: LegResult, grace: float) -> list[tuple[bool | None, str]]:
         print(f"    {len(host.lines)} lines: {fmt_counts(leg.host_outcomes(host))}")
         print(f"    whole job:         {describe_traffic(whole)}")
         print(f"    after first {grace:3g} s: {describe_traffic(late)}")
+        if queued := [r.queued for r in host.log if r.queued > 0]:
+            print(f"    {len(queued)} requests waited their turn: up to {max(queued):.1f} s")
     found = checks(leg, grace)
     for ok, what in found:
         print(f"  {verdict(ok)} {what}")
@@ -443,9 +446,12 @@ def print_all_429(leg: LegResult, peer: LegResult, budget: float | None) -> list
             continue
         ratio = (len(host.lines) / done) / (len(twin.lines) / twin_done)
         ratios.append(ratio)
+        middle = statistics.median(leg.line_ends[i] for i in host.lines)
+        twin_middle = statistics.median(peer.line_ends[i] for i in twin.lines)
         print(
-            f"  host {n}: last line ended {done:.1f} s vs {twin_done:.1f} s: "
-            f"{len(host.lines) / done:.2f} vs {len(twin.lines) / twin_done:.2f} lines/s, {ratio:.2f}x"
+            f"  host {n}: last line ended {done:.0f} s vs {twin_done:.0f} s: "
+            f"{len(host.lines) / done:.2f} vs {len(twin.lines) / twin_done:.2f} lines/s, {ratio:.2f}x "
+            f"(median line {middle:.0f} s vs {twin_middle:.0f} s)"
         )
     lowest = min(ratios, default=None)
     found.append(

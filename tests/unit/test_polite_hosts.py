@@ -188,6 +188,16 @@ def test_refused_requests_count_against_the_rate_only_when_the_host_says_so() ->
         assert get(f"{host.url}/img/2.jpg")[0] == 429
 
 
+def test_a_host_that_slows_down_answers_past_its_limits_late_instead_of_refusing() -> None:
+    with serving(HostShape(rps=2, queue=True)) as host:
+        answers = [get(f"{host.url}/img/{n}.jpg")[0] for n in range(3)]
+        log = logged(host, 3)
+    assert answers == [200, 200, 200]
+    assert [r.refused for r in log] == ["", "", ""]
+    assert log[2].queued > 0.5  # until the first left the window, a second after it arrived
+    assert log[2].arrived + log[2].queued >= log[0].arrived + 1.0
+
+
 def test_the_log_is_read_over_http_and_is_neither_limited_nor_logged() -> None:
     clock = Clock()
     with serving(HostShape(rps=1), clock) as host:
@@ -212,13 +222,16 @@ def test_the_log_is_read_over_http_and_is_neither_limited_nor_logged() -> None:
             HostShape(50, 16, status=503, retry_after="date", count_refused=True),
         ),
         ("0.5:-:0:no-retry-after", HostShape(rps=0.5, retry_after="none")),
+        ("5:2:0:queue", HostShape(rps=5, concurrency=2, queue=True)),
     ],
 )
 def test_host_shapes_parse(text: str, shape: HostShape) -> None:
     assert HostShape.parse(text) == shape
 
 
-@pytest.mark.parametrize("text", ["5", "0:4", "5:0", "5:4:-1", "5:4:0:teapot", "x:4"])
+@pytest.mark.parametrize(
+    "text", ["5", "0:4", "5:0", "5:4:-1", "5:4:0:teapot", "x:4", "-:-:0:reject-all:queue"]
+)
 def test_bad_host_shapes_are_refused(text: str) -> None:
     with pytest.raises(ValueError):
         HostShape.parse(text)

@@ -15,6 +15,8 @@ the request at once with 429 (or 503) and a ``Retry-After`` header:
   (``retry_after="date"``, rounded up to the next whole second), or absent
   (``retry_after="none"``); ``retry_after_seconds`` fixes the value instead.
 * ``reject_all``: every image request is refused (a host that never lets a client in).
+* ``queue``: past its limits a request is not refused but waits its turn (a host that slows
+  down): it is answered once the limits admit it, however long that takes.
 
 Every request, admitted or not, is logged (arrival, end, status, path, why it was refused) in
 memory: ``PoliteHost.requests()``, or over HTTP at ``GET /_log`` (JSON; neither limited nor logged),
@@ -48,6 +50,7 @@ REFUSAL_STATUSES = (429, 503)
 LOG_PATH = "/_log"
 IMAGE_PATH = re.compile(r"^/img/(\d+)\.jpg$")
 SOURCE_SUFFIXES = (".jpg", ".jpeg", ".png")
+QUEUE_POLL = 0.01  # seconds between a queued request's tries
 
 
 @dataclass(frozen=True)
@@ -62,6 +65,7 @@ class HostShape:
     retry_after: RetryAfter = "seconds"
     retry_after_seconds: float | None = None  # a fixed Retry-After (None: computed as above)
     count_refused: bool = False  # refused requests count against the rate window too
+    queue: bool = False  # past the limits a request waits to be admitted instead of being refused
 
     def __post_init__(self) -> None:
         if self.rps is not None and self.rps <= 0:
@@ -72,6 +76,8 @@ class HostShape:
             raise ValueError(f"latency_ms must be >= 0, got {self.latency_ms}")
         if self.status not in REFUSAL_STATUSES:
             raise ValueError(f"status must be one of {REFUSAL_STATUSES}, got {self.status}")
+        if self.queue and (self.count_refused or self.reject_all):
+            raise ValueError("queue goes with neither count_refused nor reject_all: it refuses nothing")
         if self.retry_after not in RETRY_AFTER_FORMS:
             raise ValueError(f"retry_after must be one of {RETRY_AFTER_FORMS}, got {self.retry_after!r}")
 
@@ -89,7 +95,8 @@ class HostShape:
     def parse(cls, text: str) -> HostShape:
         """``RPS:CONCURRENCY[:LATENCY_MS][:FLAG...]``; ``-`` for no limit. Flags: ``reject-all``,
         ``503``, ``date`` (Retry-After as an HTTP date), ``no-retry-after``, ``retry=SECONDS``,
-        ``count-refused``. E.g. ``5:4:100``, ``-:-:0:reject-all:retry=2``, ``20:8:50:503:date``."""
+        ``count-refused``, ``queue`` (a host that slows down instead of refusing). E.g. ``5:4:100``,
+        ``-:-:0:reject-all:retry=2``, ``20:8:50:503:date``."""
         parts = text.strip().split(":")
         if len(parts) < 2:
             raise ValueError(f"{text!r}: expected RPS:CONCURRENCY[:LATENCY_MS][:FLAG...]")
@@ -112,6 +119,8 @@ class HostShape:
                 values["retry_after_seconds"] = float(flag.removeprefix("retry="))
             elif flag == "count-refused":
                 values["count_refused"] = True
+            elif flag == "queue":
+                values["queue"] = True
             else:
                 raise ValueError(f"{text!r}: unknown flag {flag!r}")
         return cls(**values)
@@ -130,6 +139,8 @@ class HostShape:
             extra.append(f"Retry-After {self.retry_after_seconds:g} s")
         if self.count_refused:
             extra.append("refused requests count against the rate")
+        if self.queue:
+            extra.append("past its limits requests wait their turn")
         return f"{rps}, {concurrency}, " + ", ".join(extra)
 
 
@@ -143,6 +154,7 @@ class Request:
     status: int
     path: str
     refused: str = ""  # "", "rate", "concurrency" or "reject_all"
+    queued: float = 0.0  # seconds it waited to be admitted (a ``queue`` host)
 
     @classmethod
     def from_json(cls, doc: dict[str, Any]) -> Request:
@@ -233,6 +245,10 @@ def _handler(host: PoliteHost) -> type[http.server.BaseHTTPRequestHandler]:
                 self._send(200, "application/json", json.dumps([asdict(r) for r in host.requests()]).encode())
                 return
             arrived, refused, wait = host._gate.admit()
+            admitted = arrived
+            while refused and host.shape.queue:  # wait for a turn, as a host that slows down
+                time.sleep(min(max(wait, 0.001), QUEUE_POLL))
+                admitted, refused, wait = host._gate.admit()
             status = 0
             try:
                 status = self._answer(arrived, refused, wait)
@@ -241,7 +257,7 @@ def _handler(host: PoliteHost) -> type[http.server.BaseHTTPRequestHandler]:
             finally:
                 if not refused:
                     host._gate.release()
-                host._record(Request(arrived, host._clock(), status, self.path, refused))
+                host._record(Request(arrived, host._clock(), status, self.path, refused, admitted - arrived))
 
         def _answer(self, arrived: float, refused: str, wait: float) -> int:
             shape = host.shape
