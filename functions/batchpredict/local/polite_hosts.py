@@ -151,7 +151,7 @@ class Request:
 
     arrived: float
     ended: float
-    status: int
+    status: int  # 0: the client went away before its answer was written
     path: str
     refused: str = ""  # "", "rate", "concurrency" or "reject_all"
     queued: float = 0.0  # seconds it waited to be admitted (a ``queue`` host)
@@ -252,7 +252,7 @@ def _handler(host: PoliteHost) -> type[http.server.BaseHTTPRequestHandler]:
             status = 0
             try:
                 status = self._answer(arrived, refused, wait)
-            except OSError:  # the client went away (its deadline): logged with what was meant
+            except OSError:  # the client went away (its deadline): logged with status 0
                 pass
             finally:
                 if not refused:
