@@ -212,6 +212,19 @@ def outcome(record: Any) -> str:
     return SUCCEEDED if record.status == SUCCEEDED else (record.error.code if record.error else "?")
 
 
+def results(client: Any, job_id: str, status: str) -> tuple[dict[int, str], dict[str, Any]]:
+    """Each line's outcome and the job's _summary.json; none of either for a job that ended without
+    them (FAILED: its error is printed, and its lines count as missing)."""
+    from batchpredict.cli.client import UserError
+
+    try:
+        return {r.index: outcome(r) for r in client.result_lines(job_id)}, client.summary(job_id)
+    except UserError as exc:
+        job = client.jobs.get(job_id)
+        print(f"job {job_id} {status} without results: {exc}; its error: {job.error if job else '?'}")
+        return {}, {}
+
+
 def run_leg(
     args: argparse.Namespace, label: str, specs: Sequence[HostSpec], counts: Sequence[int], folder: Path
 ) -> LegResult:
@@ -246,8 +259,7 @@ def run_leg(
                 time.sleep(0.25)
             wall = time.monotonic() - started
             client._await_summary(job_id, 0.25)
-            summary = client.summary(job_id)
-            outcomes = {r.index: outcome(r) for r in client.result_lines(job_id)}
+            outcomes, summary = results(client, job_id, job.status.value)
             ends = line_end_times(client, job_id, submitted_at)
         finally:
             stack.stop()
