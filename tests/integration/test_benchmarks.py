@@ -3,7 +3,8 @@ of the contracts a benchmark uses breaks this test, not the next measurement. Ea
 the script prints, a few seconds each. No figure is asserted: these are runs, not measurements.
 
 Elsewhere: chaos.py (tests/e2e/test_local_stack.py runs its chaos_job), report_shim
-(tests/unit/test_bench_report_shim.py), fidelity_agreement.py (test_fidelity_benchmark.py);
+(tests/unit/test_bench_report_shim.py), fidelity_agreement.py (test_fidelity_benchmark.py),
+politeness.py (tests/e2e/test_politeness_smoke.py: it starts the local stack);
 local_stack_throughput.py and model_throughput.py get theirs with the work of issue 18 that
 changes them, fairness.py in tests/e2e/test_fairness_smoke.py (it needs the local stack)
 (SMOKED_ELSEWHERE).
@@ -27,6 +28,7 @@ SMOKED_ELSEWHERE = {
     "fidelity_agreement.py",
     "local_stack_throughput.py",
     "model_throughput.py",
+    "politeness.py",
 }
 
 

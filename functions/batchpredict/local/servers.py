@@ -32,14 +32,26 @@ class MotoServer:
         self._server.stop()
 
 
+class _ThreadingServer(http.server.ThreadingHTTPServer):
+    # Clients may open many connections at once (a job's fetch threads): the default backlog of 5
+    # would drop their SYNs and stall them a second each, which is no server's doing.
+    request_queue_size = 1024
+
+
 class LoopbackHTTPServer:
     """A threading HTTP server on 127.0.0.1 (a free port unless given), run in a daemon thread."""
 
     def __init__(
-        self, handler: type[http.server.BaseHTTPRequestHandler], port: int = 0, name: str = "http"
+        self,
+        handler: type[http.server.BaseHTTPRequestHandler],
+        port: int = 0,
+        name: str = "http",
+        poll_interval: float = 0.5,  # how soon stop() is seen
     ) -> None:
-        self._server = http.server.ThreadingHTTPServer(("127.0.0.1", port), handler)
-        self._thread = threading.Thread(target=self._server.serve_forever, name=name, daemon=True)
+        self._server = _ThreadingServer(("127.0.0.1", port), handler)
+        self._thread = threading.Thread(
+            target=self._server.serve_forever, args=(poll_interval,), name=name, daemon=True
+        )
 
     @property
     def url(self) -> str:
