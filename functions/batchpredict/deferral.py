@@ -98,6 +98,7 @@ class ChunkDeferrer:
             waiting.append(result)
             if count:
                 counts[index] = count
+        ended.sort(key=lambda record: record.index)  # a part holds its lines in manifest order
         if not waiting:
             return ended
         saved = prior.saved if prior else ()

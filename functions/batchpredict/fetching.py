@@ -73,6 +73,8 @@ class ImageFetcher:
         attempt = 0
         while True:
             attempt += 1
+            if self.limiter is not None:
+                self._sleep(self.limiter.hold(url))
             sent = self._clock()
             try:
                 payload: bytes | PredictionError = self.fetcher.fetch(

@@ -42,6 +42,9 @@ WRITE_TRIES = 6
 # A granted slot this far in the past is dropped rather than used (it would overlap the next
 # holder's lease).
 STALE_SLOT_SECONDS = 0.25
+# A process never sends to one host closer than this share of its lease's spacing: a fetch that
+# started late (a busy pool, a loaded CPU) must not go out right beside the next one.
+MIN_GAP_SHARE = 0.9
 # A host's item lives this long after its last change.
 HOST_TTL_SECONDS = 86_400
 _FIELDS = tuple(f for f in HostState.__dataclass_fields__ if f != "version")
@@ -132,6 +135,8 @@ class _Host:
     latency_sum: float = 0.0
     answers: int = 0
     local: HostState | None = None  # the fallback when the store fails
+    gap: float = 0.0  # the spacing of this process's last lease
+    last_sent: float = 0.0
 
     def take_report(self) -> tuple[int, float | None]:
         report = self.successes, (self.latency_sum / self.answers if self.answers else None)
@@ -174,6 +179,7 @@ class HostLimiter:
             if isinstance(got, Turn):
                 return got
             slots.extend(got.slots())
+            host.gap = got.interval
             return Turn(max(slots.popleft(), now))
 
     def _lease(
@@ -192,6 +198,19 @@ class HostLimiter:
         if start > max(horizon, now):  # a host free now is always taken
             return None, Turn(start, defer_until=start)
         return hostlimits.lease(state, self.policy, now, max(pending, 1), job_rps)
+
+    def hold(self, url: str) -> float:
+        """Seconds to wait before sending to ``url``'s host now, so that this process's requests
+        stay at least ``MIN_GAP_SHARE`` of their spacing apart however late each one started."""
+        key = hostlimits.host_key(url)
+        if key is None:
+            return 0.0
+        host = self._host(key)
+        now = self._wall()
+        with host.lock:
+            wait = max(0.0, host.last_sent + MIN_GAP_SHARE * host.gap - now)
+            host.last_sent = now + wait
+        return wait
 
     def answered(self, url: str, seconds: float) -> None:
         """An answer that was not a refusal (whatever its status): the host is serving us."""

@@ -15,9 +15,12 @@ of every job reads and writes:
 * **concurrency, by Little's law**: requests in flight = rate x latency, so the rate used is
   capped at ``concurrency / latency`` (latency: a moving average of the host's answers).
 * **learning**: a refusal (429, 503) cuts the rate to ``CUT_FACTOR`` of itself (once per
-  ``CUT_INTERVAL_SECONDS``) and honours ``Retry-After`` by pausing the host's timeline; while
-  demand waits on the timeline and nothing was refused for ``GROW_INTERVAL_SECONDS``, the rate
-  grows (fast until the first refusal, slowly after), up to ``max_rps``.
+  ``CUT_INTERVAL_SECONDS``), remembers the rate refused as the host's ``ceiling``, and honours
+  ``Retry-After`` by pausing the host's timeline. While demand waits on the timeline and nothing
+  was refused for ``GROW_INTERVAL_SECONDS``, the rate grows: fast until the first refusal, then
+  back up to ``SAFE_SHARE`` of the ceiling, and past it only as a slow probe once nothing was
+  refused for ``PROBE_AFTER_SECONDS``. So a host is served just under the rate it refused, not in
+  a saw-tooth through its limit.
 * **a refusing host**: ``breaker_refusals`` refusals in a row over at least
   ``breaker_seconds``, and no success reported since, mark the host as refusing: its lines then
   end ``rate_limited`` at once instead of waiting out their budget.
@@ -38,7 +41,10 @@ CUT_INTERVAL_SECONDS = 2.0
 # x GROW_SLOW, each at most once an interval (after a cut, the rate stays below the limit found).
 GROW_INTERVAL_SECONDS = 3.0
 GROW_FAST = 1.5
-GROW_SLOW = 1.05
+GROW_BACK = 1.1  # after a cut, towards SAFE_SHARE of the ceiling
+GROW_SLOW = 1.05  # past it: a probe
+SAFE_SHARE = 0.9
+PROBE_AFTER_SECONDS = 60.0
 # A latency sample's weight in the host's moving average.
 LATENCY_WEIGHT = 0.2
 # Leases a second a host's item takes at most, whatever its rate: a lease at a rate above this
@@ -64,7 +70,7 @@ class HostPolicy:
     defer_budget_seconds: float = 3600.0  # DEFER_BUDGET_SECONDS: a line's deferrals, in all
     refusals: int = 5  # RATE_LIMIT_REFUSALS: a line's own 429/503s before it fails
     breaker_refusals: int = 8
-    breaker_seconds: float = 30.0
+    breaker_seconds: float = 15.0
 
 
 @dataclass(frozen=True)
@@ -75,6 +81,7 @@ class HostState:
     tat: float = 0.0  # the timeline's next free instant
     paused_until: float = 0.0  # Retry-After
     cut_at: float = 0.0  # last cut (0: never refused)
+    ceiling: float = 0.0  # the rate last refused (0: none)
     grown_at: float = 0.0
     latency: float = 0.0  # moving average of answer times (0: none yet)
     refused_run: int = 0  # refusals in a row, fleet-wide
@@ -149,14 +156,22 @@ def _grown(state: HostState, policy: HostPolicy, now: float) -> HostState:
         return state
     if state.latency > 0 and state.rate >= policy.concurrency / state.latency:
         return state  # concurrency is what limits: more rate would only queue at the host
-    factor = GROW_SLOW if state.cut_at else GROW_FAST
-    return replace(state, rate=min(policy.max_rps, state.rate * factor), grown_at=now)
+    if not state.ceiling:
+        rate = state.rate * GROW_FAST
+    elif state.rate < SAFE_SHARE * state.ceiling:
+        rate = min(state.rate * GROW_BACK, SAFE_SHARE * state.ceiling)
+    elif now - state.cut_at >= PROBE_AFTER_SECONDS:
+        rate = state.rate * GROW_SLOW
+    else:
+        return state
+    return replace(state, rate=min(policy.max_rps, rate), grown_at=now)
 
 
 def refused(state: HostState, policy: HostPolicy, now: float, retry_after: float | None) -> HostState:
     """A 429 or 503: cut the rate (once an interval), pause for ``retry_after``."""
     if now - state.cut_at >= CUT_INTERVAL_SECONDS:
-        state = replace(state, rate=max(policy.min_rps, state.rate * CUT_FACTOR), cut_at=now)
+        cut = max(policy.min_rps, state.rate * CUT_FACTOR)
+        state = replace(state, rate=cut, cut_at=now, ceiling=state.rate)
     paused = max(state.paused_until, now + retry_after) if retry_after else state.paused_until
     since = state.refused_since if state.refused_run else now
     return replace(

@@ -93,6 +93,7 @@ class ChunkWriter:
         deferral = chunk.deferral
         if deferral is not None and deferral.saved:  # the lines it finished before it was deferred
             records += self.results.saved_records(chunk.job_id, chunk.chunk, deferral.saved)
+        if deferral is not None:  # lines that ended at different times: a part is in manifest order
             records.sort(key=lambda record: record.index)
         records[:] = [storable(record) for record in records]  # the caller's list: its metrics agree
         self.results.write_part(chunk.job_id, chunk.chunk, records)

@@ -154,3 +154,23 @@ def test_a_second_deferral_keeps_the_first_rounds_lines_and_adds_its_own() -> No
     assert [i.index for i in third.items] == [3]
     assert jobs.job.deferred_lines == 1  # 3 waited, then 1
     assert deferred_key("job-1", 0, 2) in s3.objects["out"]
+
+
+def test_a_first_delivery_whose_refused_line_is_out_of_budget_writes_its_part_in_order() -> None:
+    """With RATE_LIMIT_REFUSALS=1 the refused line ends at once, after lines finished later in the
+    manifest: the part must still hold the lines in order (finalize's merge checks it)."""
+    jobs = FakeJobs(
+        Job("job-1", JobStatus.RUNNING, "s3://in/manifests/a.txt", total=4, chunks_total=1, split_done=True)
+    )
+    s3, sqs = FakeS3(), FakeSQS()
+    results = ResultStore(s3, "out")  # type: ignore[arg-type]
+    strict = HostPolicy(refusals=1)
+    deferrer = ChunkDeferrer(results, jobs, Queue(sqs, WORK), strict, wall=lambda: NOW)  # type: ignore[arg-type]
+    writer = ChunkWriter(jobs, results, Queue(sqs, "https://sqs/finalize"))  # type: ignore[arg-type]
+    items = _items()
+    chunk = Chunk("job-1", 0, items)
+    records = deferrer.defer(chunk, [_done(items[i]) for i in (0, 2, 3)], [_refused(items[1])], MODEL)
+    assert records is not None
+    assert writer.write(chunk, records, MODEL)
+    part = s3.objects["out"]["results/job-1/parts/000000.jsonl"].splitlines()
+    assert [json.loads(line)["index"] for line in part] == [0, 1, 2, 3]

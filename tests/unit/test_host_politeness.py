@@ -8,6 +8,8 @@ import threading
 import time
 from typing import Any
 
+import pytest
+
 from batchpredict.batch import ChunkBatch
 from batchpredict.deferral import ChunkDeferrer
 from batchpredict.errors import ErrorCode, RefusedError
@@ -143,3 +145,16 @@ def test_without_a_deferrer_a_refused_line_fails_rate_limited() -> None:
     assert (
         record.status == FAILED and record.error is not None and record.error.code == ErrorCode.RATE_LIMITED
     )
+
+
+def test_a_late_fetch_does_not_go_out_right_beside_the_next_one() -> None:
+    now = [1_800_000_000.0]
+    limiter = HostLimiter(None, HostPolicy(rps=10.0, max_rps=10.0), wall=lambda: now[0])
+    url = "https://busy.example/a.jpg"
+    assert limiter.turn(url, None, now[0] + 10, pending=3).at == now[0]
+    assert limiter.hold(url) == 0.0
+    # The next slot was due 0.1 s later, but its fetch only started now (a busy pool): it waits.
+    assert limiter.hold(url) == pytest.approx(0.09)
+    now[0] += 1.0
+    assert limiter.hold(url) == 0.0
+    assert limiter.hold("s3://bucket/key.jpg") == 0.0

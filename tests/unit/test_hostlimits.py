@@ -10,10 +10,13 @@ import pytest
 from batchpredict import hostlimits
 from batchpredict.hostlimits import (
     CUT_FACTOR,
+    GROW_BACK,
     GROW_FAST,
     GROW_INTERVAL_SECONDS,
     GROW_SLOW,
     MAX_RETRY_AFTER_SECONDS,
+    PROBE_AFTER_SECONDS,
+    SAFE_SHARE,
     HostPolicy,
     HostState,
     host_key,
@@ -99,7 +102,7 @@ def test_concurrency_caps_the_rate_by_littles_law() -> None:
 def test_a_refusal_cuts_once_an_interval_and_pauses_for_retry_after() -> None:
     state = HostState(rate=10.0, tat=NOW)
     state = hostlimits.refused(state, POLICY, NOW, retry_after=30.0)
-    assert state.rate == pytest.approx(10.0 * CUT_FACTOR)
+    assert state.rate == pytest.approx(10.0 * CUT_FACTOR) and state.ceiling == 10.0
     assert state.paused_until == NOW + 30 and state.tat == NOW + 30
     # The burst of 429s of the same overshoot is one signal.
     again = hostlimits.refused(state, POLICY, NOW + 0.5, retry_after=None)
@@ -121,11 +124,18 @@ def test_the_rate_grows_only_while_demand_queues_and_nothing_was_refused_lately(
     assert grown.rate == pytest.approx(10.0 * GROW_FAST)
     idle = HostState(rate=10.0, tat=NOW - 1)
     assert hostlimits.lease(idle, POLICY, NOW, want=1)[0].rate == 10.0
-    just_cut = replace(queued, cut_at=NOW - 1)
+    just_cut = replace(queued, cut_at=NOW - 1, ceiling=20.0)
     assert hostlimits.lease(just_cut, POLICY, NOW, want=1)[0].rate == 10.0
-    # Once refused, it grows slowly: it found the host's limit.
-    after = replace(queued, cut_at=NOW - GROW_INTERVAL_SECONDS - 1)
-    assert hostlimits.lease(after, POLICY, NOW, want=1)[0].rate == pytest.approx(10.0 * GROW_SLOW)
+    # Once refused at 20, it grows back to just under 20, and stays there...
+    after = replace(queued, cut_at=NOW - GROW_INTERVAL_SECONDS - 1, ceiling=20.0)
+    assert hostlimits.lease(after, POLICY, NOW, want=1)[0].rate == pytest.approx(10.0 * GROW_BACK)
+    near = replace(after, rate=17.5)
+    assert hostlimits.lease(near, POLICY, NOW, want=1)[0].rate == pytest.approx(SAFE_SHARE * 20.0)
+    at = replace(after, rate=SAFE_SHARE * 20.0)
+    assert hostlimits.lease(at, POLICY, NOW, want=1)[0].rate == at.rate
+    # ... until nothing was refused for a minute: then it probes, slowly.
+    quiet = replace(at, cut_at=NOW - PROBE_AFTER_SECONDS)
+    assert hostlimits.lease(quiet, POLICY, NOW, want=1)[0].rate == pytest.approx(at.rate * GROW_SLOW)
     capped = replace(queued, rate=POLICY.max_rps)
     assert hostlimits.lease(capped, POLICY, NOW, want=1)[0].rate == POLICY.max_rps
 
