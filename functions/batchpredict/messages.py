@@ -143,10 +143,11 @@ class Chunk:
         doc = json.loads(body)
         top_k, fidelity = doc.get("top_k"), doc.get("fidelity")
         chosen = Fidelity(fidelity) if fidelity is not None else None
+        job_id = str(doc["job_id"])
         return cls(
-            str(doc["job_id"]),
+            job_id,
             int(doc["chunk"]),
-            [WorkItem.from_message(i, chosen or DEFAULT_FIDELITY) for i in doc["items"]],
+            [WorkItem.from_message(i, chosen or DEFAULT_FIDELITY, job_id) for i in doc["items"]],
             int(top_k) if top_k is not None else None,
             doc.get("max_failures"),
             chosen,

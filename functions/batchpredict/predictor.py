@@ -29,6 +29,7 @@ class Outcome:
     image: DecodedImage | None = None
     preprocess_ms: float = 0.0
     inference_ms: float = 0.0
+    sha256: str | None = None  # the payload's, hex, once the streaming predictor has hashed it
 
 
 def _decode(payload: bytes | PredictionError, preprocess: Preprocess, max_pixels: int) -> Outcome:
