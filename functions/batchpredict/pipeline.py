@@ -188,11 +188,13 @@ class _Run:
 
 def _copied(leader: ImageResult, item: WorkItem, follower: Follower) -> ImageResult:
     """``item``'s result from its leader's: the same predictions, image and error, no decode or
-    inference time of its own; its own fetch time, or none and the leader named."""
+    inference time of its own; its own fetch time, or none and the leader named (unless the
+    leader is the same line, in a second delivery of its chunk)."""
     done = leader.outcome
     outcome = Outcome(predictions=done.predictions, error=done.error, image=done.image, sha256=done.sha256)
     if follower.fetch_ms is None:
-        return ImageResult(item, outcome, 0.0, shared_with=leader.item.index)
+        same_line = leader.item.index == item.index
+        return ImageResult(item, outcome, 0.0, shared_with=None if same_line else leader.item.index)
     return ImageResult(item, outcome, follower.fetch_ms)
 
 

@@ -314,3 +314,13 @@ def test_a_chunk_of_only_copied_lines_is_written_without_the_predictor() -> None
     assert fetcher.calls == {} and engine.passes == []
     assert [(r.index, r.shared_with) for r in outcomes["m3"].records] == [(48, 1), (49, 0)]
     assert outcomes["m3"].counted and jobs.count_calls == [(3, 2, 0, "efficientnet-lite0@1")]
+
+
+def test_a_chunk_delivered_twice_into_one_run_names_no_line_as_its_own_original() -> None:
+    fetcher = ScriptedFetcher({_url(1): [_img(1)]})
+    predictor, _ = _stream(fetcher, linger=0.02)
+
+    done, _, _ = _run(predictor, [_items([_url(1)], start=7), _items([_url(1)], start=7)])
+
+    assert fetcher.calls == {_url(1): 1}
+    assert [r.shared_with for r in done[0] + done[1]] == [None, None]
