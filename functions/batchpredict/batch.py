@@ -36,6 +36,7 @@ from typing import Any
 from batchpredict.config import DEFAULT_CHUNK_SIZE, DEFAULT_HEARTBEAT_SECONDS
 from batchpredict.costs import ComputeMeter
 from batchpredict.cpu_gate import UNGATED, CpuGate
+from batchpredict.deferral import ChunkDeferrer
 from batchpredict.errors import ErrorCode
 from batchpredict.fidelity import DEFAULT_FIDELITY, Fidelity
 from batchpredict.jobs import STOPPED_STATUSES
@@ -116,6 +117,7 @@ class ChunkOutcome:
     records: list[ResultRecord] = field(default_factory=list)
     counted: bool = False
     error: BaseException | None = None
+    deferred: bool = False  # sent back for lines whose host said "not now" (deferral.py)
 
     def raise_for_failure(self) -> None:
         if self.error is not None:
@@ -136,6 +138,7 @@ class ChunkBatch:
         chunk_size: int = DEFAULT_CHUNK_SIZE,
         heartbeat_seconds: float = DEFAULT_HEARTBEAT_SECONDS,
         gate: CpuGate = UNGATED,
+        deferrer: ChunkDeferrer | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         # The predictor, or how to build it (the model load of a cold start): built in the first
@@ -148,6 +151,8 @@ class ChunkBatch:
         self.memory_mb = memory_mb
         self.write_reserve_seconds = write_reserve_seconds
         self.gate = gate  # the predictor's: the time it waits for CPUs is not billed (costs.py)
+        # Sends deferred lines back for later (None: they are written FAILED rate_limited).
+        self.deferrer = deferrer
         self._clock = clock
         self._writes = ThreadPoolExecutor(WRITER_THREADS, thread_name_prefix="write")
 
@@ -196,7 +201,9 @@ class ChunkBatch:
 
     @staticmethod
     def _wait_for_writes(
-        writes: dict[str, Future[bool]], outcomes: dict[str, ChunkOutcome], remaining: Callable[[], float]
+        writes: dict[str, Future[bool | None]],
+        outcomes: dict[str, ChunkOutcome],
+        remaining: Callable[[], float],
     ) -> None:
         wait_for(writes.values(), timeout=max(remaining() - 1.0, 0.1))
         for message_id, future in writes.items():
@@ -207,7 +214,8 @@ class ChunkBatch:
                 outcome.error = future.exception()
                 logger.error("chunk write failed", extra={"message_id": message_id}, exc_info=outcome.error)
             else:
-                outcome.counted = future.result()
+                written = future.result()
+                outcome.counted, outcome.deferred = bool(written), written is None
 
     def _release(self, unstarted: Sequence[Received], heartbeat: Heartbeat | None) -> None:
         """Refilled chunks with more lines than the run has room for: visible again at once, so
@@ -296,6 +304,22 @@ class ChunkBatch:
                 logger.exception("job status unavailable: predicting its chunks", extra={"job_id": job_id})
         return stopped
 
+    def _defer(
+        self,
+        chunk: Chunk,
+        records: list[ResultRecord],
+        deferred: list[ImageResult],
+        remaining: Callable[[], float],
+        meter: ComputeMeter,
+    ) -> bool | None:
+        """Send the deferred lines back (None), or write the chunk if none is left in budget."""
+        assert self.deferrer is not None
+        ended = self.deferrer.defer(chunk, records, deferred, self.predictor.model_id)
+        if ended is None:
+            return None
+        records[:] = ended
+        return self._write(chunk, records, remaining, meter)
+
     def _write(
         self, chunk: Chunk, records: list[ResultRecord], remaining: Callable[[], float], meter: ComputeMeter
     ) -> bool:
@@ -317,10 +341,13 @@ class _Invocation:
         self.plans: list[SharedPlan] = []  # each group's shared lines (sharing.py)
         # Looked up when a shared line's original is elsewhere, not before: a writer without a
         # job store (tests) has none to read.
-        self.shared = SharedLines(lambda lines: batch.writer.jobs.result_rows(lines))  # noqa: PLW0108
+        self.shared = SharedLines(
+            lambda lines: batch.writer.jobs.result_rows(lines),  # noqa: PLW0108
+            can_defer=batch.deferrer is not None,
+        )
         self.received = {m.message_id: m for m in event}  # the event's and the refilled messages
         self.taken: list[str] = []  # refill: message ids
-        self.writes: dict[str, Future[bool]] = {}
+        self.writes: dict[str, Future[bool | None]] = {}
         queue = batch.work_queue
         self.heartbeat = Heartbeat(queue, batch.heartbeat_seconds, remaining) if queue is not None else None
 
@@ -349,15 +376,30 @@ class _Invocation:
         self.batch._release(unstarted, self.heartbeat)
         self.chunks.extend(live)
         plans = self.shared.plan([chunk for _, chunk in live])
-        self.plans.extend(plans)  # SharedPlan.deferred: empty until sharing.when_original_missing defers
+        self.plans.extend(plans)
         return [replace(chunk, items=plan.predict) for (_, chunk), plan in zip(live, plans, strict=True)]
 
     def predicted(self, group: int, results: list[ImageResult]) -> None:
         message_id, chunk = self.chunks[group]
         predictor = self.batch.predictor
         model, top_k = predictor.model_id, chunk.top_k or predictor.top_k
-        records = [image_record(chunk.job_id, r, model, top_k) for r in results] + self.plans[group].copied
-        self.write(message_id, chunk, sorted(records, key=lambda record: record.index))
+        plan = self.plans[group]
+        deferring = self.batch.deferrer is not None  # without one, a deferred line is written failed
+        results = [*results, *plan.waiting]
+        deferred = [r for r in results if deferring and r.outcome.deferred_until is not None]
+        records = [
+            image_record(chunk.job_id, r, model, top_k)
+            for r in results
+            if not (deferring and r.outcome.deferred_until is not None)
+        ]
+        records = sorted(records + plan.copied, key=lambda record: record.index)
+        if not deferred:
+            self.write(message_id, chunk, records)
+            return
+        self.outcomes[message_id] = ChunkOutcome(chunk, records)
+        self.writes[message_id] = self.batch._writes.submit(
+            self.batch._defer, chunk, records, deferred, self.remaining, self.meter
+        )
 
     def refill(self, lines: int) -> tuple[list[list[WorkItem]], int | None]:
         """At most as many chunks as the event brought, and as many chunks of the function's
@@ -400,6 +442,9 @@ def publish_metrics(outcomes: dict[str, ChunkOutcome]) -> None:
         if outcome.error is not None:
             if isinstance(outcome.error, ChunkUnfinishedError):
                 metrics.add_metric(name="ChunksUnfinished", unit=MetricUnit.Count, value=1)
+            continue
+        if outcome.deferred:
+            metrics.add_metric(name="ChunksDeferred", unit=MetricUnit.Count, value=1)
             continue
         if not outcome.counted:
             # Counted by an earlier delivery: its images are in the metrics already.

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, TypeVar
 from batchpredict.deadlines import DEFAULT_WORK_BATCH_SIZE, DeadlineSettings
 from batchpredict.defaults import DEFAULT_MAX_BATCH, DEFAULT_MAX_PIXELS, DEFAULT_TOP_K
 from batchpredict.fetch import FetchLimits, FetchPolicy, parse_networks, parse_s3_prefixes
+from batchpredict.hostlimits import HostPolicy
 from batchpredict.messages import MAX_CHUNK_SIZE
 from batchpredict.options import MAX_TOP_K
 
@@ -136,6 +137,7 @@ def deadline_settings(env: Mapping[str, str]) -> DeadlineSettings:
         parallel_chunks=batch * concurrency,
         retry_seconds=setting(env, "DEADLINE_RETRY_SECONDS", positive_float, d.retry_seconds),
         finalize_seconds=setting(env, "DEADLINE_FINALIZE_SECONDS", positive_float, d.finalize_seconds),
+        defer_seconds=setting(env, "DEFER_BUDGET_SECONDS", positive_float, d.defer_seconds),
     )
 
 
@@ -296,6 +298,25 @@ def predictor_config(env: Mapping[str, str], policy: FetchPolicy) -> PredictorCo
     )
 
 
+def host_policy(env: Mapping[str, str]) -> HostPolicy:
+    """Per-host politeness (hostlimits.py): every host's starting and highest rate, its
+    concurrency, how long a line waits for its turn in its run, and a line's deferral budget."""
+    d = HostPolicy()
+    rps = setting(env, "HOST_RPS", positive_float, d.rps)
+    max_rps = setting(env, "HOST_MAX_RPS", positive_float, max(d.max_rps, rps))
+    if max_rps < rps:
+        raise ConfigError(f"HOST_MAX_RPS={max_rps:g} is below HOST_RPS={rps:g}")
+    return HostPolicy(
+        rps=rps,
+        max_rps=max_rps,
+        min_rps=min(d.min_rps, rps),
+        concurrency=setting(env, "HOST_CONCURRENCY", positive_int, d.concurrency),
+        max_wait_seconds=setting(env, "HOST_MAX_WAIT_SECONDS", positive_float, d.max_wait_seconds),
+        defer_budget_seconds=setting(env, "DEFER_BUDGET_SECONDS", positive_float, d.defer_budget_seconds),
+        refusals=setting(env, "RATE_LIMIT_REFUSALS", positive_int, d.refusals),
+    )
+
+
 @dataclass(frozen=True)
 class PredictConfig:
     tables: Tables
@@ -312,6 +333,7 @@ class PredictConfig:
     # VISIBILITY_HEARTBEAT_SECONDS: how long each heartbeat keeps the messages in work hidden
     # (renewed every third of it), so how soon a crashed invocation's chunks come back.
     heartbeat_seconds: float = DEFAULT_HEARTBEAT_SECONDS
+    hosts: HostPolicy = field(default_factory=HostPolicy)
 
 
 def predict_config(env: Mapping[str, str]) -> PredictConfig:
@@ -326,6 +348,7 @@ def predict_config(env: Mapping[str, str]) -> PredictConfig:
         heartbeat_seconds=setting(
             env, "VISIBILITY_HEARTBEAT_SECONDS", heartbeat_seconds, DEFAULT_HEARTBEAT_SECONDS
         ),
+        hosts=host_policy(env),
     )
 
 

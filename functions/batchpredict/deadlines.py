@@ -14,7 +14,7 @@ The deadline is generous (every stage's every retry at its full timeout) but fin
   chunk's redeliveries, each held back the longer of the queue's visibility timeout and
   RETRY_HOLD_FACTOR x predict's timeout, then reconcile's first try) ``+ finalize_seconds``
   (finalize and its redeliveries) ``+ n / MERGE_PARTS_PER_SECOND`` (a merge continued over
-  several invocations);
+  several invocations) ``+ defer_seconds`` (lines waiting for their hosts' turns: deferral.py);
 * a job uploaded with ``x-amz-meta-timeout: T``: ``created + T`` from the start, never moved.
 
 The defaults cover the template's numbers (``tests/infra`` derives what the template lets a job
@@ -53,12 +53,13 @@ class DeadlineSettings:
     # timeout), then reconcile's first try (WorkDeadLetterQueue's visibility)
     retry_seconds: float = 10 * RETRY_HOLD_FACTOR * 90 + 360
     finalize_seconds: float = 10 * 300  # FinalizeQueue: maxReceiveCount x VisibilityTimeout
+    defer_seconds: float = 3600  # DEFER_BUDGET_SECONDS: the longest a line waits for its host
 
     def run_seconds(self, chunks: int) -> float:
         """From the end of the split to the end of finalize, for a job of ``chunks`` chunks."""
         waves = math.ceil(chunks / max(self.parallel_chunks, 1))
         predict = waves * self.predict_seconds * self.attempts + self.retry_seconds
-        return predict + self.finalize_seconds + chunks / MERGE_PARTS_PER_SECOND
+        return predict + self.finalize_seconds + chunks / MERGE_PARTS_PER_SECOND + self.defer_seconds
 
     def splitting(self, now: float) -> int:
         """The provisional deadline of a job that is (still) splitting."""

@@ -28,6 +28,9 @@ class ErrorCode(StrEnum):
     IMAGE_TOO_COMPLEX = "image_too_complex"
     INTERNAL_ERROR = "internal_error"
     CANCELLED = "cancelled"  # the job was cancelled, stopped or failed before this line was predicted
+    # The host kept refusing (429/503) or its turn never came within the line's deferral budget
+    # (hostlimits.HostPolicy: refusals, defer_budget_seconds; a host that refuses everything).
+    RATE_LIMITED = "rate_limited"
 
 
 # Worth another attempt: the same request may succeed later.
@@ -48,6 +51,15 @@ class PredictionError(Exception):
 
     def as_dict(self) -> dict[str, str]:
         return {"code": self.code.value, "message": self.message}
+
+
+class RefusedError(PredictionError):
+    """The host said "not now" (HTTP 429 or 503): ``retry_after`` seconds (its Retry-After
+    header, parsed and capped; None without one). The line is deferred, not failed."""
+
+    def __init__(self, message: str, retry_after: float | None) -> None:
+        super().__init__(ErrorCode.RATE_LIMITED, message, transient=True)
+        self.retry_after = retry_after
 
 
 class BundleError(Exception):

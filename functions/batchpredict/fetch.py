@@ -52,7 +52,8 @@ from urllib3.exceptions import (
 )
 
 from batchpredict import aws
-from batchpredict.errors import ErrorCode, PredictionError
+from batchpredict.errors import ErrorCode, PredictionError, RefusedError
+from batchpredict.hostlimits import parse_retry_after
 
 if TYPE_CHECKING:
     from botocore.response import StreamingBody
@@ -65,6 +66,8 @@ Resolver = Callable[[str, int], list[str]]
 REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
 # Statuses that say "try again later" rather than "this URL is wrong".
 TRANSIENT_STATUSES = frozenset({408, 429})
+# Of those, the ones that say "you are asking too often": the host's limit, not the line's fault.
+REFUSAL_STATUSES = frozenset({429, 503})
 
 _HTTP_SCHEMES = ("http", "https")
 _DEFAULT_PORTS = {"http": 80, "https": 443}
@@ -589,7 +592,7 @@ class Fetcher:
                 target = _parse_http_url(current, ErrorCode.INVALID_REDIRECT)
             with self._open(target, deadline) as response:
                 if response.status not in REDIRECT_STATUSES:
-                    _check_status(response.status, target.host)
+                    _check_status(response.status, target.host, response.headers.get("Retry-After"))
                     _check_encoding(response, target.host)
                     data = self._read_body(response, target.host, deadline)
                     return Fetched(data, current)
@@ -740,7 +743,7 @@ class Fetcher:
         return self._within(deadline, lambda: self._get_s3(client, url, bucket, key, deadline))
 
     def _check_s3_source(self, url: str, key: str) -> None:
-        """Refused before S3 is asked: IAM is not the only guard, and a refusal says nothing about
+        """RefusedError before S3 is asked: IAM is not the only guard, and a refusal says nothing about
         whether the object exists. Dot segments are refused too, under an allowed prefix or not."""
         prefixes = self._limits.s3_prefixes
         if prefixes is None:
@@ -1006,9 +1009,13 @@ def _internal_reason(address: IPAddress) -> str | None:
 # -- Responses and errors -------------------------------------------------------
 
 
-def _check_status(status: int, host: str) -> None:
+def _check_status(status: int, host: str, retry_after: str | None = None) -> None:
     if 200 <= status < 300:
         return
+    if status in REFUSAL_STATUSES:
+        seconds = parse_retry_after(retry_after, time.time())
+        told = f" (Retry-After {seconds:g} s)" if seconds is not None else ""
+        raise RefusedError(f"HTTP {status} from {host}{told}", seconds)
     transient = status in TRANSIENT_STATUSES or 500 <= status < 600
     raise PredictionError(ErrorCode.HTTP_ERROR, f"HTTP {status} from {host}", transient=transient)
 

@@ -59,7 +59,18 @@ COUNT_SK = "COUNT"
 COUNTER_SHARDS = 16
 # What the shards sum (``Job`` fields); the JOB record's own values are added, so a job counted
 # before the shards existed still reads right.
-COUNTERS = ("succeeded", "failed", "chunks_done", "compute_ms", "compute_mb_ms", "invocations", "write_units")
+# ``deferred_lines``: lines waiting for their host's turn (batch.py's deferrals add them, the count of
+# their chunk takes them off again).
+COUNTERS = (
+    "succeeded",
+    "failed",
+    "chunks_done",
+    "compute_ms",
+    "compute_mb_ms",
+    "invocations",
+    "write_units",
+    "deferred_lines",
+)
 CHUNK_PREFIX = "CHUNK#"
 CLAIM_PREFIX = "CLAIM#"
 
@@ -208,6 +219,7 @@ class Job:
     timeout_seconds: int | None = None  # how long the job may run (x-amz-meta-timeout)
     notify: list[str] = field(default_factory=list)
     fidelity: str | None = None  # x-amz-meta-fidelity as stored (None: exact)
+    host_rps: str | None = None  # x-amz-meta-host-rps as stored (None: the stack's HOST_RPS)
     # Epoch seconds past which the sweeper ends the job (deadlines.py); timeout_at: created +
     # timeout_seconds, the deadline that never moves.
     deadline_at: int | None = None
@@ -223,6 +235,7 @@ class Job:
     compute_mb_ms: int = 0
     invocations: int = 0
     write_units: int = 0
+    deferred_lines: int = 0
 
     @property
     def usage(self) -> dict[str, int]:
@@ -636,9 +649,11 @@ class JobStore:
         model: str | None,
         usage: ChunkUsage | None = None,
         deadline: float | None = None,
+        undeferred: int = 0,
     ) -> bool:
         """Marker + counters on the chunk's shard (and what the chunk cost) in one transaction.
-        False if this chunk was counted before."""
+        False if this chunk was counted before. ``undeferred``: the chunk's lines the job's
+        ``deferred_lines`` counter holds (a deferred chunk's), taken off with the count."""
         shard = shard_pk(job_id, chunk)
         marker = {
             "pk": shard,
@@ -648,6 +663,8 @@ class JobStore:
             "counted_at": self._clock(),
         } | self._expiry()
         counters = {"succeeded": succeeded, "failed": failed, "chunks_done": 1}
+        if undeferred:
+            counters["deferred_lines"] = -undeferred
         if usage is not None:
             # The transaction's own writes: two items, each billed twice.
             spent = replace(usage, write_units=usage.write_units + 2 * TRANSACTION_WRITE_FACTOR)
@@ -688,6 +705,19 @@ class JobStore:
                 return False
             raise
         return True
+
+    def add_deferred(self, job_id: str, chunk: int, lines: int, deadline: float | None = None) -> None:
+        """``lines`` more (or, negative, fewer) of the job's lines wait for their host's turn."""
+        self.backoff.call(
+            lambda: self.client.update_item(
+                TableName=self.table,
+                Key=self._key(shard_pk(job_id, chunk), COUNT_SK),
+                UpdateExpression="ADD deferred_lines :n",
+                ConditionExpression="attribute_exists(pk)",
+                ExpressionAttributeValues={":n": {"N": str(lines)}},
+            ),
+            deadline,
+        )
 
     def put_results(self, records: Iterable[ResultRecord], deadline: float | None = None) -> int:
         """IMG# rows on their pages, 25 per BatchWriteItem; throttled calls and UnprocessedItems

@@ -2,7 +2,8 @@
 
 * manifest queue: S3 event notifications (``ObjectCreated``), S3's ``s3:TestEvent``,
   and our own continuation messages for manifests too long for one invocation;
-* work queue: chunk messages ``{"job_id", "chunk", "items": [...]}``;
+* work queue: chunk messages ``{"job_id", "chunk", "items": [...]}``; a chunk sent back for
+  lines whose host said "not now" holds only those lines, and a ``deferral`` (Deferral);
 * finalize queue: ``{"job_id"}``, from predict or reconcile when a job's last chunk is counted,
   and from finalize itself to continue a long merge in a new invocation.
 
@@ -118,6 +119,35 @@ def parse_manifest_message(body: str) -> ManifestMessage:
 
 
 @dataclass(frozen=True)
+class Deferral:
+    """A chunk sent back for the lines its host deferred (deferral.py): the how-many-th time,
+    since when (epoch seconds), the rounds whose finished lines wait in S3
+    (results.deferred_key), and each line's refusals (429/503) so far."""
+
+    round: int
+    first_at: float
+    saved: tuple[int, ...] = ()
+    refusals: dict[int, int] = field(default_factory=dict)
+
+    def as_message(self) -> dict[str, Any]:
+        return {
+            "round": self.round,
+            "first_at": self.first_at,
+            "saved": list(self.saved),
+            "refusals": {str(k): v for k, v in self.refusals.items()},
+        }
+
+    @classmethod
+    def from_message(cls, doc: dict[str, Any]) -> Deferral:
+        return cls(
+            int(doc["round"]),
+            float(doc["first_at"]),
+            tuple(int(r) for r in doc.get("saved") or ()),
+            {int(k): int(v) for k, v in (doc.get("refusals") or {}).items()},
+        )
+
+
+@dataclass(frozen=True)
 class Chunk:
     job_id: str
     chunk: int
@@ -125,6 +155,8 @@ class Chunk:
     top_k: int | None = None  # the job's top-k option (None: the function's TOP_K)
     max_failures: str | None = None  # the job's max-failures: its writer then judges the threshold
     fidelity: Fidelity | None = None  # the job's fidelity (None: exact); parse gives it to each item
+    host_rps: float | None = None  # the job's host-rps (None: the stack's); parse gives it to each item
+    deferral: Deferral | None = None  # set on a chunk sent back for its deferred lines
 
     def body(self) -> str:
         # MAX_CHUNK_SIZE items of at most MAX_WORK_ITEM_BYTES each fit one SQS message.
@@ -135,22 +167,30 @@ class Chunk:
             doc["max_failures"] = self.max_failures
         if self.fidelity is not None:
             doc["fidelity"] = self.fidelity.value
+        if self.host_rps is not None:
+            doc["host_rps"] = self.host_rps
+        if self.deferral is not None:
+            doc["deferral"] = self.deferral.as_message()
         doc["items"] = [item.as_message() for item in self.items]
         return _compact(doc)
 
     @classmethod
     def parse(cls, body: str) -> Chunk:
         doc = json.loads(body)
-        top_k, fidelity = doc.get("top_k"), doc.get("fidelity")
+        top_k, fidelity, host_rps = doc.get("top_k"), doc.get("fidelity"), doc.get("host_rps")
         chosen = Fidelity(fidelity) if fidelity is not None else None
         job_id = str(doc["job_id"])
+        rate = float(host_rps) if host_rps is not None else None
+        deferral = doc.get("deferral")
         return cls(
             job_id,
             int(doc["chunk"]),
-            [WorkItem.from_message(i, chosen or DEFAULT_FIDELITY, job_id) for i in doc["items"]],
+            [WorkItem.from_message(i, chosen or DEFAULT_FIDELITY, rate, job_id) for i in doc["items"]],
             int(top_k) if top_k is not None else None,
             doc.get("max_failures"),
             chosen,
+            rate,
+            Deferral.from_message(deferral) if deferral is not None else None,
         )
 
 

@@ -13,6 +13,8 @@ option fails the job at once with a message naming it (never silently ignored).
     x-amz-meta-notify        email: mail this job's state changes (the stack's NotificationEmail)
     x-amz-meta-fidelity      exact (default: the reference preprocessing, bit for bit) or fast
                              (JPEGs drafted, big pictures reduced first: see fidelity.py)
+    x-amz-meta-host-rps      requests a second to any one host, 0.1..1000 (up to 3 decimals):
+                             lowers the stack's HOST_RPS for this job's lines (hostlimits.py)
 
 The values come from whoever uploads a manifest: every parser takes ASCII digits only (no
 other script's digits, no sign, no underscore, no exponent; surrounding ASCII blanks are
@@ -45,6 +47,9 @@ MAX_FAILURES_COUNT = 1_000_000
 MAX_PERCENT_DECIMALS = 4
 MIN_TIMEOUT_SECONDS = 1
 MAX_TIMEOUT_SECONDS = 7 * 86_400  # a week
+MIN_HOST_RPS = Decimal("0.1")
+MAX_HOST_RPS = Decimal(1000)
+_RATE = re.compile(r"[0-9]{1,4}(?:\.[0-9]{1,3})?")
 NOTIFY_CHANNELS = ("email",)  # the webhook, when the stack has one, gets every job
 # The threshold is judged only once this many lines are finished: 1 failure of the first 3
 # lines is not 33% of a million-line job.
@@ -181,6 +186,7 @@ class JobOptions:
     timeout_seconds: int | None = None
     notify: tuple[str, ...] = ()
     fidelity: Fidelity | None = None  # None: exact
+    host_rps: Decimal | None = None  # None: the stack's HOST_RPS
 
     def as_metadata(self) -> dict[str, str]:
         """What to put in the manifest object's user metadata (the inverse of ``parse_options``)."""
@@ -192,6 +198,7 @@ class JobOptions:
             "timeout": _text(self.timeout_seconds),
             "notify": ",".join(self.notify) or None,
             "fidelity": _text(self.fidelity),
+            "host-rps": _text(self.host_rps),
         }
         return {k: v for k, v in metadata.items() if v is not None}
 
@@ -206,6 +213,7 @@ class JobOptions:
             "timeout_seconds": self.timeout_seconds,
             "notify": list(self.notify) or None,
             "fidelity": _text(self.fidelity),
+            "host_rps": _text(self.host_rps),
         }
         return {k: v for k, v in item.items() if v is not None}
 
@@ -273,6 +281,16 @@ def parse_fidelity(raw: str) -> Fidelity:
     return Fidelity(text)
 
 
+def parse_host_rps(raw: str) -> Decimal:
+    text = raw.strip(_BLANKS)
+    if not _RATE.fullmatch(text) or not MIN_HOST_RPS <= Decimal(text) <= MAX_HOST_RPS:
+        raise OptionError(
+            f"host-rps={_shown(raw)}: requests a second to one host, {MIN_HOST_RPS}-{MAX_HOST_RPS}"
+            " (up to 3 decimals)"
+        )
+    return Decimal(text).normalize() if "." in text else Decimal(text)
+
+
 _PARSERS = {
     "name": ("name", _name),
     "tags": ("tags", parse_tags),
@@ -281,6 +299,7 @@ _PARSERS = {
     "timeout": ("timeout_seconds", parse_timeout),
     "notify": ("notify", parse_notify),
     "fidelity": ("fidelity", parse_fidelity),
+    "host-rps": ("host_rps", parse_host_rps),
 }
 OPTIONS = tuple(_PARSERS)  # the x-amz-meta-<option> names
 

@@ -19,6 +19,12 @@
   keeps taking work while it has time for a whole fetch and decode (its cost per image then no
   longer carries the fixed cost of an invocation's start and end; see README, "What it costs").
 
+Per-host politeness (hostlimiter.py, when the fetcher has a limiter): a line's fetch first asks
+for its host's turn. A turn soon is waited for on a timer, not on a fetch thread (the other
+hosts' lines go on); a turn past the run's horizon, or a refusal (429/503), makes the line
+*deferred* (``Outcome.deferred_until``): its group is handed on with it, and batch.py sends the
+deferred lines back to the queue for later.
+
 The same URL twice in a job is fetched once in a run, and the same bytes are decoded and
 inferred once (sharedwork.py): a line that follows another takes that line's outcome.
 
@@ -30,12 +36,14 @@ is reported unfinished, for redelivery), never written as a failure it did not e
 from __future__ import annotations
 
 import hashlib
+import heapq
+import itertools
 import threading
 import time
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Protocol
 
 import numpy as np
@@ -44,9 +52,11 @@ from batchpredict import images
 from batchpredict.budget import MemoryBudget
 from batchpredict.config import StreamSettings
 from batchpredict.cpu_gate import UNGATED, CpuGate
-from batchpredict.errors import ErrorCode, PredictionError
+from batchpredict.errors import ErrorCode, PredictionError, RefusedError
 from batchpredict.fetching import FetchResult, ImageFetcher
 from batchpredict.fidelity import Fidelity, engine_for
+from batchpredict.hostlimiter import Turn
+from batchpredict.hostlimits import host_key
 from batchpredict.images import DecodedImage, Preprocess
 from batchpredict.model import Engine, available_cpus
 from batchpredict.observability import logger
@@ -91,6 +101,8 @@ EMPTY_REFILL_BACKOFF = 5
 # chunks' fetches are in before the CPU runs dry. One bucket left was not enough: the fetches of
 # a refill took up to 1.2 s on a loaded machine, and the vCPUs idled 0.3-0.6 s an invocation.
 AHEAD_BUCKETS = 2
+# A host's turn this close is taken at once rather than on the timer.
+TIMER_SLACK_SECONDS = 0.002
 
 
 class Decoder(Protocol):
@@ -140,6 +152,8 @@ class _Run:
     ready: deque[_Ready] = field(default_factory=deque)
     completed: deque[int] = field(default_factory=deque)
     fetching: int = 0
+    waiting: int = 0  # of ``fetching``: lines waiting on a timer for their host's turn
+    host_pending: Counter[str | None] = field(default_factory=Counter)  # lines not yet sent, by host
     decoding: int = 0
     closed: bool = False  # past the deadline: late work is dropped, not recorded
     top_k: int = 5
@@ -190,8 +204,8 @@ def _copied(leader: ImageResult, item: WorkItem, follower: Follower) -> ImageRes
     """``item``'s result from its leader's: the same predictions, image and error, no decode or
     inference time of its own; its own fetch time, or none and the leader named (unless the
     leader is the same line, in a second delivery of its chunk)."""
-    done = leader.outcome
-    outcome = Outcome(predictions=done.predictions, error=done.error, image=done.image, sha256=done.sha256)
+    # Every field, so that a deferred leader's followers are deferred with it.
+    outcome = replace(leader.outcome, preprocess_ms=0.0, inference_ms=0.0)
     if follower.fetch_ms is None:
         same_line = leader.item.index == item.index
         return ImageResult(item, outcome, 0.0, shared_with=None if same_line else leader.item.index)
@@ -230,6 +244,7 @@ class StreamingPredictor:
         self.gate = gate  # held around each decode and forward pass (cpu_gate.py)
         self._clock = clock
         self._fetchers = ThreadPoolExecutor(fetcher.policy.concurrency, thread_name_prefix="fetch")
+        self._timer = _Timer()  # lines waiting for their host's turn
         self._decoders = ThreadPoolExecutor(
             settings.decoders or available_cpus(), thread_name_prefix="decode"
         )
@@ -274,14 +289,23 @@ class StreamingPredictor:
                 run.pending.append(len(items))
                 if not items:
                     run.completed.append(g)
+                # A line with the URL of an earlier line of its job takes that line's fetch
+                # (sharedwork.py) and asks for no host turn.
+                fetch = [
+                    p
+                    for p, item in enumerate(items)
+                    if item.error is None and item.url and not run.follow(_same_url(item), Follower((g, p)))
+                ]
+                # Counted before the first fetch asks for a turn: a lease is sized by them.
+                run.host_pending.update(host_key(items[p].url or "") for p in fetch)
             for p, item in enumerate(items):
                 if item.error is not None or not item.url:
                     run.finish(g, p, ImageResult(item, Outcome()))  # failed at split time
-                elif not run.follow(_same_url(item), Follower((g, p))):
-                    with run.cond:
-                        run.fetching += 1
-                        run.last_fetch = self._clock()
-                    self._fetchers.submit(self._fetch, run, g, p, item)
+            for p in fetch:
+                with run.cond:
+                    run.fetching += 1
+                    run.last_fetch = self._clock()
+                self._fetchers.submit(self._fetch, run, g, p, items[p])
 
     # -- the engine loop (the calling thread) -------------------------------------------
 
@@ -330,7 +354,7 @@ class StreamingPredictor:
         of their own, and the CPU has at most a bucket of work left (ready or decoding): the
         new fetches then arrive as it runs dry. Only as many as the free fetch threads can
         take, one whole fetch deadline after another, and still decode before the run ends."""
-        free = self.fetcher.policy.concurrency - run.fetching
+        free = self.fetcher.policy.concurrency - (run.fetching - run.waiting)
         if not run.fetching or free <= 0 or len(run.ready) + run.decoding > self.settings.bucket:
             return 0
         rounds = int((run.deadline - now - self.settings.decode_seconds) // self.fetcher.total_timeout)
@@ -422,25 +446,73 @@ class StreamingPredictor:
     # -- fetch and decode (pool threads) -----------------------------------------------
 
     def _fetch(self, run: _Run, group: int, position: int, item: WorkItem) -> None:
+        """Wait for the host's turn (on the timer), defer the line, or fetch it now."""
+        if self.fetcher.limiter is None or run.closed:
+            self._fetch_now(run, group, position, item)
+            return
+        try:
+            turn = self._turn(run, item)
+        except Exception as exc:
+            logger.exception("host turn failed unexpectedly", extra={"url": (item.url or "")[:200]})
+            self._fetched(
+                run, group, position, item, FetchResult(_internal(exc, "waiting for the host"), 0.0)
+            )
+            return
+        if turn.refusing or turn.defer_until is not None:
+            self._fetched(run, group, position, item, FetchResult(_not_now(item, turn), 0.0))
+        elif turn.at > time.time() + TIMER_SLACK_SECONDS:
+            with run.cond:
+                run.waiting += 1
+            self._timer.at(
+                turn.at, lambda: self._fetchers.submit(self._fetch_waited, run, group, position, item)
+            )
+        else:
+            self._fetch_now(run, group, position, item)
+
+    def _turn(self, run: _Run, item: WorkItem) -> Turn:
+        assert self.fetcher.limiter is not None
+        key = host_key(item.url or "")
+        mono, wall = self._clock(), time.time()
+        # A turn must leave the line time for its whole fetch and decode before the run ends.
+        room = run.deadline - mono - self.fetcher.total_timeout - self.settings.decode_seconds
+        policy = self.fetcher.limiter.policy
+        horizon = wall + max(min(policy.max_wait_seconds, room), policy.lease_seconds)
+        with run.cond:
+            pending = run.host_pending[key]
+            run.host_pending[key] -= 1
+        return self.fetcher.limiter.turn(item.url or "", item.host_rps, horizon, pending)
+
+    def _fetch_waited(self, run: _Run, group: int, position: int, item: WorkItem) -> None:
+        with run.cond:
+            run.waiting -= 1
+        self._fetch_now(run, group, position, item)
+
+    def _fetch_now(self, run: _Run, group: int, position: int, item: WorkItem) -> None:
         fetched: FetchResult | None = None
         try:
             if not run.closed:
-                fetched = self.fetcher.fetch(item.url or "", run.deadline)
+                fetched = self.fetcher.fetch(item.url or "", run.deadline, item.host_rps)
         except Exception as exc:  # a bug or an unforeseen library error: this line only
             logger.exception("fetch failed unexpectedly", extra={"url": (item.url or "")[:200]})
             fetched = FetchResult(_internal(exc, "fetching"), 0.0)
         finally:
-            with run.cond:
-                run.fetching -= 1
-                if fetched is not None and isinstance(fetched.payload, bytes) and not run.closed:
-                    run.decoding += 1
-                run.cond.notify()
-        if fetched is None:
-            return
+            if fetched is None:
+                with run.cond:
+                    run.fetching -= 1
+                    run.cond.notify()
+        if fetched is not None:
+            self._fetched(run, group, position, item, fetched)
+
+    def _fetched(self, run: _Run, group: int, position: int, item: WorkItem, fetched: FetchResult) -> None:
+        with run.cond:
+            run.fetching -= 1
+            if isinstance(fetched.payload, bytes) and not run.closed:
+                run.decoding += 1
+            run.cond.notify()
         if isinstance(fetched.payload, PredictionError):
             if self._cut_by_deadline(run, fetched.payload):
                 return  # the run, not the image, ran out of time: the chunk comes back
-            result = ImageResult(item, Outcome(error=fetched.payload), fetched.fetch_ms)
+            result = ImageResult(item, _outcome_of(fetched.payload), fetched.fetch_ms)
             run.finish(group, position, result)
             return
         if not run.closed:
@@ -455,7 +527,7 @@ class StreamingPredictor:
         digest = hashlib.sha256(fetched.payload).hexdigest()
         with run.cond:
             if run.follow(("bytes", item.fidelity, digest), Follower((group, position), fetched.fetch_ms)):
-                run.decoding -= 1  # counted by _fetch, which expected a decode
+                run.decoding -= 1  # counted by _fetched, which expected a decode
                 run.cond.notify()
                 return
         self._decoders.submit(self._decode, run, group, position, item, fetched, digest)
@@ -496,6 +568,7 @@ class StreamingPredictor:
         return timed_out and self._clock() >= run.deadline
 
     def close(self) -> None:
+        self._timer.stop()
         self._fetchers.shutdown(wait=False, cancel_futures=True)
         self._decoders.shutdown(wait=False, cancel_futures=True)
         self.fetcher.close()
@@ -504,6 +577,70 @@ class StreamingPredictor:
 def _same_url(item: WorkItem) -> tuple[object, ...]:
     """The key of lines that share one fetch: same job, same fidelity, same URL key."""
     return ("url", item.job_id, item.fidelity, url_key(item.url or ""))
+
+
+def _not_now(item: WorkItem, turn: Turn) -> PredictionError:
+    host = host_key(item.url or "")
+    if turn.refusing:
+        return PredictionError(
+            ErrorCode.RATE_LIMITED, f"{host} has refused every request lately (HTTP 429/503)", transient=False
+        )
+    wait = (turn.defer_until or 0.0) - time.time()
+    return _DeferredError(f"{host}'s next turn is {wait:.0f} s away", turn.defer_until or 0.0)
+
+
+class _DeferredError(PredictionError):
+    """Not this run: the host's turn comes after the run's horizon."""
+
+    def __init__(self, message: str, until: float) -> None:
+        super().__init__(ErrorCode.RATE_LIMITED, message, transient=True)
+        self.until = until
+
+
+def _outcome_of(error: PredictionError) -> Outcome:
+    """A fetch's error as the line's outcome: failed, or deferred (its host said not now)."""
+    if isinstance(error, RefusedError):
+        return Outcome(error=error, deferred_until=time.time() + (error.retry_after or 0.0), refused=True)
+    if isinstance(error, _DeferredError):
+        return Outcome(error=error, deferred_until=error.until)
+    return Outcome(error=error)
+
+
+class _Timer:
+    """Runs callbacks at epoch times, on one thread (started on first use)."""
+
+    def __init__(self) -> None:
+        self._due: list[tuple[float, int, Callable[[], object]]] = []
+        self._order = itertools.count()
+        self._cond = threading.Condition()
+        self._thread: threading.Thread | None = None
+        self._stopped = False
+
+    def at(self, when: float, callback: Callable[[], object]) -> None:
+        with self._cond:
+            heapq.heappush(self._due, (when, next(self._order), callback))
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name="host-turns", daemon=True)
+                self._thread.start()
+            self._cond.notify()
+
+    def stop(self) -> None:
+        with self._cond:
+            self._stopped = True
+            self._cond.notify()
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                while not self._stopped and (not self._due or self._due[0][0] > time.time()):
+                    self._cond.wait(self._due[0][0] - time.time() if self._due else None)
+                if self._stopped:
+                    return
+                _, _, callback = heapq.heappop(self._due)
+            try:
+                callback()
+            except Exception:  # a pool shut down under it: the run is over
+                logger.exception("a host turn's callback failed")
 
 
 def _internal(exc: BaseException, doing: str) -> PredictionError:

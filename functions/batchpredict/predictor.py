@@ -29,6 +29,10 @@ class Outcome:
     image: DecodedImage | None = None
     preprocess_ms: float = 0.0
     inference_ms: float = 0.0
+    # Not now: the line's host is busy or refused it (``error`` says which). Epoch seconds before
+    # which it should not come back; its run defers it (batch.py), never writes it as failed.
+    deferred_until: float | None = None
+    refused: bool = False  # deferred by the host's own 429/503 (counts in the line's budget)
     sha256: str | None = None  # the payload's, hex, once the streaming predictor has hashed it
 
 

@@ -64,6 +64,7 @@ class WorkItem:
     metadata: dict[str, Any] | None = None
     error: dict[str, str] | None = None
     fidelity: Fidelity = DEFAULT_FIDELITY
+    host_rps: float | None = None  # the job's x-amz-meta-host-rps, carried once by the chunk too
     shares: int | None = None
     # Context from the chunk, not part of the line: left out of comparisons, as of the message.
     job_id: str | None = field(default=None, compare=False)
@@ -81,7 +82,11 @@ class WorkItem:
 
     @classmethod
     def from_message(
-        cls, body: dict[str, Any], fidelity: Fidelity = DEFAULT_FIDELITY, job_id: str | None = None
+        cls,
+        body: dict[str, Any],
+        fidelity: Fidelity = DEFAULT_FIDELITY,
+        host_rps: float | None = None,
+        job_id: str | None = None,
     ) -> WorkItem:
         shares = body.get("shares")
         return cls(
@@ -91,6 +96,7 @@ class WorkItem:
             metadata=body.get("metadata"),
             error=body.get("error"),
             fidelity=fidelity,
+            host_rps=host_rps,
             shares=None if shares is None else int(shares),
             job_id=job_id,
         )

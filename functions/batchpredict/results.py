@@ -26,6 +26,11 @@ def part_key(job_id: str, chunk: int) -> str:
     return f"results/{job_id}/parts/{chunk:06d}.jsonl"
 
 
+def deferred_key(job_id: str, chunk: int, round_: int) -> str:
+    """The lines a deferred chunk had finished in its deferral ``round_`` (deferral.py)."""
+    return f"results/{job_id}/deferred/{chunk:06d}-{round_:03d}.jsonl"
+
+
 def results_key(job_id: str, number: int = 1) -> str:
     """The job's results file ``number``: ``results.jsonl``, then (past the one-file cap)
     ``results-2.jsonl``, ``results-3.jsonl``..."""
@@ -74,6 +79,26 @@ class ResultStore:
             Body=jsonl(records),
             ContentType=JSONL,
         )
+
+    def save_deferred(self, job_id: str, chunk: int, round_: int, records: list[ResultRecord]) -> None:
+        self.client.put_object(
+            Bucket=self.bucket,
+            Key=deferred_key(job_id, chunk, round_),
+            Body=jsonl(records),
+            ContentType=JSONL,
+        )
+
+    def saved_records(self, job_id: str, chunk: int, rounds: Iterable[int]) -> list[ResultRecord]:
+        """The records ``save_deferred`` kept for these rounds; a missing one raises (the chunk
+        then comes back, and past its receives reconcile reports its lines)."""
+        records = []
+        for round_ in rounds:
+            body = self.client.get_object(Bucket=self.bucket, Key=deferred_key(job_id, chunk, round_))["Body"]
+            with body:
+                records += [
+                    ResultRecord.from_json(json.loads(line)) for line in body.read().splitlines() if line
+                ]
+        return records
 
     def read_part(self, job_id: str, chunk: int) -> bytes | None:
         """A chunk's part, whole (a few KiB); None if it does not exist."""

@@ -9,11 +9,14 @@
   line of the chunks that arrived together (one eventually consistent BatchGetItem a 100
   lines, 0.5 RCU a row). No fetch, no decode, no inference.
 * The row is not there (yet), or it failed for a reason of its own line, not of its image
-  (``NOT_COPIED``): ``when_original_missing`` decides.
+  (``NOT_COPIED``): ``when_original_missing`` decides: the line is predicted itself, or deferred
+  (``ORIGINAL_WAIT_SECONDS``, through deferral.py, when the invocation has a deferrer) to read
+  the row again when it comes back.
 """
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from enum import Enum
@@ -21,6 +24,8 @@ from enum import Enum
 from batchpredict.errors import ErrorCode
 from batchpredict.messages import Chunk
 from batchpredict.observability import logger
+from batchpredict.pipeline import ImageResult
+from batchpredict.predictor import Outcome
 from batchpredict.records import ResultRecord, Timing, WorkItem
 from batchpredict.urlkey import url_key
 
@@ -40,6 +45,10 @@ NOT_COPIED = frozenset(
 )
 
 
+# A deferred line comes back this much later (deferral.py spreads it), to find its original's row.
+ORIGINAL_WAIT_SECONDS = 15.0
+
+
 class OriginalMissing(Enum):
     PREDICT = "predict"  # fetch and predict the line itself: correct, just not deduped
     DEFER = "defer"  # come back later, when the original's row may be there
@@ -53,11 +62,12 @@ def when_original_missing(item: WorkItem) -> OriginalMissing:
 
 @dataclass
 class SharedPlan:
-    """One chunk's lines: to predict (in order), copied from their original's row, deferred."""
+    """One chunk's lines: to predict (in order), copied from their original's row, waiting for
+    it (deferred results, for batch.py to hand to the deferrer with the predicted ones)."""
 
     predict: list[WorkItem] = field(default_factory=list)
     copied: list[ResultRecord] = field(default_factory=list)
-    deferred: list[WorkItem] = field(default_factory=list)
+    waiting: list[ImageResult] = field(default_factory=list)
 
 
 def copied_record(job_id: str, item: WorkItem, original: ResultRecord) -> ResultRecord:
@@ -79,8 +89,12 @@ def copied_record(job_id: str, item: WorkItem, original: ResultRecord) -> Result
 class SharedLines:
     """One invocation's shared lines: which originals it has, and the rows of those it has not."""
 
-    def __init__(self, read_rows: RowReader) -> None:
+    def __init__(
+        self, read_rows: RowReader, *, can_defer: bool = False, wall: Callable[[], float] = time.time
+    ) -> None:
         self._read_rows = read_rows
+        self._can_defer = can_defer
+        self._wall = wall
         self._lines: set[Line] = set()  # every line of every chunk taken so far
 
     def plan(self, chunks: Sequence[Chunk]) -> list[SharedPlan]:
@@ -113,8 +127,9 @@ class SharedLines:
             original = rows.get((chunk.job_id, item.shares))
             if original is not None and _copyable(original, item):
                 plan.copied.append(copied_record(chunk.job_id, item, original))
-            elif when_original_missing(item) is OriginalMissing.DEFER:
-                plan.deferred.append(item)
+            elif self._can_defer and when_original_missing(item) is OriginalMissing.DEFER:
+                outcome = Outcome(deferred_until=self._wall() + ORIGINAL_WAIT_SECONDS)
+                plan.waiting.append(ImageResult(item, outcome))
             else:
                 plan.predict.append(item)
         return plan

@@ -200,7 +200,10 @@ class Splitter:
             # Never silently ignored: the job fails at once, naming the option.
             return self._fail(job_id, f"manifest {obj.uri}: {bad_option}")
         chunk_options = _chunk_options(
-            stored_options.get("top_k"), stored_options.get("max_failures"), stored_options.get("fidelity")
+            stored_options.get("top_k"),
+            stored_options.get("max_failures"),
+            stored_options.get("fidelity"),
+            stored_options.get("host_rps"),
         )
         return self._guarded(
             job_id,
@@ -232,7 +235,7 @@ class Splitter:
                 continuation.manifest,
                 Position.from_dict(continuation.position),
                 remaining_ms,
-                _chunk_options(job.top_k, job.max_failures, job.fidelity),
+                _chunk_options(job.top_k, job.max_failures, job.fidelity, job.host_rps),
             ),
         )
 
@@ -352,12 +355,15 @@ class Splitter:
         return SplitOutcome(job_id, "failed")
 
 
-def _chunk_options(top_k: int | None, max_failures: str | None, fidelity: str | None) -> dict[str, Any]:
+def _chunk_options(
+    top_k: int | None, max_failures: str | None, fidelity: str | None, host_rps: str | None = None
+) -> dict[str, Any]:
     """The job's options every chunk message carries, so predict needs no lookup for them."""
     return {
         "top_k": top_k,
         "max_failures": max_failures,
         "fidelity": Fidelity(fidelity) if fidelity is not None else None,
+        "host_rps": float(host_rps) if host_rps is not None else None,
     }
 
 

@@ -25,6 +25,8 @@ from batchpredict.costs import LAMBDA_MB_PER_VCPU
 from batchpredict.cpu_gate import UNGATED, CpuGate
 from batchpredict.events import JobEvents
 from batchpredict.fetch import Fetcher, FetchLimits, wide_allowances
+from batchpredict.hostlimiter import HostLimiter, HostStateStore
+from batchpredict.hostlimits import HostPolicy
 from batchpredict.jobs import JobStore
 from batchpredict.merges import MergeStore
 from batchpredict.observability import logger
@@ -126,14 +128,23 @@ def cpu_gate(config: PredictorConfig) -> CpuGate:
     return process_gate(config.cpu_slots, vcpus(config.memory_mb or LAMBDA_MB_PER_VCPU))
 
 
-def streaming_predictor(config: PredictorConfig, gate: CpuGate = UNGATED) -> StreamingPredictor:
-    """The model, the guarded fetcher and the decoders' memory budget, once per process."""
+def host_limiter(tables: Tables, policy: HostPolicy) -> HostLimiter:
+    """Per-host politeness shared by the fleet through the jobs table (hostlimiter.py)."""
+    store = HostStateStore(aws.client("dynamodb", DYNAMODB_RETRIES), tables.table, policy)
+    return HostLimiter(store, policy)
+
+
+def streaming_predictor(
+    config: PredictorConfig, gate: CpuGate = UNGATED, limiter: HostLimiter | None = None
+) -> StreamingPredictor:
+    """The model, the guarded fetcher and the decoders' memory budget, once per process.
+    ``limiter``: predict's; predict_api has none (an HTTP caller gets 429s as rate_limited)."""
     from batchpredict.budget import MemoryBudget, decode_budget_bytes, machine_memory_mb, resident_bytes
     from batchpredict.fetching import ImageFetcher
     from batchpredict.pipeline import StreamingPredictor
 
     model = engine(config.engine)
-    images = ImageFetcher(fetcher(config.fetch), config.policy, config.fetch.total_timeout)
+    images = ImageFetcher(fetcher(config.fetch), config.policy, config.fetch.total_timeout, limiter=limiter)
     # Measured after the model is loaded and bound: what is left is the decoders'.
     budget = decode_budget_bytes(config.memory_mb or machine_memory_mb(), resident_bytes())
     return StreamingPredictor(
@@ -143,19 +154,23 @@ def streaming_predictor(config: PredictorConfig, gate: CpuGate = UNGATED) -> Str
 
 def chunk_batch(config: PredictConfig) -> ChunkBatch:
     from batchpredict.batch import ChunkBatch
+    from batchpredict.deferral import ChunkDeferrer
 
     gate = cpu_gate(config.predictor)
+    writer = chunk_writer(config.tables, config.output_bucket, config.finalize_queue_url)
+    work = queue(config.work_queue_url) if config.work_queue_url else None
     return ChunkBatch(
         # Built in the first run, under the heartbeat: a worker that dies loading the model frees
         # its messages as soon as one that dies predicting.
-        partial(streaming_predictor, config.predictor, gate),
-        chunk_writer(config.tables, config.output_bucket, config.finalize_queue_url),
+        partial(streaming_predictor, config.predictor, gate, host_limiter(config.tables, config.hosts)),
+        writer,
         memory_mb=config.predictor.memory_mb or 0,
         write_reserve_seconds=config.write_reserve_seconds,
-        work_queue=queue(config.work_queue_url) if config.work_queue_url else None,
+        work_queue=work,
         chunk_size=config.chunk_size,
         heartbeat_seconds=config.heartbeat_seconds,
         gate=gate,
+        deferrer=ChunkDeferrer(writer.results, writer.jobs, work, config.hosts) if work is not None else None,
     )
 
 

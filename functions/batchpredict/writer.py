@@ -90,13 +90,24 @@ class ChunkWriter:
             raise ChunkBusyError(
                 f"chunk {chunk.chunk} of {chunk.job_id} is being written by another delivery"
             )
+        deferral = chunk.deferral
+        if deferral is not None and deferral.saved:  # the lines it finished before it was deferred
+            records += self.results.saved_records(chunk.job_id, chunk.chunk, deferral.saved)
+            records.sort(key=lambda record: record.index)
         records[:] = [storable(record) for record in records]  # the caller's list: its metrics agree
         self.results.write_part(chunk.job_id, chunk.chunk, records)
         units = self.jobs.put_results(records, deadline) + write_units(0)  # + the claim
         succeeded = sum(1 for r in records if r.status == SUCCEEDED)
         usage = meter.take(units) if meter else None
         counted = self.jobs.count_chunk(
-            chunk.job_id, chunk.chunk, succeeded, len(records) - succeeded, model, usage, deadline=deadline
+            chunk.job_id,
+            chunk.chunk,
+            succeeded,
+            len(records) - succeeded,
+            model,
+            usage,
+            deadline=deadline,
+            undeferred=len(chunk.items) if deferral is not None else 0,
         )
         if meter is not None and usage is not None and not counted:
             meter.refund(usage)

@@ -428,9 +428,13 @@ def test_custom_model_and_image_sources_are_readable(custom_stack: DeployedStack
 @pytest.mark.parametrize("role", ["PredictRole", "PredictApiRole"])
 def test_default_stack_reads_no_model_and_no_image_source(stack: DeployedStack, role: str) -> None:
     statements = _role_policy(stack, role)["Statement"]
+    # Its own output bucket only: parts written, deferred lines read back (deferral.py).
+    own = {"WriteParts", "ReadDeferredLines"}
     assert not [
-        s for s in statements if any(a.startswith("s3:") for a in _actions(s)) and s["Sid"] != "WriteParts"
+        s for s in statements if any(a.startswith("s3:") for a in _actions(s)) and s["Sid"] not in own
     ]
+    deferred = [s for s in statements if s["Sid"] == "ReadDeferredLines"]
+    assert all(s["Resource"].endswith("/results/*/deferred/*") for s in deferred)
 
 
 def _actions(statement: dict[str, Any]) -> list[str]:

@@ -360,6 +360,9 @@ def test_parameters_have_the_documented_defaults(cfn: dict[str, Any]) -> None:
         "WorkBatchSize": 8,
         "WorkBatchingWindowSeconds": 1,
         "PredictMaxConcurrency": 20,
+        "HostRps": 10,
+        "HostConcurrency": 8,
+        "DeferBudgetSeconds": 3600,
         "SplitMemorySize": 512,
         "PredictMemorySize": 3538,
         "FinalizeMemorySize": 512,
@@ -517,7 +520,11 @@ def test_the_api_is_authorized_limited_and_logged(cfn: dict[str, Any]) -> None:
 
 # Jobs of these many chunks: empty, one, a wave of 160, one more, the largest (1M lines of 16).
 DEADLINE_SIZES = (0, 1, 160, 161, 62_500)
-DEADLINE_PARAMETERS = {"WORK_BATCH_SIZE": "WorkBatchSize", "PREDICT_MAX_CONCURRENCY": "PredictMaxConcurrency"}
+DEADLINE_PARAMETERS = {
+    "WORK_BATCH_SIZE": "WorkBatchSize",
+    "PREDICT_MAX_CONCURRENCY": "PredictMaxConcurrency",
+    "DEFER_BUDGET_SECONDS": "DeferBudgetSeconds",
+}
 
 
 def template_deadlines(cfn: dict[str, Any], **parameters: str) -> DeadlineSettings:
@@ -673,6 +680,9 @@ def _listed(value: Any) -> list[Any]:
     return value if isinstance(value, list) else [value]
 
 
+DEFERRED_LINES = "arn:aws:s3:::outputbucket/results/*/deferred/*"
+
+
 def test_the_predictors_read_only_the_listed_prefixes_and_the_model(cfn: dict[str, Any]) -> None:
     parameters = {
         "ImageSourcePrefixes": "s3://photos/cats/,s3://other-bucket/birds/,s3://photos/dogs/2024/",
@@ -685,12 +695,13 @@ def test_the_predictors_read_only_the_listed_prefixes_and_the_model(cfn: dict[st
         "arn:aws:s3:::other-bucket/birds/*",
         "arn:aws:s3:::photos/dogs/2024/*",
         "arn:aws:s3:::models-bucket/effnet/v1/*",
+        DEFERRED_LINES,  # its own output: the lines a deferred chunk finished (deferral.py)
     }
     api = _s3_grants(cfn, "PredictApiRole", **parameters)
     assert api == {"s3:GetObject": {"arn:aws:s3:::photos/public/*", "arn:aws:s3:::models-bucket/effnet/v1/*"}}
     for role in PREDICTOR_ROLES:
         grants = _s3_grants(cfn, role)  # the defaults: no image source, the model in the image
-        assert "s3:GetObject" not in grants, role
+        assert grants.get("s3:GetObject", set()) <= {DEFERRED_LINES}, role
         assert "s3:ListBucket" not in _s3_grants(cfn, role, **parameters), role  # nothing to probe keys with
     # the environment carries the same lists, for fetch.py's own check
     functions = {

@@ -225,6 +225,7 @@ class FakeJobs:
         model: str | None,
         usage: ChunkUsage | None = None,
         deadline: float | None = None,
+        undeferred: int = 0,
     ) -> bool:
         self.count_calls.append((chunk, succeeded, failed, model))
         self.usages.append(usage)
@@ -237,8 +238,12 @@ class FakeJobs:
             failed=self.job.failed + failed,
             chunks_done=self.job.chunks_done + 1,
             model=self.job.model or model,
+            deferred_lines=self.job.deferred_lines - undeferred,
         )
         return True
+
+    def add_deferred(self, job_id: str, chunk: int, lines: int, deadline: float | None = None) -> None:
+        self.job = replace(self.job, deferred_lines=self.job.deferred_lines + lines)
 
     def may_be_done(self, job_id: str, chunk: int) -> bool:
         return True  # the writer then reads the whole job, as it does when a shard is complete

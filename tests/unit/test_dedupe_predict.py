@@ -324,3 +324,45 @@ def test_a_chunk_delivered_twice_into_one_run_names_no_line_as_its_own_original(
 
     assert fetcher.calls == {_url(1): 1}
     assert [r.shared_with for r in done[0] + done[1]] == [None, None]
+
+
+def test_the_followers_of_a_deferred_line_are_deferred_with_it() -> None:
+    run = _Run(deadline=time.monotonic() + 10)
+    leader, follower = WorkItem(0, _url(0), job_id=JOB), WorkItem(1, _url(0), job_id=JOB)
+    run.groups.append([leader, follower])
+    run.results.append([None, None])
+    run.pending.append(2)
+    assert not run.follow(("url", 0), Follower((0, 0)))
+    assert run.follow(("url", 0), Follower((0, 1)))
+
+    run.finish(0, 0, ImageResult(leader, Outcome(deferred_until=123.0, refused=True)))
+
+    copy = run.results[0][1]
+    assert copy is not None and (copy.outcome.deferred_until, copy.outcome.refused) == (123.0, True)
+
+
+def test_with_deferral_switched_on_a_line_without_its_originals_row_waits_for_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from batchpredict import sharing
+    from batchpredict.deferral import ChunkDeferrer
+    from batchpredict.hostlimits import HostPolicy
+
+    monkeypatch.setattr(sharing, "when_original_missing", lambda item: OriginalMissing.DEFER)
+    writer, jobs = _writer()
+    sqs = FakeSQS()
+    deferrer = ChunkDeferrer(writer.results, jobs, Queue(sqs, "https://sqs/work"), HostPolicy())  # type: ignore[arg-type]
+    fetcher = ScriptedFetcher({_url(2): [_img(2)]})
+    predictor, _ = _stream(fetcher, linger=0.02)
+    batch = ChunkBatch(predictor, writer, memory_mb=1024, write_reserve_seconds=0.0, deferrer=deferrer)
+    chunk = Chunk(JOB, 1, [_shared(16, _url(1), 0), WorkItem(17, _url(2))])
+    ends = time.monotonic() + 10.0
+
+    outcomes = batch.run([("m1", chunk.body())], lambda: ends - time.monotonic())
+
+    assert outcomes["m1"].deferred and fetcher.calls == {_url(2): 1}  # line 16 is not fetched
+    (sent,) = [call for call in sqs.sent if call["QueueUrl"] == "https://sqs/work"]
+    again = Chunk.parse(sent["MessageBody"])
+    assert [(item.index, item.shares) for item in again.items] == [(16, 0)]
+    assert sharing.ORIGINAL_WAIT_SECONDS <= sent["DelaySeconds"] <= 1.25 * sharing.ORIGINAL_WAIT_SECONDS + 1
+    assert jobs.count_calls == []  # the chunk is counted when its last line is done

@@ -36,7 +36,7 @@ from cryptography.x509.oid import NameOID
 from moto import mock_aws
 
 from batchpredict import aws
-from batchpredict.errors import ErrorCode, PredictionError
+from batchpredict.errors import ErrorCode, PredictionError, RefusedError
 from batchpredict.fetch import (
     Fetched,
     Fetcher,
@@ -671,7 +671,7 @@ def test_redirect_without_location(server: Server, make_fetcher: Callable[..., F
     ("status", "transient"),
     [
         *((status, False) for status in (300, 400, 403, 404, 410)),
-        *((status, True) for status in (408, 429, 500, 502, 503)),
+        *((status, True) for status in (408, 500, 502)),
     ],
 )
 def test_http_status_errors(
@@ -680,6 +680,18 @@ def test_http_status_errors(
     error = fetch_error(make_fetcher(), server.url(f"/status/{status}"))
     assert_error(error, ErrorCode.HTTP_ERROR, transient=transient)
     assert error.message == f"HTTP {status} from 127.0.0.1"
+
+
+@pytest.mark.parametrize("status", [429, 503])
+def test_a_refusal_is_rate_limited_not_an_http_error(
+    status: int, server: Server, make_fetcher: Callable[..., Fetcher]
+) -> None:
+    """429 and 503 say "not now": the line is deferred (hostlimiter.py), not failed http_error."""
+    error = fetch_error(make_fetcher(), server.url(f"/status/{status}"))
+    assert isinstance(error, RefusedError)
+    assert_error(error, ErrorCode.RATE_LIMITED, transient=True)
+    assert error.message == f"HTTP {status} from 127.0.0.1"
+    assert error.retry_after is None  # the test server sends no Retry-After
 
 
 def test_compressed_body_is_refused(server: Server, make_fetcher: Callable[..., Fetcher]) -> None:

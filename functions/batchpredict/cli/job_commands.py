@@ -107,6 +107,13 @@ def _job_options(metadata: Mapping[str, object]) -> Any:
     help="exact (default): the reference preprocessing, bit for bit; fast: JPEGs drafted and big"
     " pictures reduced before the resize, far less decode CPU (x-amz-meta-fidelity).",
 )
+@click.option(
+    "--host-rps",
+    type=click.FloatRange(0.1, 1000),
+    metavar="N",
+    help="At most N requests a second to any one image host for this job (x-amz-meta-host-rps;"
+    " below the stack's HostRps only: it lowers, never raises).",
+)
 @stack_options
 def submit(
     manifest: Path,
@@ -120,12 +127,16 @@ def submit(
     timeout: int | None,
     notify: str | None,
     fidelity: str | None,
+    host_rps: float | None,
     target: StackTarget,
 ) -> None:
     """Upload MANIFEST under manifests/ and print the job id; the options travel as the
     object's S3 user metadata (as `aws s3 cp --metadata name=…,top-k=3` would send them)."""
     metadata = {"name": name, "tags": ",".join(tags) or None, "top-k": top_k, "max-failures": max_failures}
-    options = _job_options(metadata | {"timeout": timeout, "notify": notify, "fidelity": fidelity})
+    rate = None if host_rps is None else f"{host_rps:g}"
+    options = _job_options(
+        metadata | {"timeout": timeout, "notify": notify, "fidelity": fidelity, "host-rps": rate}
+    )
     client = target.client()
     if dry_run:
         found = client.dry_run(manifest, key, options)

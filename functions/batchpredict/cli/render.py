@@ -77,6 +77,7 @@ def _options(job: Any) -> list[tuple[str, Any]]:
         ("max-failures", job.max_failures),
         ("notify", ",".join(job.notify)),
         ("fidelity", job.fidelity),
+        ("host-rps", job.host_rps),
     ]
 
 
@@ -93,6 +94,7 @@ def job_view(job: Any, output: str) -> str:
         ("lines", job.total if job.split_done else f"{job.position.get('index', 0)}+ (splitting)"),
         ("succeeded", job.succeeded),
         ("failed", job.failed),
+        ("deferred", _deferred(job)),
         ("chunks", f"{job.chunks_done}/{job.chunks_total}"),
         ("model", job.model),
         ("created", job.created_at),
@@ -103,6 +105,14 @@ def job_view(job: Any, output: str) -> str:
         ("error", job.error),
     ]
     return _lines(f"{name:>10}  {value}" for name, value in fields if value not in (None, ""))
+
+
+def _deferred(job: Any) -> str | None:
+    """Lines waiting for their host's turn (deferral.py), while the job runs; None: none."""
+    waiting = max(int(getattr(job, "deferred_lines", 0) or 0), 0)
+    if not waiting or job.status.value not in ("RUNNING", "CANCELLING"):
+        return None
+    return f"{waiting} (waiting for their hosts' turn)"
 
 
 def progress_line(progress: Any) -> str:
@@ -117,7 +127,9 @@ def progress_line(progress: Any) -> str:
     eta = f"{progress.eta_seconds:4.0f}s" if progress.eta_seconds is not None else "   ?"
     count = f"{done}/{total if total is not None else '?'}"
     rate = f"{progress.rate:5.1f} images/s"
-    return f"\r[{bar}] {count}  failed {job.failed}  {rate}  ETA {eta}  {job.status.value:<22}"
+    waiting = _deferred(job)
+    deferred = f"  deferred {waiting.split()[0]}" if waiting else ""
+    return f"\r[{bar}] {count}  failed {job.failed}{deferred}  {rate}  ETA {eta}  {job.status.value:<22}"
 
 
 # --- result lines ----------------------------------------------------------------------------

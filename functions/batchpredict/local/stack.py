@@ -81,11 +81,20 @@ class Stack:
         return job
 
     def depth(self, logical_id: str) -> int:
+        # Delayed messages too: a chunk whose lines were deferred comes back after its delay.
         attrs = self.sqs.get_queue_attributes(
             QueueUrl=self.queue(logical_id)[0],
-            AttributeNames=["ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisible"],
+            AttributeNames=[
+                "ApproximateNumberOfMessages",
+                "ApproximateNumberOfMessagesNotVisible",
+                "ApproximateNumberOfMessagesDelayed",
+            ],
         )["Attributes"]
-        return int(attrs["ApproximateNumberOfMessages"]) + int(attrs["ApproximateNumberOfMessagesNotVisible"])
+        return (
+            int(attrs["ApproximateNumberOfMessages"])
+            + int(attrs["ApproximateNumberOfMessagesNotVisible"])
+            + int(attrs.get("ApproximateNumberOfMessagesDelayed", "0"))
+        )
 
     def deliver(self, logical_id: str, handler: Handler, batch_size: int = 10) -> int:
         url, arn = self.queue(logical_id)
