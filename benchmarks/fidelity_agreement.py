@@ -260,7 +260,7 @@ def fast_decoder(rule: Rule, preprocess: Preprocess) -> Callable[[bytes], Tensor
 
     def decode(data: bytes) -> Tensor:
         draft_to = rule.draft * preprocess.resize_shorter if rule.draft else None
-        image, _ = images._load(data, images.DEFAULT_MAX_PIXELS, draft_to, None)
+        image, _, _ = images._load(data, images.DEFAULT_MAX_PIXELS, draft_to, None)
         return images._to_tensor(image, preprocess, rule.gap)
 
     return decode

@@ -106,7 +106,7 @@ def _stub_records(chunk: Any) -> list[Any]:
             item,
             model="efficientnet-lite0:1",
             predictions=predictions,
-            image=ImageInfo(640, 480, 183_417),
+            image=ImageInfo(640, 480, 183_417, "9" * 64, "jpeg"),
             timing=Timing(41.7, 12.3, 10.9),
         )
         for item in chunk.items

@@ -94,7 +94,9 @@ def image_record(
         model=model,
         error=None if outcome.error is None else ResultError(str(outcome.error.code), outcome.error.message),
         predictions=tuple(outcome.predictions[:top_k]),
-        image=None if image is None else ImageInfo(image.width, image.height, image.bytes),
+        image=None
+        if image is None
+        else ImageInfo(image.width, image.height, image.bytes, image.sha256, image.format),
         timing=Timing(
             round(result.fetch_ms, 2), round(outcome.preprocess_ms, 2), round(outcome.inference_ms, 2)
         ),
@@ -418,14 +420,22 @@ class _Invocation:
 
 
 def predict_urls(
-    predictor: StreamingPredictor, urls: Sequence[str], deadline: float, fidelity: Fidelity = DEFAULT_FIDELITY
+    predictor: StreamingPredictor,
+    urls: Sequence[str],
+    deadline: float,
+    fidelity: Fidelity = DEFAULT_FIDELITY,
+    *,
+    honour_robots: bool = True,
 ) -> list[ResultRecord]:
     """predict_api's path: the same stream for a few URLs; records without a job, in order.
 
     Each URL is a group of its own, so an image done before the deadline keeps its result
     and one that is not fails alone, as ``fetch_timeout``.
     """
-    items = [WorkItem(index=i, url=url, fidelity=fidelity) for i, url in enumerate(urls)]
+    items = [
+        WorkItem(index=i, url=url, fidelity=fidelity, honour_robots=honour_robots)
+        for i, url in enumerate(urls)
+    ]
     done: dict[int, ImageResult] = {}
     predictor.run([[item] for item in items], deadline, lambda g, results: done.update({g: results[0]}))
     late = "not done before the request's deadline"

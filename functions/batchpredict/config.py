@@ -16,6 +16,12 @@ from batchpredict.fetch import FetchLimits, FetchPolicy, parse_networks, parse_s
 from batchpredict.hostlimits import HostPolicy
 from batchpredict.messages import MAX_CHUNK_SIZE
 from batchpredict.options import MAX_TOP_K
+from batchpredict.useragent import (
+    PLACEHOLDER_CONTACT_URL,
+    parse_contact_url,
+    parse_user_agent,
+    user_agent_for,
+)
 
 if TYPE_CHECKING:
     # Imported where used: predict's cold start has no use for the splitter's modules.
@@ -152,7 +158,21 @@ def fetch_limits(env: Mapping[str, str]) -> FetchLimits:
         allowed_networks=setting(env, "ALLOWED_NETWORKS", parse_networks, ()),
         # Empty: no s3:// image at all (the template fills it from ImageSourcePrefixes).
         s3_prefixes=setting(env, "IMAGE_SOURCE_PREFIXES", image_source_prefixes, ()),
+        user_agent=user_agent(env),
+        robots_txt=setting(env, "ROBOTS_TXT", on_off, False),
     )
+
+
+def user_agent(env: Mapping[str, str]) -> str:
+    """USER_AGENT as given (the template's UserAgent), else ``batchpredict/VERSION (+CONTACT_URL)``."""
+    contact = setting(env, "CONTACT_URL", parse_contact_url, PLACEHOLDER_CONTACT_URL)
+    return setting(env, "USER_AGENT", parse_user_agent, user_agent_for(contact))
+
+
+def on_off(raw: str) -> bool:
+    if raw.lower() not in ("on", "off"):
+        raise ValueError("give on or off")
+    return raw.lower() == "on"
 
 
 def chunk_size(raw: str) -> int:

@@ -110,7 +110,8 @@ class ChunkDeferrer:
             deferral=Deferral(round_, first_at, saved, counts),
         )
         delay = self._delay(waiting, counts, now)
-        self.queue.send(again.body(), delay_seconds=delay)
+        # Its job's message group, as split sent it: the work queue is a fair queue (queues.py).
+        self.queue.send(again.body(), delay_seconds=delay, group_id=chunk.job_id)
         logger.info(
             "lines deferred",
             extra={

@@ -31,6 +31,9 @@ class ErrorCode(StrEnum):
     # The host kept refusing (429/503) or its turn never came within the line's deferral budget
     # (hostlimits.HostPolicy: refusals, defer_budget_seconds; a host that refuses everything).
     RATE_LIMITED = "rate_limited"
+    # The host asked not to be used so: X-Robots-Tag noai/noimageai/none on the image, or its
+    # robots.txt (when the stack checks it). Permanent: asking again gets the same answer.
+    ROBOTS_DISALLOWED = "robots_disallowed"
 
 
 # Worth another attempt: the same request may succeed later.

@@ -30,7 +30,7 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote, urljoin, urlsplit
 
@@ -54,6 +54,14 @@ from urllib3.exceptions import (
 from batchpredict import aws
 from batchpredict.errors import ErrorCode, PredictionError, RefusedError
 from batchpredict.hostlimits import parse_retry_after
+from batchpredict.robots import (
+    ROBOTS_MAX_BYTES,
+    ROBOTS_REDIRECTS,
+    RobotsCache,
+    RobotsRules,
+    x_robots_forbidding,
+)
+from batchpredict.useragent import DEFAULT_USER_AGENT, product_token
 
 if TYPE_CHECKING:
     from botocore.response import StreamingBody
@@ -81,8 +89,7 @@ _CONNECTIONS_PER_POOL = 8  # concurrent fetches from one host reuse up to this m
 _RESOLVER_THREADS = 4  # concurrent lookups; more wait in line (within their own deadline)
 _RESOLVER_IDLE_SECONDS = 30.0  # an idle resolver thread exits after this long
 _CLOCK_SLACK = 0.005
-_REQUEST_HEADERS = {
-    "User-Agent": "batchpredict/0.1",
+_REQUEST_HEADERS = {  # and the stack's User-Agent (FetchLimits.user_agent)
     "Accept": "image/*,*/*;q=0.8",
     # We cap the bytes we read; a compressed body would let a small transfer expand past the cap.
     "Accept-Encoding": "identity",
@@ -143,6 +150,8 @@ class FetchLimits:
     stack allows its samples server's address and port, nothing else on loopback).
     ``s3_prefixes``: the only ``s3://`` URLs fetched (``s3://bucket/prefix/``); None lets any
     through, for the CLI on the user's own credentials. The functions always get a tuple.
+    ``user_agent``: sent with every request (USER_AGENT); ``robots_txt``: check each host's
+    robots.txt before fetching from it (ROBOTS_TXT, off by default: see robots.py).
     """
 
     max_bytes: int = 20 * 1024 * 1024
@@ -154,6 +163,8 @@ class FetchLimits:
     # The whole fetch: DNS, connect, TLS, every hop, headers and body. A server dripping its
     # headers a byte at a time passes every per-read timeout; this deadline still ends it.
     total_timeout: float = 30.0
+    user_agent: str = DEFAULT_USER_AGENT
+    robots_txt: bool = False
 
 
 @dataclass(frozen=True)
@@ -527,19 +538,23 @@ class Fetcher:
             retries=False,
         )
         self._pools.pool_classes_by_scheme = {"http": _DeadlineHTTPPool, "https": _DeadlineHTTPSPool}
+        self._headers = {**_REQUEST_HEADERS, "User-Agent": limits.user_agent}
+        self._product = product_token(limits.user_agent)
+        self._robots_txt = RobotsCache()
 
-    def fetch(self, url: str, deadline: float | None = None) -> Fetched:
+    def fetch(self, url: str, deadline: float | None = None, *, robots: bool = True) -> Fetched:
         """Return the bytes behind ``url``; raise :class:`PredictionError` on any failure.
 
         ``deadline`` is an absolute ``time.monotonic()`` value; the fetch ends by it, or by
-        ``limits.total_timeout`` from now if that comes first.
+        ``limits.total_timeout`` from now if that comes first. ``robots``: honour the hosts'
+        X-Robots-Tag (and robots.txt, when ``limits.robots_txt``); False for the user's own hosts.
         """
         clock = self._deadline(url, deadline)
         scheme = _scheme_of(url)
         if scheme == "s3":
             return self._fetch_s3(url, clock)
         if scheme in _HTTP_SCHEMES:
-            return self._fetch_http(url, clock)
+            return self._fetch_http(url, clock, robots)
         if not scheme:
             raise _invalid_url(f"URL has no scheme (use http, https or s3): {url[:200]!r}")
         raise _unsupported(f"Unsupported URL scheme {scheme!r}; use http, https or s3")
@@ -576,23 +591,27 @@ class Fetcher:
 
     # -- HTTP -----------------------------------------------------------------
 
-    def _fetch_http(self, url: str, deadline: _Deadline) -> Fetched:
+    def _fetch_http(self, url: str, deadline: _Deadline, robots: bool) -> Fetched:
         target = _parse_http_url(url, ErrorCode.INVALID_URL)
         _ACTIVE.deadline = deadline
         try:
-            return self._within(deadline, lambda: self._follow(url, target, deadline))
+            return self._within(deadline, lambda: self._follow(url, target, deadline, robots))
         finally:
             _ACTIVE.deadline = None
 
-    def _follow(self, url: str, target: _Target, deadline: _Deadline) -> Fetched:
+    def _follow(self, url: str, target: _Target, deadline: _Deadline, robots: bool) -> Fetched:
         current = url
         for hop in range(self._limits.max_redirects + 1):
             deadline.left()  # no hop starts once the time is up
             if hop:
                 target = _parse_http_url(current, ErrorCode.INVALID_REDIRECT)
+            if robots and self._limits.robots_txt:
+                self._check_robots_txt(target, deadline)
             with self._open(target, deadline) as response:
                 if response.status not in REDIRECT_STATUSES:
                     _check_status(response.status, target.host, response.headers.get("Retry-After"))
+                    if robots:  # before a byte of the body is read
+                        self._check_x_robots_tag(response, target.host)
                     _check_encoding(response, target.host)
                     data = self._read_body(response, target.host, deadline)
                     return Fetched(data, current)
@@ -617,7 +636,7 @@ class Fetcher:
             response = pool.urlopen(
                 "GET",
                 target.request_target,
-                headers={**_REQUEST_HEADERS, "Host": target.host_header},
+                headers={**self._headers, "Host": target.host_header},
                 redirect=False,
                 retries=False,
                 preload_content=False,
@@ -669,6 +688,17 @@ class Fetcher:
         return [_resolved_ip(name, host) for name in names]
 
     def _read_body(self, response: urllib3.BaseHTTPResponse, host: str, deadline: _Deadline) -> bytes:
+        return _read_capped(
+            self._body_chunks(response, host, deadline),
+            _content_length(response),
+            self._limits.max_bytes,
+            f"Body from {host}",
+        )
+
+    def _body_chunks(
+        self, response: urllib3.BaseHTTPResponse, host: str, deadline: _Deadline
+    ) -> Callable[[], bytes]:
+        """The body's next piece (empty at its end) per call, each read bounded in time."""
         body_deadline = time.monotonic() + self._limits.read_timeout
 
         def next_chunk() -> bytes:
@@ -679,9 +709,71 @@ class Fetcher:
             except HTTPError as exc:
                 raise self._transport_error(exc, host, in_body=True) from exc
 
-        return _read_capped(
-            next_chunk, _content_length(response), self._limits.max_bytes, f"Body from {host}"
-        )
+        return next_chunk
+
+    # -- What hosts ask of us (robots.py) --------------------------------------
+
+    def _check_x_robots_tag(self, response: urllib3.BaseHTTPResponse, host: str) -> None:
+        directive = x_robots_forbidding(response.headers.getlist("X-Robots-Tag"), self._product)
+        if directive is not None:
+            raise _refused(
+                ErrorCode.ROBOTS_DISALLOWED, f"{host} answered X-Robots-Tag {directive!r} for this image"
+            )
+
+    def _check_robots_txt(self, target: _Target, deadline: _Deadline) -> None:
+        try:
+            rules = self._robots_txt.get(
+                (target.scheme, target.host, target.port),
+                lambda: self._read_robots_txt(target, deadline),
+                deadline.left,
+            )
+        except TimeoutError:  # another fetch is reading it, past this one's deadline
+            raise deadline.error() from None
+        if rules.unreachable is not None:
+            raise _refused(
+                ErrorCode.ROBOTS_DISALLOWED,
+                f"robots.txt of {target.host} could not be read ({rules.unreachable}): the host counts"
+                " as disallowing everything for a while (RFC 9309)",
+            )
+        if not rules.allows(target.request_target):
+            raise _refused(
+                ErrorCode.ROBOTS_DISALLOWED,
+                f"robots.txt of {target.host} disallows {target.request_target[:200]} for {self._product}",
+            )
+
+    def _read_robots_txt(self, origin: _Target, deadline: _Deadline) -> RobotsRules:
+        """The host's rules, through the same guard and deadline as its images. A deadline that
+        passes raises (the answer is not kept); any other failure makes the host unreachable."""
+        current = f"{origin.scheme}://{origin.host_header}/robots.txt"
+        target = replace(origin, request_target="/robots.txt")
+        try:
+            for hop in range(ROBOTS_REDIRECTS + 1):
+                if hop:
+                    target = _parse_http_url(current, ErrorCode.INVALID_REDIRECT)
+                with self._open(target, deadline) as response:
+                    location = response.headers.get("Location")
+                    if response.status not in REDIRECT_STATUSES or not location:
+                        return self._robots_rules(response, target.host, deadline)
+                current = _redirect_target(current, location, target.host)
+            return RobotsRules()  # RFC 9309 2.3.1.2: past the redirects, "unavailable": no rules
+        except PredictionError as exc:
+            if deadline.passed:
+                raise
+            return RobotsRules.cannot_read(f"{exc.code.value}: {exc.message}"[:300])
+
+    def _robots_rules(
+        self, response: urllib3.BaseHTTPResponse, host: str, deadline: _Deadline
+    ) -> RobotsRules:
+        if not 200 <= response.status < 300:
+            return RobotsRules.for_status(response.status)
+        _check_encoding(response, host)
+        next_chunk = self._body_chunks(response, host, deadline)
+        chunks: list[bytes] = []
+        size = 0
+        while size < ROBOTS_MAX_BYTES and (chunk := next_chunk()):  # the rest is ignored (RFC 9309)
+            chunks.append(chunk)
+            size += len(chunk)
+        return RobotsRules.parse(b"".join(chunks), self._product)
 
     def _shrink_read_timeout(
         self, response: urllib3.BaseHTTPResponse, body_deadline: float, deadline: _Deadline, host: str

@@ -55,9 +55,17 @@ class ImageFetcher:
         self._wall = wall
         self._backoff = Backoff(sleep=sleep, clock=clock, base=policy.backoff_seconds, cap=math.inf)
 
-    def fetch(self, url: str, run_deadline: float | None = None, job_rps: float | None = None) -> FetchResult:
+    def fetch(
+        self,
+        url: str,
+        run_deadline: float | None = None,
+        job_rps: float | None = None,
+        *,
+        robots: bool = True,
+    ) -> FetchResult:
         """The first attempt goes at once (its run waited for the host's turn: pipeline.py);
-        ``job_rps``: the job's own host-rps, for the retries' turns."""
+        ``job_rps``: the job's own host-rps, for the retries' turns. ``robots``: honour what the
+        host asks (``Fetcher.fetch``); False for the user's own hosts."""
         started = self._clock()
         deadline = started + self.total_timeout
         if run_deadline is not None:
@@ -67,7 +75,9 @@ class ImageFetcher:
             attempt += 1
             sent = self._clock()
             try:
-                payload: bytes | PredictionError = self.fetcher.fetch(url, deadline=deadline).data
+                payload: bytes | PredictionError = self.fetcher.fetch(
+                    url, deadline=deadline, robots=robots
+                ).data
             except PredictionError as exc:
                 payload = exc
             if self.limiter is not None:

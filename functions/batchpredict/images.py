@@ -12,6 +12,7 @@ Hostile bytes are bounded three ways before and while they decode:
 from __future__ import annotations
 
 import bisect
+import hashlib
 import io
 import re
 import time
@@ -97,6 +98,8 @@ class DecodedImage:
     width: int  # of the original image, after EXIF orientation
     height: int
     bytes: int  # size of the encoded input
+    sha256: str | None = None  # hex digest of the encoded input (decode_image always sets it)
+    format: str | None = None  # what Pillow read it as, lower case: jpeg, png, webp, gif, bmp, tiff, avif
 
 
 def decode_image(
@@ -106,8 +109,13 @@ def decode_image(
     *,
     deadline: float | None = None,
     fidelity: Fidelity = DEFAULT_FIDELITY,
+    sha256: str | None = None,
 ) -> DecodedImage:
     """Decode untrusted image bytes into the model's input tensor.
+
+    The result names the bytes' format and sha256 (``sha256``: the caller's digest of ``data``
+    if it has one, so a payload is hashed once; else computed here: ~0.6 ms a MiB, ~1% of the
+    decode of a photo of that size).
 
     ``deadline`` is an absolute ``time.monotonic()``; a decode still running then stops with
     DECODE_TIMEOUT (see ``_DeadlineReader`` for how promptly). Raises PredictionError
@@ -124,10 +132,11 @@ def decode_image(
     """
     fast = fidelity is Fidelity.FAST
     draft_to = FAST_DRAFT_FACTOR * preprocess.resize_shorter if fast else None
-    image, (width, height) = _load(data, max_pixels, draft_to, deadline)
+    image, (width, height), kind = _load(data, max_pixels, draft_to, deadline)
     _check_deadline(deadline)
     tensor = _to_tensor(image, preprocess, FAST_REDUCING_GAP if fast else None)
-    return DecodedImage(tensor=tensor, width=width, height=height, bytes=len(data))
+    digest = sha256 or hashlib.sha256(data).hexdigest()
+    return DecodedImage(tensor, width, height, len(data), digest, kind)
 
 
 def load_rgb(
@@ -228,15 +237,17 @@ class _DeadlineReader(io.BytesIO):
 
 def _load(
     data: bytes, max_pixels: int, draft_to: int | None, deadline: float | None
-) -> tuple[Image.Image, tuple[int, int]]:
-    """Return the oriented picture in "RGB" or "L" and its oriented full size (a JPEG draft may
-    have shrunk the picture)."""
+) -> tuple[Image.Image, tuple[int, int], str]:
+    """Return the oriented picture in "RGB" or "L", its oriented full size (a JPEG draft may
+    have shrunk the picture) and its format, lower case (an MPO, a camera's JPEG with extra
+    frames, is a jpeg)."""
     _check_deadline(deadline)
     reader = _DeadlineReader(data, deadline)
     try:
         # Image.open reads only the header and leaves an animation on its first frame.
         with Image.open(reader, formats=FORMATS) as image:
             width, height = image.size
+            kind = "jpeg" if image.format == "MPO" else str(image.format).lower()
             if width * height > max_pixels:
                 raise PredictionError(
                     ErrorCode.IMAGE_TOO_LARGE,
@@ -276,7 +287,7 @@ def _load(
     except Exception as exc:  # whatever a decoder raises on hostile bytes: OSError, SyntaxError, ...
         raise PredictionError(ErrorCode.NOT_AN_IMAGE, f"image data is truncated or corrupt: {exc}") from exc
     try:
-        return _flatten(image, deadline), (width, height)
+        return _flatten(image, deadline), (width, height), kind
     except ValueError as exc:  # a mode Pillow cannot convert, e.g. "La"
         raise PredictionError(ErrorCode.NOT_AN_IMAGE, f"unsupported image mode {image.mode}: {exc}") from exc
 

@@ -220,6 +220,7 @@ class Job:
     notify: list[str] = field(default_factory=list)
     fidelity: str | None = None  # x-amz-meta-fidelity as stored (None: exact)
     host_rps: str | None = None  # x-amz-meta-host-rps as stored (None: the stack's HOST_RPS)
+    robots: str | None = None  # x-amz-meta-robots: "ignore", or None (honour)
     # Epoch seconds past which the sweeper ends the job (deadlines.py); timeout_at: created +
     # timeout_seconds, the deadline that never moves.
     deadline_at: int | None = None

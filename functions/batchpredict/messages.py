@@ -157,6 +157,7 @@ class Chunk:
     fidelity: Fidelity | None = None  # the job's fidelity (None: exact); parse gives it to each item
     host_rps: float | None = None  # the job's host-rps (None: the stack's); parse gives it to each item
     deferral: Deferral | None = None  # set on a chunk sent back for its deferred lines
+    ignore_robots: bool = False  # the job's x-amz-meta-robots=ignore; parse gives it to each item
 
     def body(self) -> str:
         # MAX_CHUNK_SIZE items of at most MAX_WORK_ITEM_BYTES each fit one SQS message.
@@ -171,6 +172,8 @@ class Chunk:
             doc["host_rps"] = self.host_rps
         if self.deferral is not None:
             doc["deferral"] = self.deferral.as_message()
+        if self.ignore_robots:
+            doc["robots"] = "ignore"
         doc["items"] = [item.as_message() for item in self.items]
         return _compact(doc)
 
@@ -182,15 +185,22 @@ class Chunk:
         job_id = str(doc["job_id"])
         rate = float(host_rps) if host_rps is not None else None
         deferral = doc.get("deferral")
+        ignore_robots = doc.get("robots") == "ignore"
         return cls(
             job_id,
             int(doc["chunk"]),
-            [WorkItem.from_message(i, chosen or DEFAULT_FIDELITY, rate, job_id) for i in doc["items"]],
+            [
+                WorkItem.from_message(
+                    i, chosen or DEFAULT_FIDELITY, rate, job_id, honour_robots=not ignore_robots
+                )
+                for i in doc["items"]
+            ],
             int(top_k) if top_k is not None else None,
             doc.get("max_failures"),
             chosen,
             rate,
             Deferral.from_message(deferral) if deferral is not None else None,
+            ignore_robots=ignore_robots,
         )
 
 

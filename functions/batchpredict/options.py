@@ -15,6 +15,9 @@ option fails the job at once with a message naming it (never silently ignored).
                              (JPEGs drafted, big pictures reduced first: see fidelity.py)
     x-amz-meta-host-rps      requests a second to any one host, 0.1..1000 (up to 3 decimals):
                              lowers the stack's HOST_RPS for this job's lines (hostlimits.py)
+    x-amz-meta-robots        honour (default: X-Robots-Tag noai/noimageai/none, and robots.txt
+                             where the stack checks it, fail the line robots_disallowed) or
+                             ignore (for the user's own hosts)
 
 The values come from whoever uploads a manifest: every parser takes ASCII digits only (no
 other script's digits, no sign, no underscore, no exponent; surrounding ASCII blanks are
@@ -37,7 +40,7 @@ MAX_TAG_KEY = 128
 MAX_TAG_VALUE = 256
 # Classes per image, for a job (x-amz-meta-top-k, submit --top-k), the function (TOP_K) and the
 # CLI's predict --top-k. Each class is up to ~180 bytes of an IMG# row: at 20, with ImageNet's
-# longest labels, a row is ~4.3 KB (5 write units) against ~1.5 KB (2) at the default 5, where
+# longest labels, a row is ~4.3 KB (5 write units) against ~1.6 KB (2) at the default 5, where
 # 100 made it ~17 KB (17): the price of a line is the uploader's choice only within this.
 MAX_TOP_K = 20
 # A count past every line of the longest job the splitter takes (MAX_MANIFEST_LINES' default)
@@ -187,6 +190,7 @@ class JobOptions:
     notify: tuple[str, ...] = ()
     fidelity: Fidelity | None = None  # None: exact
     host_rps: Decimal | None = None  # None: the stack's HOST_RPS
+    robots: str | None = None  # ROBOTS_IGNORE, or None: honour
 
     def as_metadata(self) -> dict[str, str]:
         """What to put in the manifest object's user metadata (the inverse of ``parse_options``)."""
@@ -199,6 +203,7 @@ class JobOptions:
             "notify": ",".join(self.notify) or None,
             "fidelity": _text(self.fidelity),
             "host-rps": _text(self.host_rps),
+            "robots": self.robots,
         }
         return {k: v for k, v in metadata.items() if v is not None}
 
@@ -214,6 +219,7 @@ class JobOptions:
             "notify": list(self.notify) or None,
             "fidelity": _text(self.fidelity),
             "host_rps": _text(self.host_rps),
+            "robots": self.robots,
         }
         return {k: v for k, v in item.items() if v is not None}
 
@@ -291,6 +297,18 @@ def parse_host_rps(raw: str) -> Decimal:
     return Decimal(text).normalize() if "." in text else Decimal(text)
 
 
+ROBOTS_HONOUR = "honour"
+ROBOTS_IGNORE = "ignore"
+
+
+def parse_robots(raw: str) -> str | None:
+    """``honour`` (None: the default, stored as no option) or ``ignore``."""
+    text = raw.strip(_BLANKS).lower()
+    if text not in (ROBOTS_HONOUR, ROBOTS_IGNORE):
+        raise OptionError(f"robots={_shown(raw)}: give {ROBOTS_HONOUR} or {ROBOTS_IGNORE}")
+    return ROBOTS_IGNORE if text == ROBOTS_IGNORE else None
+
+
 _PARSERS = {
     "name": ("name", _name),
     "tags": ("tags", parse_tags),
@@ -300,6 +318,7 @@ _PARSERS = {
     "notify": ("notify", parse_notify),
     "fidelity": ("fidelity", parse_fidelity),
     "host-rps": ("host_rps", parse_host_rps),
+    "robots": ("robots", parse_robots),
 }
 OPTIONS = tuple(_PARSERS)  # the x-amz-meta-<option> names
 

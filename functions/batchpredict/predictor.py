@@ -33,7 +33,6 @@ class Outcome:
     # which it should not come back; its run defers it (batch.py), never writes it as failed.
     deferred_until: float | None = None
     refused: bool = False  # deferred by the host's own 429/503 (counts in the line's budget)
-    sha256: str | None = None  # the payload's, hex, once the streaming predictor has hashed it
 
 
 def _decode(payload: bytes | PredictionError, preprocess: Preprocess, max_pixels: int) -> Outcome:

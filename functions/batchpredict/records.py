@@ -53,10 +53,11 @@ def img_sk(index: int) -> str:
 @dataclass(frozen=True)
 class WorkItem:
     """One manifest line as it travels in a chunk message: an image to predict, or a line
-    that already failed while the manifest was split (``error`` set). ``fidelity`` and ``job_id``
-    are its job's: the chunk message carries them once for all its lines (``messages.Chunk``), not
-    each line. ``shares``: the earlier line of the job with the same URL (urlkey.py), whose fetch
-    and prediction this line takes (split.FirstLines marks it; sharing.py reads it)."""
+    that already failed while the manifest was split (``error`` set). ``fidelity``, ``job_id``
+    and ``honour_robots`` (False: the job's x-amz-meta-robots=ignore) are its job's: the chunk
+    message carries them once for all its lines (``messages.Chunk``), not each line. ``shares``:
+    the earlier line of the job with the same URL (urlkey.py), whose fetch and prediction this
+    line takes (split.FirstLines marks it; sharing.py reads it)."""
 
     index: int
     url: str | None = None
@@ -65,6 +66,7 @@ class WorkItem:
     error: dict[str, str] | None = None
     fidelity: Fidelity = DEFAULT_FIDELITY
     host_rps: float | None = None  # the job's x-amz-meta-host-rps, carried once by the chunk too
+    honour_robots: bool = True
     shares: int | None = None
     # Context from the chunk, not part of the line: left out of comparisons, as of the message.
     job_id: str | None = field(default=None, compare=False)
@@ -87,6 +89,8 @@ class WorkItem:
         fidelity: Fidelity = DEFAULT_FIDELITY,
         host_rps: float | None = None,
         job_id: str | None = None,
+        *,
+        honour_robots: bool = True,
     ) -> WorkItem:
         shares = body.get("shares")
         return cls(
@@ -99,6 +103,7 @@ class WorkItem:
             host_rps=host_rps,
             shares=None if shares is None else int(shares),
             job_id=job_id,
+            honour_robots=honour_robots,
         )
 
 
@@ -137,11 +142,28 @@ class ResultError:
 
 @dataclass(frozen=True, slots=True)
 class ImageInfo:
-    """The decoded image: its size in pixels (after EXIF orientation) and its encoded bytes."""
+    """The decoded image: its size in pixels (after EXIF orientation), its encoded bytes, their
+    sha256 (hex) and the format Pillow read (lower case: jpeg, png, webp, gif, bmp, tiff, avif).
+    ``sha256`` and ``format`` are None only in records written before they existed."""
 
     width: int
     height: int
     bytes: int
+    sha256: str | None
+    format: str | None
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "width": self.width,
+            "height": self.height,
+            "bytes": self.bytes,
+            "sha256": self.sha256,
+            "format": self.format,
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> ImageInfo:
+        return cls(data["width"], data["height"], data["bytes"], data.get("sha256"), data.get("format"))
 
 
 @dataclass(frozen=True, slots=True)
@@ -228,9 +250,7 @@ class ResultRecord:
             "error": None if self.error is None else {"code": self.error.code, "message": self.error.message},
             "model": self.model,
             "fidelity": self.fidelity.value,
-            "image": None
-            if self.image is None
-            else {"width": self.image.width, "height": self.image.height, "bytes": self.image.bytes},
+            "image": None if self.image is None else self.image.as_dict(),
             "timing_ms": {
                 "fetch": self.timing_ms.fetch,
                 "preprocess": self.timing_ms.preprocess,
@@ -264,7 +284,7 @@ class ResultRecord:
             error=None if error is None else ResultError(error["code"], error["message"]),
             model=data["model"],
             fidelity=Fidelity(data.get("fidelity", DEFAULT_FIDELITY)),
-            image=None if image is None else ImageInfo(image["width"], image["height"], image["bytes"]),
+            image=None if image is None else ImageInfo.from_dict(image),
             timing_ms=Timing(timing["fetch"], timing["preprocess"], timing["inference"]),
             metadata=data.get("metadata"),
             shared_with=None if data.get("shared_with") is None else int(data["shared_with"]),

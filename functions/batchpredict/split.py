@@ -37,7 +37,7 @@ from batchpredict.messages import (
     work_item_bytes,
 )
 from batchpredict.observability import logger
-from batchpredict.options import JobOptions, OptionError, parse_options
+from batchpredict.options import ROBOTS_IGNORE, JobOptions, OptionError, parse_options
 from batchpredict.queues import SEND_BATCH_LIMIT, Queue
 from batchpredict.records import WorkItem, preview
 from batchpredict.results import ResultStore
@@ -204,6 +204,7 @@ class Splitter:
             stored_options.get("max_failures"),
             stored_options.get("fidelity"),
             stored_options.get("host_rps"),
+            robots=stored_options.get("robots"),
         )
         return self._guarded(
             job_id,
@@ -235,7 +236,7 @@ class Splitter:
                 continuation.manifest,
                 Position.from_dict(continuation.position),
                 remaining_ms,
-                _chunk_options(job.top_k, job.max_failures, job.fidelity, job.host_rps),
+                _chunk_options(job.top_k, job.max_failures, job.fidelity, job.host_rps, robots=job.robots),
             ),
         )
 
@@ -356,7 +357,12 @@ class Splitter:
 
 
 def _chunk_options(
-    top_k: int | None, max_failures: str | None, fidelity: str | None, host_rps: str | None = None
+    top_k: int | None,
+    max_failures: str | None,
+    fidelity: str | None,
+    host_rps: str | None = None,
+    *,
+    robots: str | None = None,
 ) -> dict[str, Any]:
     """The job's options every chunk message carries, so predict needs no lookup for them."""
     return {
@@ -364,6 +370,7 @@ def _chunk_options(
         "max_failures": max_failures,
         "fidelity": Fidelity(fidelity) if fidelity is not None else None,
         "host_rps": float(host_rps) if host_rps is not None else None,
+        "ignore_robots": robots == ROBOTS_IGNORE,
     }
 
 
@@ -396,7 +403,9 @@ class _Dispatcher:
                 # The claim lasts as long as this invocation can, as predict's does.
                 self.splitter.writer.write_stopped(chunk, self.remaining_ms() / 1000 + 5.0)
             return
-        self.splitter.work.send_batch([chunk.body() for chunk in chunks])
+        # The job's id as MessageGroupId: SQS fair queues deliver other jobs' chunks ahead of a
+        # large job's backlog (queues.py).
+        self.splitter.work.send_batch([chunk.body() for chunk in chunks], group_id=self.job_id)
 
     def _stopped(self) -> bool:
         now = self.splitter._clock()

@@ -32,6 +32,7 @@ from batchpredict.merges import MergeStore
 from batchpredict.observability import logger
 from batchpredict.queues import Queue
 from batchpredict.results import ResultStore
+from batchpredict.useragent import PLACEHOLDER_CONTACT_URL
 from batchpredict.writer import ChunkWriter
 
 if TYPE_CHECKING:
@@ -60,6 +61,12 @@ def fetcher(limits: FetchLimits) -> Fetcher:
     wide = wide_allowances(limits.allowed_networks)
     if wide:
         logger.warning("ALLOWED_NETWORKS opens more than one host to image URLs", extra={"networks": wide})
+    if PLACEHOLDER_CONTACT_URL in limits.user_agent:
+        # Site operators read the User-Agent to find who fetches their images.
+        logger.warning(
+            "the User-Agent names no contact: set the stack's ContactUrl (or UserAgent) parameter",
+            extra={"user_agent": limits.user_agent},
+        )
     # No client factory: the fetcher builds its own S3 client with the fetch limits' timeouts,
     # so an s3:// image is bounded like an https one.
     return Fetcher(limits)

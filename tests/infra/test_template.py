@@ -14,7 +14,8 @@ from typing import Any
 import pytest
 from cfnlint.api import lint
 
-from batchpredict.config import deadline_settings
+from batchpredict import __version__
+from batchpredict.config import ConfigError, deadline_settings, fetch_limits
 from batchpredict.deadlines import DeadlineSettings
 from batchpredict.local.template import Resolver, deadline_environment, parameter_defaults
 from tests.infra.cfn import (
@@ -349,6 +350,9 @@ def test_parameters_have_the_documented_defaults(cfn: dict[str, Any]) -> None:
     assert defaults == {
         "ModelUri": "",
         "ImageSourcePrefixes": "",
+        "ContactUrl": "https://github.com/OPERATOR/batchpredict",
+        "UserAgent": "",
+        "RobotsTxt": "off",
         "ApiImageSourcePrefixes": "",
         "ApiAuth": "AWS_IAM",
         "ApiJwtIssuer": "",
@@ -900,3 +904,73 @@ def test_a_dead_lettered_manifest_message_is_consumed_by_reconcile(cfn: dict[str
     assert "dynamodb:PutItem" in reconcile and "dynamodb:UpdateItem" in reconcile
     redrive = cfn["Resources"]["ManifestDeadLetterQueue"]["Properties"]["RedrivePolicy"]
     assert getatt_target(redrive["deadLetterTargetArn"]) == "ReconcileDeadLetterQueue"
+
+
+# --- who the fetcher says it is, and what it respects ------------------------------------------
+
+IDENTITY_SETTINGS = {"CONTACT_URL": "ContactUrl", "USER_AGENT": "UserAgent", "ROBOTS_TXT": "RobotsTxt"}
+
+
+@pytest.mark.parametrize(
+    ("parameters", "user_agent", "robots_txt"),
+    [
+        ({}, f"batchpredict/{__version__} (+https://github.com/OPERATOR/batchpredict)", False),
+        (
+            {"ContactUrl": "https://example.org/bot"},
+            f"batchpredict/{__version__} (+https://example.org/bot)",
+            False,
+        ),
+        (
+            {"UserAgent": "acmebot/2.1 (+https://acme.test/bot)", "RobotsTxt": "on"},
+            "acmebot/2.1 (+https://acme.test/bot)",
+            True,
+        ),
+    ],
+)
+def test_both_fetching_functions_identify_as_the_parameters_say(
+    parameters: dict[str, str], user_agent: str, robots_txt: bool, cfn: dict[str, Any]
+) -> None:
+    for name in IMAGE_FUNCTIONS:
+        variables = cfn["Resources"][name]["Properties"]["Environment"]["Variables"]
+        assert {k: variables.get(k) for k in IDENTITY_SETTINGS} == {
+            k: {"Ref": p} for k, p in IDENTITY_SETTINGS.items()
+        }, name
+        env = _resolver(cfn, **parameters)(variables)
+        limits = fetch_limits({k: str(v) for k, v in env.items()})
+        assert (limits.user_agent, limits.robots_txt) == (user_agent, robots_txt), name
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "accepted"),
+    [
+        ("UserAgent", "", True),
+        ("UserAgent", "acmebot/2.1 (+https://acme.test/bot)", True),
+        ("UserAgent", "acmebot", True),
+        ("UserAgent", "(acmebot) 2.1", False),  # no product token first
+        ("UserAgent", "acmebot/2.1 \u00e9", False),  # not ASCII
+        ("UserAgent", "acmebot/2.1\r\nX-Evil: 1", False),  # no header injection
+        ("ContactUrl", "https://example.org/bot", True),
+        ("ContactUrl", "mailto:bot@example.org", False),
+        ("ContactUrl", "https://example.org/a b", False),
+        ("RobotsTxt", "on", True),
+        ("RobotsTxt", "yes", False),
+    ],
+)
+def test_identity_parameters_take_only_what_the_settings_take(
+    name: str, value: str, accepted: bool, cfn: dict[str, Any]
+) -> None:
+    parameter = cfn["Parameters"][name]
+    in_template = (
+        value in parameter["AllowedValues"]
+        if "AllowedValues" in parameter
+        else bool(re.fullmatch(parameter["AllowedPattern"], value))
+        and len(value) <= parameter.get("MaxLength", 256)
+    )
+    assert in_template is accepted
+    setting = {"UserAgent": "USER_AGENT", "ContactUrl": "CONTACT_URL", "RobotsTxt": "ROBOTS_TXT"}[name]
+    try:
+        fetch_limits({setting: value})
+    except ConfigError:
+        assert not accepted
+    else:
+        assert accepted

@@ -5,7 +5,8 @@ the script prints, a few seconds each. No figure is asserted: these are runs, no
 Elsewhere: chaos.py (tests/e2e/test_local_stack.py runs its chaos_job), report_shim
 (tests/unit/test_bench_report_shim.py), fidelity_agreement.py (test_fidelity_benchmark.py);
 local_stack_throughput.py and model_throughput.py get theirs with the work of issue 18 that
-changes them (SMOKED_ELSEWHERE).
+changes them, fairness.py in tests/e2e/test_fairness_smoke.py (it needs the local stack)
+(SMOKED_ELSEWHERE).
 """
 
 from __future__ import annotations
@@ -20,7 +21,13 @@ from tests.aws_env import DUMMY_CREDENTIALS, LEAKS
 
 ROOT = Path(__file__).resolve().parents[2]
 BENCHMARKS = ROOT / "benchmarks"
-SMOKED_ELSEWHERE = {"chaos.py", "fidelity_agreement.py", "local_stack_throughput.py", "model_throughput.py"}
+SMOKED_ELSEWHERE = {
+    "chaos.py",
+    "fairness.py",
+    "fidelity_agreement.py",
+    "local_stack_throughput.py",
+    "model_throughput.py",
+}
 
 
 def bench(script: str, *args: str, timeout: float = 120) -> str:

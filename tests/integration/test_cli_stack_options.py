@@ -122,7 +122,10 @@ def test_local_wins_over_the_environment_and_refuses_a_profile(
 def test_submit_sends_the_options_as_the_splitter_reads_them(deployed: str, tmp_path: Path) -> None:
     manifest = tmp_path / "urls.txt"
     manifest.write_text("https://example.com/a.jpg\n")
-    options = ("--top-k", "20", "--max-failures", "1000000", "--timeout", "604800", "--fidelity", "fast")
+    options = (
+        *("--top-k", "20", "--max-failures", "1000000", "--timeout", "604800", "--fidelity", "fast"),
+        "--ignore-robots",
+    )
     submitted = _run("submit", str(manifest), "--stack", deployed, "--profile", "bp-test", *options)
     assert submitted.exit_code == 0, submitted.output
     session = boto3.session.Session(profile_name="bp-test")
@@ -134,6 +137,7 @@ def test_submit_sends_the_options_as_the_splitter_reads_them(deployed: str, tmp_
         "max-failures": "1000000",
         "timeout": "604800",
         "fidelity": "fast",
+        "robots": "ignore",
     }
     too_many = _run("submit", str(manifest), "--stack", deployed, "--profile", "bp-test", "--top-k", "21")
     assert too_many.exit_code == 2 and "21 is not in the range 1<=x<=20" in too_many.output

@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from batchpredict import wiring
-from batchpredict.config import finalize_config, sweep_config
+from batchpredict.config import fetch_limits, finalize_config, sweep_config
 from batchpredict.events import DETAIL_TYPE, SOURCE, JobEvents
 from batchpredict.finalize import Finalizer
 from batchpredict.handlers import finalize, predict, reconcile, split_manifest, sweep
@@ -26,6 +26,7 @@ from batchpredict.messages import ManifestObject, finalize_body, parse_manifest_
 from batchpredict.queues import Queue
 from batchpredict.results import ResultStore
 from batchpredict.sweep import Sweeper
+from batchpredict.useragent import DEFAULT_USER_AGENT
 
 from .conftest import PipelineStack as Stack
 
@@ -465,6 +466,13 @@ def test_the_local_stack_plays_the_sweepers_schedule_with_deadlines_of_its_own(s
         env = stack.plan.functions[function].environment
         assert (env["DEADLINE_SPLIT_SECONDS"], env["PREDICT_MAX_CONCURRENCY"]) == ("10", "1")
     assert wiring.job_store(sweep_config(schedule.environment).tables).deadlines.split_seconds == 10
+
+
+def test_the_local_stacks_fetching_functions_send_the_default_user_agent(stack: Stack) -> None:
+    # Provisioned from the template's parameter defaults, as a deployed stack's functions are.
+    for function in ("PredictFunction", "PredictApiFunction"):
+        limits = fetch_limits(stack.plan.functions[function].environment)
+        assert (limits.user_agent, limits.robots_txt) == (DEFAULT_USER_AGENT, False), function
 
 
 def test_a_split_that_crashes_after_creating_its_job_fails_it_at_once(stack: Stack) -> None:

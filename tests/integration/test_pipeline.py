@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import gzip
+import hashlib
 import json
 from collections import Counter
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -13,8 +15,11 @@ from batchpredict import batch
 from batchpredict.handlers import split_manifest
 from batchpredict.jobs import JobStore
 from batchpredict.messages import ManifestObject
+from tests.unit.test_robots import Answer, Host, host
 
 from .conftest import PipelineStack as Stack
+
+__all__ = ["host"]  # the fixture
 
 PHOTOS = ["coffee.png", "chelsea.png", "astronaut.png", "rocket.jpg", "china.jpg", "flower.jpg"]
 
@@ -47,7 +52,7 @@ def _assert_consistent(stack: Stack, job_id: str, total: int) -> list[dict[str, 
     return lines
 
 
-def test_mixed_manifest_gives_one_result_per_line(stack: Stack, image_server: str) -> None:
+def test_mixed_manifest_gives_one_result_per_line(stack: Stack, image_server: str, samples_dir: Path) -> None:
     lines = [{"url": f"{image_server}/{photo}", "id": photo} for photo in PHOTOS]
     lines += [
         {"url": f"s3://{stack.samples_bucket}/photos/coffee.png", "id": "s3-coffee"},
@@ -75,7 +80,16 @@ def test_mixed_manifest_gives_one_result_per_line(stack: Stack, image_server: st
     }
     assert _top1(by_id["flower.jpg"]) == "daisy"
     assert _top1(by_id["s3-coffee"]) == "espresso"
-    assert by_id["coffee.png"]["image"] == {"width": 600, "height": 400, "bytes": 466706}
+    coffee = (samples_dir / "coffee.png").read_bytes()
+    assert by_id["coffee.png"]["image"] == {
+        "width": 600,
+        "height": 400,
+        "bytes": 466706,
+        "sha256": hashlib.sha256(coffee).hexdigest(),
+        "format": "png",
+    }
+    assert by_id["s3-coffee"]["image"] == by_id["coffee.png"]["image"]  # the same bytes over s3://
+    assert by_id["rocket.jpg"]["image"]["format"] == "jpeg"
     assert by_id["coffee.png"]["model"] == "efficientnet-lite0:1"
     codes = [r["error"]["code"] if r["error"] else None for r in results[len(PHOTOS) + 1 :]]
     assert codes == [
@@ -207,3 +221,27 @@ def test_local_queues_take_the_templates_visibility_rule_and_the_pollers_know_it
     assert {
         by_url[m.queue_url]: m.visibility_seconds for m in stack.plan.mappings if m.queue_url in by_url
     } == expected
+
+
+def test_a_job_honours_x_robots_tag_unless_it_says_ignore(
+    stack: Stack, host: Host, samples_dir: Path
+) -> None:
+    photo = (samples_dir / "coffee.png").read_bytes()
+    headers = [("X-Robots-Tag", "otherbot: none"), ("X-Robots-Tag", "noindex, NoImageAI")]
+    host.answer("/mine.png", Answer(body=photo, headers=headers))
+    host.answer("/open.png", Answer(body=photo, headers=[("X-Robots-Tag", "otherbot: noai")]))
+    manifest = f"{host.url('/mine.png')}\n{host.url('/open.png')}\n"
+    for key, metadata in (("honour.txt", {}), ("ignore.txt", {"robots": "ignore"})):
+        stack.s3.put_object(
+            Bucket=stack.input_bucket, Key=f"manifests/{key}", Body=manifest.encode(), Metadata=metadata
+        )
+    stack.run()
+
+    outcomes = {}
+    for job in JobStore(stack.dynamodb, stack.table).list_jobs():
+        lines = _assert_consistent(stack, job.job_id, 2)
+        outcomes[job.manifest_uri.rsplit("/", 1)[1]] = [
+            line["error"] and line["error"]["code"] for line in lines
+        ]
+    assert outcomes == {"honour.txt": ["robots_disallowed", None], "ignore.txt": [None, None]}
+    assert host.paths().count("/mine.png") == 2  # asked once by each job, never retried

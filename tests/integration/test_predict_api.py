@@ -12,6 +12,9 @@ import pytest
 
 from batchpredict.handlers import predict_api
 from batchpredict.local.lambda_shim import LocalContext
+from tests.unit.test_robots import Answer, Host, host
+
+__all__ = ["host"]  # the fixture
 
 
 @pytest.fixture
@@ -198,3 +201,25 @@ def test_s3_urls_are_refused_unless_the_api_lists_their_prefix(
     status, body, _ = _call("GET", {"url": "s3://photos/private/cat.jpg"})
     assert (status, body["error"]["code"]) == (422, "blocked_address")
     assert "allowed: s3://photos/public/" in body["error"]["message"]
+
+
+@pytest.fixture
+def noai_server(samples_dir: Path, host: Host) -> str:
+    """coffee.png, answered with X-Robots-Tag: noai."""
+    photo = (samples_dir / "coffee.png").read_bytes()
+    host.answer("/coffee.png", Answer(body=photo, headers=[("X-Robots-Tag", "noai")]))
+    return host.url("/coffee.png")
+
+
+def test_robots_is_honoured_unless_the_caller_says_ignore(api: None, noai_server: str) -> None:
+    status, body, _ = _call("GET", {"url": noai_server})
+    assert (status, body["error"]["code"]) == (422, "robots_disallowed")
+    status, body, _ = _call("GET", {"url": noai_server, "robots": "ignore"})
+    assert status == 200 and body["predictions"][0]["label"] == "espresso"
+    status, body, _ = _call("POST", body={"urls": [noai_server], "robots": "ignore"})
+    assert status == 200 and body["results"][0]["status"] == "SUCCEEDED"
+    status, body, _ = _call("POST", body={"url": noai_server, "robots": "honour"})
+    assert (status, body["error"]["code"]) == (422, "robots_disallowed")
+    status, body, _ = _call("POST", body={"url": noai_server, "robots": True})
+    assert (status, body["error"]["code"]) == (400, "invalid_request")
+    assert body["error"]["message"].startswith("robots")

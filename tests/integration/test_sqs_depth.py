@@ -162,3 +162,97 @@ def test_a_receive_looks_at_the_messages_it_returns_not_the_queue(
 
     small, large = work(100), work(4000)
     assert large == small <= 20
+
+
+# --- fair queues: a MessageGroupId on a standard queue (sqs_depth's module doc) -----------------
+
+
+def _send(sqs: Any, url: str, bodies: list[str], group: str | None = None, delay: int = 0) -> None:
+    """SendMessageBatch in tens, as the splitter sends chunks (queues.Queue.send_batch)."""
+    for start in range(0, len(bodies), 10):
+        entries = [
+            {"Id": str(i), "MessageBody": body, "DelaySeconds": delay}
+            | ({"MessageGroupId": group} if group else {})
+            for i, body in enumerate(bodies[start : start + 10])
+        ]
+        assert not sqs.send_message_batch(QueueUrl=url, Entries=entries).get("Failed")
+
+
+def _bodies(messages: list[dict[str, Any]]) -> list[str]:
+    return [m["Body"] for m in messages]
+
+
+def test_a_late_small_group_comes_out_ahead_of_a_big_groups_backlog(sqs: Any) -> None:
+    url = _queue(sqs, VisibilityTimeout="60")
+    _send(sqs, url, [f"big{i}" for i in range(300)], group="job-big")
+    first = _receive(sqs, url)  # the big job's consumers are busy: 10 in flight
+    assert _bodies(first) == [f"big{i}" for i in range(10)]
+    assert {m["Attributes"]["MessageGroupId"] for m in first} == {"job-big"}
+    _send(sqs, url, ["small0", "small1", "small2"], group="job-small")
+    sqs.send_message(QueueUrl=url, MessageBody="small3", MessageGroupId="job-small")
+
+    # The quiet job's four, then the big job's backlog where it was.
+    assert _bodies(_receive(sqs, url)) == [f"small{i}" for i in range(4)] + [f"big{i}" for i in range(10, 16)]
+    assert _counts(sqs, url) == (284, 20, 0)
+
+
+def test_groups_with_no_message_in_flight_take_turns(sqs: Any) -> None:
+    # Nothing in flight yet: the oldest goes first, then whichever group has fewer in flight.
+    url = _queue(sqs, VisibilityTimeout="60")
+    _send(sqs, url, [f"a{i}" for i in range(20)], group="a")
+    _send(sqs, url, ["b0", "b1"], group="b")
+
+    assert _bodies(_receive(sqs, url, count=6)) == ["a0", "b0", "a1", "b1", "a2", "a3"]
+
+
+def test_a_group_that_is_done_with_its_messages_is_quiet_again(sqs: Any) -> None:
+    url = _queue(sqs, VisibilityTimeout="60")
+    _send(sqs, url, ["a0", "a1", "a2", "a3"], group="a")
+    _send(sqs, url, ["b0", "b1", "b2"], group="b")
+    taken = _receive(sqs, url, count=3)  # a0 b0 a1: a has 2 in flight, b 1
+    assert _bodies(taken) == ["a0", "b0", "a1"]
+    assert _bodies(_receive(sqs, url, count=1, visibility=0)) == ["b1"]  # b: fewer in flight
+
+    for message in taken:
+        if message["Body"].startswith("a"):
+            sqs.delete_message(QueueUrl=url, ReceiptHandle=message["ReceiptHandle"])
+    # a has none in flight now, b still one (b0): a goes first again; then a tie (one each) goes
+    # to the older message, and then b has fewer
+    assert _bodies(_receive(sqs, url, count=3)) == ["a2", "a3", "b1"]
+
+
+def test_a_delayed_small_group_is_received_first_once_its_delay_passes(sqs: Any) -> None:
+    url = _queue(sqs, VisibilityTimeout="60")
+    _send(sqs, url, [f"big{i}" for i in range(50)], group="job-big")
+    _send(sqs, url, ["late0", "late1"], group="job-small", delay=1)
+    assert _bodies(_receive(sqs, url)) == [f"big{i}" for i in range(10)]
+    assert _counts(sqs, url) == (40, 10, 2)
+    time.sleep(1.2)
+
+    assert _bodies(_receive(sqs, url, count=4)) == ["late0", "late1", "big10", "big11"]
+
+
+def test_messages_without_a_group_keep_send_order_and_are_tenants_of_their_own(sqs: Any) -> None:
+    url = _queue(sqs, VisibilityTimeout="60")
+    _send(sqs, url, [f"big{i}" for i in range(30)], group="job-big")
+    assert _bodies(_receive(sqs, url)) == [f"big{i}" for i in range(10)]
+    _send(sqs, url, ["u0", "u1", "u2"])  # no group: each its own tenant, none in flight
+
+    assert _bodies(_receive(sqs, url, count=5)) == ["u0", "u1", "u2", "big10", "big11"]
+
+
+def test_without_fair_queues_groups_are_ignored(backend: SQSBackend) -> None:
+    sqs_depth.install(fair_queues=False)
+    try:
+        backend.create_queue("unfair", VisibilityTimeout="60")
+        for i in range(30):
+            backend.send_message("unfair", f"big{i}", group_id="job-big")
+        assert [m.body for m in backend.receive_message("unfair", 10, 0, 60)] == [
+            f"big{i}" for i in range(10)
+        ]
+        backend.send_message("unfair", "small0", group_id="job-small")
+
+        received = backend.receive_message("unfair", 10, 0, 60)
+    finally:
+        sqs_depth.install()
+    assert [m.body for m in received] == [f"big{i}" for i in range(10, 20)]  # the small one waits

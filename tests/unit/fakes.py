@@ -305,11 +305,13 @@ class ScriptedFetcher:
         self.delays = delays or {}
         self.calls: dict[str, int] = {}
         self.deadlines: dict[str, float] = {}
+        self.robots: dict[str, bool] = {}  # the robots= of each URL's latest call
         self._lock = threading.Lock()
 
-    def fetch(self, url: str, deadline: float | None = None) -> Fetched:
+    def fetch(self, url: str, deadline: float | None = None, *, robots: bool = True) -> Fetched:
         with self._lock:
             self.calls[url] = self.calls.get(url, 0) + 1
+            self.robots[url] = robots
             script = self.scripts[url]
             answer = script[min(self.calls[url], len(script)) - 1]
             self.deadlines[url] = deadline or 0.0

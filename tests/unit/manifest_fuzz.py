@@ -215,7 +215,7 @@ def _records(job_id: str, chunk: Chunk) -> list[ResultRecord]:
             records.append(ResultRecord.for_item(job_id, item, model="m", error=error))
         else:
             assert item.url is not None and check_url(item.url) is None, item
-            info = ImageInfo(1, 1, 1)
+            info = ImageInfo(1, 1, 1, "0" * 64, "png")
             records.append(ResultRecord.for_item(job_id, item, model="m", predictions=prediction, image=info))
     return records
 

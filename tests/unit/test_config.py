@@ -1,6 +1,8 @@
 import pytest
 
+from batchpredict import __version__
 from batchpredict.config import ConfigError, engine_config
+from batchpredict.useragent import PLACEHOLDER_CONTACT_URL
 
 
 def test_missing_model_uri_names_the_variable() -> None:
@@ -151,7 +153,68 @@ def test_a_function_warns_at_start_when_its_allow_list_opens_more_than_one_host(
 
     for spec, warned in (("127.0.0.1:8123, 10.0.0.7", False), ("127.0.0.1:8123, 10.0.0.0/24", True)):
         caplog.clear()
-        wiring.fetcher(fetch_limits({"ALLOWED_NETWORKS": spec})).close()
+        env = {"ALLOWED_NETWORKS": spec, "CONTACT_URL": "https://example.org/bot"}
+        wiring.fetcher(fetch_limits(env)).close()
         assert ("more than one host" in caplog.text) is warned, spec
     (record,) = caplog.records
     assert record.networks == ["10.0.0.0/24"]  # type: ignore[attr-defined]
+
+
+def test_a_function_warns_at_start_while_its_user_agent_names_no_contact(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    from batchpredict import wiring
+    from batchpredict.config import fetch_limits
+
+    wiring.fetcher(fetch_limits({})).close()
+    (record,) = caplog.records
+    assert "names no contact" in record.getMessage()
+    assert record.user_agent == f"batchpredict/{__version__} (+{PLACEHOLDER_CONTACT_URL})"  # type: ignore[attr-defined]
+    caplog.clear()
+    wiring.fetcher(fetch_limits({"USER_AGENT": "acmebot/2.1 (+https://acme.test/bot)"})).close()
+    assert not caplog.records
+
+
+@pytest.mark.parametrize(
+    ("env", "user_agent"),
+    [
+        ({}, f"batchpredict/{__version__} (+https://github.com/OPERATOR/batchpredict)"),
+        (
+            {"CONTACT_URL": "https://example.org/bot"},
+            f"batchpredict/{__version__} (+https://example.org/bot)",
+        ),
+        ({"CONTACT_URL": "https://example.org/bot", "USER_AGENT": "acmebot/2.1"}, "acmebot/2.1"),
+        ({"USER_AGENT": "  acmebot  "}, "acmebot"),  # trimmed, as every setting
+    ],
+)
+def test_the_user_agent_is_the_stacks_or_names_its_contact(env: dict[str, str], user_agent: str) -> None:
+    from batchpredict.config import fetch_limits
+
+    assert fetch_limits(env).user_agent == user_agent
+
+
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        ({"USER_AGENT": "acmebot/2.1 \u00e9"}, "USER_AGENT=.* is invalid: printable ASCII"),
+        ({"USER_AGENT": "acmebot/2.1\r\nX-Evil: 1"}, "USER_AGENT=.* is invalid: printable ASCII"),
+        ({"USER_AGENT": "(acmebot)"}, "USER_AGENT=.* is invalid: printable ASCII starting with a product"),
+        ({"USER_AGENT": "a" * 257}, "USER_AGENT=.* is invalid: at most 256 characters, got 257"),
+        ({"CONTACT_URL": "mailto:bot@example.org"}, "CONTACT_URL=.* is invalid: an http"),
+        ({"CONTACT_URL": "https://example.org/" + "a" * 200}, "CONTACT_URL=.* is invalid: an http"),
+        ({"ROBOTS_TXT": "yes"}, "ROBOTS_TXT='yes' is invalid: give on or off"),
+    ],
+)
+def test_a_bad_identity_setting_fails_at_start_naming_it(env: dict[str, str], message: str) -> None:
+    from batchpredict.config import fetch_limits
+
+    with pytest.raises(ConfigError, match=message):
+        fetch_limits(env)
+
+
+def test_robots_txt_is_off_unless_turned_on() -> None:
+    from batchpredict.config import fetch_limits
+
+    assert fetch_limits({}).robots_txt is False
+    assert fetch_limits({"ROBOTS_TXT": "off"}).robots_txt is False
+    assert fetch_limits({"ROBOTS_TXT": "ON"}).robots_txt is True

@@ -65,6 +65,7 @@ def _busy(item: WorkItem, until: float) -> ImageResult:
 def _sent(sqs: FakeSQS) -> tuple[Chunk, int]:
     call = sqs.sent[-1]
     assert call["QueueUrl"] == WORK
+    assert call["MessageGroupId"] == "job-1"  # the job's group on the fair work queue
     return Chunk.parse(call["MessageBody"]), call["DelaySeconds"]
 
 

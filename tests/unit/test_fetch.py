@@ -294,8 +294,8 @@ class Server:
 
 
 @contextlib.contextmanager
-def _serving(tls: ssl.SSLContext | None = None) -> Iterator[Server]:
-    httpd = _Server()
+def _serving(tls: ssl.SSLContext | None = None, httpd: _Server | None = None) -> Iterator[Server]:
+    httpd = httpd or _Server()
     if tls is not None:
         tls.sni_callback = lambda sock, name, ctx: httpd.sni_names.append(name)
         httpd.socket = tls.wrap_socket(httpd.socket, server_side=True)

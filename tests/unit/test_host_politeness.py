@@ -34,10 +34,10 @@ class TimedFetcher(ScriptedFetcher):
         self.sent: list[tuple[str, float]] = []
         self._sent_lock = threading.Lock()
 
-    def fetch(self, url: str, deadline: float | None = None) -> Fetched:
+    def fetch(self, url: str, deadline: float | None = None, *, robots: bool = True) -> Fetched:
         with self._sent_lock:
             self.sent.append((url, time.time()))
-        return super().fetch(url, deadline)
+        return super().fetch(url, deadline, robots=robots)
 
 
 def _limited(fetcher: ScriptedFetcher, policy: HostPolicy, **kwargs: Any) -> Any:

@@ -243,3 +243,27 @@ def test_receive_reads_each_messages_receive_count() -> None:
 
     assert [(r.body, r.receive_count) for r in received] == [("a", 4), ("b", 1)]
     assert client.receives[0]["MessageSystemAttributeNames"] == ["ApproximateReceiveCount"]
+
+
+def test_a_group_id_goes_on_every_entry_of_every_call_and_on_a_single_send() -> None:
+    # Fair queues: the work queue's messages carry the job's id as MessageGroupId (queues.py).
+    client = FakeSQS()
+    queue, _ = _queue(client)
+
+    assert queue.send_batch([f"b{i}" for i in range(12)], group_id="job-1") == 12
+    queue.send("one", 5, group_id="job-2")
+    queue.send("two")
+
+    assert [e["MessageGroupId"] for batch in client.batches[URL] for e in batch] == ["job-1"] * 12
+    one = {"QueueUrl": URL, "MessageBody": "one", "DelaySeconds": 5, "MessageGroupId": "job-2"}
+    assert client.sent[0] == one
+    assert "MessageGroupId" not in client.sent[1]
+
+
+def test_without_a_group_id_no_entry_carries_one() -> None:
+    client = FakeSQS()
+    queue, _ = _queue(client)
+
+    queue.send_batch(["a", "b"])
+
+    assert all("MessageGroupId" not in e for e in client.batches[URL][0])

@@ -239,6 +239,21 @@ def test_chunks_go_out_in_send_batches_of_ten() -> None:
     assert stack.sqs.delivered[MANIFEST_URL] == []  # time to spare: no hand-over
 
 
+def test_every_chunk_carries_its_job_id_as_message_group_id() -> None:
+    # SQS fair queues: the job is the tenant, so a small job is not stuck behind a large one.
+    stack = Stack()
+    stack.s3.add(IN, "manifests/a.txt", txt_manifest(4 * 11))
+    stack.s3.add(IN, "manifests/b.txt", txt_manifest(4))
+
+    stack.handle(s3_event("manifests/a.txt"))
+    stack.handle(s3_event("manifests/b.txt"))
+
+    groups = [e["MessageGroupId"] for batch in stack.sqs.batches[WORK_URL] for e in batch]
+    expected = [job_of("manifests/a.txt")] * 11 + [job_of("manifests/b.txt")]
+    assert groups == expected
+    assert [c.job_id for c in stack.sqs.chunks()] == expected
+
+
 def test_invalid_lines_travel_inside_chunks_with_their_code() -> None:
     manifest = b"\n".join(
         [

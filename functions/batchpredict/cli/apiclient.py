@@ -43,13 +43,21 @@ def signed_request(api_url: str, body: bytes, session: boto3.session.Session) ->
 
 
 def predict_remote(
-    api_url: str, urls: list[str], session: boto3.session.Session | None = None
+    api_url: str,
+    urls: list[str],
+    session: boto3.session.Session | None = None,
+    *,
+    ignore_robots: bool = False,
 ) -> list[ResultRecord]:
-    """One result record per URL, in order, from the API at ``api_url``."""
+    """One result record per URL, in order, from the API at ``api_url``. ``ignore_robots``: the
+    request's ``robots: ignore`` (the caller's own hosts)."""
     session = session or boto3.session.Session()
     records: list[ResultRecord] = []
     for start in range(0, len(urls), URLS_PER_REQUEST):
-        body = json.dumps({"urls": urls[start : start + URLS_PER_REQUEST]}).encode()
+        request: dict[str, object] = {"urls": urls[start : start + URLS_PER_REQUEST]}
+        if ignore_robots:
+            request["robots"] = "ignore"
+        body = json.dumps(request).encode()
         prepared = signed_request(api_url, body, session).prepare()
         call = urllib.request.Request(prepared.url, data=body, headers=dict(prepared.headers), method="POST")
         try:

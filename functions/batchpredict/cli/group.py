@@ -47,10 +47,10 @@ def _engine_config(model: str | None, max_batch: int) -> EngineConfig:
     return engine_config(env)
 
 
-def _read_source(source: str, fetcher: Fetcher) -> bytes | PredictionError:
+def _read_source(source: str, fetcher: Fetcher, robots: bool = True) -> bytes | PredictionError:
     if source.startswith(URL_PREFIXES) or "://" in source:
         try:
-            return fetcher.fetch(source).data
+            return fetcher.fetch(source, robots=robots).data
         except PredictionError as exc:
             return exc
     try:
@@ -89,6 +89,11 @@ def _show(sources: Sequence[str], outcomes: Sequence[Outcome], output: str) -> N
 )
 @click.option("--profile", help="With --stack: the AWS profile to sign with (default: the standard chain).")
 @click.option("--region", help="With --stack: the stack's region (default: the profile's).")
+@click.option(
+    "--ignore-robots",
+    is_flag=True,
+    help="For your own hosts only: fetch images whose X-Robots-Tag says noai, noimageai or none.",
+)
 def predict(
     sources: tuple[str, ...],
     top_k: int,
@@ -99,10 +104,11 @@ def predict(
     stack_name: str | None,
     profile: str | None,
     region: str | None,
+    ignore_robots: bool,
 ) -> None:
     """Predict the top-k ImageNet classes of image files or URLs (http, https, s3)."""
     if stack_name:
-        _predict_remote(StackTarget(stack_name, profile, region), sources, top_k, output)
+        _predict_remote(StackTarget(stack_name, profile, region), sources, top_k, output, ignore_robots)
         return
     if profile or region:
         raise fail("--profile and --region go with --stack NAME")
@@ -118,14 +124,16 @@ def predict(
         ) from exc
     fetcher = Fetcher(limits, s3_client_factory=s3_client)
     try:
-        payloads = [_read_source(source, fetcher) for source in sources]
+        payloads = [_read_source(source, fetcher, not ignore_robots) for source in sources]
     finally:
         fetcher.close()
     _show(sources, predict_payloads(engine, payloads, top_k), output)
 
 
 @friendly_errors
-def _predict_remote(target: StackTarget, sources: tuple[str, ...], top_k: int, output: str) -> None:
+def _predict_remote(
+    target: StackTarget, sources: tuple[str, ...], top_k: int, output: str, ignore_robots: bool = False
+) -> None:
     """``predict --stack``: the stack's predict API, SigV4-signed with the target's session."""
     from batchpredict.cli.apiclient import ApiError, outcome_of, predict_remote
 
@@ -136,7 +144,7 @@ def _predict_remote(target: StackTarget, sources: tuple[str, ...], top_k: int, o
     if not ref.api_url:
         raise fail(f"stack {target.name!r} has no PredictApiUrl output")
     try:
-        records = predict_remote(ref.api_url, list(sources), target.session())
+        records = predict_remote(ref.api_url, list(sources), target.session(), ignore_robots=ignore_robots)
     except ApiError as exc:
         raise fail(str(exc)) from exc
     _show(sources, [outcome_of(record, top_k) for record in records], output)

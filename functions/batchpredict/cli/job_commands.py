@@ -65,6 +65,7 @@ def _job_options(metadata: Mapping[str, object]) -> Any:
         "batchpredict submit urls.txt --max-failures 1000 --timeout 7200",
         "batchpredict submit photos.jsonl --dry-run",
         "batchpredict submit urls.txt --fidelity fast",
+        "batchpredict submit our-cdn-urls.txt --ignore-robots",
         "BATCHPREDICT_STACK=batchpredict batchpredict submit urls.txt --profile prod --region eu-west-1",
     )
 )
@@ -114,6 +115,12 @@ def _job_options(metadata: Mapping[str, object]) -> Any:
     help="At most N requests a second to any one image host for this job (x-amz-meta-host-rps;"
     " below the stack's HostRps only: it lowers, never raises).",
 )
+@click.option(
+    "--ignore-robots",
+    is_flag=True,
+    help="For your own hosts only: fetch images whose X-Robots-Tag says noai, noimageai or none, and"
+    " skip robots.txt (x-amz-meta-robots=ignore; by default they fail robots_disallowed).",
+)
 @stack_options
 def submit(
     manifest: Path,
@@ -128,15 +135,16 @@ def submit(
     notify: str | None,
     fidelity: str | None,
     host_rps: float | None,
+    ignore_robots: bool,
     target: StackTarget,
 ) -> None:
     """Upload MANIFEST under manifests/ and print the job id; the options travel as the
     object's S3 user metadata (as `aws s3 cp --metadata name=…,top-k=3` would send them)."""
     metadata = {"name": name, "tags": ",".join(tags) or None, "top-k": top_k, "max-failures": max_failures}
     rate = None if host_rps is None else f"{host_rps:g}"
-    options = _job_options(
-        metadata | {"timeout": timeout, "notify": notify, "fidelity": fidelity, "host-rps": rate}
-    )
+    robots = "ignore" if ignore_robots else None
+    asked = {"timeout": timeout, "notify": notify, "fidelity": fidelity, "host-rps": rate, "robots": robots}
+    options = _job_options(metadata | asked)
     client = target.client()
     if dry_run:
         found = client.dry_run(manifest, key, options)

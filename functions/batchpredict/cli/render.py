@@ -78,6 +78,7 @@ def _options(job: Any) -> list[tuple[str, Any]]:
         ("notify", ",".join(job.notify)),
         ("fidelity", job.fidelity),
         ("host-rps", job.host_rps),
+        ("robots", job.robots),
     ]
 
 

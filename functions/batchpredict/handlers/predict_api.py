@@ -3,7 +3,8 @@
 ``GET /predict?url=…`` or ``POST /predict {"url": …}`` returns that image's record;
 ``POST {"urls": [...]}`` (up to API_MAX_URLS) returns ``{"results": [...]}``. ``fidelity``
 (``exact``, the default, or ``fast``: a query field for GET, a body field for POST) chooses the
-decode as a job's x-amz-meta-fidelity does. 400 for bad input, 422 for a single image that
+decode as a job's x-amz-meta-fidelity does; ``robots`` (``honour``, the default, or ``ignore``,
+for the caller's own hosts) as a job's x-amz-meta-robots. 400 for bad input, 422 for a single image that
 cannot be predicted. Same engine and fetch guard as the batch path; the model is loaded once
 per process, not on every request.
 """
@@ -27,7 +28,7 @@ from batchpredict.config import api_config
 from batchpredict.fidelity import DEFAULT_FIDELITY, Fidelity
 from batchpredict.manifest import check_url
 from batchpredict.observability import logger, metrics, tracer
-from batchpredict.options import OptionError, parse_fidelity
+from batchpredict.options import ROBOTS_IGNORE, OptionError, parse_fidelity, parse_robots
 from batchpredict.pipeline import StreamingPredictor
 from batchpredict.records import SUCCEEDED
 
@@ -73,10 +74,11 @@ def _body_json(body: str | None, base64_encoded: bool) -> Any:
     return value
 
 
-def _predict(urls: list[str], single: bool, fidelity: object = None) -> Response[str]:
+def _predict(urls: list[str], single: bool, fidelity: object = None, robots: object = None) -> Response[str]:
     svc = service()
     try:
         chosen = DEFAULT_FIDELITY if fidelity is None else _fidelity(fidelity)
+        ignore_robots = robots is not None and _robots(robots) == ROBOTS_IGNORE
     except OptionError as exc:
         return _bad_request("invalid_request", str(exc))
     if not urls:
@@ -92,7 +94,7 @@ def _predict(urls: list[str], single: bool, fidelity: object = None) -> Response
     # The batch path's stream: same fetch guard, decoders, engine and records.
     remaining = app.lambda_context.get_remaining_time_in_millis() / 1000
     deadline = time.monotonic() + remaining - svc.reply_reserve_seconds
-    records = predict_urls(svc.predictor, urls, deadline, chosen)
+    records = predict_urls(svc.predictor, urls, deadline, chosen, honour_robots=not ignore_robots)
     if single:
         return _json(200 if records[0].status == SUCCEEDED else 422, records[0].to_json())
     return _json(200, {"results": [record.to_json() for record in records]})
@@ -104,11 +106,20 @@ def _fidelity(value: object) -> Fidelity:
     return parse_fidelity(value)
 
 
+def _robots(value: object) -> str | None:
+    if not isinstance(value, str):
+        raise OptionError("robots: give honour or ignore as a string")
+    return parse_robots(value)
+
+
 @app.get("/predict")
 def predict_get() -> Response[str]:
     event = app.current_event
     url = event.get_query_string_value(name="url", default_value="") or ""
-    return _predict([url] if url else [], single=True, fidelity=event.get_query_string_value(name="fidelity"))
+    query = event.get_query_string_value
+    return _predict(
+        [url] if url else [], single=True, fidelity=query(name="fidelity"), robots=query(name="robots")
+    )
 
 
 @app.post("/predict")
@@ -124,8 +135,9 @@ def predict_post() -> Response[str]:
         urls = body["urls"]
         if not isinstance(urls, list):
             return _bad_request("invalid_request", '"urls" must be a list')
-        return _predict(urls, single=False, fidelity=body.get("fidelity"))
-    return _predict([body["url"]] if body.get("url") else [], single=True, fidelity=body.get("fidelity"))
+        return _predict(urls, single=False, fidelity=body.get("fidelity"), robots=body.get("robots"))
+    url = [body["url"]] if body.get("url") else []
+    return _predict(url, single=True, fidelity=body.get("fidelity"), robots=body.get("robots"))
 
 
 @logger.inject_lambda_context(clear_state=True)

@@ -64,6 +64,9 @@ class LocalOptions:
     # its memory buys on Lambda, and their REPORT lines and chunks estimate Lambda's bill
     # (cpu_slots.py). False: they share the cores freely (and bill their wall time).
     cpu_slots: bool = True
+    # The standard queues deliver as Amazon SQS fair queues do, by MessageGroupId (sqs_depth.py).
+    # False: in send order, as without fair queues (benchmarks/fairness.py's --no-fair).
+    fair_queues: bool = True
 
 
 @dataclass(frozen=True)

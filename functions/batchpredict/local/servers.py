@@ -15,10 +15,11 @@ from batchpredict.local import sqs_depth
 
 class MotoServer:
     """A moto server on 127.0.0.1 (a free port), speaking the real AWS HTTP APIs; its standard
-    SQS queues do not slow down with depth (``sqs_depth``)."""
+    SQS queues do not slow down with depth and deliver as fair queues do (``sqs_depth``;
+    ``fair_queues=False``: in send order, whatever the MessageGroupId)."""
 
-    def __init__(self) -> None:
-        sqs_depth.install()
+    def __init__(self, fair_queues: bool = True) -> None:
+        sqs_depth.install(fair_queues=fair_queues)
         self._server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
 
     def start(self) -> str:

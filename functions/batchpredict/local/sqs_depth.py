@@ -22,6 +22,19 @@ the deleted message from moto's list, which the rest of moto still reads), and t
 change: visibility timeouts, receive counts, redrive to the dead-letter queue after
 ``maxReceiveCount`` receives, long polling, retention. FIFO queues, and queues with moto's own
 Lambda event-source mappings (the local stack has its own runner), keep moto's code unchanged.
+
+Fair queues (moto has none): a standard queue's messages sent with a MessageGroupId are received
+the way Amazon SQS fair queues deliver them ("How Amazon SQS fair queues work", SQS Developer
+Guide): the group is the tenant, and of the tenants with ready messages the one with the fewest
+messages in flight goes first, so a quiet tenant's messages come out ahead of a noisy tenant's
+backlog as soon as they are ready; within a tenant, send order. A message without a group is a
+tenant of its own (as on AWS), never in flight when ready: such messages go first, in send order,
+so a queue that never sees a group keeps the order above. Not emulated: AWS's thresholds (a
+tenant is noisy above 10% of the in-flight messages and 30 of its own, or 10% of the consumers'
+recent processing time; below them SQS keeps its usual order), its processing-time share, and
+the 5 minutes after which a silent noisy tenant is forgiven. ``install(fair_queues=False)``
+ignores groups (a standard queue without fair queues: send order), benchmarks/fairness.py's
+"before".
 """
 
 from __future__ import annotations
@@ -29,6 +42,7 @@ from __future__ import annotations
 import heapq
 import itertools
 import threading
+from collections import Counter
 from copy import deepcopy
 from typing import Any
 
@@ -43,12 +57,17 @@ MAX_VISIBILITY_SPAN_MS = 43200 * 1000  # SQS: a message's visibility can reach 1
 class DepthIndex:
     """Where a standard queue's live messages are: ready, in flight, delayed."""
 
-    def __init__(self, queue: Queue) -> None:
+    def __init__(self, queue: Queue, fair: bool = True) -> None:
         self.lock = threading.RLock()
+        self.fair = fair  # messages grouped by MessageGroupId (module doc, "Fair queues")
         self.live: dict[str, Message] = {}
         self._order: dict[str, int] = {}
-        self._ready: list[tuple[int, str]] = []  # (send order, id); entries of gone messages skipped
+        # Per tenant (a MessageGroupId; None: messages without one, each a tenant of its own):
+        # (send order, id); entries of gone messages skipped.
+        self._ready: dict[str | None, list[tuple[int, str]]] = {}
         self._ready_ids: set[str] = set()
+        self._tenant: dict[str, str | None] = {}  # id -> its tenant
+        self._busy: Counter[str | None] = Counter()  # tenant -> its messages in flight
         self._hidden: list[tuple[float, int, str]] = []  # (visible or due at, order, id)
         self.in_flight: dict[str, float] = {}  # id -> visible_at (ms)
         self.delayed: dict[str, float] = {}  # id -> delayed_until (ms)
@@ -63,6 +82,7 @@ class DepthIndex:
         with self.lock:
             self.live[message.id] = message
             self._order[message.id] = next(self._counter)
+            self._tenant[message.id] = message.group_id if self.fair else None
             for handle in message.all_receipt_handles:
                 if handle:
                     self._handles[handle] = message.id
@@ -72,7 +92,7 @@ class DepthIndex:
         """File a live message under ready, in flight or delayed, by its own timestamps."""
         now = unix_time_millis()
         key, order = message.id, self._order[message.id]
-        self.in_flight.pop(key, None)
+        self._land(key)
         self.delayed.pop(key, None)
         self._ready_ids.discard(key)  # its entry in the ready heap, if any, is skipped from now on
         if now < message.delayed_until:
@@ -80,17 +100,28 @@ class DepthIndex:
             heapq.heappush(self._hidden, (message.delayed_until, order, key))
         elif not now > message.visible_at:
             self.in_flight[key] = message.visible_at
+            self._busy[self._tenant[key]] += 1
             heapq.heappush(self._hidden, (message.visible_at, order, key))
         else:
             self._ready_ids.add(key)
-            heapq.heappush(self._ready, (order, key))
+            heapq.heappush(self._ready.setdefault(self._tenant[key], []), (order, key))
+
+    def _land(self, key: str) -> None:
+        """The message is no longer in flight (if it was)."""
+        if self.in_flight.pop(key, None) is not None:
+            tenant = self._tenant[key]
+            self._busy[tenant] -= 1
+            if not self._busy[tenant]:
+                del self._busy[tenant]
 
     def remove(self, queue: Queue, message: Message) -> None:
         with self.lock:
             key = message.id
+            if key in self._tenant:
+                self._land(key)
             self.live.pop(key, None)
             self._order.pop(key, None)
-            self.in_flight.pop(key, None)
+            self._tenant.pop(key, None)
             self.delayed.pop(key, None)
             self._ready_ids.discard(key)
             for handle in message.all_receipt_handles:
@@ -123,12 +154,24 @@ class DepthIndex:
             return bool(self._ready_ids)
 
     def next_ready(self) -> Message | None:
-        while self._ready:
-            _, key = heapq.heappop(self._ready)
-            if key in self._ready_ids:
-                self._ready_ids.discard(key)
-                return self.live[key]
-        return None
+        """The oldest ready message of the tenant with the fewest messages in flight (module doc);
+        without groups, the oldest ready message."""
+        chosen: tuple[int, int, str | None] | None = None  # (in flight, head's order, tenant)
+        for tenant, heap in list(self._ready.items()):
+            while heap and heap[0][1] not in self._ready_ids:
+                heapq.heappop(heap)  # a message that moved on since it was filed here
+            if not heap:
+                del self._ready[tenant]
+                continue
+            # Messages without a group are tenants of their own: none of them is in flight.
+            rank = (0 if tenant is None else self._busy[tenant], heap[0][0], tenant)
+            if chosen is None or rank[:2] < chosen[:2]:
+                chosen = rank
+        if chosen is None:
+            return None
+        _, key = heapq.heappop(self._ready[chosen[2]])
+        self._ready_ids.discard(key)
+        return self.live[key]
 
     def counts(self) -> tuple[int, int, int]:
         """(visible, in flight, delayed), as moto's Approximate* attributes count them."""
@@ -144,7 +187,7 @@ def index_of(queue: Queue) -> DepthIndex | None:
         return None
     index = queue.__dict__.get("_depth_index")
     if index is None:
-        index = queue.__dict__.setdefault("_depth_index", DepthIndex(queue))
+        index = queue.__dict__.setdefault("_depth_index", DepthIndex(queue, _settings["fair_queues"]))
     return index  # type: ignore[no-any-return]
 
 
@@ -188,6 +231,7 @@ def _receive(
 # --- the patched methods ---------------------------------------------------------------------
 
 _original: dict[str, Any] = {}
+_settings = {"fair_queues": True}  # install()'s; read when a queue's index is made
 
 
 def _add_message(self: Queue, message: Message) -> None:
@@ -283,8 +327,11 @@ def _purge_queue(self: SQSBackend, queue_name: str) -> None:
     self.get_queue(queue_name).__dict__.pop("_depth_index", None)  # rebuilt from the empty list
 
 
-def install() -> None:
-    """Patch moto's SQS classes in this process (idempotent)."""
+def install(fair_queues: bool = True) -> None:
+    """Patch moto's SQS classes in this process (idempotent). ``fair_queues``: whether the
+    queues indexed from now on order their messages by MessageGroupId (module doc); False: send
+    order, as a standard queue without fair queues."""
+    _settings["fair_queues"] = fair_queues
     if _original:
         return
     counts = {

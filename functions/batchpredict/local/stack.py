@@ -210,7 +210,7 @@ class LocalStack:
         from batchpredict.local.servers import MotoServer
 
         try:
-            moto = MotoServer()
+            moto = MotoServer(fair_queues=self.options.fair_queues)
             endpoint = moto.start()
             self._stoppers.append(moto.stop)
             dynamodb_endpoint = endpoint
