@@ -8,10 +8,12 @@
   invocation): the line copies the original's IMG# row, read with those of every other such
   line of the chunks that arrived together (one eventually consistent BatchGetItem a 100
   lines, 0.5 RCU a row). No fetch, no decode, no inference.
-* The row is not there (yet), or it failed for a reason of its own line, not of its image
-  (``NOT_COPIED``): ``when_original_missing`` decides: the line is predicted itself, or deferred
+* The row is not there yet (its chunk still runs in another invocation):
+  ``when_original_missing`` decides: the line is predicted itself, or deferred
   (``ORIGINAL_WAIT_SECONDS``, through deferral.py, when the invocation has a deferrer) to read
   the row again when it comes back.
+* The row failed for a reason of its own line, not of its image (``NOT_COPIED``), or is of
+  another URL: the line is predicted itself (waiting would not change the row).
 """
 
 from __future__ import annotations
@@ -56,7 +58,7 @@ class OriginalMissing(Enum):
 
 def when_original_missing(item: WorkItem) -> OriginalMissing:
     """What a shared line does when its original's row is not written yet (its chunk still runs
-    in another invocation) or cannot be copied. The switch to deferral is this one line."""
+    in another invocation). The switch to deferral is this one line."""
     return OriginalMissing.PREDICT
 
 
@@ -127,7 +129,9 @@ class SharedLines:
             original = rows.get((chunk.job_id, item.shares))
             if original is not None and _copyable(original, item):
                 plan.copied.append(copied_record(chunk.job_id, item, original))
-            elif self._can_defer and when_original_missing(item) is OriginalMissing.DEFER:
+            elif (
+                original is None and self._can_defer and when_original_missing(item) is OriginalMissing.DEFER
+            ):
                 outcome = Outcome(deferred_until=self._wall() + ORIGINAL_WAIT_SECONDS)
                 plan.waiting.append(ImageResult(item, outcome))
             else:

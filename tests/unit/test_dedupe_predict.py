@@ -364,3 +364,27 @@ def test_with_deferral_switched_on_a_line_without_its_originals_row_waits_for_it
     assert [(item.index, item.shares) for item in again.items] == [(16, 0)]
     assert sharing.ORIGINAL_WAIT_SECONDS <= sent["DelaySeconds"] <= 1.25 * sharing.ORIGINAL_WAIT_SECONDS + 1
     assert jobs.count_calls == []  # the chunk is counted when its last line is done
+
+
+def test_with_deferral_switched_on_a_row_that_cannot_be_copied_is_not_waited_for(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from batchpredict import sharing
+    from batchpredict.deferral import ChunkDeferrer
+    from batchpredict.hostlimits import HostPolicy
+
+    monkeypatch.setattr(sharing, "when_original_missing", lambda item: OriginalMissing.DEFER)
+    writer, jobs = _writer([_row(0, _url(1), label=None, code="dead_lettered")])
+    sqs = FakeSQS()
+    deferrer = ChunkDeferrer(writer.results, jobs, Queue(sqs, "https://sqs/work"), HostPolicy())  # type: ignore[arg-type]
+    fetcher = ScriptedFetcher({_url(1): [_img(1)]})
+    predictor, _ = _stream(fetcher, linger=0.02)
+    batch = ChunkBatch(predictor, writer, memory_mb=1024, write_reserve_seconds=0.0, deferrer=deferrer)
+    ends = time.monotonic() + 10.0
+
+    outcomes = batch.run(
+        [("m1", Chunk(JOB, 1, [_shared(16, _url(1), 0)]).body())], lambda: ends - time.monotonic()
+    )
+
+    assert not outcomes["m1"].deferred and outcomes["m1"].records[0].status == SUCCEEDED
+    assert fetcher.calls == {_url(1): 1} and sqs.sent == []
