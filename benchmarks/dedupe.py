@@ -10,17 +10,19 @@ requests for each path. The manifest holds every URL once, then draws among them
 
 A leg starts the local stack as ``batchpredict local run`` does (moto server, DynamoDB Local,
 worker processes from the SAM template), with ``--workers`` predict workers and no scale-out beyond
-them, submits the manifest, waits for the job's end and checks every line: its own URL, SUCCEEDED,
-the predictions and image of the first line of its key, and ``shared_with`` naming that line
-(none on the first). It prints lines, distinct URLs, the requests the image server counted, the
+them, submits the manifest, waits for the job's end and checks every line (``check``): its own
+URL, SUCCEEDED, and the predictions and image of the line it names in ``shared_with``, or of the
+first line of its URL. It prints lines, distinct URLs, the requests the image server counted, the
 inferences (lines whose result carries a forward-pass share of its own, ``timing_ms.inference >
 0``: a line that took another's outcome, by URL or by bytes, or copied a row, has none), the
-lines naming ``shared_with``, and the wall time.
+lines naming ``shared_with``, the lines of a URL met before that were fetched again, and the
+wall time.
 
 With one worker the chunks run in order, so every duplicate finds its original in the same
 invocation or written before it: requests = inferences = distinct URLs. With more, a duplicate
 whose original is still running in another worker is fetched for itself
-(sharing.when_original_missing) until deferral lands: the surplus is printed.
+(sharing.when_original_missing: PREDICT) and checked against the first line of its URL: the
+surplus is printed.
 
 Usage::
 
@@ -105,37 +107,67 @@ class Tally:
     lines: int
     distinct: int
     shared: int  # lines naming shared_with
+    refetched: int  # lines of a URL met before that were fetched for themselves
     own_inference: int  # lines with a forward-pass share of their own
     wrong: list[str]  # what does not hold, line by line
 
 
+# Two forward passes of one image in different batches differ by up to ~6e-7 (README, TAIL_PASS).
+PROBABILITY_TOLERANCE = 1e-5
+
+
 def check(urls: Sequence[str], results: Sequence[dict[str, Any]]) -> Tally:
-    """Every manifest line has its result, in order, with its own URL, SUCCEEDED, and the
-    predictions and image of the first line of its URL's key, which a later line names as
-    ``shared_with`` (``results``: result lines as JSON objects)."""
+    """Every manifest line has its result, in order, with its own URL, SUCCEEDED. A line naming
+    ``shared_with`` has that line's predictions and image exactly, and that line has the same
+    URL key and was fetched for itself; a line fetched for itself after the first of its key
+    (its original was running elsewhere) has the first's classes and image, its probabilities
+    within PROBABILITY_TOLERANCE (``results``: result lines as JSON objects)."""
     from batchpredict.urlkey import url_key
 
     wrong = [] if len(results) == len(urls) else [f"{len(results)} results for {len(urls)} lines"]
     first: dict[str, int] = {}
+    refetched = 0
     for position, line in enumerate(results):
-        index = line["index"]
-        original = first.setdefault(url_key(line["url"]), index)
-        expected = results[original] if original < len(results) else line
+        index, shared = line["index"], line.get("shared_with")
+        key = url_key(line["url"])
+        original = first.setdefault(key, index)
         problems = [
             index != position and "out of order",
             line["url"] != urls[index] and "another URL",
             line["status"] != "SUCCEEDED" and f"{line['status']} {line['error']}",
-            line.get("shared_with") != (None if original == index else original) and "shared_with",
-            line["predictions"] != expected["predictions"] and "predictions",
-            line["image"] != expected["image"] and "image",
         ]
+        if shared is not None:
+            leader = results[shared] if 0 <= shared < len(results) else {}
+            problems += [
+                (url_key(leader.get("url", "")) != key or leader.get("shared_with") is not None)
+                and f"shared_with {shared}, not a line of its URL fetched for itself",
+                leader.get("predictions") != line["predictions"] and "predictions differ from shared_with's",
+                leader.get("image") != line["image"] and "image differs from shared_with's",
+            ]
+        elif original != index:
+            refetched += 1
+            problems.append(not _same(line, results[original]) and "predictions differ from the first's")
         wrong += [f"line {index}: {problem}" for problem in problems if problem]
     return Tally(
         lines=len(results),
         distinct=len(first),
         shared=sum(1 for line in results if line.get("shared_with") is not None),
+        refetched=refetched,
         own_inference=sum(1 for line in results if line["timing_ms"]["inference"] > 0),
         wrong=wrong,
+    )
+
+
+def _same(line: dict[str, Any], first: dict[str, Any]) -> bool:
+    """The same image and classes, in order, and probabilities within PROBABILITY_TOLERANCE."""
+    ours, theirs = line["predictions"], first["predictions"]
+    return (
+        line["image"] == first["image"]
+        and [p["class_index"] for p in ours] == [p["class_index"] for p in theirs]
+        and all(
+            abs(a["probability"] - b["probability"]) <= PROBABILITY_TOLERANCE
+            for a, b in zip(ours, theirs, strict=True)
+        )
     )
 
 
@@ -180,7 +212,8 @@ def leg(args: argparse.Namespace, workers: int, server: CountingImageServer, man
     return (
         f"{tally.lines} lines, {tally.distinct} distinct URLs: {requests} requests "
         f"({most} at most for one URL), {tally.own_inference} inferences, "
-        f"{tally.shared} lines sharing another's fetch, {len(tally.wrong)} wrong; {job.status.value} "
+        f"{tally.shared} lines sharing another's fetch, {tally.refetched} fetched again, "
+        f"{len(tally.wrong)} wrong; {job.status.value} "
         f"({job.succeeded}/{job.total} succeeded) in {wall:.1f} s"
     )
 

@@ -130,7 +130,8 @@ def test_dedupe_counts_one_request_and_one_inference_per_distinct_url() -> None:
     assert re.search(r"^CPU: .+; load average [\d.]+ at start$", out, re.MULTILINE), out
     line = re.search(
         r"^1 workers run 1: 40 lines, 4 distinct URLs: (\d+) requests \(1 at most for one URL\), "
-        r"(\d+) inferences, 36 lines sharing another's fetch, 0 wrong; COMPLETED \(40/40 succeeded\)",
+        r"(\d+) inferences, 36 lines sharing another's fetch, 0 fetched again, 0 wrong; "
+        r"COMPLETED \(40/40 succeeded\)",
         out,
         re.MULTILINE,
     )

@@ -22,6 +22,7 @@ from batchpredict.handlers import split_manifest
 from batchpredict.jobs import JobStore
 from batchpredict.local.dynamodb_local import DynamoDBLocal, DynamoDBLocalUnavailableError
 from batchpredict.model import Engine
+from batchpredict.urlkey import url_key
 
 from .conftest import PipelineStack as Stack
 from .test_pipeline import _assert_consistent
@@ -112,8 +113,18 @@ def test_a_thousand_lines_over_a_hundred_urls_make_a_hundred_fetches_and_inferen
 
     results = _assert_consistent(stack, stack.only_job_id(), LINES)  # rows = results.jsonl, counts
     tally = check(urls, results)
-    assert tally.wrong == []  # in order, own URL, SUCCEEDED, the original's predictions and image
-    assert (tally.lines, tally.distinct, tally.shared) == (LINES, DISTINCT, LINES - DISTINCT)
+    assert tally.wrong == []  # in order, own URL, SUCCEEDED, the predictions and image shared
+    assert (tally.lines, tally.distinct, tally.shared, tally.refetched) == (
+        LINES,
+        DISTINCT,
+        LINES - DISTINCT,
+        0,
+    )
+    first: dict[str, int] = {}  # each line names the first of its URL, none the first itself
+    originals = [first.setdefault(url_key(line["url"]), line["index"]) for line in results]
+    assert [line.get("shared_with") for line in results] == [
+        None if original == index else original for index, original in enumerate(originals)
+    ]
     assert sorted(images.requests.values()) == [1] * DISTINCT  # each image fetched once
     assert sum(inferred) == DISTINCT == tally.own_inference
 
