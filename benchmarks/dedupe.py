@@ -15,8 +15,8 @@ URL, SUCCEEDED, and the predictions and image of the line it names in ``shared_w
 first line of its URL. It prints lines, distinct URLs, the requests the image server counted, the
 inferences (lines whose result carries a forward-pass share of its own, ``timing_ms.inference >
 0``: a line that took another's outcome, by URL or by bytes, or copied a row, has none), the
-lines naming ``shared_with``, the lines of a URL met before that were fetched again, and the
-wall time.
+lines naming ``shared_with``, the fetches beyond one per URL (lines without ``shared_with``
+less distinct URLs), and the wall time.
 
 With one worker the chunks run in order, so every duplicate finds its original in the same
 invocation or written before it: requests = inferences = distinct URLs. With more, a duplicate
@@ -107,7 +107,7 @@ class Tally:
     lines: int
     distinct: int
     shared: int  # lines naming shared_with
-    refetched: int  # lines of a URL met before that were fetched for themselves
+    refetched: int  # fetches beyond one per URL: lines fetched for themselves, less distinct URLs
     own_inference: int  # lines with a forward-pass share of their own
     wrong: list[str]  # what does not hold, line by line
 
@@ -126,7 +126,6 @@ def check(urls: Sequence[str], results: Sequence[dict[str, Any]]) -> Tally:
 
     wrong = [] if len(results) == len(urls) else [f"{len(results)} results for {len(urls)} lines"]
     first: dict[str, int] = {}
-    refetched = 0
     for position, line in enumerate(results):
         index, shared = line["index"], line.get("shared_with")
         key = url_key(line["url"])
@@ -145,14 +144,14 @@ def check(urls: Sequence[str], results: Sequence[dict[str, Any]]) -> Tally:
                 leader.get("image") != line["image"] and "image differs from shared_with's",
             ]
         elif original != index:
-            refetched += 1
             problems.append(not _same(line, results[original]) and "predictions differ from the first's")
         wrong += [f"line {index}: {problem}" for problem in problems if problem]
     return Tally(
         lines=len(results),
         distinct=len(first),
         shared=sum(1 for line in results if line.get("shared_with") is not None),
-        refetched=refetched,
+        # The first line of a URL may itself take a later line's fetch (chunks out of order).
+        refetched=sum(1 for line in results if line.get("shared_with") is None) - len(first),
         own_inference=sum(1 for line in results if line["timing_ms"]["inference"] > 0),
         wrong=wrong,
     )
