@@ -243,7 +243,7 @@ def report(legs: list[Leg], args: argparse.Namespace) -> None:
         f"\n{args.small}-line job submitted {args.delay:g} s after a {args.images:,}-line job, "
         f"{args.workers} predict workers, {args.repeat} run(s)"
     )
-    print(f"  {'queue':8} {'alone s':>16} {'behind s':>16} {'behind / alone':>16}")
+    print(f"  {'queue':8} {'alone s':>24} {'behind s':>24} {'behind / alone':>24}")
     for fair in modes(args):
         mine = [leg for leg in legs if leg.fair == fair]
         cells = (
@@ -251,7 +251,7 @@ def report(legs: list[Leg], args: argparse.Namespace) -> None:
             fmt_range([leg.behind for leg in mine]),
             fmt_range([leg.ratio for leg in mine], 2) + "x",
         )
-        print(f"  {mine[0].name:8} " + " ".join(f"{c:>16}" for c in cells))
+        print(f"  {mine[0].name:8} " + " ".join(f"{c:>24}" for c in cells))
     if len(modes(args)) == 2:
         before = [leg.behind for leg in legs if not leg.fair]
         after = [leg.behind for leg in legs if leg.fair]
