@@ -30,7 +30,7 @@ import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import wait as wait_for
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from batchpredict.config import DEFAULT_CHUNK_SIZE, DEFAULT_HEARTBEAT_SECONDS
@@ -45,6 +45,7 @@ from batchpredict.observability import MetricUnit, logger, metrics
 from batchpredict.pipeline import ImageResult, StreamingPredictor
 from batchpredict.queues import Heartbeat, Queue, Received
 from batchpredict.records import SUCCEEDED, ImageInfo, ResultError, ResultRecord, Timing, WorkItem
+from batchpredict.sharing import SharedLines, SharedPlan
 from batchpredict.writer import LEASE_MARGIN_SECONDS, ChunkWriter, stopped_records
 
 WRITER_THREADS = 4  # chunks written at once: S3 and DynamoDB calls, not CPU
@@ -99,6 +100,7 @@ def image_record(
         timing=Timing(
             round(result.fetch_ms, 2), round(outcome.preprocess_ms, 2), round(outcome.inference_ms, 2)
         ),
+        shared_with=result.shared_with,
     )
 
 
@@ -338,6 +340,13 @@ class _Invocation:
         self.meter = ComputeMeter(batch.memory_mb, batch._clock, batch.gate.waited_seconds)
         self.outcomes: dict[str, ChunkOutcome] = {}
         self.chunks: list[tuple[str, Chunk]] = []  # the predictor's groups, in order
+        self.plans: list[SharedPlan] = []  # each group's shared lines (sharing.py)
+        # Looked up when a shared line's original is elsewhere, not before: a writer without a
+        # job store (tests) has none to read.
+        self.shared = SharedLines(
+            lambda lines: batch.writer.jobs.result_rows(lines),  # noqa: PLW0108
+            can_defer=batch.deferrer is not None,
+        )
         self.received = {m.message_id: m for m in event}  # the event's and the refilled messages
         self.taken: list[str] = []  # refill: message ids
         self.writes: dict[str, Future[bool | None]] = {}
@@ -353,7 +362,8 @@ class _Invocation:
     def admit(self, arrived: Sequence[Received], lines: float = math.inf) -> list[Chunk]:
         """Parse; chunks of a cancelled, stopped or failed job are not fetched: written at once,
         cancelled. The rest become the predictor's next groups, as many as ``lines`` hold; the
-        others are made visible again, unstarted."""
+        others are made visible again, unstarted. Returned as the predictor takes them: without
+        the lines copied from their original's row (sharing.py)."""
         parsed = self.batch._parse([(m.message_id, m.body) for m in arrived], self.outcomes)
         stopped = self.batch._stopped_jobs({chunk.job_id for _, chunk in parsed})
         live, unstarted = [], []
@@ -367,19 +377,27 @@ class _Invocation:
                 unstarted.append(self.received[message_id])
         self.batch._release(unstarted, self.heartbeat)
         self.chunks.extend(live)
-        return [chunk for _, chunk in live]
+        plans = self.shared.plan([chunk for _, chunk in live])
+        self.plans.extend(plans)
+        return [replace(chunk, items=plan.predict) for (_, chunk), plan in zip(live, plans, strict=True)]
 
     def predicted(self, group: int, results: list[ImageResult]) -> None:
         message_id, chunk = self.chunks[group]
         predictor = self.batch.predictor
         model, top_k = predictor.model_id, chunk.top_k or predictor.top_k
-        deferred = [r for r in results if r.outcome.deferred_until is not None]
-        if not deferred or self.batch.deferrer is None:
-            self.write(message_id, chunk, [image_record(chunk.job_id, r, model, top_k) for r in results])
-            return
+        plan = self.plans[group]
+        deferring = self.batch.deferrer is not None  # without one, a deferred line is written failed
+        results = [*results, *plan.waiting]
+        deferred = [r for r in results if deferring and r.outcome.deferred_until is not None]
         records = [
-            image_record(chunk.job_id, r, model, top_k) for r in results if r.outcome.deferred_until is None
+            image_record(chunk.job_id, r, model, top_k)
+            for r in results
+            if not (deferring and r.outcome.deferred_until is not None)
         ]
+        records = sorted(records + plan.copied, key=lambda record: record.index)
+        if not deferred:
+            self.write(message_id, chunk, records)
+            return
         self.outcomes[message_id] = ChunkOutcome(chunk, records)
         self.writes[message_id] = self.batch._writes.submit(
             self.batch._defer, chunk, records, deferred, self.remaining, self.meter

@@ -241,6 +241,7 @@ def split_config(env: Mapping[str, str]) -> SplitConfig:
             ),
             max_manifest_bytes=setting(env, "MAX_MANIFEST_BYTES", positive_int, defaults.max_manifest_bytes),
             time_reserve_ms=setting(env, "SPLIT_TIME_RESERVE_MS", positive_int, defaults.time_reserve_ms),
+            dedupe_max_urls=setting(env, "DEDUPE_MAX_URLS", non_negative_int, defaults.dedupe_max_urls),
         ),
     )
 

@@ -182,14 +182,17 @@ class Chunk:
         doc = json.loads(body)
         top_k, fidelity, host_rps = doc.get("top_k"), doc.get("fidelity"), doc.get("host_rps")
         chosen = Fidelity(fidelity) if fidelity is not None else None
+        job_id = str(doc["job_id"])
         rate = float(host_rps) if host_rps is not None else None
         deferral = doc.get("deferral")
         ignore_robots = doc.get("robots") == "ignore"
         return cls(
-            str(doc["job_id"]),
+            job_id,
             int(doc["chunk"]),
             [
-                WorkItem.from_message(i, chosen or DEFAULT_FIDELITY, rate, honour_robots=not ignore_robots)
+                WorkItem.from_message(
+                    i, chosen or DEFAULT_FIDELITY, rate, job_id, honour_robots=not ignore_robots
+                )
                 for i in doc["items"]
             ],
             int(top_k) if top_k is not None else None,

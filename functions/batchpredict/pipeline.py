@@ -25,6 +25,9 @@ hosts' lines go on); a turn past the run's horizon, or a refusal (429/503), make
 *deferred* (``Outcome.deferred_until``): its group is handed on with it, and batch.py sends the
 deferred lines back to the queue for later.
 
+The same URL twice in a job is fetched once in a run, and the same bytes are decoded and
+inferred once (sharedwork.py): a line that follows another takes that line's outcome.
+
 One URL or payload can only fail its own result: whatever a fetch or decode raises
 becomes that image's error. Work not done by the run's deadline is left out (its group
 is reported unfinished, for redelivery), never written as a failure it did not earn.
@@ -32,6 +35,7 @@ is reported unfinished, for redelivery), never written as a failure it did not e
 
 from __future__ import annotations
 
+import hashlib
 import heapq
 import itertools
 import threading
@@ -39,7 +43,7 @@ import time
 from collections import Counter, deque
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Protocol
 
 import numpy as np
@@ -58,6 +62,8 @@ from batchpredict.model import Engine, available_cpus
 from batchpredict.observability import logger
 from batchpredict.predictor import Outcome
 from batchpredict.records import WorkItem
+from batchpredict.sharedwork import Follower, SharedWork, Slot
+from batchpredict.urlkey import url_key
 
 Clock = Callable[[], float]
 
@@ -74,11 +80,13 @@ TAIL_PASS = 4
 
 @dataclass
 class ImageResult:
-    """One image of a group, done: its outcome (predictions or error) and fetch time."""
+    """One image of a group, done: its outcome (predictions or error) and fetch time.
+    ``shared_with``: the line whose fetch (and outcome) it took (sharedwork.py)."""
 
     item: WorkItem
     outcome: Outcome
     fetch_ms: float = 0.0
+    shared_with: int | None = None
 
 
 GroupDone = Callable[[int, list[ImageResult]], None]
@@ -151,16 +159,57 @@ class _Run:
     top_k: int = 5
     last_fetch: float = 0.0  # when the latest fetch was submitted
     next_refill: float = 0.0  # no refill before this time
+    shared: SharedWork = field(default_factory=SharedWork)
 
     def finish(self, group: int, position: int, result: ImageResult) -> None:
         with self.cond:
-            if self.closed or self.results[group][position] is not None:
-                return
+            if not self.closed:
+                self._record([((group, position), result)])
+                self.cond.notify()
+
+    def follow(self, key: tuple[object, ...], follower: Follower) -> bool:
+        """Whether ``follower`` takes the outcome of the line that leads ``key`` in this run (at
+        once if it is done); False: it leads ``key`` itself."""
+        with self.cond:
+            leader = self.shared.follow(key, follower)
+            if leader is None:
+                return False
+            done = self.results[leader[0]][leader[1]]
+            if done is not None and not self.closed:
+                self._record(self._followers(leader, done))
+                self.cond.notify()
+            return True
+
+    def _record(self, todo: list[tuple[Slot, ImageResult]]) -> None:
+        """Record each result, and its followers' copies of it (under ``cond``)."""
+        while todo:
+            (group, position), result = todo.pop()
+            if self.results[group][position] is not None:
+                continue
             self.results[group][position] = result
             self.pending[group] -= 1
             if self.pending[group] == 0:
                 self.completed.append(group)
-            self.cond.notify()
+            todo += self._followers((group, position), result)
+
+    def _followers(self, leader: Slot, result: ImageResult) -> list[tuple[Slot, ImageResult]]:
+        copies = []
+        for follower in self.shared.take(leader):
+            group, position = follower.slot
+            copies.append((follower.slot, _copied(result, self.groups[group][position], follower)))
+        return copies
+
+
+def _copied(leader: ImageResult, item: WorkItem, follower: Follower) -> ImageResult:
+    """``item``'s result from its leader's: the same predictions, image and error, no decode or
+    inference time of its own; its own fetch time, or none and the leader named (unless the
+    leader is the same line, in a second delivery of its chunk)."""
+    # Every field, so that a deferred leader's followers are deferred with it.
+    outcome = replace(leader.outcome, preprocess_ms=0.0, inference_ms=0.0)
+    if follower.fetch_ms is None:
+        same_line = leader.item.index == item.index
+        return ImageResult(item, outcome, 0.0, shared_with=None if same_line else leader.item.index)
+    return ImageResult(item, outcome, follower.fetch_ms)
 
 
 class StreamingPredictor:
@@ -240,16 +289,23 @@ class StreamingPredictor:
                 run.pending.append(len(items))
                 if not items:
                     run.completed.append(g)
+                # A line with the URL of an earlier line of its job takes that line's fetch
+                # (sharedwork.py) and asks for no host turn.
+                fetch = [
+                    p
+                    for p, item in enumerate(items)
+                    if item.error is None and item.url and not run.follow(_same_url(item), Follower((g, p)))
+                ]
                 # Counted before the first fetch asks for a turn: a lease is sized by them.
-                run.host_pending.update(host_key(i.url) for i in items if i.error is None and i.url)
+                run.host_pending.update(host_key(items[p].url or "") for p in fetch)
             for p, item in enumerate(items):
                 if item.error is not None or not item.url:
                     run.finish(g, p, ImageResult(item, Outcome()))  # failed at split time
-                else:
-                    with run.cond:
-                        run.fetching += 1
-                        run.last_fetch = self._clock()
-                    self._fetchers.submit(self._fetch, run, g, p, item)
+            for p in fetch:
+                with run.cond:
+                    run.fetching += 1
+                    run.last_fetch = self._clock()
+                self._fetchers.submit(self._fetch, run, g, p, items[p])
 
     # -- the engine loop (the calling thread) -------------------------------------------
 
@@ -462,7 +518,22 @@ class StreamingPredictor:
             run.finish(group, position, result)
             return
         if not run.closed:
-            self._decoders.submit(self._decode, run, group, position, item, fetched)
+            self._decode_once(run, group, position, item, fetched)
+
+    def _decode_once(
+        self, run: _Run, group: int, position: int, item: WorkItem, fetched: FetchResult
+    ) -> None:
+        """Decode the payload, unless the same bytes (sha256, same fidelity) are decoding or
+        decoded in this run: the line then takes their outcome, with its own fetch time."""
+        assert isinstance(fetched.payload, bytes)
+        # images.decode_image hashes the bytes again for the record (~0.6 ms a MiB each).
+        digest = hashlib.sha256(fetched.payload).digest()
+        with run.cond:
+            if run.follow(("bytes", item.fidelity, digest), Follower((group, position), fetched.fetch_ms)):
+                run.decoding -= 1  # counted by _fetched, which expected a decode
+                run.cond.notify()
+                return
+        self._decoders.submit(self._decode, run, group, position, item, fetched)
 
     def _decode(self, run: _Run, group: int, position: int, item: WorkItem, fetched: FetchResult) -> None:
         payload = fetched.payload
@@ -502,6 +573,11 @@ class StreamingPredictor:
         self._fetchers.shutdown(wait=False, cancel_futures=True)
         self._decoders.shutdown(wait=False, cancel_futures=True)
         self.fetcher.close()
+
+
+def _same_url(item: WorkItem) -> tuple[object, ...]:
+    """The key of lines that share one fetch: same job, same fidelity, same URL key."""
+    return ("url", item.job_id, item.fidelity, url_key(item.url or ""))
 
 
 def _not_now(item: WorkItem, turn: Turn) -> PredictionError:

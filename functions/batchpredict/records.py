@@ -8,7 +8,7 @@ read back by merge.py and the user side (``from_json``).
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Final, Literal
 
 from batchpredict.errors import ErrorCode
@@ -53,9 +53,11 @@ def img_sk(index: int) -> str:
 @dataclass(frozen=True)
 class WorkItem:
     """One manifest line as it travels in a chunk message: an image to predict, or a line
-    that already failed while the manifest was split (``error`` set). ``fidelity`` is its job's:
-    the chunk message carries it once for all its lines (``messages.Chunk``), not each line;
-    so is ``honour_robots`` (False: the job's x-amz-meta-robots=ignore)."""
+    that already failed while the manifest was split (``error`` set). ``fidelity``, ``job_id``
+    and ``honour_robots`` (False: the job's x-amz-meta-robots=ignore) are its job's: the chunk
+    message carries them once for all its lines (``messages.Chunk``), not each line. ``shares``:
+    the earlier line of the job with the same URL (urlkey.py), whose fetch and prediction this
+    line takes (split.FirstLines marks it; sharing.py reads it)."""
 
     index: int
     url: str | None = None
@@ -65,6 +67,9 @@ class WorkItem:
     fidelity: Fidelity = DEFAULT_FIDELITY
     host_rps: float | None = None  # the job's x-amz-meta-host-rps, carried once by the chunk too
     honour_robots: bool = True
+    shares: int | None = None
+    # Context from the chunk, not part of the line: left out of comparisons, as of the message.
+    job_id: str | None = field(default=None, compare=False)
 
     def as_message(self) -> dict[str, Any]:
         fields = {
@@ -73,6 +78,7 @@ class WorkItem:
             "id": self.id,
             "metadata": self.metadata,
             "error": self.error,
+            "shares": self.shares,
         }
         return {k: v for k, v in fields.items() if v is not None}
 
@@ -82,9 +88,11 @@ class WorkItem:
         body: dict[str, Any],
         fidelity: Fidelity = DEFAULT_FIDELITY,
         host_rps: float | None = None,
+        job_id: str | None = None,
         *,
         honour_robots: bool = True,
     ) -> WorkItem:
+        shares = body.get("shares")
         return cls(
             index=int(body["index"]),
             url=body.get("url"),
@@ -93,6 +101,8 @@ class WorkItem:
             error=body.get("error"),
             fidelity=fidelity,
             host_rps=host_rps,
+            shares=None if shares is None else int(shares),
+            job_id=job_id,
             honour_robots=honour_robots,
         )
 
@@ -169,7 +179,9 @@ class Timing:
 class ResultRecord:
     """One manifest line's result. ``job_id`` None: predict_api's record, which has none;
     ``metadata`` None: the line had none (both are then left out of the JSON). ``fidelity``:
-    the decode its job asked for (a record written before there was a choice was ``exact``)."""
+    the decode its job asked for (a record written before there was a choice was ``exact``).
+    ``shared_with``: the line of the same job whose fetch this one shares (its predictions, image
+    and error are that line's; None: the line was fetched for itself)."""
 
     job_id: str | None
     index: int
@@ -183,6 +195,7 @@ class ResultRecord:
     image: ImageInfo | None = None
     timing_ms: Timing = Timing()
     metadata: dict[str, Any] | None = None
+    shared_with: int | None = None
 
     def __post_init__(self) -> None:
         if (self.status == SUCCEEDED) != (self.error is None):
@@ -199,6 +212,7 @@ class ResultRecord:
         predictions: tuple[Prediction, ...] = (),
         image: ImageInfo | None = None,
         timing: Timing = Timing(),
+        shared_with: int | None = None,
     ) -> ResultRecord:
         """``item``'s record: SUCCEEDED, or FAILED with ``error``."""
         return cls(
@@ -214,6 +228,7 @@ class ResultRecord:
             image=image,
             timing_ms=timing,
             metadata=item.metadata,
+            shared_with=shared_with,
         )
 
     @classmethod
@@ -242,6 +257,8 @@ class ResultRecord:
                 "inference": self.timing_ms.inference,
             },
         }
+        if self.shared_with is not None:
+            data["shared_with"] = self.shared_with
         if self.metadata is not None:
             data["metadata"] = self.metadata
         return data
@@ -270,6 +287,7 @@ class ResultRecord:
             image=None if image is None else ImageInfo.from_dict(image),
             timing_ms=Timing(timing["fetch"], timing["preprocess"], timing["inference"]),
             metadata=data.get("metadata"),
+            shared_with=None if data.get("shared_with") is None else int(data["shared_with"]),
         )
 
 

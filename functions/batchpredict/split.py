@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
 from batchpredict.errors import ErrorCode
@@ -42,6 +42,7 @@ from batchpredict.queues import SEND_BATCH_LIMIT, Queue
 from batchpredict.records import WorkItem, preview
 from batchpredict.results import ResultStore
 from batchpredict.throttling import is_transient
+from batchpredict.urlkey import url_digest
 from batchpredict.writer import ChunkWriter
 
 if TYPE_CHECKING:
@@ -59,6 +60,9 @@ class SplitSettings:
     time_reserve_ms: int = 20_000
     # How often a split asks whether its job was cancelled meanwhile.
     status_check_seconds: float = 1.0
+    # Distinct URLs a split invocation remembers to mark later duplicates (FirstLines): ~125
+    # bytes each, 500,000 ~ 62 MB of the splitter's 512 MB; 0 turns marking off.
+    dedupe_max_urls: int = 500_000
 
 
 @dataclass(frozen=True)
@@ -100,6 +104,34 @@ def _unsendable(item: ManifestItem, why: str) -> WorkItem:
         id=preview(item.id),
         error={"code": ErrorCode.INVALID_MANIFEST_LINE.value, "message": f"line {item.line}: the line {why}"},
     )
+
+
+class FirstLines:
+    """The first line of each distinct URL (urlkey.py) a split has sent, so that a later line
+    with the same URL is marked ``shares`` = that line (predict then fetches it once: sharing.py).
+
+    Bounded: a 16-byte digest and the index per URL, at most ``limit`` URLs; past that, new URLs
+    are not remembered (their duplicates are fetched for themselves), while those remembered
+    still mark theirs. One map per split invocation: a continuation (a long manifest's next
+    invocation) starts an empty one, so a duplicate across that boundary is not marked.
+    """
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self._first: dict[bytes, int] = {}
+
+    def mark(self, item: WorkItem) -> WorkItem:
+        """``item``, marked if an earlier line had its URL; remembered if it is the first."""
+        if item.error is not None or not item.url or not self.limit:
+            return item
+        digest = url_digest(item.url)
+        first = self._first.get(digest)
+        if first is not None:
+            # ~20 bytes more in the message: within the slack messages.py's size bound leaves.
+            return replace(item, shares=first)
+        if len(self._first) < self.limit:
+            self._first[digest] = item.index
+        return item
 
 
 class _OutOfTimeError(Exception):
@@ -246,6 +278,7 @@ class Splitter:
         position = whole = start  # whole: just after the last whole chunk
         settings = self.settings
         dispatch = _Dispatcher(self, job_id, remaining_ms)
+        first_lines = FirstLines(settings.dedupe_max_urls)
 
         def tick(at: Position) -> None:
             # Lines that yield no item (blank, comments) pass here too, every so many.
@@ -264,7 +297,7 @@ class Splitter:
                 max_bytes=settings.max_manifest_bytes,
                 tick=tick,
             ):
-                chunk_items.append(work_item(item))
+                chunk_items.append(first_lines.mark(work_item(item)))
                 if len(chunk_items) < size:
                     continue
                 chunks.append(Chunk(job_id, item.index // size, chunk_items, **chunk_options))

@@ -124,3 +124,18 @@ def test_estimate_accuracy_sets_the_dry_run_beside_real_jobs(bundle_dir: Path, s
     assert re.search(r"history 2: GB-s ratio [\d.]+, wall ratio [\d.]+ \(the stack's 2 recent job", out), out
     figures = r"^defaults: billed_ms=[\d.]+, invocations=[\d.]+, write_units=[\d.]+, overhead_seconds="
     assert re.search(figures, out, re.MULTILINE), out
+
+
+def test_dedupe_counts_one_request_and_one_inference_per_distinct_url() -> None:
+    # 40 lines over 4 URLs on a local stack of one predict worker (issue 19, must show, tiny).
+    out = bench("dedupe.py", "--lines", "40", "--urls", "4", "--workers", "1", timeout=300)
+    assert re.search(r"^CPU: .+; load average [\d.]+ at start$", out, re.MULTILINE), out
+    line = re.search(
+        r"^1 workers run 1: 40 lines, 4 distinct URLs: (\d+) requests \(1 at most for one URL\), "
+        r"(\d+) inferences, 36 lines sharing another's fetch, 0 fetched again, 0 wrong; "
+        r"COMPLETED \(40/40 succeeded\)",
+        out,
+        re.MULTILINE,
+    )
+    assert line is not None, out
+    assert (int(line[1]), int(line[2])) == (4, 4)

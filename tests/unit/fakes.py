@@ -8,7 +8,7 @@ import json
 import threading
 import time
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import replace
 from typing import Any
 
@@ -192,6 +192,7 @@ class FakeJobs:
         self.count_calls: list[tuple[int, int, int, str | None]] = []
         self.claims: set[int] = set()
         self.usages: list[ChunkUsage | None] = []
+        self.row_reads: list[list[tuple[str, int]]] = []
 
     def chunk_counted(self, job_id: str, chunk: int) -> bool:
         return chunk in self.markers
@@ -207,6 +208,13 @@ class FakeJobs:
     def put_results(self, records: list[ResultRecord], deadline: float | None = None) -> int:
         self.rows.extend(records)
         return len(records)  # a write unit a row
+
+    def result_rows(self, lines: Iterable[tuple[str, int]]) -> dict[tuple[str, int], ResultRecord]:
+        """The rows written of these (job, index) lines; each call's lines kept in ``row_reads``."""
+        wanted = list(lines)
+        self.row_reads.append(wanted)
+        written = {(row.job_id or "", row.index): row for row in self.rows}
+        return {line: written[line] for line in wanted if line in written}
 
     def count_chunk(
         self,

@@ -28,20 +28,31 @@ def test_malformed_values_are_refused_with_their_name(name: str, value: str) -> 
         engine_config({"MODEL_URI": "/m", name: value})
 
 
+SPLIT_ENV = {
+    "TABLE_NAME": "t",
+    "OUTPUT_BUCKET": "b",
+    "WORK_QUEUE_URL": "w",
+    "MANIFEST_QUEUE_URL": "m",
+    "FINALIZE_QUEUE_URL": "f",
+    "EVENT_BUS_NAME": "e",
+}
+
+
 def test_chunk_size_is_capped_so_a_chunk_fits_in_one_sqs_message() -> None:
     from batchpredict.config import split_config
 
-    env = {
-        "TABLE_NAME": "t",
-        "OUTPUT_BUCKET": "b",
-        "WORK_QUEUE_URL": "w",
-        "MANIFEST_QUEUE_URL": "m",
-        "FINALIZE_QUEUE_URL": "f",
-        "EVENT_BUS_NAME": "e",
-    }
-    assert split_config(env | {"CHUNK_SIZE": "25"}).settings.chunk_size == 25
+    assert split_config(SPLIT_ENV | {"CHUNK_SIZE": "25"}).settings.chunk_size == 25
     with pytest.raises(ConfigError, match="CHUNK_SIZE='26' is invalid: at most 25"):
-        split_config(env | {"CHUNK_SIZE": "26"})
+        split_config(SPLIT_ENV | {"CHUNK_SIZE": "26"})
+
+
+def test_dedupe_max_urls_caps_the_splits_map_of_first_lines() -> None:
+    from batchpredict.config import split_config
+
+    assert split_config(SPLIT_ENV).settings.dedupe_max_urls == 500_000
+    assert split_config(SPLIT_ENV | {"DEDUPE_MAX_URLS": "0"}).settings.dedupe_max_urls == 0  # off
+    with pytest.raises(ConfigError, match="DEDUPE_MAX_URLS='-1' is invalid"):
+        split_config(SPLIT_ENV | {"DEDUPE_MAX_URLS": "-1"})
 
 
 def test_a_full_chunk_of_longest_non_ascii_lines_fits_in_one_sqs_message() -> None:

@@ -791,7 +791,19 @@ def test_a_partial_chunk_resumes_after_the_last_whole_one() -> None:
     )
     assert [c.chunk for c in stack.sqs.chunks()] == [0]  # chunk 1 (items 4, 5) is left to the continuation
     stack.handle(continuation.body(), message_id="msg-2")
-    assert by_number(stack.sqs.chunks()) == uninterrupted("manifests/partial.txt", data)
+    resumed, whole = by_number(stack.sqs.chunks()), uninterrupted("manifests/partial.txt", data)
+    # Lines 6-8 repeat lines 0-2's URLs: one split marks them as sharing those lines' fetch; the
+    # continuation starts a map of first lines of its own (split.FirstLines), so it does not.
+    assert shares_of(whole) == {6: 0, 7: 1, 8: 2} and shares_of(resumed) == {}
+    assert unmarked(resumed) == unmarked(whole)
+
+
+def shares_of(chunks: list[Chunk]) -> dict[int, int]:
+    return {item.index: item.shares for chunk in chunks for item in chunk.items if item.shares is not None}
+
+
+def unmarked(chunks: list[Chunk]) -> list[Chunk]:
+    return [replace(chunk, items=[replace(i, shares=None) for i in chunk.items]) for chunk in chunks]
 
 
 def test_a_split_that_cannot_get_past_one_chunk_fails_the_job() -> None:
