@@ -9,9 +9,9 @@
   line of the chunks that arrived together (one eventually consistent BatchGetItem a 100
   lines, 0.5 RCU a row). No fetch, no decode, no inference.
 * The row is not there yet (its chunk still runs in another invocation):
-  ``when_original_missing`` decides: the line is predicted itself, or deferred
-  (``ORIGINAL_WAIT_SECONDS``, through deferral.py, when the invocation has a deferrer) to read
-  the row again when it comes back.
+  ``when_original_missing`` decides: with a deferrer (predict's) the line is deferred
+  (``ORIGINAL_WAIT_SECONDS``, through deferral.py) to read the row again when it comes back, up
+  to MAX_ORIGINAL_WAITS times; then, or without a deferrer, it is predicted itself.
 * The row failed for a reason of its own line, not of its image (``NOT_COPIED``), or is of
   another URL: the line is predicted itself (waiting would not change the row).
 """
@@ -47,8 +47,11 @@ NOT_COPIED = frozenset(
 )
 
 
-# A deferred line comes back this much later (deferral.py spreads it), to find its original's row.
+# A deferred line comes back this much later (deferral.py spreads it), to find its original's row,
+# at most MAX_ORIGINAL_WAITS times (about a minute): then it is predicted itself, so that a slow
+# original (its host's turn, its own deferrals) never costs the shared line its result.
 ORIGINAL_WAIT_SECONDS = 15.0
+MAX_ORIGINAL_WAITS = 4
 
 
 class OriginalMissing(Enum):
@@ -56,10 +59,11 @@ class OriginalMissing(Enum):
     DEFER = "defer"  # come back later, when the original's row may be there
 
 
-def when_original_missing(item: WorkItem) -> OriginalMissing:
+def when_original_missing(item: WorkItem, waits: int) -> OriginalMissing:
     """What a shared line does when its original's row is not written yet (its chunk still runs
-    in another invocation). The switch to deferral is this one line."""
-    return OriginalMissing.PREDICT
+    in another invocation), after its chunk has been deferred ``waits`` times: wait for it, up to
+    MAX_ORIGINAL_WAITS times, then predict itself."""
+    return OriginalMissing.DEFER if waits < MAX_ORIGINAL_WAITS else OriginalMissing.PREDICT
 
 
 @dataclass
@@ -130,7 +134,10 @@ class SharedLines:
             if original is not None and _copyable(original, item):
                 plan.copied.append(copied_record(chunk.job_id, item, original))
             elif (
-                original is None and self._can_defer and when_original_missing(item) is OriginalMissing.DEFER
+                original is None
+                and self._can_defer
+                and when_original_missing(item, chunk.deferral.round if chunk.deferral else 0)
+                is OriginalMissing.DEFER
             ):
                 outcome = Outcome(deferred_until=self._wall() + ORIGINAL_WAIT_SECONDS)
                 plan.waiting.append(ImageResult(item, outcome))

@@ -24,7 +24,7 @@ from batchpredict.queues import Queue
 from batchpredict.records import FAILED, SUCCEEDED, ImageInfo, Prediction, ResultError, ResultRecord, WorkItem
 from batchpredict.results import ResultStore
 from batchpredict.sharedwork import Follower
-from batchpredict.sharing import OriginalMissing, when_original_missing
+from batchpredict.sharing import MAX_ORIGINAL_WAITS, OriginalMissing, when_original_missing
 from batchpredict.writer import ChunkWriter
 from tests.unit.fakes import HANG, FakeJobs, FakeS3, FakeSQS, ScriptedFetcher
 from tests.unit.test_pipeline_stream import FakeDecoder, FakeEngine, _img, _run, _stream, _url
@@ -283,7 +283,10 @@ def test_a_shared_line_without_a_usable_row_is_predicted_itself(rows: list[Resul
     assert jobs.row_reads == [[(JOB, 0)]] and fetcher.calls == {_url(1): 1} and _inferred(engine) == [1]
     (record,) = outcomes["m1"].records
     assert (record.status, record.shared_with, record.predictions[0].label) == (SUCCEEDED, None, "label 1")
-    assert when_original_missing(WorkItem(16, _url(1), shares=0)) is OriginalMissing.PREDICT
+    # With a deferrer, a missing row is waited for a few times, then the line predicts itself.
+    item = WorkItem(16, _url(1), shares=0)
+    assert when_original_missing(item, 0) is OriginalMissing.DEFER
+    assert when_original_missing(item, MAX_ORIGINAL_WAITS) is OriginalMissing.PREDICT
 
 
 def test_a_failed_row_read_leaves_the_lines_to_be_predicted() -> None:
@@ -346,7 +349,7 @@ def test_with_deferral_switched_on_a_line_without_its_originals_row_waits_for_it
     from batchpredict.deferral import ChunkDeferrer
     from batchpredict.hostlimits import HostPolicy
 
-    monkeypatch.setattr(sharing, "when_original_missing", lambda item: OriginalMissing.DEFER)
+    monkeypatch.setattr(sharing, "when_original_missing", lambda item, waits: OriginalMissing.DEFER)
     writer, jobs = _writer()
     sqs = FakeSQS()
     deferrer = ChunkDeferrer(writer.results, jobs, Queue(sqs, "https://sqs/work"), HostPolicy())  # type: ignore[arg-type]
@@ -373,7 +376,7 @@ def test_with_deferral_switched_on_a_row_that_cannot_be_copied_is_not_waited_for
     from batchpredict.deferral import ChunkDeferrer
     from batchpredict.hostlimits import HostPolicy
 
-    monkeypatch.setattr(sharing, "when_original_missing", lambda item: OriginalMissing.DEFER)
+    monkeypatch.setattr(sharing, "when_original_missing", lambda item, waits: OriginalMissing.DEFER)
     writer, jobs = _writer([_row(0, _url(1), label=None, code="dead_lettered")])
     sqs = FakeSQS()
     deferrer = ChunkDeferrer(writer.results, jobs, Queue(sqs, "https://sqs/work"), HostPolicy())  # type: ignore[arg-type]
