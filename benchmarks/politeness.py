@@ -106,6 +106,9 @@ class LegResult:
     outcomes: dict[int, str]  # line -> SUCCEEDED or its error code
     line_ends: dict[int, float]  # line -> s after the upload its result part was written
     summary_duration: float | None = None
+    # Writes the limiter's shared host states took (hostlimiter.py): each HOST# item's version
+    # counts its successful conditional puts (lost races, also billed, are not in it).
+    host_writes: int = 0
 
     def host_outcomes(self, host: HostRun) -> Counter[str]:
         return Counter(self.outcomes.get(i, "missing") for i in host.lines)
@@ -208,6 +211,17 @@ def line_end_times(client: Any, job_id: str, submitted_at: float) -> dict[int, f
     return ends
 
 
+def host_state_writes(client: Any) -> int:
+    """The successful writes of every HOST# item of the stack's table (its version)."""
+    jobs = client.jobs
+    pages = jobs.client.get_paginator("scan").paginate(
+        TableName=jobs.table,
+        FilterExpression="begins_with(pk, :h)",
+        ExpressionAttributeValues={":h": {"S": "HOST#"}},
+    )
+    return sum(int(item.get("version", {}).get("N", "0")) for page in pages for item in page["Items"])
+
+
 def outcome(record: Any) -> str:
     return SUCCEEDED if record.status == SUCCEEDED else (record.error.code if record.error else "?")
 
@@ -261,6 +275,7 @@ def run_leg(
             client._await_summary(job_id, 0.25)
             outcomes, summary = results(client, job_id, job.status.value)
             ends = line_end_times(client, job_id, submitted_at)
+            writes = host_state_writes(client)
         finally:
             stack.stop()
         for host in hosts:
@@ -275,6 +290,7 @@ def run_leg(
         outcomes,
         ends,
         summary.get("duration_seconds"),
+        writes,
     )
 
 
@@ -375,7 +391,10 @@ def print_leg(leg: LegResult, grace: float) -> list[tuple[bool | None, str]]:
     )
     print(f"  bound {bound:.1f} s{which}: wall / bound {leg.wall / bound:.2f}" if bound else "  bound: none")
     everything = Counter(leg.outcomes.values())
-    print(f"  lines by status and code: {fmt_counts(everything)} (of {sum(len(h.lines) for h in leg.hosts)})")
+    total = sum(len(h.lines) for h in leg.hosts)
+    print(f"  lines by status and code: {fmt_counts(everything)} (of {total})")
+    per_thousand = 1000 * leg.host_writes / total if total else 0.0
+    print(f"  host-limit writes (HOST# items' versions): {leg.host_writes}, {per_thousand:.0f} a 1,000 lines")
     for n, host in enumerate(leg.hosts, 1):
         whole, late = host_traffic(leg, host, grace)
         print(f"  host {n} {host.url}: {host.spec.shape.describe()}")
