@@ -45,6 +45,9 @@ STALE_SLOT_SECONDS = 0.25
 # A process never sends to one host closer than this share of its lease's spacing: a fetch that
 # started late (a busy pool, a loaded CPU) must not go out right beside the next one.
 MIN_GAP_SHARE = 0.9
+# While a process has lines waiting on turns it was granted, it reads the host's state at most this
+# often to learn of a cut made elsewhere: turns granted before it are taken again at the new rate.
+RECHECK_SECONDS = 1.0
 # A host's item lives this long after its last change.
 HOST_TTL_SECONDS = 86_400
 _FIELDS = tuple(f for f in HostState.__dataclass_fields__ if f != "version")
@@ -125,6 +128,7 @@ class Turn:
     at: float
     defer_until: float | None = None
     refusing: bool = False
+    epoch: int = 0  # the host's epoch in this process when granted (HostLimiter.valid)
 
 
 @dataclass
@@ -137,6 +141,9 @@ class _Host:
     local: HostState | None = None  # the fallback when the store fails
     gap: float = 0.0  # the spacing of this process's last lease
     last_sent: float = 0.0
+    epoch: int = 0  # turns of an older epoch were granted before a cut: taken again
+    leased_at: float = 0.0
+    checked_at: float = 0.0
 
     def take_report(self) -> tuple[int, float | None]:
         report = self.successes, (self.latency_sum / self.answers if self.answers else None)
@@ -173,14 +180,14 @@ class HostLimiter:
             while slots and slots[0] < now - STALE_SLOT_SECONDS:
                 slots.popleft()
             if slots:
-                return Turn(max(slots.popleft(), now))
+                return Turn(max(slots.popleft(), now), epoch=host.epoch)
             report = host.take_report()
             got = self._change(key, host, lambda s: self._lease(s, now, horizon, pending, job_rps, report))
             if isinstance(got, Turn):
                 return got
             slots.extend(got.slots())
-            host.gap = got.interval
-            return Turn(max(slots.popleft(), now))
+            host.gap, host.leased_at = got.interval, now
+            return Turn(max(slots.popleft(), now), epoch=host.epoch)
 
     def _lease(
         self,
@@ -198,6 +205,32 @@ class HostLimiter:
         if start > max(horizon, now):  # a host free now is always taken
             return None, Turn(start, defer_until=start)
         return hostlimits.lease(state, self.policy, now, max(pending, 1), job_rps)
+
+    def valid(self, url: str, turn: Turn) -> bool:
+        """Whether a turn granted earlier still stands: not if the host was cut since (here, or,
+        read at most every RECHECK_SECONDS, by another process), so that turns granted at a rate
+        the host refused are not all sent anyway."""
+        key = hostlimits.host_key(url)
+        if key is None:
+            return True
+        host = self._host(key)
+        now = self._wall()
+        with host.lock:
+            if turn.epoch != host.epoch:
+                return False
+            if self.store is None or now - host.checked_at < RECHECK_SECONDS:
+                return True
+            host.checked_at = now
+            try:
+                cut_at = self.store.read(key).cut_at
+            except Exception:  # the turn stands; the next check may read it
+                logger.exception("host limit store failed", extra={"host": key})
+                return True
+            if cut_at <= host.leased_at:
+                return True
+            host.epoch += 1
+            host.slots.clear()
+            return False
 
     def hold(self, url: str) -> float:
         """Seconds to wait before sending to ``url``'s host now, so that this process's requests
@@ -233,6 +266,7 @@ class HostLimiter:
         now = self._wall()
         with host.lock:
             host.slots.clear()
+            host.epoch += 1
             report = host.take_report()
 
             def change(state: HostState) -> tuple[HostState, None]:

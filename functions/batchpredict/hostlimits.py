@@ -45,6 +45,9 @@ GROW_BACK = 1.1  # after a cut, towards SAFE_SHARE of the ceiling
 GROW_SLOW = 1.05  # past it: a probe
 SAFE_SHARE = 0.9
 PROBE_AFTER_SECONDS = 60.0
+# Cuts this close after the last one are one episode (the fleet's turns granted before the first
+# cut still going out): the ceiling stays the rate the episode began at.
+EPISODE_SECONDS = 10.0
 # A latency sample's weight in the host's moving average.
 LATENCY_WEIGHT = 0.2
 # Leases a second a host's item takes at most, whatever its rate: a lease at a rate above this
@@ -171,7 +174,9 @@ def refused(state: HostState, policy: HostPolicy, now: float, retry_after: float
     """A 429 or 503: cut the rate (once an interval), pause for ``retry_after``."""
     if now - state.cut_at >= CUT_INTERVAL_SECONDS:
         cut = max(policy.min_rps, state.rate * CUT_FACTOR)
-        state = replace(state, rate=cut, cut_at=now, ceiling=state.rate)
+        episode = state.cut_at and now - state.cut_at < EPISODE_SECONDS
+        ceiling = max(state.ceiling, state.rate) if episode else state.rate
+        state = replace(state, rate=cut, cut_at=now, ceiling=ceiling)
     paused = max(state.paused_until, now + retry_after) if retry_after else state.paused_until
     since = state.refused_since if state.refused_run else now
     return replace(

@@ -464,7 +464,7 @@ class StreamingPredictor:
             with run.cond:
                 run.waiting += 1
             self._timer.at(
-                turn.at, lambda: self._fetchers.submit(self._fetch_waited, run, group, position, item)
+                turn.at, lambda: self._fetchers.submit(self._fetch_waited, run, group, position, item, turn)
             )
         else:
             self._fetch_now(run, group, position, item)
@@ -482,10 +482,19 @@ class StreamingPredictor:
             run.host_pending[key] -= 1
         return self.fetcher.limiter.turn(item.url or "", item.host_rps, horizon, pending)
 
-    def _fetch_waited(self, run: _Run, group: int, position: int, item: WorkItem) -> None:
+    def _fetch_waited(self, run: _Run, group: int, position: int, item: WorkItem, turn: Turn) -> None:
+        """The turn's time has come: fetch, unless the host was cut since it was granted (then
+        the line asks for a turn again, at the new rate)."""
+        assert self.fetcher.limiter is not None
+        stands = run.closed or self.fetcher.limiter.valid(item.url or "", turn)
         with run.cond:
             run.waiting -= 1
-        self._fetch_now(run, group, position, item)
+            if not stands:
+                run.host_pending[host_key(item.url or "")] += 1
+        if stands:
+            self._fetch_now(run, group, position, item)
+        else:
+            self._fetch(run, group, position, item)
 
     def _fetch_now(self, run: _Run, group: int, position: int, item: WorkItem) -> None:
         fetched: FetchResult | None = None

@@ -124,3 +124,21 @@ def test_lines_refused_with_retry_after_come_back_and_every_line_ends_once(
     job = stack.job_dict(job_id)
     assert job["status"] == "COMPLETED" and job["deferred_lines"] == 0
     assert job["chunks_done"] == job["chunks_total"]
+
+
+def test_turns_granted_before_a_cut_elsewhere_are_taken_again(table: str) -> None:
+    """A process's turns booked at a rate another process just found refused are not all sent:
+    it reads the host's state (at most once a second) before sending one, and asks again."""
+    policy = HostPolicy(rps=10.0)
+    first, second = _limiter(table, policy), _limiter(table, policy)
+    turn = first.turn(URL, None, time.time() + 60, pending=5)
+    assert first.valid(URL, turn)
+    second.refused(URL, retry_after=None)
+    first._host("shared.example").checked_at = 0.0  # as if a second had passed since its last look
+    assert not first.valid(URL, turn)
+    again = first.turn(URL, None, time.time() + 60)
+    assert again.epoch != turn.epoch and first.valid(URL, again)
+    # In the process that was refused itself, at once.
+    refused_here = second.turn(URL, None, time.time() + 60)
+    second.refused(URL, retry_after=None)
+    assert not second.valid(URL, refused_here)

@@ -111,6 +111,14 @@ def test_a_refusal_cuts_once_an_interval_and_pauses_for_retry_after() -> None:
     assert got.start == NOW + 30  # nobody asks before the host said
 
 
+def test_a_cascade_of_cuts_keeps_the_ceiling_it_began_at() -> None:
+    state = hostlimits.refused(HostState(rate=10.0), POLICY, NOW, None)
+    state = hostlimits.refused(state, POLICY, NOW + 3, None)  # turns granted before the first cut
+    assert state.rate == pytest.approx(10.0 * CUT_FACTOR**2) and state.ceiling == 10.0
+    later = hostlimits.refused(state, POLICY, NOW + 60, None)  # a new episode
+    assert later.ceiling == pytest.approx(state.rate)
+
+
 def test_cuts_never_go_below_the_floor() -> None:
     state = HostState(rate=0.25)
     for i in range(10):
