@@ -44,9 +44,13 @@ SQS_MAX_DELAY_SECONDS = 900
 # A refusal without Retry-After waits this long, doubled with each of the line's refusals.
 REFUSAL_DELAY_SECONDS = 5.0
 REFUSAL_DELAY_CAP_SECONDS = 300.0
-# Lines that wait for a busy host's turn come back when it is due, spread by up to this share,
-# so that the chunks deferred together do not all ask at once.
+# Lines refused by their host come back once it allows, spread by up to this share, so that the
+# chunks deferred together do not all ask at once.
 SPREAD = 0.25
+# Lines that only wait for a busy host's turn come back after this share of the wait (spread as
+# above): while the turns booked before them still run, so the host's timeline never runs dry
+# waiting for them (they book the turns after; the horizon keeps a run from booking too far).
+EARLY_SHARE = 0.5
 
 
 def refusal_delay(refusals: int) -> float:
@@ -148,6 +152,8 @@ class ChunkDeferrer:
             until = (result.outcome.deferred_until or now) - now
             if result.outcome.refused:
                 until = max(until, refusal_delay(refusals.get(result.item.index, 1)))
+            else:
+                until *= EARLY_SHARE
             due.append(until)
         soonest = min(due) * (1 + SPREAD * self._spread())
         return max(1, min(SQS_MAX_DELAY_SECONDS, math.ceil(soonest)))

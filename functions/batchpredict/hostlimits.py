@@ -43,7 +43,7 @@ GROW_INTERVAL_SECONDS = 3.0
 GROW_FAST = 1.5
 GROW_BACK = 1.1  # after a cut, towards SAFE_SHARE of the ceiling
 GROW_SLOW = 1.05  # past it: a probe
-SAFE_SHARE = 0.9
+SAFE_SHARE = 0.85
 PROBE_AFTER_SECONDS = 60.0
 # Cuts this close after the last one are one episode (the fleet's turns granted before the first
 # cut still going out): the ceiling stays the rate the episode began at.

@@ -78,7 +78,7 @@ def test_deferred_lines_go_back_alone_and_the_finished_ones_wait_in_s3() -> None
     again, delay = _sent(sqs)
     assert [i.index for i in again.items] == [1, 3] and again.chunk == 0 and again.top_k == 3
     assert again.deferral == Deferral(1, NOW, (1,), {1: 1})
-    assert delay == 12  # the soonest line's turn (the refused one waits 30 s)
+    assert delay == 6  # half the soonest line's wait for its turn (the refused one waits 30 s)
     saved = s3.objects["out"][deferred_key("job-1", 0, 1)].splitlines()
     assert [json.loads(line)["index"] for line in saved] == [0, 2]
     assert jobs.job.deferred_lines == 2

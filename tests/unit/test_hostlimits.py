@@ -137,7 +137,7 @@ def test_the_rate_grows_only_while_demand_queues_and_nothing_was_refused_lately(
     # Once refused at 20, it grows back to just under 20, and stays there...
     after = replace(queued, cut_at=NOW - GROW_INTERVAL_SECONDS - 1, ceiling=20.0)
     assert hostlimits.lease(after, POLICY, NOW, want=1)[0].rate == pytest.approx(10.0 * GROW_BACK)
-    near = replace(after, rate=17.5)
+    near = replace(after, rate=16.5)
     assert hostlimits.lease(near, POLICY, NOW, want=1)[0].rate == pytest.approx(SAFE_SHARE * 20.0)
     at = replace(after, rate=SAFE_SHARE * 20.0)
     assert hostlimits.lease(at, POLICY, NOW, want=1)[0].rate == at.rate
