@@ -22,7 +22,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from botocore.exceptions import ClientError
@@ -200,7 +200,9 @@ class HostLimiter:
     ) -> tuple[HostState | None, hostlimits.Lease | Turn]:
         state = hostlimits.reported(state, *report)
         if hostlimits.refusing(state, self.policy, now):
-            return None, Turn(now, refusing=True)
+            if now - state.probed_at < self.policy.breaker_seconds:
+                return None, Turn(now, refusing=True)
+            state, pending = replace(state, probed_at=now), 1  # one probe: its success ends it
         start = hostlimits.next_start(state, now)
         if start > max(horizon, now):  # a host free now is always taken
             return None, Turn(start, defer_until=start)

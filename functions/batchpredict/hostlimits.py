@@ -23,7 +23,8 @@ of every job reads and writes:
   a saw-tooth through its limit.
 * **a refusing host**: ``breaker_refusals`` refusals in a row over at least
   ``breaker_seconds``, and no success reported since, mark the host as refusing: its lines then
-  end ``rate_limited`` at once instead of waiting out their budget.
+  end ``rate_limited`` at once instead of waiting out their budget, but for one probe request
+  every ``breaker_seconds`` (hostlimiter.py), whose success ends it.
 """
 
 from __future__ import annotations
@@ -90,6 +91,7 @@ class HostState:
     refused_run: int = 0  # refusals in a row, fleet-wide
     refused_since: float = 0.0  # the first of them
     refused_at: float = 0.0  # the last of them
+    probed_at: float = 0.0  # the last probe of a refusing host
     version: int = 0
 
 
@@ -203,11 +205,10 @@ def reported(state: HostState, successes: int, latency: float | None) -> HostSta
 
 
 def refusing(state: HostState, policy: HostPolicy, now: float) -> bool:
-    """The host has refused every request for a while (and lately): give up on its lines."""
+    """The host has refused every request for a while, and none since: give up on its lines."""
     return (
         state.refused_run >= policy.breaker_refusals
         and state.refused_at - state.refused_since >= policy.breaker_seconds
-        and now - state.refused_at <= policy.breaker_seconds
     )
 
 

@@ -158,3 +158,22 @@ def test_a_late_fetch_does_not_go_out_right_beside_the_next_one() -> None:
     now[0] += 1.0
     assert limiter.hold(url) == 0.0
     assert limiter.hold("s3://bucket/key.jpg") == 0.0
+
+
+def test_a_host_that_refuses_everything_gets_one_probe_now_and_then_and_its_lines_end() -> None:
+    now = [1_800_000_000.0]
+    policy = HostPolicy(rps=10.0)
+    limiter = HostLimiter(None, policy, wall=lambda: now[0])
+    url = "https://wall.example/a.jpg"
+    for _ in range(policy.breaker_refusals):
+        limiter.refused(url, None)
+        now[0] += policy.breaker_seconds / (policy.breaker_refusals - 1) + 0.1
+    probe = limiter.turn(url, None, now[0] + 60)
+    assert not probe.refusing and probe.defer_until is None  # the first look after: one probe
+    assert limiter.turn(url, None, now[0] + 60).refusing  # every other line ends rate_limited
+    now[0] += policy.breaker_seconds
+    assert not limiter.turn(url, None, now[0] + 60).refusing  # the next probe
+    limiter.answered(url, 0.1)  # it succeeded: the host serves again
+    now[0] += 1
+    limiter.turn(url, None, now[0] + 60)  # its report goes out with the next lease
+    assert not limiter.turn(url, None, now[0] + 60).refusing

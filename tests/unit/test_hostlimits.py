@@ -168,8 +168,8 @@ def test_a_host_refusing_everything_for_a_while_is_given_up_on() -> None:
     last = NOW + (POLICY.breaker_refusals - 1) * 5
     assert hostlimits.refusing(state, POLICY, last + 1)
     assert not hostlimits.refusing(hostlimits.reported(state, 1, None), POLICY, last + 1)
-    # Quiet for a while: it is tried again.
-    assert not hostlimits.refusing(state, POLICY, last + POLICY.breaker_seconds + 1)
+    # Until a success is reported (a probe's: hostlimiter.py), it stays given up on.
+    assert hostlimits.refusing(state, POLICY, last + 10 * POLICY.breaker_seconds)
     # Many refusals in a short burst are an overshoot, not a host that refuses us.
     burst = hostlimits.new_state(POLICY)
     for _ in range(50):
