@@ -96,6 +96,11 @@ def stack(
             "FETCH_BACKOFF_SECONDS": "0.05",
             "FETCH_READ_TIMEOUT": "5",
             "POWERTOOLS_METRICS_NAMESPACE": "batchpredict-test",
+            # The test image servers take any rate: paced at the default 10 a second, a job's
+            # lines would wait for their turns, and an invocation's refill would take in every
+            # chunk of a small job before a stop could keep any from being fetched (the job
+            # control tests). Politeness has tests of its own (test_host_politeness.py).
+            "HOST_RPS": "1000",
         },
     )
     stack = PipelineStack(s3, sqs, dynamodb, provision_from_template(s3, sqs, dynamodb, options))

@@ -181,7 +181,9 @@ def test_cancel_mid_job_stops_fetching_and_keeps_every_line_once(
     stack: Stack, image_server: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     fetched = _counting_fetches(monkeypatch)
-    stack.submit("cancel.txt", "\n".join(f"{image_server}/{p}" for p in PHOTOS * 4))  # 6 chunks of 4
+    # Distinct URLs (a query of their own): a repeated URL is fetched once a job (dedupe).
+    urls = [f"{image_server}/{p}?n={i}" for i, p in enumerate(PHOTOS * 4)]
+    stack.submit("cancel.txt", "\n".join(urls))  # 6 chunks of 4
     stack.deliver("ManifestQueue", split_manifest.lambda_handler)
     job_id = stack.only_job_id()
 
