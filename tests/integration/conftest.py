@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -38,13 +39,31 @@ def image_server(samples_dir: Path, tmp_path_factory: pytest.TempPathFactory) ->
     server.stop()
 
 
+RUN_REDRAINS = 3
+
+
 class PipelineStack(Stack):
     """The local stack plus the read helpers the tests share."""
 
     samples_bucket: str = ""
 
     def run(self, max_seconds: float = 120.0) -> None:
+        """Drain the queues; if a job is still open once they are empty (a message between
+        queues, e.g. a redrive to a dead-letter queue, as the depths were read), drain again a
+        few times, a second apart."""
         self.drain(max_seconds=max_seconds)
+        for _ in range(RUN_REDRAINS):
+            if not self._open_jobs():
+                return
+            time.sleep(1.0)
+            self.drain(max_seconds=max_seconds)
+
+    def _open_jobs(self) -> list[str]:
+        items = self.dynamodb.scan(
+            TableName=self.table, FilterExpression="sk = :j", ExpressionAttributeValues={":j": {"S": "JOB"}}
+        )["Items"]
+        final = {"COMPLETED", "COMPLETED_WITH_ERRORS", "FAILED", "CANCELLED"}
+        return [str(i["pk"]["S"]) for i in items if i.get("status", {}).get("S") not in final]
 
     def job_dict(self, job_id: str) -> dict[str, Any]:
         return self.job(job_id).as_dict()
